@@ -1,0 +1,44 @@
+"""Input checks at the public boundary. Kernels and the reference assume checked inputs."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tensor(name: str, value, dims: tuple[int, ...]) -> torch.Tensor:
+    """A floating tensor with one of the given ranks and no empty dimension."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.dim() not in dims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(value.shape)}")
+    if value.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(value.shape)})")
+    return value
+
+
+def finite(name: str, value: torch.Tensor) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def heads(value, model: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"num_heads must be an int, got {type(value).__name__}")
+    if value < 1 or model % value:
+        raise ValueError(f"num_heads ({value}) must be a positive divisor of the query width {model}")
+    return value
+
+
+def projection(name: str, proj, width: int, device: torch.device) -> int | None:
+    """Checks a key/value projection applied to coefficients of width e; returns its output width if known."""
+    if not callable(proj):
+        raise TypeError(f"{name} must be callable (an nn.Linear), got {type(proj).__name__}")
+    if isinstance(proj, nn.Linear):
+        if proj.in_features != width:
+            raise ValueError(f"{name} expects inputs of width {proj.in_features}, but frames have width {width}")
+        if proj.weight.device != device:
+            raise ValueError(f"{name} is on {proj.weight.device}, frames are on {device}")
+        return proj.out_features
+    return None

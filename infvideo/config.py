@@ -1,0 +1,94 @@
+"""Validated configuration of a long-term memory (SPEC sections 2-8).
+
+A :class:`MemoryConfig` is frozen and hashable: every constant derived from it (positions, bin
+maps, ridge matrices, quadrature weights) is cached under it, so nothing is rebuilt per call.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+BASES = ("rectangular", "gaussian")
+SAMPLINGS = ("quantile", "multinomial", "upstream")
+PRESETS = ("exact", "paper")
+DENSITIES = ("gibbs", "gaussian")
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpu")
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _check_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Everything that fixes the memory's constants; see ``LongTermMemory`` for the meaning."""
+
+    num_basis: int = 256
+    tau: float = 0.75
+    past_samples: int = 512
+    ridge: float = 0.5
+    basis: str = "rectangular"
+    sigmas: tuple = (0.005, 0.01)
+    sticky: bool = True
+    sampling: str = "quantile"
+    preset: str = "exact"
+    quad_points: int = 1000
+    density: str = "gibbs"
+
+    def __post_init__(self):
+        _check_int("num_basis", self.num_basis, 1)
+        _check_int("past_samples", self.past_samples, 1)
+        _check_int("quad_points", self.quad_points, 2)
+        tau = _check_real("tau", self.tau)
+        if not 0.0 < tau < 1.0:
+            raise ValueError(f"tau must lie in (0, 1), got {tau}")
+        ridge = _check_real("ridge", self.ridge)
+        if ridge < 0.0:
+            raise ValueError(f"ridge must be >= 0, got {ridge}")
+        object.__setattr__(self, "tau", tau)
+        object.__setattr__(self, "ridge", ridge)
+        _check_choice("basis", self.basis, BASES)
+        _check_choice("sampling", self.sampling, SAMPLINGS)
+        _check_choice("preset", self.preset, PRESETS)
+        _check_choice("density", self.density, DENSITIES)
+        if not isinstance(self.sticky, bool):
+            raise TypeError(f"sticky must be a bool, got {type(self.sticky).__name__}")
+        try:
+            sigmas = tuple(_check_real("sigmas", s) for s in self.sigmas)
+        except TypeError as err:
+            raise TypeError(f"sigmas must be a sequence of positive numbers ({err})") from None
+        if not sigmas or any(s <= 0.0 for s in sigmas):
+            raise ValueError(f"sigmas must be a non-empty sequence of positive numbers, got {self.sigmas}")
+        object.__setattr__(self, "sigmas", sigmas)
+        if self.basis == "gaussian" and self.num_basis % len(sigmas):
+            raise ValueError(
+                f"num_basis ({self.num_basis}) must be a multiple of len(sigmas) ({len(sigmas)}) "
+                "for the gaussian basis")
+        if self.density == "gaussian" and self.basis != "gaussian":
+            raise ValueError("density='gaussian' needs basis='gaussian'")
+
+    @property
+    def sticky_bins(self) -> int:
+        """Length K of the per-stream sticky statistic kept between steps."""
+        if self.sampling == "upstream":
+            return 127
+        return self.num_basis if self.basis == "rectangular" else self.quad_points - 1

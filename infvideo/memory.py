@@ -1,0 +1,160 @@
+"""`LongTermMemory`: the ∞-Video continuous-time memory of S video streams as an nn.Module."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _checks
+from .backends import resolve_backend
+from .config import MemoryConfig
+from .reference.pooling import pool_frames
+from .reference.step import attend, consolidate_chunk
+
+
+class LongTermMemory(nn.Module):
+    """Continuous-time long-term memory for a video Q-former's cross-attention.
+
+    Each call consolidates a chunk of frames into N basis coefficients per stream (ridge fit of
+    M samples of the old signal squeezed into [0, τ] and the L new frames in [τ, 1]) and reads the
+    memory with a continuous softmax over time.
+
+    Args:
+        num_basis: N, basis functions per stream.
+        tau: τ ∈ (0, 1), the share of [0, 1] given to the past at each consolidation.
+        past_samples: M ≥ 1, samples of the old signal per consolidation.
+        ridge: λ ≥ 0, ridge penalty of the fit.
+        basis: ``"rectangular"`` (∞-Video) or ``"gaussian"`` (∞-former).
+        sigmas: widths of the Gaussian basis (N must be a multiple of their count).
+        sticky: sample the past where attention was high (else uniformly).
+        sampling: ``"quantile"`` (deterministic), ``"multinomial"`` or ``"upstream"`` (the
+            published sampler, for reproduction).
+        preset: ``"exact"`` (exact integrals and positions) or ``"paper"`` (bit-level behaviour of
+            the published code: trapezoid on its grid, float32 positions and bin bounds).
+        quad_points: T ≥ 2, trapezoid points for smooth bases (and the paper preset's grid).
+        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpu"``; the environment
+            variable INFVIDEO_BACKEND overrides ``"auto"``.
+        density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
+            softmax moments; Gaussian basis only).
+        generator: torch.Generator for ``multinomial`` / ``upstream`` sampling.
+
+    State (buffers, saved by ``state_dict()``): ``coef`` [S, N, e], ``filled`` [S] (streams holding
+    a video), ``sticky_stats`` [S, K] (attention mass per bin from the last step).
+    """
+
+    def __init__(self, num_basis: int = 256, tau: float = 0.75, past_samples: int = 512,
+                 ridge: float = 0.5, basis: str = "rectangular", sigmas=(0.005, 0.01),
+                 sticky: bool = True, sampling: str = "quantile", preset: str = "exact",
+                 quad_points: int = 1000, backend: str = "auto", *, density: str = "gibbs",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = MemoryConfig(num_basis, tau, past_samples, ridge, basis, tuple(sigmas)
+                                   if isinstance(sigmas, (list, tuple)) else sigmas, sticky,
+                                   sampling, preset, quad_points, density)
+        self.backend = resolve_backend(backend)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.generator = generator
+        self.register_buffer("coef", torch.zeros(0, num_basis, 0))
+        self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("sticky_stats", torch.zeros(0, self.config.sticky_bins, dtype=torch.float64))
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"num_basis={c.num_basis}, tau={c.tau}, past_samples={c.past_samples}, ridge={c.ridge}, "
+                f"basis={c.basis!r}, sticky={c.sticky}, sampling={c.sampling!r}, preset={c.preset!r}, "
+                f"backend={self.backend!r}, streams={self.num_streams}")
+
+    @property
+    def num_streams(self) -> int:
+        """S, the streams this memory holds (0 before the first call)."""
+        return self.filled.numel()
+
+    @property
+    def coefficients(self) -> torch.Tensor | None:
+        """The current coefficients B [S, N, e] (rows of empty streams are zero); None while empty."""
+        if not bool(self.filled.any()):
+            return None
+        return self.coef
+
+    def reset(self, streams=None) -> None:
+        """Empty the memory (a new video); ``streams`` (indices or a bool mask) empties only those."""
+        if streams is None:
+            self.filled.zero_()
+            self.coef.zero_()
+            self.sticky_stats.zero_()
+            return
+        index = torch.as_tensor(streams, device=self.filled.device)
+        if index.dtype == torch.bool:
+            if index.shape != self.filled.shape:
+                raise ValueError(f"streams: a mask must have shape {tuple(self.filled.shape)}, got {tuple(index.shape)}")
+            index = index.nonzero().flatten()
+        elif index.is_floating_point() or index.is_complex():
+            raise TypeError("streams must be integer indices or a bool mask")
+        index = index.flatten().long()
+        if index.numel() and (int(index.min()) < -self.num_streams or int(index.max()) >= self.num_streams):
+            raise ValueError(f"streams: indices must lie in [0, {self.num_streams}), got {index.tolist()}")
+        self.filled[index] = False
+        self.coef[index] = 0
+        self.sticky_stats[index] = 0
+
+    def _check(self, frames, query, proj_key, proj_value, num_heads):
+        frames = _checks.tensor("frames", frames, (3, 4, 5))
+        query = _checks.tensor("query", query, (3,))
+        if query.device != frames.device:
+            raise ValueError(f"query is on {query.device}, frames are on {frames.device}")
+        if query.shape[0] != frames.shape[0]:
+            raise ValueError(f"query has {query.shape[0]} streams, frames have {frames.shape[0]}")
+        streams, width, model = frames.shape[0], frames.shape[-1], query.shape[-1]
+        _checks.heads(num_heads, model)
+        key_width = _checks.projection("proj_key", proj_key, width, frames.device)
+        if key_width is not None and key_width != model:
+            raise ValueError(f"proj_key produces width {key_width}, but query has width {model}")
+        value_width = _checks.projection("proj_value", proj_value, width, frames.device)
+        if value_width is not None and value_width % num_heads:
+            raise ValueError(f"proj_value's width {value_width} is not divisible by num_heads={num_heads}")
+        if bool(self.filled.any()):
+            if streams != self.num_streams:
+                raise ValueError(f"frames carry {streams} streams but the memory holds {self.num_streams}; "
+                                 "call reset() before changing the stream count")
+            if width != self.coef.shape[-1]:
+                raise ValueError(f"frames have width {width} but the memory holds width {self.coef.shape[-1]}")
+        _checks.finite("query", query)
+        return frames, query
+
+    def forward(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int) -> torch.Tensor:
+        """Consolidate a chunk and read the memory.
+
+        frames: [S, L, e] pooled frame vectors, or [S, L, tokens, e] / [S, L, 14, 14, e] tokens
+        (pooled here); query: [S, Q, D] (through the Q-former's query Linear); proj_key,
+        proj_value: the Q-former's key/value Linear layers (e → D); num_heads: H, D % H == 0.
+        Returns the LTM context [S, Q, D] in the query's dtype.
+        """
+        frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
+        dtype = torch.float64 if torch.float64 in (frames.dtype, query.dtype) else torch.float32
+        pooled = pool_frames(frames, dtype)
+        _checks.finite("frames", pooled)
+        active = bool(self.filled.any())
+        coef = consolidate_chunk(self.config, pooled, self.coef if active else None,
+                                 self.filled if active else None,
+                                 self.sticky_stats if active else None, self.generator)
+        context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
+                                keep_stats=self.config.sticky)
+        self._commit(coef.detach(), stats)
+        return context.to(query.dtype)
+
+    def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None) -> None:
+        self.coef = coef
+        self.filled = torch.ones(coef.shape[0], dtype=torch.bool, device=coef.device)
+        if stats is not None:
+            self.sticky_stats = stats
+        elif self.sticky_stats.shape[0] != coef.shape[0]:
+            self.sticky_stats = torch.zeros(coef.shape[0], self.config.sticky_bins,
+                                            dtype=torch.float64, device=coef.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The stream count and width are known only once a video arrives: take the saved shapes.
+        for name in ("coef", "filled", "sticky_stats"):
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor):
+                self._buffers[name] = torch.empty_like(saved, device=self._buffers[name].device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,121 @@
+"""Ridge regression of a signal onto the basis (SPEC section 5) and its cached constants.
+
+The positions of a fit depend only on the configuration and the chunk length, so every constant is
+built once (float64 on the CPU) and cached; :func:`on_device` keeps one copy per device and dtype.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+import torch
+
+from ..config import MemoryConfig
+from . import positions as pos
+from .basis import gaussian_parameters, gaussian_values, rectangular_membership, single_bins
+
+
+@dataclass(frozen=True)
+class SegmentedFit:
+    """Rectangular fit where every position lies in at most one bin.
+
+    B_n = scale_n · Σ_{j: bins_j = n} X_j, scale_n = 1 / (c_n + λ), c_n = positions in bin n.
+    ``past_bins`` [M] (None for a first chunk) and ``frame_bins`` [L] hold the target bin of
+    each position, -1 for a position in no bin (dropped).
+    """
+
+    past_bins: torch.Tensor | None
+    frame_bins: torch.Tensor
+    scale: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DenseFit:
+    """General fit B = Gᵀ X, with G = Fᵀ(FFᵀ + λI)⁻¹ split into past [M, N] and frame [L, N] rows."""
+
+    past_g: torch.Tensor | None
+    frame_g: torch.Tensor
+
+
+def _padded(values: torch.Tensor) -> torch.Tensor:
+    """Zero-valued pad positions continuing the grid's end spacings out to [-0.5, 1.5]."""
+    if values.numel() < 2:
+        step_lo = step_hi = 1.0
+    else:
+        step_lo = float(values[1] - values[0])
+        step_hi = float(values[-1] - values[-2])
+    left = float(values[0]) - step_lo * torch.arange(1, int((float(values[0]) + 0.5) / step_lo) + 1,
+                                                     dtype=torch.float64)
+    right = float(values[-1]) + step_hi * torch.arange(1, int((1.5 - float(values[-1])) / step_hi) + 1,
+                                                       dtype=torch.float64)
+    return torch.cat([left.flip(0), right])
+
+
+def ridge_matrix(design: torch.Tensor, pads: torch.Tensor | None, ridge: float) -> torch.Tensor:
+    """G = F_realᵀ-rows of Fᵀ(FFᵀ + λI)⁻¹ in float64, by a Cholesky solve of the N×N system.
+
+    design: ψ at the real positions, [P, N]; pads: ψ at zero-valued pad positions, [P_pad, N].
+    """
+    full = design if pads is None else torch.cat([design, pads])
+    system = full.T @ full
+    if ridge > 0:
+        system = system + ridge * torch.eye(system.shape[0], dtype=system.dtype)
+        factor = torch.linalg.cholesky(system)
+        return torch.cholesky_solve(design.T, factor).T
+    return design @ torch.linalg.pinv(system, hermitian=True)
+
+
+def _fit_from_positions(cfg: MemoryConfig, points: pos.Positions, past: int):
+    n = cfg.num_basis
+    if cfg.basis == "rectangular":
+        member = rectangular_membership(points, n)
+        bins = single_bins(member)
+        if bins is not None:
+            counts = torch.bincount(bins[bins >= 0], minlength=n).to(torch.float64)
+            denom = counts + cfg.ridge
+            scale = torch.where(denom > 0, 1.0 / denom.clamp_min(1e-300), torch.zeros_like(denom))
+            return SegmentedFit(bins[:past] if past else None, bins[past:], scale)
+        g = ridge_matrix(member.to(torch.float64), None, cfg.ridge)
+    else:
+        mu, sigma = gaussian_parameters(n, cfg.sigmas)
+        g = ridge_matrix(gaussian_values(points.values, mu, sigma),
+                         gaussian_values(_padded(points.values), mu, sigma), cfg.ridge)
+    return DenseFit(g[:past] if past else None, g[past:])
+
+
+@lru_cache(maxsize=256)
+def first_fit(cfg: MemoryConfig, length: int):
+    """Constants of the fit of a stream's first chunk (L frames at (j + 1/2) / L)."""
+    return _fit_from_positions(cfg, pos.first_chunk(length, cfg.preset), 0)
+
+
+@lru_cache(maxsize=256)
+def consolidation_fit(cfg: MemoryConfig, length: int):
+    """Constants of the fit of M past samples in [0, τ] and L new frames in [τ, 1]."""
+    points = pos.consolidation(cfg.past_samples, length, cfg.tau, cfg.preset)
+    return _fit_from_positions(cfg, points, cfg.past_samples)
+
+
+_device_cache: dict = {}
+_device_lock = threading.Lock()
+
+
+def on_device(constants, device: torch.device, dtype: torch.dtype):
+    """The same constants with float tensors cast to ``dtype`` and all moved to ``device``, cached."""
+    key = (id(constants), device, dtype)
+    hit = _device_cache.get(key)
+    if hit is not None and hit[0] is constants:
+        return hit[1]
+
+    def move(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        if value.is_floating_point():
+            return value.to(device=device, dtype=dtype)
+        return value.to(device=device)
+
+    moved = type(constants)(**{f.name: move(getattr(constants, f.name)) for f in fields(constants)})
+    with _device_lock:
+        _device_cache[key] = (constants, moved)
+    return moved

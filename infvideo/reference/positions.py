@@ -1,0 +1,100 @@
+"""Time positions on [0, 1] used by the memory (SPEC sections 4, 6 and 8).
+
+Every set of positions is kept two ways: as exact rationals (``exact`` preset; bins are then
+found with integer arithmetic, so a position on a bin edge lands where the maths says) and as the
+float32 values the published code computes (``paper`` preset; bins are then found by the same
+float32 comparisons it makes). ``values`` is the float64 view used for smooth bases.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+
+import torch
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Points on the time axis: float64 ``values`` [P] and, when known, exact ``fractions``."""
+
+    values: torch.Tensor
+    fractions: tuple | None = None
+
+    def __len__(self) -> int:
+        return self.values.numel()
+
+
+def _from_fractions(fracs) -> Positions:
+    fracs = tuple(fracs)
+    return Positions(torch.tensor([float(f) for f in fracs], dtype=torch.float64), fracs)
+
+
+def _from_float32(values: torch.Tensor) -> Positions:
+    return Positions(values.to(torch.float32).to(torch.float64), None)
+
+
+def _paper_first_chunk(length: int) -> torch.Tensor:
+    # The published code builds a padded grid on [-0.5, 1.5] and keeps its middle `length` points.
+    if length % 2:
+        shift = 1 / float(length)
+        grid = torch.linspace(-0.5 + shift, 1.5 - shift, 2 * length - 1)
+        start = (length - 1) // 2
+    else:
+        shift = 1 / float(2 * length)
+        grid = torch.linspace(-0.5 + shift, 1.5 - shift, 2 * length)
+        start = length // 2
+    return grid[start:start + length]
+
+
+@lru_cache(maxsize=256)
+def first_chunk(length: int, preset: str) -> Positions:
+    """Positions of the first chunk's frames: (j + 1/2) / L, j = 0 … L-1."""
+    if preset == "paper":
+        return _from_float32(_paper_first_chunk(length))
+    return _from_fractions(Fraction(2 * j + 1, 2 * length) for j in range(length))
+
+
+@lru_cache(maxsize=256)
+def consolidation(samples: int, length: int, tau: float, preset: str) -> Positions:
+    """Positions of M past samples squeezed into [0, τ] followed by L frames in [τ, 1]."""
+    if preset == "paper":
+        past = torch.arange(1, samples + 1).float() * tau / samples
+        new = tau + (1 - tau) * (torch.arange(samples + 1, length + samples + 1).float() - samples) / length
+        return _from_float32(torch.cat([past, new]))
+    t = Fraction(tau)
+    past = (t * Fraction(2 * i - 1, 2 * samples) for i in range(1, samples + 1))
+    new = (t + (1 - t) * Fraction(2 * j - 1, 2 * length) for j in range(1, length + 1))
+    return _from_fractions([*past, *new])
+
+
+@lru_cache(maxsize=64)
+def uniform_samples(samples: int, tau: float, preset: str) -> Positions:
+    """Where the old signal is read when sampling is uniform (sticky off)."""
+    if preset == "paper":
+        return _from_float32((torch.arange(1, samples + 1).float() * tau / samples) / tau)
+    return _from_fractions(Fraction(2 * i - 1, 2 * samples) for i in range(1, samples + 1))
+
+
+@lru_cache(maxsize=64)
+def quadrature_grid(points: int, preset: str) -> tuple[Positions, torch.Tensor]:
+    """The trapezoid grid linspace(0, 1, T) and its float64 weights ω [T]."""
+    if preset == "paper":
+        grid = _from_float32(torch.linspace(0, 1, points))
+    else:
+        grid = _from_fractions(Fraction(j, points - 1) for j in range(points))
+    gaps = grid.values.diff()
+    weights = torch.zeros(points, dtype=torch.float64)
+    weights[:-1] += gaps / 2
+    weights[1:] += gaps / 2
+    return grid, weights
+
+
+@lru_cache(maxsize=8)
+def upstream_histogram_grid() -> tuple[Positions, Positions]:
+    """The published sticky sampler's 129-point grid: (integration grid, draw points b/128)."""
+    draws = torch.linspace(0, 1, 129)
+    grid = draws.clone()
+    grid[0] = -0.000001
+    grid[-1] = 1.000001
+    return _from_float32(grid), _from_float32(draws)

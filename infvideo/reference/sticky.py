@@ -1,0 +1,82 @@
+"""Sticky memories (SPEC section 7): where the next consolidation reads the old signal.
+
+After each attention step a stream keeps the mean attention density over heads and queries as
+masses over K equal bins of [0, 1] (the N basis bins for rectangular ψ, the T-1 quadrature intervals
+for smooth ψ). The samplers below turn those masses into M sample points (bin index + fraction
+inside the bin), sorted in time.
+"""
+from __future__ import annotations
+
+
+import torch
+
+
+def _normalised(mass: torch.Tensor) -> torch.Tensor:
+    return mass / mass.sum(-1, keepdim=True)
+
+
+def bin_mass(weights: torch.Tensor) -> torch.Tensor:
+    """Per-stream mass of each rectangular bin: mean over heads and queries of r [S, H, Q, N] → [S, N]."""
+    return _normalised(weights.detach().to(torch.float64).mean(dim=(1, 2)))
+
+
+def interval_mass(density: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    """Trapezoid mass of each grid interval from p at T points [S, H, Q, T] → [S, T-1]."""
+    p = density.detach().to(torch.float64)
+    return _normalised((0.5 * (p[..., 1:] + p[..., :-1]) * gaps).mean(dim=(1, 2)))
+
+
+def gaussian_interval_mass(mean: torch.Tensor, var: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Mass of 𝒩(mean, var) [S, H, Q, 1] in each interval between ``edges`` [K+1] → [S, K]."""
+    scale = torch.sqrt(2 * var.detach().to(torch.float64)).clamp_min(1e-12)
+    cdf = 0.5 * (1 + torch.erf((edges - mean.detach().to(torch.float64)) / scale))
+    return _normalised((cdf[..., 1:] - cdf[..., :-1]).mean(dim=(1, 2)) + 1e-300)
+
+
+def upstream_histogram(grid_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The published sampler's histogram P [S, 127] from scores at its 129-point grid [S, H, Q, 129].
+
+    μ_k = ½(f_k + f_{k+1})(g_{k+1} - g_k) / Σ, f = exp s(g), per (h, q); P_b = Σ_{h,q} μ_{b+1}.
+    """
+    s = grid_scores.detach().to(torch.float64)
+    f = torch.exp(s - s.amax(-1, keepdim=True))
+    mass = 0.5 * (f[..., 1:] + f[..., :-1]) * grid.diff()
+    mass = mass / mass.sum(-1, keepdim=True)
+    return _normalised(mass[..., 1:].sum(dim=(1, 2)))
+
+
+def quantile_samples(mass: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """u_i = F⁻¹((i - ½)/M) for the piecewise-linear CDF F of bin masses [S, K].
+
+    Returns the bin of each sample [S, M] (int64, sorted) and its fraction inside the bin [S, M].
+    """
+    mass = mass.to(torch.float64)
+    cdf = mass.cumsum(-1)
+    levels = (torch.arange(count, dtype=torch.float64, device=mass.device) + 0.5) / count
+    levels = levels * cdf[..., -1:]
+    idx = torch.searchsorted(cdf, levels.contiguous(), right=True).clamp_max(mass.shape[-1] - 1)
+    below = torch.where(idx > 0, cdf.gather(-1, (idx - 1).clamp_min(0)), torch.zeros_like(levels))
+    inside = mass.gather(-1, idx)
+    frac = torch.where(inside > 0, (levels - below) / inside.clamp_min(1e-300), torch.zeros_like(levels))
+    return idx, frac.clamp(0.0, 1.0)
+
+
+def multinomial_samples(mass: torch.Tensor, count: int,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """M i.i.d. draws from the piecewise-constant density of bin masses [S, K], sorted in time."""
+    idx = torch.multinomial(mass.to(torch.float64), count, replacement=True, generator=generator)
+    frac = torch.rand(idx.shape, dtype=torch.float64, device=mass.device, generator=generator)
+    order = torch.argsort(idx.to(torch.float64) + frac, dim=-1)
+    return idx.gather(-1, order), frac.gather(-1, order)
+
+
+def upstream_samples(hist: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The published sampler: M draws b ~ P of stream 0 (used for every stream), unsorted. → [M]."""
+    return torch.multinomial(hist[0].to(torch.float64), count, replacement=True, generator=generator)
+
+
+def sample_points(idx: torch.Tensor, frac: torch.Tensor, bins: int) -> torch.Tensor:
+    """Time of each sample, (idx + frac) / K, float64."""
+    return (idx.to(torch.float64) + frac) / bins
+
+
