@@ -143,13 +143,16 @@ class LongTermMemory(nn.Module):
         return context.to(query.dtype)
 
     def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None) -> None:
-        self.coef = coef
-        self.filled = torch.ones(coef.shape[0], dtype=torch.bool, device=coef.device)
+        # Straight into _buffers: nn.Module.__setattr__ costs more than the rest of a small step.
+        buffers = self._buffers
+        buffers["coef"] = coef
+        if not bool(buffers["filled"].all()) or buffers["filled"].shape[0] != coef.shape[0]:
+            buffers["filled"] = torch.ones(coef.shape[0], dtype=torch.bool, device=coef.device)
         if stats is not None:
-            self.sticky_stats = stats
-        elif self.sticky_stats.shape[0] != coef.shape[0]:
-            self.sticky_stats = torch.zeros(coef.shape[0], self.config.sticky_bins,
-                                            dtype=torch.float64, device=coef.device)
+            buffers["sticky_stats"] = stats
+        elif buffers["sticky_stats"].shape[0] != coef.shape[0]:
+            buffers["sticky_stats"] = torch.zeros(coef.shape[0], self.config.sticky_bins,
+                                                  dtype=torch.float64, device=coef.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The stream count and width are known only once a video arrives: take the saved shapes.

@@ -7,29 +7,38 @@ from .fit import DenseFit, SegmentedFit
 
 
 def consolidate_segmented(frames: torch.Tensor, past: torch.Tensor | None,
-                          sample_bins: torch.Tensor | None, fit: SegmentedFit) -> torch.Tensor:
+                          sample_bins: torch.Tensor | None, fit: SegmentedFit,
+                          samples_in_bins: bool = True) -> torch.Tensor:
     """Rectangular consolidation as a segmented, shrunk sum (no [M+L, e] matrix is formed).
 
     frames [S, L, e] pooled frames; past [S, N, e] old coefficients (None for a first chunk);
-    sample_bins [S, M] or [M] int64, the old bin read by each past sample (-1 reads zeros).
+    sample_bins [S, M] or [M] int64, the old bin read by each past sample (-1 reads zeros, which
+    the caller announces with ``samples_in_bins=False``).
     Returns B [S, N, e]: B_n = scale_n (Σ_{past i → n} past[sample_bins_i] + Σ_{frame j → n} x_j).
     """
     s, _, e = frames.shape
-    n = fit.scale.numel()
-    acc = torch.zeros(s, n, e, dtype=frames.dtype, device=frames.device)
-    keep = fit.frame_bins >= 0
-    if bool(keep.all()):
-        acc = acc.index_add(1, fit.frame_bins, frames)
+    acc = torch.zeros(s, fit.scale.numel(), e, dtype=frames.dtype, device=frames.device)
+    if fit.frame_keep is None:
+        acc.index_add_(1, fit.frame_bins, frames)
     else:
-        acc = acc.index_add(1, fit.frame_bins[keep], frames[:, keep])
+        acc.index_add_(1, fit.frame_bins[fit.frame_keep], frames[:, fit.frame_keep])
     if past is not None:
-        src = sample_bins.expand(s, -1)
-        dst = fit.past_bins.expand(s, -1)
-        valid = (src >= 0) & (dst >= 0)
-        rows = past.gather(1, src.clamp_min(0)[..., None].expand(-1, -1, e))
-        rows = rows * valid[..., None].to(rows.dtype)
-        acc = acc.scatter_add(1, dst.clamp_min(0)[..., None].expand(-1, -1, e), rows)
-    return acc * fit.scale[:, None]
+        acc.index_add_(1, fit.past_bins, _read_rows(past, sample_bins, samples_in_bins))
+    return acc.mul_(fit.scale[:, None])
+
+
+def _read_rows(past: torch.Tensor, bins: torch.Tensor, in_bins: bool) -> torch.Tensor:
+    """past[s, bins[s, i]] → [S, M, e] by one row gather (zeros where a bin is -1 and not in_bins)."""
+    s, n, e = past.shape
+    if bins.dim() == 1 or bins.shape[0] == 1:
+        rows = past.index_select(1, bins.reshape(-1).clamp_min(0))
+    else:
+        # Stream k's rows start at k·N in the flattened [S·N, e] view.
+        flat = bins.clamp_min(0) + torch.arange(s, device=past.device)[:, None] * n
+        rows = past.reshape(s * n, e).index_select(0, flat.reshape(-1)).reshape(s, -1, e)
+    if not in_bins:
+        rows = rows * (bins >= 0).to(rows.dtype).reshape(-1, bins.shape[-1], 1)
+    return rows
 
 
 def consolidate_dense(frames: torch.Tensor, past: torch.Tensor | None,

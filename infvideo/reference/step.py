@@ -22,16 +22,30 @@ from .fit import DenseFit, SegmentedFit, consolidation_fit, first_fit, on_device
 
 @dataclass(frozen=True)
 class PointBasis:
-    """ψ at fixed points: their bin ``bins`` [P] (-1: none) when each lies in ≤ 1 bin, and ``dense`` [P, N]."""
+    """ψ at fixed points: their bin ``bins`` [P] (-1: none) when each lies in ≤ 1 bin, and ``dense`` [P, N].
+
+    ``in_bins`` says every point lies in some bin (no -1 in ``bins``).
+    """
 
     bins: torch.Tensor | None
     dense: torch.Tensor
+    in_bins: bool = True
+
+
+@dataclass(frozen=True)
+class PastSamples:
+    """Where a consolidation reads the old signal: old bins [S or 1, M] or ψ rows [.., M, N]."""
+
+    bins: torch.Tensor | None
+    dense: torch.Tensor | None
+    in_bins: bool = True
 
 
 def _point_basis(cfg: MemoryConfig, points: pos.Positions) -> PointBasis:
     if cfg.basis == "rectangular":
         member = rectangular_membership(points, cfg.num_basis)
-        return PointBasis(single_bins(member), member.to(torch.float64))
+        bins = single_bins(member)
+        return PointBasis(bins, member.to(torch.float64), bins is not None and bool((bins >= 0).all()))
     mu, sigma = gaussian_parameters(cfg.num_basis, cfg.sigmas)
     return PointBasis(None, gaussian_values(points.values, mu, sigma))
 
@@ -60,38 +74,45 @@ def _as_dense_fit(fit: SegmentedFit, num_basis: int) -> DenseFit:
     return DenseFit(dense(fit.past_bins), dense(fit.frame_bins))
 
 
-def _apply_fit(fit, frames, past, sample_bins, sample_dense, num_basis):
-    if isinstance(fit, SegmentedFit) and (past is None or sample_bins is not None):
-        return consolidate_segmented(frames, past, sample_bins, fit)
+def _apply_fit(fit, frames, past, samples: PastSamples | None, num_basis):
+    if isinstance(fit, SegmentedFit) and (past is None or samples.bins is not None):
+        return consolidate_segmented(frames, past, None if past is None else samples.bins, fit,
+                                     True if past is None else samples.in_bins)
     if isinstance(fit, SegmentedFit):
         fit = _as_dense_fit(fit, num_basis)
-    if past is not None and sample_dense is None:
-        sample_dense = torch.nn.functional.one_hot(sample_bins, num_basis).to(frames.dtype)
-    return consolidate_dense(frames, past, sample_dense, fit)
+    dense = None
+    if past is not None:
+        dense = samples.dense
+        if dense is None:
+            dense = torch.nn.functional.one_hot(samples.bins.clamp_min(0), num_basis).to(frames.dtype)
+            dense = dense * (samples.bins >= 0)[..., None].to(frames.dtype)
+    return consolidate_dense(frames, past, dense, fit)
 
 
 def past_samples(cfg: MemoryConfig, stats: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
-                 generator: torch.Generator | None = None):
-    """Where each stream reads its old signal: (bins [S or 1, M] or None, dense ψ [.., M, N] or None)."""
+                 generator: torch.Generator | None = None) -> PastSamples:
+    """Where each stream reads its old signal, from the sticky statistic [S, K] (or uniformly)."""
     if not cfg.sticky:
         plan = on_device(uniform_sample_basis(cfg), device, dtype)
-        return plan.bins, (plan.dense if plan.bins is None else None)
+        return PastSamples(plan.bins, plan.dense if plan.bins is None else None, plan.in_bins)
     if cfg.sampling == "upstream":
         _, draws, _ = upstream_bases(cfg)
         draws = on_device(draws, device, dtype)
         b = sticky.upstream_samples(stats, cfg.past_samples, generator).to(device)
         if draws.bins is not None:
-            return draws.bins[b], None
-        return None, draws.dense[b]
+            return PastSamples(draws.bins[b], None, False)
+        return PastSamples(None, draws.dense[b])
+    if cfg.sampling == "quantile" and cfg.basis == "rectangular":
+        return PastSamples(sticky.quantile_bins(stats, cfg.past_samples)[0], None)
     if cfg.sampling == "quantile":
         idx, frac = sticky.quantile_samples(stats, cfg.past_samples)
     else:
         idx, frac = sticky.multinomial_samples(stats, cfg.past_samples, generator)
     if cfg.basis == "rectangular":
-        return idx, None
+        return PastSamples(idx, None)
     mu, sigma = gaussian_parameters(cfg.num_basis, cfg.sigmas)
     t = sticky.sample_points(idx, frac, cfg.sticky_bins)
-    return None, gaussian_values(t, mu.to(t.device), sigma.to(t.device)).to(dtype)
+    return PastSamples(None, gaussian_values(t, mu.to(t.device), sigma.to(t.device)).to(dtype))
 
 
 def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tensor | None,
@@ -103,13 +124,16 @@ def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tenso
     """
     length, dtype, device = frames.shape[1], frames.dtype, frames.device
     n = cfg.num_basis
-    start = _apply_fit(on_device(first_fit(cfg, length), device, dtype), frames, None, None, None, n)
-    if past is None or not bool(filled.any()):
-        return start
-    bins, dense = past_samples(cfg, stats, dtype, device, generator)
+    some = past is not None and bool(filled.any())
+    every = some and bool(filled.all())
+    if not every:
+        start = _apply_fit(on_device(first_fit(cfg, length), device, dtype), frames, None, None, n)
+        if not some:
+            return start
+    samples = past_samples(cfg, stats, dtype, device, generator)
     later = _apply_fit(on_device(consolidation_fit(cfg, length), device, dtype),
-                       frames, past.to(dtype), bins, dense, n)
-    if bool(filled.all()):
+                       frames, past.to(dtype), samples, n)
+    if every:
         return later
     return torch.where(filled[:, None, None], later, start)
 

@@ -17,7 +17,7 @@ def _normalised(mass: torch.Tensor) -> torch.Tensor:
 
 def bin_mass(weights: torch.Tensor) -> torch.Tensor:
     """Per-stream mass of each rectangular bin: mean over heads and queries of r [S, H, Q, N] → [S, N]."""
-    return _normalised(weights.detach().to(torch.float64).mean(dim=(1, 2)))
+    return _normalised(weights.detach().mean(dim=(1, 2)).to(torch.float64))
 
 
 def interval_mass(density: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
@@ -45,16 +45,23 @@ def upstream_histogram(grid_scores: torch.Tensor, grid: torch.Tensor) -> torch.T
     return _normalised(mass[..., 1:].sum(dim=(1, 2)))
 
 
+def quantile_bins(mass: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bin of u_i = F⁻¹((i - ½)/M), F the CDF of bin masses [S, K]: (bins [S, M], levels, CDF)."""
+    mass = mass.to(torch.float64)
+    cdf = mass.cumsum(-1)
+    levels = (torch.arange(count, dtype=torch.float64, device=mass.device) + 0.5) / count
+    levels = levels * cdf[..., -1:]
+    idx = torch.searchsorted(cdf, levels.contiguous(), right=True).clamp_max(mass.shape[-1] - 1)
+    return idx, levels, cdf
+
+
 def quantile_samples(mass: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """u_i = F⁻¹((i - ½)/M) for the piecewise-linear CDF F of bin masses [S, K].
 
     Returns the bin of each sample [S, M] (int64, sorted) and its fraction inside the bin [S, M].
     """
     mass = mass.to(torch.float64)
-    cdf = mass.cumsum(-1)
-    levels = (torch.arange(count, dtype=torch.float64, device=mass.device) + 0.5) / count
-    levels = levels * cdf[..., -1:]
-    idx = torch.searchsorted(cdf, levels.contiguous(), right=True).clamp_max(mass.shape[-1] - 1)
+    idx, levels, cdf = quantile_bins(mass, count)
     below = torch.where(idx > 0, cdf.gather(-1, (idx - 1).clamp_min(0)), torch.zeros_like(levels))
     inside = mass.gather(-1, idx)
     frac = torch.where(inside > 0, (levels - below) / inside.clamp_min(1e-300), torch.zeros_like(levels))
