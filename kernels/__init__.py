@@ -1,0 +1,1 @@
+"""Triton kernels of infvideo, installed as ``infvideo.kernels``."""
