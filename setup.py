@@ -89,7 +89,7 @@ setup(
     # The Triton kernels live in kernels/ but install as infvideo.kernels: a top-level
     # `kernels` module would clash with the unrelated PyPI package that transformers looks for.
     package_dir={"infvideo.kernels": "kernels"},
-    install_requires=["torch>=2.4"],
+    install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark", "hypothesis"],

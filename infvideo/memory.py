@@ -38,7 +38,7 @@ class LongTermMemory(nn.Module):
         generator: torch.Generator for ``multinomial`` / ``upstream`` sampling.
 
     State (buffers, saved by ``state_dict()``): ``coef`` [S, N, e], ``filled`` [S] (streams holding
-    a video), ``sticky_stats`` [S, K] (attention mass per bin from the last step).
+    a video), ``sticky_stats`` [S, G, K] (attention mass per bin from the last step, per group).
     """
 
     def __init__(self, num_basis: int = 256, tau: float = 0.75, past_samples: int = 512,
@@ -56,7 +56,7 @@ class LongTermMemory(nn.Module):
         self.generator = generator
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
-        self.register_buffer("sticky_stats", torch.zeros(0, self.config.sticky_bins, dtype=torch.float64))
+        self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
 
     def extra_repr(self) -> str:
         c = self.config
@@ -151,8 +151,7 @@ class LongTermMemory(nn.Module):
         if stats is not None:
             buffers["sticky_stats"] = stats
         elif buffers["sticky_stats"].shape[0] != coef.shape[0]:
-            buffers["sticky_stats"] = torch.zeros(coef.shape[0], self.config.sticky_bins,
-                                                  dtype=torch.float64, device=coef.device)
+            buffers["sticky_stats"] = torch.zeros(coef.shape[0], 1, self.config.sticky_bins, device=coef.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The stream count and width are known only once a video arrives: take the saved shapes.

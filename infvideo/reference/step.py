@@ -142,7 +142,7 @@ def attend(cfg: MemoryConfig, coef: torch.Tensor, query: torch.Tensor, proj_key,
            num_heads: int, keep_stats: bool = True):
     """Continuous attention of queries [S, Q, D] over coefficients [S, N, e].
 
-    Returns the context [S, Q, D_v] and the sticky statistic [S, K] (float64; None if not kept).
+    Returns the context [S, Q, D_v] and the sticky statistic [S, G, K] (float32; None if not kept).
     """
     const = on_device(attention_constants(cfg), coef.device, coef.dtype)
     a = scores(coef, query, proj_key, num_heads)
@@ -150,7 +150,7 @@ def attend(cfg: MemoryConfig, coef: torch.Tensor, query: torch.Tensor, proj_key,
     if isinstance(const, Quadrature):
         r, density = quadrature_weights(a, const)
         if keep_stats and cfg.sampling != "upstream":
-            stats = sticky.interval_mass(density, const.gaps.to(torch.float64))
+            stats = sticky.interval_mass(density.sum(2), const.gaps)
     elif isinstance(const, GaussianDensity):
         r, mean, var = gaussian_density_weights(a, const)
         if keep_stats and cfg.sampling != "upstream":

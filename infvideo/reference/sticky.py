@@ -1,9 +1,11 @@
 """Sticky memories (SPEC section 7): where the next consolidation reads the old signal.
 
-After each attention step a stream keeps the mean attention density over heads and queries as
-masses over K equal bins of [0, 1] (the N basis bins for rectangular ψ, the T-1 quadrature intervals
-for smooth ψ). The samplers below turn those masses into M sample points (bin index + fraction
-inside the bin), sorted in time.
+After each attention step a stream keeps its attention density over time as masses over K equal
+bins of [0, 1] (the N basis bins for rectangular ψ, the T-1 quadrature intervals for smooth ψ),
+summed over queries and kept per group (a head, or one group), [S, G, K]: every backend writes
+this raw form and the samplers below add the groups up, so the mean over heads and queries of
+SPEC section 7 is recovered up to a constant the samplers ignore. They turn the masses into M
+sample points (bin index + fraction inside the bin), sorted in time.
 """
 from __future__ import annotations
 
@@ -15,26 +17,32 @@ def _normalised(mass: torch.Tensor) -> torch.Tensor:
     return mass / mass.sum(-1, keepdim=True)
 
 
+def total_mass(mass: torch.Tensor) -> torch.Tensor:
+    """Groups added up in float64: [S, G, K] → [S, K] (a [S, K] input is returned as float64)."""
+    mass = mass.to(torch.float64)
+    return mass.sum(1) if mass.dim() == 3 else mass
+
+
 def bin_mass(weights: torch.Tensor) -> torch.Tensor:
-    """Per-stream mass of each rectangular bin: mean over heads and queries of r [S, H, Q, N] → [S, N]."""
-    return _normalised(weights.detach().mean(dim=(1, 2)).to(torch.float64))
+    """Mass of each rectangular bin per head, summed over queries: r [S, H, Q, N] → [S, H, N]."""
+    return weights.detach().sum(2).to(torch.float32)
 
 
 def interval_mass(density: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-    """Trapezoid mass of each grid interval from p at T points [S, H, Q, T] → [S, T-1]."""
-    p = density.detach().to(torch.float64)
-    return _normalised((0.5 * (p[..., 1:] + p[..., :-1]) * gaps).mean(dim=(1, 2)))
+    """Trapezoid mass of each grid interval per head from Σ_q p at T points [S, H, T] → [S, H, T-1]."""
+    p = density.detach().to(torch.float32)
+    return 0.5 * (p[..., 1:] + p[..., :-1]) * gaps.to(torch.float32)
 
 
 def gaussian_interval_mass(mean: torch.Tensor, var: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Mass of 𝒩(mean, var) [S, H, Q, 1] in each interval between ``edges`` [K+1] → [S, K]."""
+    """Mass of 𝒩(mean, var) [S, H, Q, 1] in each interval between ``edges`` [K+1] → [S, H, K]."""
     scale = torch.sqrt(2 * var.detach().to(torch.float64)).clamp_min(1e-12)
     cdf = 0.5 * (1 + torch.erf((edges - mean.detach().to(torch.float64)) / scale))
-    return _normalised((cdf[..., 1:] - cdf[..., :-1]).mean(dim=(1, 2)) + 1e-300)
+    return (cdf[..., 1:] - cdf[..., :-1]).sum(2).to(torch.float32)
 
 
 def upstream_histogram(grid_scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The published sampler's histogram P [S, 127] from scores at its 129-point grid [S, H, Q, 129].
+    """The published sampler's histogram P [S, 1, 127] from scores at its 129-point grid [S, H, Q, 129].
 
     μ_k = ½(f_k + f_{k+1})(g_{k+1} - g_k) / Σ, f = exp s(g), per (h, q); P_b = Σ_{h,q} μ_{b+1}.
     """
@@ -42,12 +50,12 @@ def upstream_histogram(grid_scores: torch.Tensor, grid: torch.Tensor) -> torch.T
     f = torch.exp(s - s.amax(-1, keepdim=True))
     mass = 0.5 * (f[..., 1:] + f[..., :-1]) * grid.diff()
     mass = mass / mass.sum(-1, keepdim=True)
-    return _normalised(mass[..., 1:].sum(dim=(1, 2)))
+    return _normalised(mass[..., 1:].sum(dim=(1, 2)))[:, None].to(torch.float32)
 
 
 def quantile_bins(mass: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The bin of u_i = F⁻¹((i - ½)/M), F the CDF of bin masses [S, K]: (bins [S, M], levels, CDF)."""
-    mass = mass.to(torch.float64)
+    """The bin of u_i = F⁻¹((i - ½)/M), F the CDF of bin masses [S, (G,) K]: (bins [S, M], levels, CDF)."""
+    mass = total_mass(mass)
     cdf = mass.cumsum(-1)
     levels = (torch.arange(count, dtype=torch.float64, device=mass.device) + 0.5) / count
     levels = levels * cdf[..., -1:]
@@ -56,11 +64,11 @@ def quantile_bins(mass: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.T
 
 
 def quantile_samples(mass: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """u_i = F⁻¹((i - ½)/M) for the piecewise-linear CDF F of bin masses [S, K].
+    """u_i = F⁻¹((i - ½)/M) for the piecewise-linear CDF F of bin masses [S, (G,) K].
 
     Returns the bin of each sample [S, M] (int64, sorted) and its fraction inside the bin [S, M].
     """
-    mass = mass.to(torch.float64)
+    mass = total_mass(mass)
     idx, levels, cdf = quantile_bins(mass, count)
     below = torch.where(idx > 0, cdf.gather(-1, (idx - 1).clamp_min(0)), torch.zeros_like(levels))
     inside = mass.gather(-1, idx)
@@ -70,8 +78,9 @@ def quantile_samples(mass: torch.Tensor, count: int) -> tuple[torch.Tensor, torc
 
 def multinomial_samples(mass: torch.Tensor, count: int,
                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """M i.i.d. draws from the piecewise-constant density of bin masses [S, K], sorted in time."""
-    idx = torch.multinomial(mass.to(torch.float64), count, replacement=True, generator=generator)
+    """M i.i.d. draws from the piecewise-constant density of bin masses [S, (G,) K], sorted in time."""
+    mass = total_mass(mass)
+    idx = torch.multinomial(mass, count, replacement=True, generator=generator)
     frac = torch.rand(idx.shape, dtype=torch.float64, device=mass.device, generator=generator)
     order = torch.argsort(idx.to(torch.float64) + frac, dim=-1)
     return idx.gather(-1, order), frac.gather(-1, order)
@@ -79,7 +88,7 @@ def multinomial_samples(mass: torch.Tensor, count: int,
 
 def upstream_samples(hist: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The published sampler: M draws b ~ P of stream 0 (used for every stream), unsorted. → [M]."""
-    return torch.multinomial(hist[0].to(torch.float64), count, replacement=True, generator=generator)
+    return torch.multinomial(total_mass(hist)[0], count, replacement=True, generator=generator)
 
 
 def sample_points(idx: torch.Tensor, frac: torch.Tensor, bins: int) -> torch.Tensor:
