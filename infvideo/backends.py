@@ -3,24 +3,37 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from .config import BACKENDS
+from .ops import _triton
 
 
 def available_backends() -> tuple[str, ...]:
     """Backends usable in this process, fastest first (the reference ``torch`` is always there)."""
-    return ("torch",)
+    return (("triton",) if _triton.usable() else ()) + ("torch",)
 
 
 def resolve_backend(backend: str) -> str:
-    """The concrete backend for a requested name; INFVIDEO_BACKEND overrides ``"auto"``."""
+    """Checks a requested backend name; INFVIDEO_BACKEND replaces ``"auto"``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = os.environ.get("INFVIDEO_BACKEND", "auto")
         if backend not in BACKENDS:
             raise ValueError(f"INFVIDEO_BACKEND must be one of {BACKENDS}, got {backend!r}")
-        if backend == "auto":
-            return available_backends()[0]
-    if backend not in available_backends():
-        raise ValueError(f"backend={backend!r} is not available here; available: {available_backends()}")
+    if backend in ("cuda", "cpu"):
+        raise ValueError(f"backend={backend!r} (the C++/CUDA extension) is not built in this installation; "
+                         f"available: {available_backends()}")
+    if backend == "triton" and _triton.kernels() is None:
+        raise ValueError("backend='triton' needs Triton (pip install triton)")
+    return backend
+
+
+def backend_for(backend: str, device: torch.device) -> str:
+    """The concrete backend of one call on tensors of ``device``: ``auto`` takes Triton on CUDA."""
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton.usable(device) else "torch"
+    if backend == "triton" and not _triton.usable(device):
+        raise ValueError(f"backend='triton' cannot run on {device} tensors (CUDA, or TRITON_INTERPRET=1 on the CPU)")
     return backend

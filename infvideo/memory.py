@@ -5,10 +5,36 @@ import torch
 from torch import nn
 
 from . import _checks
-from .backends import resolve_backend
+from .backends import backend_for, resolve_backend
 from .config import MemoryConfig
+from .ops import fused_step
 from .reference.pooling import pool_frames
 from .reference.step import attend, consolidate_chunk
+
+
+def _needs_grad(*inputs) -> bool:
+    """Whether autograd must see this step (the fused ops are forward-only; the reference is not)."""
+    if not torch.is_grad_enabled():
+        return False
+    for item in inputs:
+        if isinstance(item, torch.Tensor):
+            if item.requires_grad:
+                return True
+        elif isinstance(item, nn.Module) and any(p.requires_grad for p in item.parameters()):
+            return True
+    return False
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _store(buffers: dict, name: str, value: torch.Tensor) -> None:
+    current = buffers[name]
+    if current.shape == value.shape and current.dtype == value.dtype and current.device == value.device:
+        current.copy_(value)
+    else:
+        buffers[name] = value
 
 
 class LongTermMemory(nn.Module):
@@ -31,11 +57,15 @@ class LongTermMemory(nn.Module):
         preset: ``"exact"`` (exact integrals and positions) or ``"paper"`` (bit-level behaviour of
             the published code: trapezoid on its grid, float32 positions and bin bounds).
         quad_points: T ≥ 2, trapezoid points for smooth bases (and the paper preset's grid).
-        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"`` or ``"cpu"``; the environment
-            variable INFVIDEO_BACKEND overrides ``"auto"``.
+        backend: ``"auto"`` (Triton on CUDA tensors, else the torch reference), ``"torch"``,
+            ``"triton"``, ``"cuda"`` or ``"cpu"``; INFVIDEO_BACKEND overrides ``"auto"``. The fused
+            backends are forward-only: a step that autograd must see (grad enabled and an input or
+            projection that requires grad) runs on the differentiable reference.
         density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
             softmax moments; Gaussian basis only).
         generator: torch.Generator for ``multinomial`` / ``upstream`` sampling.
+        check_finite: raise on NaN/Inf in frames or query (one host synchronisation per step;
+            skipped while a CUDA graph is being captured). Turn off to keep the host asynchronous.
 
     State (buffers, saved by ``state_dict()``): ``coef`` [S, N, e], ``filled`` [S] (streams holding
     a video), ``sticky_stats`` [S, G, K] (attention mass per bin from the last step, per group).
@@ -45,7 +75,7 @@ class LongTermMemory(nn.Module):
                  ridge: float = 0.5, basis: str = "rectangular", sigmas=(0.005, 0.01),
                  sticky: bool = True, sampling: str = "quantile", preset: str = "exact",
                  quad_points: int = 1000, backend: str = "auto", *, density: str = "gibbs",
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, check_finite: bool = True):
         super().__init__()
         self.config = MemoryConfig(num_basis, tau, past_samples, ridge, basis, tuple(sigmas)
                                    if isinstance(sigmas, (list, tuple)) else sigmas, sticky,
@@ -54,6 +84,10 @@ class LongTermMemory(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
+        self.check_finite = bool(check_finite)
+        # Host-side mirror of `filled` ("empty", "full" or "mixed") so a step never reads the
+        # device to know which streams hold a video.
+        self._fill = "empty"
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
@@ -72,9 +106,11 @@ class LongTermMemory(nn.Module):
     @property
     def coefficients(self) -> torch.Tensor | None:
         """The current coefficients B [S, N, e] (rows of empty streams are zero); None while empty."""
-        if not bool(self.filled.any()):
-            return None
-        return self.coef
+        return None if self._fill == "empty" else self.coef
+
+    def _sync_fill(self) -> None:
+        filled = self.filled
+        self._fill = ("empty" if not bool(filled.any()) else "full" if bool(filled.all()) else "mixed")
 
     def reset(self, streams=None) -> None:
         """Empty the memory (a new video); ``streams`` (indices or a bool mask) empties only those."""
@@ -82,6 +118,7 @@ class LongTermMemory(nn.Module):
             self.filled.zero_()
             self.coef.zero_()
             self.sticky_stats.zero_()
+            self._fill = "empty"
             return
         index = torch.as_tensor(streams, device=self.filled.device)
         if index.dtype == torch.bool:
@@ -96,6 +133,7 @@ class LongTermMemory(nn.Module):
         self.filled[index] = False
         self.coef[index] = 0
         self.sticky_stats[index] = 0
+        self._sync_fill()
 
     def _check(self, frames, query, proj_key, proj_value, num_heads):
         frames = _checks.tensor("frames", frames, (3, 4, 5))
@@ -112,13 +150,12 @@ class LongTermMemory(nn.Module):
         value_width = _checks.projection("proj_value", proj_value, width, frames.device)
         if value_width is not None and value_width % num_heads:
             raise ValueError(f"proj_value's width {value_width} is not divisible by num_heads={num_heads}")
-        if bool(self.filled.any()):
+        if self._fill != "empty":
             if streams != self.num_streams:
                 raise ValueError(f"frames carry {streams} streams but the memory holds {self.num_streams}; "
                                  "call reset() before changing the stream count")
             if width != self.coef.shape[-1]:
                 raise ValueError(f"frames have width {width} but the memory holds width {self.coef.shape[-1]}")
-        _checks.finite("query", query)
         return frames, query
 
     def forward(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int) -> torch.Tensor:
@@ -130,26 +167,36 @@ class LongTermMemory(nn.Module):
         Returns the LTM context [S, Q, D] in the query's dtype.
         """
         frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
+        backend = backend_for(self.backend, frames.device)
         dtype = torch.float64 if torch.float64 in (frames.dtype, query.dtype) else torch.float32
-        pooled = pool_frames(frames, dtype)
-        _checks.finite("frames", pooled)
-        active = bool(self.filled.any())
-        coef = consolidate_chunk(self.config, pooled, self.coef if active else None,
-                                 self.filled if active else None,
-                                 self.sticky_stats if active else None, self.generator)
-        context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
-                                keep_stats=self.config.sticky)
+        past = None if self._fill == "empty" else self.coef
+        filled = self.filled if self._fill == "mixed" else None
+        stats = None if self._fill == "empty" else self.sticky_stats
+        if backend == "triton" and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
+            context, coef, stats = fused_step(self.config, frames, query, proj_key, proj_value, num_heads,
+                                              past, filled, stats, self.generator, keep_stats=self.config.sticky)
+        else:
+            coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
+            context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
+                                    keep_stats=self.config.sticky)
+        if self.check_finite and not _capturing(frames.device):
+            # Non-finite frames reach the new coefficients, so one small reduction (and one host
+            # synchronisation) covers them and the query, before any state changes.
+            _checks.finite("frames", coef)
+            _checks.finite("query", query)
         self._commit(coef.detach(), stats)
         return context.to(query.dtype)
 
     def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None) -> None:
-        # Straight into _buffers: nn.Module.__setattr__ costs more than the rest of a small step.
+        # Into the existing buffers when shapes allow, so that a captured CUDA graph's replays
+        # update the state the next replay reads; nn.Module.__setattr__ is bypassed for speed.
         buffers = self._buffers
-        buffers["coef"] = coef
-        if not bool(buffers["filled"].all()) or buffers["filled"].shape[0] != coef.shape[0]:
+        _store(buffers, "coef", coef)
+        if self._fill != "full":
             buffers["filled"] = torch.ones(coef.shape[0], dtype=torch.bool, device=coef.device)
+            self._fill = "full"
         if stats is not None:
-            buffers["sticky_stats"] = stats
+            _store(buffers, "sticky_stats", stats)
         elif buffers["sticky_stats"].shape[0] != coef.shape[0]:
             buffers["sticky_stats"] = torch.zeros(coef.shape[0], 1, self.config.sticky_bins, device=coef.device)
 
@@ -160,3 +207,4 @@ class LongTermMemory(nn.Module):
             if isinstance(saved, torch.Tensor):
                 self._buffers[name] = torch.empty_like(saved, device=self._buffers[name].device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._sync_fill()

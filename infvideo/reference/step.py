@@ -120,20 +120,19 @@ def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tenso
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """New coefficients [S, N, e] from pooled frames [S, L, e] and each stream's old state.
 
-    Streams with ``filled[s]`` False (or all, when ``past`` is None) start a new video.
+    ``past`` None: every stream starts a new video. Otherwise ``filled`` is None when every stream
+    holds one, or a bool mask [S] of those that do (the others start anew).
     """
     length, dtype, device = frames.shape[1], frames.dtype, frames.device
     n = cfg.num_basis
-    some = past is not None and bool(filled.any())
-    every = some and bool(filled.all())
-    if not every:
+    if past is None or filled is not None:
         start = _apply_fit(on_device(first_fit(cfg, length), device, dtype), frames, None, None, n)
-        if not some:
+        if past is None:
             return start
     samples = past_samples(cfg, stats, dtype, device, generator)
     later = _apply_fit(on_device(consolidation_fit(cfg, length), device, dtype),
                        frames, past.to(dtype), samples, n)
-    if every:
+    if filled is None:
         return later
     return torch.where(filled[:, None, None], later, start)
 

@@ -1,0 +1,68 @@
+"""``torch.ops.infvideo.quadrature_attention``: Gibbs density over a Gaussian basis, by quadrature."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from ..config import MemoryConfig
+from ..reference import positions as pos
+from ..reference.basis import gaussian_parameters
+from ..reference.fit import on_device
+from . import _triton
+
+
+@dataclass(frozen=True)
+class QuadratureConstants:
+    """Basis centres/widths [N], trapezoid grid, log-weights [T] and gaps [T-1] of a configuration."""
+
+    mu: Tensor
+    sigma: Tensor
+    grid: Tensor
+    log_weight: Tensor
+    gaps: Tensor
+
+
+@lru_cache(maxsize=64)
+def _constants(cfg: MemoryConfig) -> QuadratureConstants:
+    mu, sigma = gaussian_parameters(cfg.num_basis, cfg.sigmas)
+    grid, weights = pos.quadrature_grid(cfg.quad_points, cfg.preset)
+    return QuadratureConstants(mu, sigma, grid.values, weights.log(), grid.values.diff())
+
+
+def quadrature_constants(cfg: MemoryConfig, device: torch.device) -> QuadratureConstants:
+    """The configuration's quadrature constants in float32 on ``device`` (built and moved once)."""
+    return on_device(_constants(cfg), device, torch.float32)
+
+
+@torch.library.custom_op("infvideo::quadrature_attention", mutates_args=())
+def _quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor,
+                          sigma: Tensor, grid: Tensor, log_weight: Tensor, write_density: bool
+                          ) -> tuple[Tensor, Tensor]:
+    mods = _triton.require("quadrature_attention", query.device)
+    return mods["quadrature"].quadrature_attention(query, keys, values, num_heads, mu, sigma, grid, log_weight,
+                                                   write_density)
+
+
+@_quadrature_attention.register_fake
+def _(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density):
+    s, q_len, model = query.shape
+    return (query.new_empty(s, q_len, model),
+            query.new_empty(s, num_heads, grid.shape[0] if write_density else 1, dtype=torch.float32))
+
+
+def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor,
+                         grid: Tensor, log_weight: Tensor, write_density: bool = True) -> tuple[Tensor, Tensor]:
+    """Context of the Gibbs density p(t) ∝ exp(aᵀψ(t)) over Gaussian ψ_n = 𝒩(μ_n, σ_n²).
+
+    r_n = Σ_j ω_j p(t_j) ψ_n(t_j) (trapezoid on ``grid`` [T] with log-weights ``log_weight``),
+    a = q·K/√d, c = Σ_n r_n V_n. query [S, Q, D], keys/values [S, N, D], mu/sigma [N].
+    Returns context [S, Q, D] and Σ_q p(t_j) [S, H, T] (float32; [S, H, 1] unused if not write_density).
+    """
+    f32 = dict(device=query.device, dtype=torch.float32)
+    return torch.ops.infvideo.quadrature_attention(
+        query.contiguous(), keys.contiguous(), values.contiguous(), num_heads, mu.to(**f32).contiguous(),
+        sigma.to(**f32).contiguous(), grid.to(**f32).contiguous(), log_weight.to(**f32).contiguous(),
+        bool(write_density))

@@ -1,0 +1,91 @@
+"""``torch.ops.infvideo.rect_consolidate``: pool + gather + segmented shrunk sum, one fused pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..reference.fit import SegmentedFit, on_device
+from . import _triton
+
+
+@dataclass(frozen=True)
+class RectPlan:
+    """CSR maps of a segmented fit: which past samples and frames land in each bin.
+
+    past_idx [M'] / frame_idx [L'] (int32) list the positions in bin order, past_start /
+    frame_start [N + 1] (int32) delimit each bin's range; scale [N] = 1 / (c_n + λ).
+    """
+
+    past_idx: Tensor
+    past_start: Tensor
+    frame_idx: Tensor
+    frame_start: Tensor
+    scale: Tensor
+
+
+def _csr(bins: Tensor | None, num_basis: int) -> tuple[Tensor, Tensor]:
+    if bins is None:
+        return torch.zeros(0, dtype=torch.int32), torch.zeros(num_basis + 1, dtype=torch.int32)
+    keep = (bins >= 0).nonzero().flatten()
+    order = keep[torch.argsort(bins[keep], stable=True)]
+    counts = torch.bincount(bins[keep], minlength=num_basis)
+    start = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+    return order.to(torch.int32), start.to(torch.int32)
+
+
+@lru_cache(maxsize=256)
+def rect_plan(fit: SegmentedFit) -> RectPlan:
+    """The CSR form of a segmented fit (built once per fit, on the CPU)."""
+    n = fit.scale.numel()
+    past_idx, past_start = _csr(fit.past_bins, n)
+    frame_idx, frame_start = _csr(fit.frame_bins, n)
+    return RectPlan(past_idx, past_start, frame_idx, frame_start, fit.scale.to(torch.float32))
+
+
+def plan_on(fit: SegmentedFit, device: torch.device) -> RectPlan:
+    return on_device(rect_plan(fit), device, torch.float32)
+
+
+@torch.library.custom_op("infvideo::rect_consolidate", mutates_args=())
+def _rect_consolidate(frames: Tensor, past: Optional[Tensor], sample_bins: Optional[Tensor],
+                      mass: Optional[Tensor], past_idx: Tensor, past_start: Tensor, frame_idx: Tensor,
+                      frame_start: Tensor, scale: Tensor, num_samples: int) -> Tensor:
+    mods = _triton.require("rect_consolidate", frames.device)
+    return mods["consolidate"].rect_consolidate(frames, past, sample_bins, mass, past_idx, past_start,
+                                                frame_idx, frame_start, scale, num_samples)
+
+
+@_rect_consolidate.register_fake
+def _(frames, past, sample_bins, mass, past_idx, past_start, frame_idx, frame_start, scale, num_samples):
+    return frames.new_empty(frames.shape[0], scale.shape[0], frames.shape[-1], dtype=torch.float32)
+
+
+def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, *, sample_bins: Tensor | None = None,
+                     mass: Tensor | None = None, num_samples: int = 0) -> Tensor:
+    """New coefficients B [S, N, e] (float32) from a chunk, in one pass over its tokens.
+
+    B_n = scale_n · (Σ_{past i → n} past[src_i] + Σ_{frame j → n} mean_t frames[j, t]).
+
+    frames: [S, L, e] pooled or [S, L, *tokens, e]; past: [S, N, e] old coefficients, or None for
+    a first chunk; plan: the fit's CSR maps (:func:`plan_on`); the source bins src_i come from
+    ``sample_bins`` [S or 1, M] (int64, -1 reads zeros) or, fused, from the quantile inverse-CDF of
+    the sticky ``mass`` [S, G, N] with ``num_samples`` = M.
+    """
+    if frames.dim() == 3:
+        frames = frames.unsqueeze(2)
+    elif frames.dim() > 4:
+        frames = frames.flatten(2, -2)
+    if past is not None:
+        past = past.to(torch.float32).contiguous()
+        if (sample_bins is None) == (mass is None):
+            raise ValueError("rect_consolidate: give exactly one of sample_bins and mass with past")
+    if sample_bins is not None:
+        sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1]).to(torch.int64).contiguous()
+    if mass is not None:
+        mass = mass.reshape(mass.shape[0], -1, mass.shape[-1]).contiguous()
+    return torch.ops.infvideo.rect_consolidate(frames, past, sample_bins, mass, plan.past_idx, plan.past_start,
+                                               plan.frame_idx, plan.frame_start, plan.scale, int(num_samples))

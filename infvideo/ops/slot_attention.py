@@ -1,0 +1,43 @@
+"""``torch.ops.infvideo.slot_attention``: exact continuous softmax over rectangular bins."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _triton
+
+
+@torch.library.custom_op("infvideo::slot_attention", mutates_args=())
+def _slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
+                    slot_log_weight: Optional[Tensor], null_log_weight: Optional[float]) -> tuple[Tensor, Tensor]:
+    mods = _triton.require("slot_attention", query.device)
+    return mods["attention"].slot_attention(query, keys, values, num_heads, slot_log_weight, null_log_weight)
+
+
+@_slot_attention.register_fake
+def _(query, keys, values, num_heads, slot_log_weight, null_log_weight):
+    s, q_len, model = query.shape
+    return (query.new_empty(s, q_len, model),
+            query.new_empty(s, num_heads, keys.shape[1], dtype=torch.float32))
+
+
+def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
+                   slot_log_weight: Tensor | None = None, null_log_weight: float | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """Context and bin masses of the Gibbs density over N rectangular bins.
+
+    r_{s,h,q,n} = softmax_n(q·K_n/√d + log w_n ; null slot log m_∅), c = Σ_n r_n V_n.
+    query [S, Q, D], keys / values [S, N, D] (K = proj_key(B), V = proj_value(B)); slot_log_weight
+    [N] (None: equal bins), null_log_weight: the paper preset's null slot (None: no slot).
+    Returns context [S, Q, D] (query dtype) and mass [S, H, N] = Σ_q r (float32).
+    """
+    dtype = keys.dtype
+    keys = keys.contiguous()
+    values = values.to(dtype).contiguous()
+    query = query.contiguous()
+    if slot_log_weight is not None:
+        slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
+    return torch.ops.infvideo.slot_attention(query, keys, values, num_heads, slot_log_weight,
+                                             None if null_log_weight is None else float(null_log_weight))

@@ -1,0 +1,118 @@
+"""Continuous attention over rectangular bins: softmax over N slots with per-slot log-weights.
+
+r_n = exp(a_n + log w_n) / (Σ_k exp(a_k + log w_k) + exp(log m_∅)), a = q·K_n/√d, is the exact
+integral of the Gibbs density over the bins (SPEC section 8); the optional null slot (score 0,
+weight m_∅) is the paper preset's trapezoid mass outside every bin. One program per (stream, head)
+holds its Q queries: pass 1 finds the running max and normaliser over N tiles, pass 2 forms the
+probabilities, accumulates the context Σ_n r_n V_n and writes each bin's attention mass summed
+over the queries, [S, H, N], for the next sticky step. N is small (≤ a few thousand), so reading
+K twice costs less than holding the context rescaling of a one-pass online softmax.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _slot_attention_kernel(
+    q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
+    Q, N, HEAD_DIM, null_logw, sm_scale,
+    stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
+    stride_cs, stride_cq, stride_ms, stride_mh,
+    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    s = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_q = offs_q < Q
+    mask_d = offs_d < HEAD_DIM
+    cols = h * HEAD_DIM + offs_d
+
+    q = tl.load(q_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :],
+                mask=mask_q[:, None] & mask_d[None, :], other=0.0)
+    q = (q.to(tl.float32) * sm_scale).to(k_ptr.dtype.element_ty)
+
+    if HAS_NULL:
+        m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) + null_logw
+        l_i = tl.zeros([BLOCK_Q], dtype=tl.float32) + 1.0
+    else:
+        m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) - float("inf")
+        l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
+
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + offs_n
+        mask_n = rows < N
+        k = tl.load(k_ptr + s * stride_ks + rows[:, None] * stride_kn + cols[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        if IEEE:
+            scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            scores = tl.dot(q, tl.trans(k))
+        if HAS_LOGW:
+            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
+        scores = tl.where(mask_n[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
+        m_i = m_new
+
+    inv_l = 1.0 / l_i
+    acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + offs_n
+        mask_n = rows < N
+        k = tl.load(k_ptr + s * stride_ks + rows[:, None] * stride_kn + cols[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        v = tl.load(v_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        if IEEE:
+            scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            scores = tl.dot(q, tl.trans(k))
+        if HAS_LOGW:
+            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
+        p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
+        p = tl.where(mask_q[:, None] & mask_n[None, :], p, 0.0)
+        if IEEE:
+            acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(p.to(v.dtype), v)
+        tl.store(mass_ptr + s * stride_ms + h * stride_mh + rows, tl.sum(p, axis=0), mask=mask_n)
+
+    tl.store(ctx_ptr + s * stride_cs + offs_q[:, None] * stride_cq + cols[None, :],
+             acc.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])
+
+
+def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
+                   slot_log_weight: torch.Tensor | None, null_log_weight: float | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the slot attention; inputs are checked by ``infvideo.ops``.
+
+    query [S, Q, D], keys/values [S, N, D] (last strides 1, same dtype), slot_log_weight [N] fp32.
+    Returns the context [S, Q, D] (query's dtype) and the mass [S, H, N] (fp32, summed over queries).
+    """
+    s, q_len, model = query.shape
+    n = keys.shape[1]
+    d = model // num_heads
+    ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
+    mass = torch.empty(s, num_heads, n, device=query.device, dtype=torch.float32)
+    block_q = max(16, triton.next_power_of_2(q_len))
+    block_d = max(16, triton.next_power_of_2(d))
+    # A [BLOCK_Q, BLOCK_N] score tile of at most 4096 fp32 values stays in registers.
+    block_n = max(16, min(triton.next_power_of_2(n), 4096 // block_q, 128))
+    _slot_attention_kernel[(s, num_heads)](
+        query, keys, values, slot_log_weight if slot_log_weight is not None else keys, ctx, mass,
+        q_len, n, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
+        query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
+        ctx.stride(0), ctx.stride(1), mass.stride(0), mass.stride(1),
+        HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None,
+        IEEE=keys.dtype == torch.float32, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=4,
+    )
+    return ctx, mass

@@ -1,0 +1,120 @@
+"""Continuous attention for smooth (Gaussian) bases by quadrature, fused.
+
+The score s(t) = aᵀψ(t) has no closed-form normaliser, so Z = ∫ exp s and r_n = ∫ p ψ_n are taken
+with the trapezoid rule on T points. One program per (stream, head): a = q·Kᵀ/√d [Q, N] stays in
+registers; for each tile of BLOCK_T points the basis values ψ(t) [BLOCK_T, N] are computed on the
+fly (never stored), the scores s = aψᵀ + log ω feed an online softmax, and Σ_j p_j ω_j ψ(t_j) is
+accumulated with the usual rescaling. No [T, N] or [S, H, Q, N, T] tensor reaches memory. With
+WRITE_DENSITY a second sweep writes Σ_q p(t_j) [S, H, T] for the next sticky step.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n):
+    t = tl.load(t_ptr + rows, mask=mask_t, other=0.0)
+    z = (t[:, None] - mu[None, :]) * inv_sigma[None, :]
+    psi = tl.exp(-0.5 * z * z) * norm[None, :]
+    return tl.where(mask_t[:, None] & mask_n[None, :], psi, 0.0)
+
+
+@triton.jit
+def _quadrature_attention_kernel(
+    q_ptr, k_ptr, v_ptr, mu_ptr, sigma_ptr, t_ptr, logw_ptr, ctx_ptr, dens_ptr,
+    Q, N, T, HEAD_DIM, sm_scale,
+    stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
+    stride_cs, stride_cq, stride_ds, stride_dh,
+    WRITE_DENSITY: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    s = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_q = offs_q < Q
+    mask_n = offs_n < N
+    mask_d = offs_d < HEAD_DIM
+    cols = h * HEAD_DIM + offs_d
+
+    q = tl.load(q_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :],
+                mask=mask_q[:, None] & mask_d[None, :], other=0.0).to(tl.float32) * sm_scale
+    k = tl.load(k_ptr + s * stride_ks + offs_n[:, None] * stride_kn + cols[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    a = tl.dot(q, tl.trans(k), input_precision="ieee")  # [BLOCK_Q, BLOCK_N]
+
+    sigma = tl.load(sigma_ptr + offs_n, mask=mask_n, other=1.0)
+    mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
+    inv_sigma = 1.0 / sigma
+    norm = inv_sigma * 0.3989422804014327  # 1 / (σ √(2π))
+
+    m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        rows = t0 + offs_t
+        mask_t = rows < T
+        psi = _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n)
+        scores = tl.dot(a, tl.trans(psi), input_precision="ieee")
+        scores += tl.load(logw_ptr + rows, mask=mask_t, other=0.0)[None, :]
+        scores = tl.where(mask_t[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, psi, input_precision="ieee")
+        m_i = m_new
+
+    r = acc / l_i[:, None]
+    v = tl.load(v_ptr + s * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    ctx = tl.dot(r, v, input_precision="ieee")
+    tl.store(ctx_ptr + s * stride_cs + offs_q[:, None] * stride_cq + cols[None, :],
+             ctx.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])
+
+    if WRITE_DENSITY:
+        inv_l = 1.0 / l_i
+        for t0 in range(0, T, BLOCK_T):
+            rows = t0 + offs_t
+            mask_t = rows < T
+            psi = _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n)
+            scores = tl.dot(a, tl.trans(psi), input_precision="ieee")
+            p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
+            p = tl.where(mask_q[:, None] & mask_t[None, :], p, 0.0)
+            tl.store(dens_ptr + s * stride_ds + h * stride_dh + rows, tl.sum(p, axis=0), mask=mask_t)
+
+
+def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
+                         mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, log_weight: torch.Tensor,
+                         write_density: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the fused quadrature attention; inputs are checked by ``infvideo.ops``.
+
+    query [S, Q, D], keys/values [S, N, D] (last strides 1), mu/sigma [N], grid/log_weight [T] (fp32).
+    Returns the context [S, Q, D] and Σ_q p(t_j) [S, H, T] (uninitialised unless write_density).
+    """
+    s, q_len, model = query.shape
+    n = keys.shape[1]
+    t = grid.numel()
+    d = model // num_heads
+    ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
+    density = torch.empty(s, num_heads, t if write_density else 1, device=query.device, dtype=torch.float32)
+    block_q = max(16, triton.next_power_of_2(q_len))
+    block_n = max(16, triton.next_power_of_2(n))
+    # a, the ψ tile and the Σ p ψ accumulator are all [·, BLOCK_N]: a small T tile keeps them in registers.
+    block_t = 32 if block_n <= 128 else 16
+    _quadrature_attention_kernel[(s, num_heads)](
+        query, keys, values, mu, sigma, grid, log_weight, ctx, density,
+        q_len, n, t, d, 1.0 / math.sqrt(d),
+        query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
+        ctx.stride(0), ctx.stride(1), density.stride(0), density.stride(1),
+        WRITE_DENSITY=write_density, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_T=block_t, num_warps=8 if block_n >= 256 else 4,
+    )
+    return ctx, density
