@@ -37,7 +37,9 @@ def _slot_attention_kernel(
 
     q = tl.load(q_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :],
                 mask=mask_q[:, None] & mask_d[None, :], other=0.0)
-    q = (q.to(tl.float32) * sm_scale).to(k_ptr.dtype.element_ty)
+    q = q.to(tl.float32) * sm_scale
+    if not IEEE:
+        q = q.to(k_ptr.dtype.element_ty)
 
     if HAS_NULL:
         m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) + null_logw
@@ -52,7 +54,7 @@ def _slot_attention_kernel(
         k = tl.load(k_ptr + s * stride_ks + rows[:, None] * stride_kn + cols[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         if IEEE:
-            scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+            scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             scores = tl.dot(q, tl.trans(k))
         if HAS_LOGW:
@@ -72,7 +74,7 @@ def _slot_attention_kernel(
         v = tl.load(v_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         if IEEE:
-            scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+            scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             scores = tl.dot(q, tl.trans(k))
         if HAS_LOGW:
@@ -112,7 +114,10 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         ctx.stride(0), ctx.stride(1), mass.stride(0), mass.stride(1),
         HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None,
-        IEEE=keys.dtype == torch.float32, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+        # float32 K/V use exact (IEEE) fp32 dots; half types use the tensor cores with fp32
+        # accumulation, except under the CPU interpreter, whose bf16 dot is wrong (Triton 3.9).
+        IEEE=keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16),
+        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=4,
     )
     return ctx, mass

@@ -1,0 +1,137 @@
+"""GPU benchmark of one LTM step (issue: fused Triton kernels). Writes CSV rows and prints a table.
+
+    python bench/bench_step_gpu.py [--out DIR] [--quick]
+
+Rows: (case, provider, p20/p50/p80 µs). Providers: published-cost baseline (bench/published_baseline),
+torch reference, Triton (host-synchronising finiteness check on / off), Triton in a CUDA graph.
+The S=64 case also gives the time to read the step's inputs once (bytes / measured read bandwidth).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from published_baseline import published_step  # noqa: E402
+
+from infvideo import LongTermMemory  # noqa: E402
+
+WIDTH, MODEL, HEADS, QUERIES = 768, 768, 12, 32
+
+
+def wall_per_call(fn, iters: int, warmup: int = 10) -> list[float]:
+    """Per-call wall times (µs) of back-to-back calls, synchronising only around each block of 10."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(max(1, iters // 10)):
+        start = time.perf_counter()
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) / 10 * 1e6)
+    return sorted(times)
+
+
+def pct(times):
+    return tuple(times[int(q * (len(times) - 1))] for q in (0.2, 0.5, 0.8))
+
+
+def graph_per_call(memory, frames, query, pk, pv, iters: int) -> list[float]:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(3):
+            memory(frames, query, pk, pv, HEADS)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        memory(frames, query, pk, pv, HEADS)
+    return wall_per_call(graph.replay, iters)
+
+
+def read_floor_us(tensors) -> float:
+    """Time to read the tensors once at the bandwidth of a large reduction (µs)."""
+    big = torch.empty(2 * 2**30 // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    times = wall_per_call(lambda: big.sum(dtype=torch.float32), 30, warmup=3)
+    bandwidth = big.numel() * big.element_size() / (pct(times)[1] * 1e-6)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    del big
+    return nbytes / bandwidth * 1e6, bandwidth
+
+
+def make(streams, length, dtype=torch.float32, tokens=None):
+    torch.manual_seed(0)
+    pk = nn.Linear(WIDTH, MODEL).cuda().to(dtype)
+    pv = nn.Linear(WIDTH, MODEL).cuda().to(dtype)
+    shape = (streams, length, tokens, WIDTH) if tokens else (streams, length, WIDTH)
+    frames = torch.randn(shape, device="cuda", dtype=dtype)
+    query = torch.randn(streams, QUERIES, MODEL, device="cuda", dtype=dtype)
+    return pk, pv, frames, query
+
+
+def step_rows(case, streams, length, dtype, tokens, iters, extra=(), baseline=True, **memory_kwargs):
+    pk, pv, frames, query = make(streams, length, dtype, tokens)
+    rows = []
+    with torch.no_grad():
+        if baseline:
+            pooled = frames.float().mean(2) if tokens else frames.float()
+            past = torch.randn(streams, 256, WIDTH, device="cuda")
+            pkf, pvf = pk.float(), pv.float()
+            times = wall_per_call(lambda: published_step(pooled, past, query.float(), pkf, pvf, HEADS), 5, warmup=1)
+            rows.append((case, "published-cost baseline", *pct(times)))
+        for provider, kwargs in (("torch reference", dict(backend="torch")),
+                                 ("triton", dict(backend="triton")),
+                                 ("triton, check_finite=False", dict(backend="triton", check_finite=False))):
+            memory = LongTermMemory(**memory_kwargs, **kwargs).cuda()
+            times = wall_per_call(lambda: memory(frames, query, pk, pv, HEADS), iters)
+            rows.append((case, provider, *pct(times)))
+    memory = LongTermMemory(**memory_kwargs, backend="triton").cuda()
+    rows.append((case, "triton, CUDA graph", *pct(graph_per_call(memory, frames, query, pk, pv, iters))))
+    for row in extra:
+        rows.append((case, *row))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    iters = 50 if args.quick else 200
+    rows = []
+    rows += step_rows("S=1 L=256 pooled fp32", 1, 256, torch.float32, None, iters)
+    rows += step_rows("S=1 L=256 tokens bf16", 1, 256, torch.bfloat16, 32, iters, baseline=False)
+    pk, pv, frames, query = make(64, 256, torch.bfloat16, 32)
+    floor, bandwidth = read_floor_us([frames, query, pk.weight, pv.weight])
+    del frames
+    torch.cuda.empty_cache()
+    rows += step_rows("S=64 L=256 tokens bf16", 64, 256, torch.bfloat16, 32, max(20, iters // 4),
+                      extra=[("input read floor (%.0f GB/s)" % (bandwidth / 1e9), floor, floor, floor)], baseline=False)
+    rows += step_rows("S=16 gaussian T=1000", 16, 256, torch.float32, None, max(20, iters // 4), baseline=False,
+                      basis="gaussian", quad_points=1000)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    meta = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
+                triton=__import__("triton").__version__, commit=commit or "unknown")
+    path = os.path.join(args.out, "bench_step_gpu.csv")
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "provider", "p20_us", "p50_us", "p80_us", *meta])
+        for row in rows:
+            writer.writerow([*row[:2], *("%.1f" % v for v in row[2:]), *meta.values()])
+    print(f"{meta}")
+    print(f"| case | provider | p20 µs | p50 µs | p80 µs |\n|---|---|---|---|---|")
+    for case, provider, p20, p50, p80 in rows:
+        print(f"| {case} | {provider} | {p20:.1f} | {p50:.1f} | {p80:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
