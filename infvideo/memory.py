@@ -8,6 +8,7 @@ from . import _checks
 from .backends import backend_for, resolve_backend
 from .config import MemoryConfig
 from .ops import fused_step
+from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
 from .reference.step import attend, consolidate_chunk
 
@@ -23,6 +24,13 @@ def _needs_grad(*inputs) -> bool:
         elif isinstance(item, nn.Module) and any(p.requires_grad for p in item.parameters()):
             return True
     return False
+
+
+def _drops_frames(cfg: MemoryConfig, length: int, first: bool, later: bool) -> bool:
+    """Whether a fit of this step leaves a frame out (paper preset: the frame placed at t = 1 lies in
+    no bin), so that a non-finite value in it never reaches the new coefficients."""
+    fits = ([first_fit(cfg, length)] if first else []) + ([consolidation_fit(cfg, length)] if later else [])
+    return any(isinstance(fit, SegmentedFit) and fit.frame_keep is not None for fit in fits)
 
 
 def _capturing(device: torch.device) -> bool:
@@ -181,8 +189,11 @@ class LongTermMemory(nn.Module):
                                     keep_stats=self.config.sticky)
         if self.check_finite and not _capturing(frames.device):
             # Non-finite frames reach the new coefficients, so one small reduction (and one host
-            # synchronisation) covers them and the query, before any state changes.
+            # synchronisation) covers them and the query, before any state changes; only frames
+            # that a fit leaves out (paper preset) need a look of their own.
             _checks.finite("frames", coef)
+            if _drops_frames(self.config, frames.shape[1], past is None or filled is not None, past is not None):
+                _checks.finite("frames", frames)
             _checks.finite("query", query)
         self._commit(coef.detach(), stats)
         return context.to(query.dtype)

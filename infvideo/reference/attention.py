@@ -67,10 +67,19 @@ def attention_constants(cfg: MemoryConfig):
     return Quadrature(gaussian_values(grid.values, mu, sigma), weights.log(), grid.values.diff())
 
 
-def _linear_parts(proj):
+def _linear_parts(proj, dtype: torch.dtype):
+    """(weight, bias) of a plain nn.Linear in the computation's dtype, else None."""
     if type(proj) is nn.Linear:
-        return proj.weight, proj.bias
+        return proj.weight.to(dtype), None if proj.bias is None else proj.bias.to(dtype)
     return None
+
+
+def _apply(proj, coef: torch.Tensor) -> torch.Tensor:
+    """proj(coef) in the projection's parameter dtype, returned in coef's dtype."""
+    param = next(iter(proj.parameters()), None) if isinstance(proj, nn.Module) else None
+    if param is None or param.dtype == coef.dtype:
+        return proj(coef)
+    return proj(coef.to(param.dtype)).to(coef.dtype)
 
 
 def use_factored(num_basis: int, width: int, model: int, heads_queries: int, queries: int) -> bool:
@@ -86,7 +95,7 @@ def scores(coef: torch.Tensor, query: torch.Tensor, proj_key, num_heads: int) ->
     n, width = coef.shape[1], coef.shape[2]
     d = model // num_heads
     qh = query.reshape(s, q_len, num_heads, d).transpose(1, 2) / math.sqrt(d)  # [S, H, Q, d]
-    parts = _linear_parts(proj_key)
+    parts = _linear_parts(proj_key, coef.dtype)
     if parts is not None and use_factored(n, width, model, num_heads * q_len, q_len):
         weight, bias = parts
         u = torch.matmul(qh, weight.reshape(num_heads, d, width))  # [S, H, Q, e]
@@ -94,7 +103,7 @@ def scores(coef: torch.Tensor, query: torch.Tensor, proj_key, num_heads: int) ->
         if bias is not None:
             a = a + torch.matmul(qh, bias.reshape(num_heads, d, 1))
         return a
-    keys = proj_key(coef).reshape(s, n, num_heads, d).transpose(1, 2)  # [S, H, N, d]
+    keys = _apply(proj_key, coef).reshape(s, n, num_heads, d).transpose(1, 2)  # [S, H, N, d]
     return torch.matmul(qh, keys.transpose(-1, -2))
 
 
@@ -102,7 +111,7 @@ def read_values(coef: torch.Tensor, weights: torch.Tensor, proj_value, num_heads
     """Context c [S, Q, D] = Σ_n r_n V_n, V = proj_value(coef), weights r [S, H, Q, N]."""
     s, h, q_len, n = weights.shape
     width = coef.shape[2]
-    parts = _linear_parts(proj_value)
+    parts = _linear_parts(proj_value, coef.dtype)
     if parts is not None and use_factored(n, width, parts[0].shape[0], h * q_len, q_len):
         weight, bias = parts
         model = weight.shape[0]
@@ -112,7 +121,7 @@ def read_values(coef: torch.Tensor, weights: torch.Tensor, proj_value, num_heads
         if bias is not None:
             ctx = ctx + weights.sum(-1, keepdim=True) * bias.reshape(h, 1, d)
         return ctx.transpose(1, 2).reshape(s, q_len, model)
-    values = proj_value(coef)
+    values = _apply(proj_value, coef)
     model = values.shape[-1]
     values = values.reshape(s, n, h, model // h).transpose(1, 2)  # [S, H, N, d]
     return torch.matmul(weights, values).transpose(1, 2).reshape(s, q_len, model)

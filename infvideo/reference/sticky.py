@@ -76,10 +76,16 @@ def quantile_samples(mass: torch.Tensor, count: int) -> tuple[torch.Tensor, torc
     return idx, frac.clamp(0.0, 1.0)
 
 
+def _drawable(mass: torch.Tensor) -> torch.Tensor:
+    """Rows without mass drawn uniformly: a stream emptied by ``reset(streams=...)`` has a zero
+    statistic, which torch.multinomial rejects; it starts anew, so its draws are never read."""
+    return torch.where(mass.sum(-1, keepdim=True) > 0, mass, torch.ones_like(mass))
+
+
 def multinomial_samples(mass: torch.Tensor, count: int,
                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """M i.i.d. draws from the piecewise-constant density of bin masses [S, (G,) K], sorted in time."""
-    mass = total_mass(mass)
+    mass = _drawable(total_mass(mass))
     idx = torch.multinomial(mass, count, replacement=True, generator=generator)
     frac = torch.rand(idx.shape, dtype=torch.float64, device=mass.device, generator=generator)
     order = torch.argsort(idx.to(torch.float64) + frac, dim=-1)
@@ -88,7 +94,7 @@ def multinomial_samples(mass: torch.Tensor, count: int,
 
 def upstream_samples(hist: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The published sampler: M draws b ~ P of stream 0 (used for every stream), unsorted. → [M]."""
-    return torch.multinomial(total_mass(hist)[0], count, replacement=True, generator=generator)
+    return torch.multinomial(_drawable(total_mass(hist)[0]), count, replacement=True, generator=generator)
 
 
 def sample_points(idx: torch.Tensor, frac: torch.Tensor, bins: int) -> torch.Tensor:
