@@ -20,17 +20,20 @@ def _fused_consolidation(cfg: MemoryConfig, frames, past, filled, stats, generat
     first, later = first_fit(cfg, length), consolidation_fit(cfg, length)
     if not (isinstance(first, SegmentedFit) and isinstance(later, SegmentedFit)):
         return None
+    # Both plans are fetched every call (cached) so the first eager step leaves everything a
+    # CUDA graph capture of a later step needs on the device.
+    first_plan, later_plan = plan_on(first, device), plan_on(later, device)
     if past is None or filled is not None:
-        start = rect_consolidate(frames, None, plan_on(first, device))
+        start = rect_consolidate(frames, None, first_plan)
         if past is None:
             return start
     if cfg.sticky and cfg.sampling == "quantile":
-        coef = rect_consolidate(frames, past, plan_on(later, device), mass=stats, num_samples=cfg.past_samples)
+        coef = rect_consolidate(frames, past, later_plan, mass=stats, num_samples=cfg.past_samples)
     else:
         samples = past_samples(cfg, stats, torch.float32, device, generator)
         if samples.bins is None:
             return None
-        coef = rect_consolidate(frames, past, plan_on(later, device), sample_bins=samples.bins)
+        coef = rect_consolidate(frames, past, later_plan, sample_bins=samples.bins)
     return coef if filled is None else torch.where(filled[:, None, None], coef, start)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -50,6 +51,19 @@ def gaussian_parameters(num_basis: int, sigmas: tuple) -> tuple[torch.Tensor, to
     mu = centres.repeat_interleave(len(sigmas))
     sigma = torch.tensor(sigmas, dtype=torch.float64).repeat(num_basis // len(sigmas))
     return mu, sigma
+
+
+@dataclass(frozen=True)
+class GaussianBasis:
+    """Centres μ and widths σ [N] of a Gaussian basis, as one cacheable constant."""
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
+
+
+@lru_cache(maxsize=64)
+def gaussian_basis(num_basis: int, sigmas: tuple) -> GaussianBasis:
+    return GaussianBasis(*gaussian_parameters(num_basis, sigmas))
 
 
 def gaussian_values(t: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from . import positions as pos
 from . import sticky
 from .attention import (GaussianDensity, Quadrature, attention_constants, gaussian_density_weights,
                         quadrature_weights, read_values, scores, slot_weights)
-from .basis import gaussian_parameters, gaussian_values, rectangular_membership, single_bins
+from .basis import gaussian_basis, gaussian_parameters, gaussian_values, rectangular_membership, single_bins
 from .consolidate import consolidate_dense, consolidate_segmented
 from .fit import DenseFit, SegmentedFit, consolidation_fit, first_fit, on_device
 
@@ -110,9 +110,9 @@ def past_samples(cfg: MemoryConfig, stats: torch.Tensor | None, dtype: torch.dty
         idx, frac = sticky.multinomial_samples(stats, cfg.past_samples, generator)
     if cfg.basis == "rectangular":
         return PastSamples(idx, None)
-    mu, sigma = gaussian_parameters(cfg.num_basis, cfg.sigmas)
+    basis = on_device(gaussian_basis(cfg.num_basis, cfg.sigmas), device, torch.float64)
     t = sticky.sample_points(idx, frac, cfg.sticky_bins)
-    return PastSamples(None, gaussian_values(t, mu.to(t.device), sigma.to(t.device)).to(dtype))
+    return PastSamples(None, gaussian_values(t, basis.mu, basis.sigma).to(dtype))
 
 
 def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tensor | None,
@@ -125,13 +125,16 @@ def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tenso
     """
     length, dtype, device = frames.shape[1], frames.dtype, frames.device
     n = cfg.num_basis
+    # Both fits are fetched on every call (cached), so a stream's first call already puts the
+    # later calls' constants on the device: a CUDA graph can be captured after one eager step.
+    first = on_device(first_fit(cfg, length), device, dtype)
+    later_fit = on_device(consolidation_fit(cfg, length), device, dtype)
     if past is None or filled is not None:
-        start = _apply_fit(on_device(first_fit(cfg, length), device, dtype), frames, None, None, n)
+        start = _apply_fit(first, frames, None, None, n)
         if past is None:
             return start
     samples = past_samples(cfg, stats, dtype, device, generator)
-    later = _apply_fit(on_device(consolidation_fit(cfg, length), device, dtype),
-                       frames, past.to(dtype), samples, n)
+    later = _apply_fit(later_fit, frames, past.to(dtype), samples, n)
     if filled is None:
         return later
     return torch.where(filled[:, None, None], later, start)
