@@ -39,7 +39,7 @@ def _capturing(device: torch.device) -> bool:
 
 def _store(buffers: dict, name: str, value: torch.Tensor) -> None:
     current = buffers[name]
-    if current.shape == value.shape and current.dtype == value.dtype and current.device == value.device:
+    if _capturing(value.device) and current.shape == value.shape and current.dtype == value.dtype:
         current.copy_(value)
     else:
         buffers[name] = value
@@ -199,8 +199,10 @@ class LongTermMemory(nn.Module):
         return context.to(query.dtype)
 
     def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None) -> None:
-        # Into the existing buffers when shapes allow, so that a captured CUDA graph's replays
-        # update the state the next replay reads; nn.Module.__setattr__ is bypassed for speed.
+        # Eager steps swap the new tensors in. While a CUDA graph is captured they are copied into
+        # the existing buffers instead, so each replay updates the memory the next replay reads
+        # (drive a captured memory through replays only). nn.Module.__setattr__ is bypassed: it
+        # costs more than the rest of a small step.
         buffers = self._buffers
         _store(buffers, "coef", coef)
         if self._fill != "full":

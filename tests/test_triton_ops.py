@@ -68,12 +68,14 @@ def test_rect_consolidate_matches_reference(preset, case, dtype):
     assert rel(out, ref_consolidate.consolidate_segmented(pooled, None, None, first_dev)) < 1e-5
 
     bins = torch.randint(-1, n, (streams, samples), generator=gen).to(DEVICE)
-    out = ops.rect_consolidate(frames, past, ops.plan_on(later, DEVICE), sample_bins=bins)
+    out = ops.rect_consolidate(frames, past, ops.plan_on(later, DEVICE), bins)
     assert rel(out, ref_consolidate.consolidate_segmented(pooled, past, bins, later_dev, False)) < 1e-5
 
     mass = torch.rand(streams, 3, n, generator=gen).to(DEVICE)
-    out = ops.rect_consolidate(frames, past, ops.plan_on(later, DEVICE), mass=mass, num_samples=samples)
-    expected = ref_consolidate.consolidate_segmented(pooled, past, sticky.quantile_bins(mass, samples)[0], later_dev)
+    sticky_bins = ops.quantile_bins(mass, samples)
+    assert torch.equal(sticky_bins.long(), sticky.quantile_bins(mass, samples)[0])
+    out = ops.rect_consolidate(frames, past, ops.plan_on(later, DEVICE), sticky_bins)
+    expected = ref_consolidate.consolidate_segmented(pooled, past, sticky_bins.long(), later_dev)
     assert rel(out, expected) < 1e-5
 
 
@@ -130,7 +132,7 @@ def test_quadrature_attention_matches_reference(case):
     r, dens = ref_attention.quadrature_weights(a, const)
     expected = (r @ _heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
     assert rel(context, expected) < 1e-4
-    assert rel(density, dens.sum(2)) < 1e-4
+    assert rel(density.reshape(streams, heads, -1, points).sum(2), dens.sum(2)) < 1e-4
 
 
 MEMORY_CONFIGS = [dict(), dict(preset="paper"), dict(sticky=False), dict(sticky=False, preset="paper"),
@@ -182,11 +184,12 @@ def test_opcheck():
     mass = torch.rand(2, 2, 7, generator=gen).to(DEVICE)
     bins = torch.randint(-1, 7, (1, 9), generator=gen).to(DEVICE)
     torch.library.opcheck(torch.ops.infvideo.rect_consolidate.default,
-                          (frames, past, None, mass, plan.past_idx, plan.past_start, plan.frame_idx,
-                           plan.frame_start, plan.scale, 9))
+                          (frames, past, bins, plan.past_idx, plan.past_start, plan.frame_idx,
+                           plan.frame_start, plan.scale))
     torch.library.opcheck(torch.ops.infvideo.rect_consolidate.default,
-                          (frames, past, bins, None, plan.past_idx, plan.past_start, plan.frame_idx,
-                           plan.frame_start, plan.scale, 9))
+                          (frames, None, None, plan.past_idx, plan.past_start, plan.frame_idx,
+                           plan.frame_start, plan.scale))
+    torch.library.opcheck(torch.ops.infvideo.quantile_bins.default, (mass, 9))
     query = torch.randn(2, 3, 8, generator=gen).to(DEVICE)
     keys = torch.randn(2, 7, 8, generator=gen).to(DEVICE)
     values = torch.randn(2, 7, 8, generator=gen).to(DEVICE)

@@ -4,9 +4,10 @@ Wrappers here take checked, public-shaped tensors and call the registered ops; t
 Triton kernels of ``infvideo.kernels`` on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1).
 """
 from .quadrature_attention import quadrature_attention, quadrature_constants
+from .quantile_bins import quantile_bins
 from .rect_consolidate import RectPlan, plan_on, rect_consolidate, rect_plan
 from .slot_attention import slot_attention
 from .step import fused_step
 
-__all__ = ["RectPlan", "fused_step", "plan_on", "quadrature_attention", "quadrature_constants", "rect_consolidate",
-           "rect_plan", "slot_attention"]
+__all__ = ["RectPlan", "fused_step", "plan_on", "quadrature_attention", "quadrature_constants", "quantile_bins",
+           "rect_consolidate", "rect_plan", "slot_attention"]

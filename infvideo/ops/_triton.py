@@ -18,8 +18,8 @@ def kernels():
     """The ``infvideo.kernels`` modules, or None when Triton is not installed."""
     if importlib.util.find_spec("triton") is None:
         return None
-    from ..kernels import attention, consolidate, quadrature
-    return {"attention": attention, "consolidate": consolidate, "quadrature": quadrature}
+    from ..kernels import attention, consolidate, quadrature, sampling
+    return {"attention": attention, "consolidate": consolidate, "quadrature": quadrature, "sampling": sampling}
 
 
 def usable(device: torch.device | str | None = None) -> bool:
@@ -40,3 +40,17 @@ def require(op: str, device: torch.device):
         raise RuntimeError(f"infvideo::{op}: Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 "
                            f"for CPU tensors; got a tensor on {device}")
     return mods
+
+
+def direct_call_ok(tensor: torch.Tensor) -> bool:
+    """Eager calls without autograd may launch the kernel directly, skipping the dispatcher.
+
+    The registered op is what torch.compile, fake tensors and opcheck see; in plain eager mode its
+    Python dispatch (tens of µs) would cost more than the kernels of a one-stream step.
+    """
+    return not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and tensor.requires_grad)
+
+
+def rows_unit_stride(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself when its last dimension is contiguous (views of a stacked K|V qualify)."""
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()

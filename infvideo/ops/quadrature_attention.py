@@ -49,8 +49,9 @@ def _quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads
 @_quadrature_attention.register_fake
 def _(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density):
     s, q_len, model = query.shape
+    groups = num_heads * -(-q_len // 16)
     return (query.new_empty(s, q_len, model),
-            query.new_empty(s, num_heads, grid.shape[0] if write_density else 1, dtype=torch.float32))
+            query.new_empty(s, groups, grid.shape[0] if write_density else 1, dtype=torch.float32))
 
 
 def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor,
@@ -59,10 +60,14 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
 
     r_n = Σ_j ω_j p(t_j) ψ_n(t_j) (trapezoid on ``grid`` [T] with log-weights ``log_weight``),
     a = q·K/√d, c = Σ_n r_n V_n. query [S, Q, D], keys/values [S, N, D], mu/sigma [N].
-    Returns context [S, Q, D] and Σ_q p(t_j) [S, H, T] (float32; [S, H, 1] unused if not write_density).
+    Returns context [S, Q, D] and Σ_q p(t_j) per head and block of 16 queries, [S, G, T] (float32;
+    [S, G, 1] unused if not write_density).
     """
     f32 = dict(device=query.device, dtype=torch.float32)
-    return torch.ops.infvideo.quadrature_attention(
-        query.contiguous(), keys.contiguous(), values.contiguous(), num_heads, mu.to(**f32).contiguous(),
-        sigma.to(**f32).contiguous(), grid.to(**f32).contiguous(), log_weight.to(**f32).contiguous(),
-        bool(write_density))
+    unit = _triton.rows_unit_stride
+    args = (unit(query), unit(keys), unit(values), num_heads, mu.to(**f32).contiguous(),
+            sigma.to(**f32).contiguous(), grid.to(**f32).contiguous(), log_weight.to(**f32).contiguous(),
+            bool(write_density))
+    if _triton.direct_call_ok(query):
+        return _triton.require("quadrature_attention", query.device)["quadrature"].quadrature_attention(*args)
+    return torch.ops.infvideo.quadrature_attention(*args)

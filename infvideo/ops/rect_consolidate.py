@@ -51,41 +51,39 @@ def plan_on(fit: SegmentedFit, device: torch.device) -> RectPlan:
 
 
 @torch.library.custom_op("infvideo::rect_consolidate", mutates_args=())
-def _rect_consolidate(frames: Tensor, past: Optional[Tensor], sample_bins: Optional[Tensor],
-                      mass: Optional[Tensor], past_idx: Tensor, past_start: Tensor, frame_idx: Tensor,
-                      frame_start: Tensor, scale: Tensor, num_samples: int) -> Tensor:
+def _rect_consolidate(frames: Tensor, past: Optional[Tensor], sample_bins: Optional[Tensor], past_idx: Tensor,
+                      past_start: Tensor, frame_idx: Tensor, frame_start: Tensor, scale: Tensor) -> Tensor:
     mods = _triton.require("rect_consolidate", frames.device)
-    return mods["consolidate"].rect_consolidate(frames, past, sample_bins, mass, past_idx, past_start,
-                                                frame_idx, frame_start, scale, num_samples)
+    return mods["consolidate"].rect_consolidate(frames, past, sample_bins, past_idx, past_start, frame_idx,
+                                                frame_start, scale)
 
 
 @_rect_consolidate.register_fake
-def _(frames, past, sample_bins, mass, past_idx, past_start, frame_idx, frame_start, scale, num_samples):
+def _(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale):
     return frames.new_empty(frames.shape[0], scale.shape[0], frames.shape[-1], dtype=torch.float32)
 
 
-def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, *, sample_bins: Tensor | None = None,
-                     mass: Tensor | None = None, num_samples: int = 0) -> Tensor:
+def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None) -> Tensor:
     """New coefficients B [S, N, e] (float32) from a chunk, in one pass over its tokens.
 
     B_n = scale_n · (Σ_{past i → n} past[src_i] + Σ_{frame j → n} mean_t frames[j, t]).
 
     frames: [S, L, e] pooled or [S, L, *tokens, e]; past: [S, N, e] old coefficients, or None for
-    a first chunk; plan: the fit's CSR maps (:func:`plan_on`); the source bins src_i come from
-    ``sample_bins`` [S or 1, M] (int64, -1 reads zeros) or, fused, from the quantile inverse-CDF of
-    the sticky ``mass`` [S, G, N] with ``num_samples`` = M.
+    a first chunk; plan: the fit's CSR maps (:func:`plan_on`); sample_bins [S or 1, M] (int32 or
+    int64): the old bin src_i read by each past sample, -1 reading zeros (:func:`quantile_bins`
+    gives the sticky ones).
     """
     if frames.dim() == 3:
         frames = frames.unsqueeze(2)
     elif frames.dim() > 4:
         frames = frames.flatten(2, -2)
     if past is not None:
+        if sample_bins is None:
+            raise ValueError("rect_consolidate: sample_bins is required with past")
         past = past.to(torch.float32).contiguous()
-        if (sample_bins is None) == (mass is None):
-            raise ValueError("rect_consolidate: give exactly one of sample_bins and mass with past")
-    if sample_bins is not None:
-        sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1]).to(torch.int64).contiguous()
-    if mass is not None:
-        mass = mass.reshape(mass.shape[0], -1, mass.shape[-1]).contiguous()
-    return torch.ops.infvideo.rect_consolidate(frames, past, sample_bins, mass, plan.past_idx, plan.past_start,
-                                               plan.frame_idx, plan.frame_start, plan.scale, int(num_samples))
+        sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1]).contiguous()
+    args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start,
+            plan.scale)
+    if _triton.direct_call_ok(frames):
+        return _triton.require("rect_consolidate", frames.device)["consolidate"].rect_consolidate(*args)
+    return torch.ops.infvideo.rect_consolidate(*args)

@@ -33,11 +33,12 @@ def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
     [N] (None: equal bins), null_log_weight: the paper preset's null slot (None: no slot).
     Returns context [S, Q, D] (query dtype) and mass [S, H, N] = Σ_q r (float32).
     """
-    dtype = keys.dtype
-    keys = keys.contiguous()
-    values = values.to(dtype).contiguous()
-    query = query.contiguous()
+    keys = _triton.rows_unit_stride(keys)
+    values = _triton.rows_unit_stride(values.to(keys.dtype))
+    query = _triton.rows_unit_stride(query)
     if slot_log_weight is not None:
         slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
-    return torch.ops.infvideo.slot_attention(query, keys, values, num_heads, slot_log_weight,
-                                             None if null_log_weight is None else float(null_log_weight))
+    args = (query, keys, values, num_heads, slot_log_weight, None if null_log_weight is None else float(null_log_weight))
+    if _triton.direct_call_ok(query):
+        return _triton.require("slot_attention", query.device)["attention"].slot_attention(*args)
+    return torch.ops.infvideo.slot_attention(*args)

@@ -2,7 +2,10 @@
 cuBLAS, attention with the sticky statistic in the same pass."""
 from __future__ import annotations
 
+import weakref
+
 import torch
+from torch import nn
 
 from ..config import MemoryConfig
 from ..reference import sticky
@@ -11,6 +14,7 @@ from ..reference.fit import SegmentedFit, consolidation_fit, first_fit, on_devic
 from ..reference.pooling import pool_frames
 from ..reference.step import attend, consolidate_chunk, past_samples, upstream_statistic
 from .quadrature_attention import quadrature_attention, quadrature_constants
+from .quantile_bins import quantile_bins
 from .rect_consolidate import plan_on, rect_consolidate
 from .slot_attention import slot_attention
 
@@ -28,18 +32,46 @@ def _fused_consolidation(cfg: MemoryConfig, frames, past, filled, stats, generat
         if past is None:
             return start
     if cfg.sticky and cfg.sampling == "quantile":
-        coef = rect_consolidate(frames, past, later_plan, mass=stats, num_samples=cfg.past_samples)
+        bins = quantile_bins(stats, cfg.past_samples)
     else:
-        samples = past_samples(cfg, stats, torch.float32, device, generator)
-        if samples.bins is None:
+        bins = past_samples(cfg, stats, torch.float32, device, generator).bins
+        if bins is None:
             return None
-        coef = rect_consolidate(frames, past, later_plan, sample_bins=samples.bins)
+    coef = rect_consolidate(frames, past, later_plan, bins)
     return coef if filled is None else torch.where(filled[:, None, None], coef, start)
 
 
-def _project(proj, coef: torch.Tensor) -> torch.Tensor:
-    weight = getattr(proj, "weight", None)
-    return proj(coef if weight is None else coef.to(weight.dtype))
+_fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
+    """[W_k; W_v] and [b_k; b_v], rebuilt only when a parameter changes (its version counter)."""
+    params = [proj_key.weight, proj_value.weight, proj_key.bias, proj_value.bias]
+    key = (id(proj_value), *(None if p is None else (p.data_ptr(), p._version) for p in params))
+    hit = _fused_weights.get(proj_key)
+    if hit is None or hit[0] != key:
+        with torch.no_grad():
+            weight = torch.cat([proj_key.weight, proj_value.weight])
+            bias = None
+            if proj_key.bias is not None and proj_value.bias is not None:
+                bias = torch.cat([proj_key.bias, proj_value.bias])
+        hit = (key, weight, bias)
+        _fused_weights[proj_key] = hit
+    return hit[1], hit[2]
+
+
+def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K = proj_key(B), V = proj_value(B): one cuBLAS GEMM over stacked weights for two plain Linears."""
+    if (type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
+            and proj_key.weight.dtype == proj_value.weight.dtype
+            and (proj_key.bias is None) == (proj_value.bias is None)):
+        weight, bias = _stacked(proj_key, proj_value)
+        both = torch.nn.functional.linear(coef.to(weight.dtype), weight, bias)
+        return both[..., :proj_key.out_features], both[..., proj_key.out_features:]
+    weight = getattr(proj_key, "weight", None)
+    if weight is not None:
+        coef = coef.to(weight.dtype)
+    return proj_key(coef), proj_value(coef)
 
 
 def fused_step(cfg: MemoryConfig, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int,
@@ -60,7 +92,7 @@ def fused_step(cfg: MemoryConfig, frames: torch.Tensor, query: torch.Tensor, pro
     if isinstance(const, GaussianDensity):
         context, new_stats = attend(cfg, coef, query.to(torch.float32), proj_key, proj_value, num_heads, keep_stats)
         return context.to(query.dtype), coef, new_stats
-    keys, values = _project(proj_key, coef), _project(proj_value, coef)
+    keys, values = _project_pair(proj_key, proj_value, coef)
     want_mass = keep_stats and cfg.sampling != "upstream"
     if isinstance(const, Quadrature):
         quad = quadrature_constants(cfg, query.device)

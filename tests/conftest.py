@@ -1,0 +1,61 @@
+"""Shared helpers for the infvideo tests: golden vectors, projections, relative error."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def golden_dir() -> Path:
+    """INFVIDEO_GOLDEN, else the copy in tests/golden, else <repo>/../shared/golden (SPEC section 11)."""
+    env = os.environ.get("INFVIDEO_GOLDEN")
+    if env:
+        return Path(env)
+    vendored = REPO / "tests" / "golden"
+    return vendored if any(vendored.glob("*.pt")) else REPO.parent / "shared" / "golden"
+
+
+def golden_files() -> list[Path]:
+    folder = golden_dir()
+    return sorted(folder.glob("*.pt")) if folder.is_dir() else []
+
+
+@pytest.fixture(params=golden_files() or [None], ids=lambda p: p.stem if p is not None else "absent")
+def golden(request):
+    """One golden case (dict as stored); skips when the golden folder is absent."""
+    if request.param is None:
+        pytest.skip(f"golden folder {golden_dir()} is absent or holds no *.pt (set INFVIDEO_GOLDEN)")
+    return torch.load(request.param, weights_only=False)
+
+
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """nn.Linear with the given weight [out, in] (and bias [out]), in the weight's dtype."""
+    out_features, in_features = weight.shape
+    layer = nn.Linear(in_features, out_features, bias=bias is not None, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def random_linear(in_features: int, out_features: int, seed: int, dtype=torch.float32, scale: float = 1.0,
+                  bias: bool = True) -> nn.Linear:
+    """A Linear layer with seeded random weights of std ``scale / sqrt(in)``."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_features, in_features, generator=gen, dtype=torch.float64) * scale / in_features ** 0.5
+    b = torch.randn(out_features, generator=gen, dtype=torch.float64) * 0.1 if bias else None
+    return make_linear(w.to(dtype), None if b is None else b.to(dtype))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64."""
+    a = a.detach().to(torch.float64)
+    b = b.detach().to(torch.float64)
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+

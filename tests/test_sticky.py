@@ -1,0 +1,124 @@
+"""Sticky sampling (SPEC section 7): quantile, multinomial and the upstream sampler."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infvideo import LongTermMemory
+from infvideo.reference.sticky import multinomial_samples, quantile_bins, quantile_samples
+from conftest import random_linear
+
+
+def _mass(streams=3, bins=17, seed=0, groups=None):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (streams, bins) if groups is None else (streams, groups, bins)
+    return torch.rand(shape, generator=gen, dtype=torch.float64) ** 3
+
+
+def _times(idx, frac):
+    return idx.to(torch.float64) + frac
+
+
+def _assert_sorted(idx, frac):
+    t = _times(idx, frac)
+    assert bool((t.diff(dim=-1) >= 0).all()), "samples must be sorted in time"
+
+
+def test_quantile_samples_sorted_and_deterministic():
+    mass = _mass()
+    idx, frac = quantile_samples(mass, 101)
+    assert idx.shape == frac.shape == (3, 101) and idx.dtype == torch.int64
+    _assert_sorted(idx, frac)
+    assert bool(((frac >= 0) & (frac <= 1)).all())
+    again = quantile_samples(mass.clone(), 101)
+    assert torch.equal(idx, again[0]) and torch.equal(frac, again[1])
+    bins, _, _ = quantile_bins(mass, 101)
+    assert torch.equal(bins, idx)
+
+
+def test_quantile_inverts_the_piecewise_linear_cdf():
+    mass = _mass(streams=2, bins=9, seed=3)
+    count = 64
+    idx, frac = quantile_samples(mass, count)
+    cdf = torch.cat([torch.zeros(2, 1, dtype=torch.float64), (mass / mass.sum(-1, keepdim=True)).cumsum(-1)], -1)
+    # F(u) at each sample, F piecewise linear between bin edges: must equal the level (i − ½)/M.
+    at = cdf.gather(-1, idx) + frac * (cdf.gather(-1, idx + 1) - cdf.gather(-1, idx))
+    levels = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    torch.testing.assert_close(at, levels.expand(2, count), rtol=0, atol=1e-12)
+
+
+def test_quantile_follows_the_mass():
+    mass = torch.zeros(2, 10, dtype=torch.float64)
+    mass[0, 2], mass[0, 7] = 1.0, 3.0
+    mass[1, 0], mass[1, 9] = 5.0, 5.0
+    idx, frac = quantile_samples(mass, 400)
+    assert set(idx[0].tolist()) == {2, 7}
+    assert (idx[0] == 2).sum() == 100 and (idx[0] == 7).sum() == 300
+    assert set(idx[1].tolist()) == {0, 9}
+    assert (idx[1] == 0).sum() == 200 and (idx[1] == 9).sum() == 200
+    # Inside a bin the samples spread evenly: fractions (k − ½)/count of that bin.
+    inside = frac[0, idx[0] == 2]
+    torch.testing.assert_close(inside, (torch.arange(100, dtype=torch.float64) + 0.5) / 100)
+
+
+def test_groups_are_added_up():
+    grouped = _mass(groups=4, seed=5)
+    for a, b in zip(quantile_samples(grouped, 50), quantile_samples(grouped.sum(1), 50)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_multinomial_reproducible_sorted_and_seeded():
+    mass = _mass()
+    a = multinomial_samples(mass, 200, torch.Generator().manual_seed(7))
+    b = multinomial_samples(mass, 200, torch.Generator().manual_seed(7))
+    c = multinomial_samples(mass, 200, torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(_times(*a), _times(*c))
+    _assert_sorted(*a)
+    _assert_sorted(*c)
+    assert bool(((a[1] >= 0) & (a[1] < 1)).all())
+
+
+def test_multinomial_draws_only_where_mass_is():
+    mass = torch.zeros(1, 12, dtype=torch.float64)
+    mass[0, 3], mass[0, 8] = 1.0, 1.0
+    idx, _ = multinomial_samples(mass, 500, torch.Generator().manual_seed(0))
+    assert set(idx[0].tolist()) == {3, 8}
+    assert 150 < int((idx[0] == 3).sum()) < 350
+
+
+def _memory_run(generator, sampling="multinomial", basis="rectangular", chunks=3):
+    kwargs = dict(num_basis=16, past_samples=40, sampling=sampling, basis=basis)
+    if basis == "gaussian":
+        kwargs.update(sigmas=(0.05, 0.1), quad_points=100)
+    memory = LongTermMemory(**kwargs, generator=generator)
+    pk, pv = random_linear(10, 8, seed=1, scale=3.0), random_linear(10, 8, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    outs = []
+    with torch.no_grad():
+        for _ in range(chunks):
+            outs.append(memory(torch.randn(2, 5, 10, generator=gen), torch.randn(2, 4, 8, generator=gen), pk, pv, 2))
+    return outs, memory
+
+
+@pytest.mark.parametrize("basis", ["rectangular", "gaussian"])
+def test_memory_multinomial_reproducible(basis):
+    a, ma = _memory_run(torch.Generator().manual_seed(0), basis=basis)
+    b, mb = _memory_run(torch.Generator().manual_seed(0), basis=basis)
+    c, mc = _memory_run(torch.Generator().manual_seed(1), basis=basis)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert torch.equal(ma.coef, mb.coef)
+    assert not torch.equal(ma.coef, mc.coef), "another seed should draw other samples"
+
+
+@pytest.mark.parametrize("basis", ["rectangular", "gaussian"])
+def test_memory_upstream_sampling_runs(basis):
+    outs, memory = _memory_run(torch.Generator().manual_seed(0), sampling="upstream", basis=basis)
+    for out in outs:
+        assert out.shape == (2, 4, 8) and torch.isfinite(out).all()
+    assert torch.isfinite(memory.coef).all()
+    stats = memory.sticky_stats
+    assert stats.shape[0] == 2 and stats.shape[-1] == 127
+    hist = stats.reshape(2, -1)
+    torch.testing.assert_close(hist.sum(-1).to(torch.float64), torch.ones(2, dtype=torch.float64))
