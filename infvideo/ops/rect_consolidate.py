@@ -17,7 +17,8 @@ class RectPlan:
     """CSR maps of a segmented fit: which past samples and frames land in each bin.
 
     past_idx [M'] / frame_idx [L'] (int32) list the positions in bin order, past_start /
-    frame_start [N + 1] (int32) delimit each bin's range; scale [N] = 1 / (c_n + λ).
+    frame_start [N + 1] (int32) delimit each bin's range; scale [N] = 1 / (c_n + λ);
+    frames_in_order: frame_idx is 0, 1, 2, … (each bin's frames are one run of the input).
     """
 
     past_idx: Tensor
@@ -25,6 +26,7 @@ class RectPlan:
     frame_idx: Tensor
     frame_start: Tensor
     scale: Tensor
+    frames_in_order: bool = False
 
 
 def _csr(bins: Tensor | None, num_basis: int) -> tuple[Tensor, Tensor]:
@@ -43,7 +45,8 @@ def rect_plan(fit: SegmentedFit) -> RectPlan:
     n = fit.scale.numel()
     past_idx, past_start = _csr(fit.past_bins, n)
     frame_idx, frame_start = _csr(fit.frame_bins, n)
-    return RectPlan(past_idx, past_start, frame_idx, frame_start, fit.scale.to(torch.float32))
+    in_order = bool(torch.equal(frame_idx, torch.arange(frame_idx.numel(), dtype=torch.int32)))
+    return RectPlan(past_idx, past_start, frame_idx, frame_start, fit.scale.to(torch.float32), in_order)
 
 
 def plan_on(fit: SegmentedFit, device: torch.device) -> RectPlan:
@@ -52,14 +55,15 @@ def plan_on(fit: SegmentedFit, device: torch.device) -> RectPlan:
 
 @torch.library.custom_op("infvideo::rect_consolidate", mutates_args=())
 def _rect_consolidate(frames: Tensor, past: Optional[Tensor], sample_bins: Optional[Tensor], past_idx: Tensor,
-                      past_start: Tensor, frame_idx: Tensor, frame_start: Tensor, scale: Tensor) -> Tensor:
+                      past_start: Tensor, frame_idx: Tensor, frame_start: Tensor, scale: Tensor,
+                      frames_in_order: bool = False) -> Tensor:
     mods = _triton.require("rect_consolidate", frames.device)
     return mods["consolidate"].rect_consolidate(frames, past, sample_bins, past_idx, past_start, frame_idx,
-                                                frame_start, scale)
+                                                frame_start, scale, frames_in_order)
 
 
 @_rect_consolidate.register_fake
-def _(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale):
+def _(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, frames_in_order=False):
     return frames.new_empty(frames.shape[0], scale.shape[0], frames.shape[-1], dtype=torch.float32)
 
 
@@ -83,7 +87,7 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
         past = past.to(torch.float32).contiguous()
         sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1]).contiguous()
     args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start,
-            plan.scale)
+            plan.scale, plan.frames_in_order)
     if _triton.direct_call_ok(frames):
         return _triton.require("rect_consolidate", frames.device)["consolidate"].rect_consolidate(*args)
     return torch.ops.infvideo.rect_consolidate(*args)
