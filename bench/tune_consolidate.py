@@ -1,4 +1,4 @@
-"""Tile shapes of the fused consolidation on the GPU: time and bandwidth per configuration.
+"""Tile shapes of the fused consolidation and quadrature kernels on the GPU, per configuration.
 
     python bench/tune_consolidate.py
 """
@@ -26,12 +26,30 @@ def main():
         nbytes = frames.numel() * 2 + past.numel() * 4 * 2
         ms = triton.testing.do_bench(lambda: ops.quantile_bins(mass, 512), return_mode="median")
         print(f"S={streams} quantile_bins {ms * 1e3:.1f} us")
-        for block_e, rows, warps, stages in itertools.product((128, 256), (32, 64, 128), (4, 8), (2, 3)):
+        for block_e, rows, warps, stages in itertools.product((128, 256), (128, 256), (4,), (2,)):
             consolidate.CONFIG.update(block_e=block_e, block_rows=rows, num_warps=warps, num_stages=stages)
             ms = triton.testing.do_bench(lambda: ops.rect_consolidate(frames, past, plan, bins), return_mode="median")
             print(f"S={streams} block_e={block_e} rows={rows} warps={warps} stages={stages}: "
                   f"{ms * 1e3:.1f} us, {nbytes / ms / 1e6:.0f} GB/s")
 
 
+def tune_quadrature():
+    from infvideo.kernels import quadrature
+    cfg = MemoryConfig(basis="gaussian", quad_points=1000)
+    quad = ops.quadrature_constants(cfg, torch.device("cuda"))
+    query = torch.randn(16, 32, 768, device="cuda")
+    keys = torch.randn(16, 256, 768, device="cuda") * 0.05
+    values = torch.randn(16, 256, 768, device="cuda")
+    for block_q, block_t, warps, precision in itertools.product((16, 32), (16, 64), (4, 8), ("tf32x3", "tf32")):
+        quadrature.CONFIG.update(block_q=block_q, block_t=block_t, num_warps=warps, precision=precision)
+        try:
+            ms = triton.testing.do_bench(lambda: ops.quadrature_attention(query, keys, values, 12, quad.mu, quad.sigma,
+                                                                          quad.grid, quad.log_weight), return_mode="median")
+            print(f"quadrature S=16 block_q={block_q} block_t={block_t} warps={warps} {precision}: {ms * 1e3:.1f} us")
+        except Exception as err:  # a shape the compiler rejects is reported, not fatal
+            print(f"quadrature block_q={block_q} block_t={block_t} warps={warps} {precision}: failed {err}")
+
+
 if __name__ == "__main__":
+    tune_quadrature()
     main()

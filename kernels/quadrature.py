@@ -98,6 +98,10 @@ def _quadrature_attention_kernel(
             tl.store(dens_ptr + s * stride_ds + group * stride_dg + rows, tl.sum(p, axis=0), mask=mask_t)
 
 
+# Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them.
+CONFIG = {"block_q": 16, "block_t": 16, "num_warps": 8, "precision": "tf32x3"}
+
+
 def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
                          mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, log_weight: torch.Tensor,
                          write_density: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,20 +115,19 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     n = keys.shape[1]
     t = grid.numel()
     d = model // num_heads
-    block_q = 16
+    block_q = CONFIG["block_q"]
     blocks = triton.cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
     density = torch.empty(s, num_heads * blocks, t if write_density else 1, device=query.device, dtype=torch.float32)
     block_n = max(16, triton.next_power_of_2(n))
-    # a, the ψ tile and the Σ p ψ accumulator are all [·, BLOCK_N]: a small T tile keeps them in registers.
-    block_t = 32 if block_n <= 128 else 16
+    block_t = CONFIG["block_t"]
     _quadrature_attention_kernel[(s, num_heads, blocks)](
         query, keys, values, mu, sigma, grid, log_weight, ctx, density,
         q_len, n, t, d, 1.0 / math.sqrt(d),
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         ctx.stride(0), ctx.stride(1), density.stride(0), density.stride(1),
         # The CPU interpreter has no tensor cores to emulate: plain float32 there.
-        WRITE_DENSITY=write_density, PRECISION="ieee" if query.device.type == "cpu" else "tf32x3", BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        BLOCK_T=block_t, num_warps=8 if block_n >= 256 else 4,
+        WRITE_DENSITY=write_density, PRECISION="ieee" if query.device.type == "cpu" else CONFIG["precision"], BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_T=block_t, num_warps=CONFIG["num_warps"],
     )
     return ctx, density

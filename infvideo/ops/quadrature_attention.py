@@ -49,7 +49,7 @@ def _quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads
 @_quadrature_attention.register_fake
 def _(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density):
     s, q_len, model = query.shape
-    groups = num_heads * -(-q_len // 16)
+    groups = num_heads * -(-q_len // _triton.kernels()["quadrature"].CONFIG["block_q"])
     return (query.new_empty(s, q_len, model),
             query.new_empty(s, groups, grid.shape[0] if write_density else 1, dtype=torch.float32))
 
