@@ -106,6 +106,50 @@ def step_rows(case, streams, length, dtype, tokens, iters, extra=(), baseline=Tr
     return rows
 
 
+def quadrature_rows(iters):
+    """Gaussian-basis attention alone at S=16, T=1000: the published quadrature (materialising
+    [S, H, Q, N, T]) against the reference's matmul quadrature and the fused Triton kernel."""
+    import math
+
+    import infvideo.ops as ops
+    from infvideo.config import MemoryConfig
+    from infvideo.reference.attention import attention_constants, quadrature_weights
+    from infvideo.reference.fit import on_device
+    cfg = MemoryConfig(basis="gaussian", quad_points=1000)
+    s, n, d = 16, 256, MODEL // HEADS
+    torch.manual_seed(0)
+    query = torch.randn(s, QUERIES, MODEL, device="cuda")
+    keys = torch.randn(s, n, MODEL, device="cuda") * 0.05
+    values = torch.randn(s, n, MODEL, device="cuda")
+    const = on_device(attention_constants(cfg), torch.device("cuda"), torch.float32)
+    quad = ops.quadrature_constants(cfg, torch.device("cuda"))
+    qh = query.view(s, QUERIES, HEADS, d).transpose(1, 2) / math.sqrt(d)
+    kh = keys.view(s, n, HEADS, d).transpose(1, 2)
+    vh = values.view(s, n, HEADS, d).transpose(1, 2)
+
+    def published():
+        scores = torch.einsum("shqd,shnd,tn->shqt", qh, kh, const.basis)
+        prob = torch.exp(scores) / torch.trapz(torch.exp(scores), quad.grid, dim=-1)[..., None]
+        integrand = prob[:, :, :, None, :] * const.basis.T[None, None, None]
+        return torch.trapz(integrand, quad.grid, dim=-1) @ vh
+
+    def matmul():
+        r, _ = quadrature_weights(qh @ kh.transpose(-1, -2), const)
+        return r @ vh
+
+    def fused():
+        return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)
+
+    case = "S=16 gaussian attention only"
+    rows = []
+    with torch.no_grad():
+        for name, fn, count in (("published quadrature [S,H,Q,N,T]", published, 5), ("torch matmul quadrature", matmul, iters),
+                                ("triton fused quadrature", fused, iters)):
+            rows.append((case, name, *pct(wall_per_call(fn, count, warmup=2))))
+            print("| %s | %s | %.1f | %.1f | %.1f |" % rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -123,6 +167,7 @@ def main(argv=None):
                       extra=[("input read floor (%.0f GB/s)" % (bandwidth / 1e9), floor, floor, floor)], baseline=False)
     rows += step_rows("S=16 gaussian T=1000", 16, 256, torch.float32, None, max(20, iters // 4), baseline=False,
                       basis="gaussian", quad_points=1000)
+    rows += quadrature_rows(max(20, iters // 4))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
                 triton=__import__("triton").__version__, commit=commit or "unknown")
