@@ -7,7 +7,7 @@ from torch import nn
 from . import _checks
 from .backends import backend_for, resolve_backend
 from .config import MemoryConfig
-from .ops import fused_step
+from .ops import fused_step, step_constants
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
 from .reference.step import attend, consolidate_chunk
@@ -33,13 +33,14 @@ def _drops_frames(cfg: MemoryConfig, length: int, first: bool, later: bool) -> b
     return any(isinstance(fit, SegmentedFit) and fit.frame_keep is not None for fit in fits)
 
 
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+def _traced(device: torch.device) -> bool:
+    """Inside torch.compile or a CUDA graph capture: no host synchronisation, state updated in place."""
+    return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def _store(buffers: dict, name: str, value: torch.Tensor) -> None:
     current = buffers[name]
-    if _capturing(value.device) and current.shape == value.shape and current.dtype == value.dtype:
+    if _traced(value.device) and current.shape == value.shape and current.dtype == value.dtype:
         current.copy_(value)
     else:
         buffers[name] = value
@@ -73,7 +74,13 @@ class LongTermMemory(nn.Module):
             softmax moments; Gaussian basis only).
         generator: torch.Generator for ``multinomial`` / ``upstream`` sampling.
         check_finite: raise on NaN/Inf in frames or query (one host synchronisation per step;
-            skipped while a CUDA graph is being captured). Turn off to keep the host asynchronous.
+            skipped under torch.compile and while a CUDA graph is captured). Turn off to keep the
+            host asynchronous.
+
+    Compiling (``torch.compile(memory, fullgraph=True)``) and capturing a CUDA graph both need one
+    eager step first (it puts the constants on the device), and then drive the memory only
+    through the compiled function or the graph's replays; fused steps with rectangular bins and
+    quantile or uniform sampling trace whole.
 
     State (buffers, saved by ``state_dict()``): ``coef`` [S, N, e], ``filled`` [S] (streams holding
     a video), ``sticky_stats`` [S, G, K] (attention mass per bin from the last step, per group).
@@ -96,6 +103,10 @@ class LongTermMemory(nn.Module):
         # Host-side mirror of `filled` ("empty", "full" or "mixed") so a step never reads the
         # device to know which streams hold a video.
         self._fill = "empty"
+        # Per device: the backend a call there uses, and the fused step's constants per chunk
+        # length. Filled by eager calls; a compiled or captured step only reads them.
+        self._backends: dict = {}
+        self._step_constants: dict = {}
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
@@ -175,19 +186,25 @@ class LongTermMemory(nn.Module):
         Returns the LTM context [S, Q, D] in the query's dtype.
         """
         frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
-        backend = backend_for(self.backend, frames.device)
+        backend = self._backends.get(frames.device)
+        if backend is None:
+            backend = self._backends[frames.device] = backend_for(self.backend, frames.device)
         dtype = torch.float64 if torch.float64 in (frames.dtype, query.dtype) else torch.float32
         past = None if self._fill == "empty" else self.coef
         filled = self.filled if self._fill == "mixed" else None
         stats = None if self._fill == "empty" else self.sticky_stats
         if backend == "triton" and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
-            context, coef, stats = fused_step(self.config, frames, query, proj_key, proj_value, num_heads,
+            key = (frames.shape[1], frames.device)
+            consts = self._step_constants.get(key)
+            if consts is None:
+                consts = self._step_constants[key] = step_constants(self.config, *key)
+            context, coef, stats = fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads,
                                               past, filled, stats, self.generator, keep_stats=self.config.sticky)
         else:
             coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
             context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
                                     keep_stats=self.config.sticky)
-        if self.check_finite and not _capturing(frames.device):
+        if self.check_finite and not _traced(frames.device):
             # Non-finite frames reach the new coefficients, so one small reduction (and one host
             # synchronisation) covers them and the query, before any state changes; only frames
             # that a fit leaves out (paper preset) need a look of their own.
@@ -199,9 +216,8 @@ class LongTermMemory(nn.Module):
         return context.to(query.dtype)
 
     def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None) -> None:
-        # Eager steps swap the new tensors in. While a CUDA graph is captured they are copied into
-        # the existing buffers instead, so each replay updates the memory the next replay reads
-        # (drive a captured memory through replays only). nn.Module.__setattr__ is bypassed: it
+        # Eager steps swap the new tensors in. Under capture or compilation they are copied into
+        # the existing buffers instead, so each replay updates the memory the next replay reads. nn.Module.__setattr__ is bypassed: it
         # costs more than the rest of a small step.
         buffers = self._buffers
         _store(buffers, "coef", coef)

@@ -221,3 +221,26 @@ def test_cuda_graph_and_compile_match_eager():
             graph.replay()
             assert rel(out, expected) < 1e-6
             assert rel(graphed.coef, eager.coef) < 1e-6
+
+
+@pytest.mark.parametrize("config", [dict(), dict(preset="paper"), dict(sticky=False)],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_compiled_step_fullgraph_matches_reference(config):
+    """torch.compile(fullgraph=True) traces the fused step whole (inductor on CUDA; dynamo alone on the CPU)."""
+    torch.manual_seed(0)
+    pk, pv = nn.Linear(24, 16).to(DEVICE), nn.Linear(24, 16).to(DEVICE)
+    fused = LongTermMemory(num_basis=12, past_samples=20, backend="triton", **config).to(DEVICE)
+    reference = LongTermMemory(num_basis=12, past_samples=20, backend="torch", **config).to(DEVICE)
+    gen = torch.Generator().manual_seed(2)
+    query = torch.randn(2, 5, 16, generator=gen).to(DEVICE)
+    with torch.no_grad():
+        frames = torch.randn(2, 7, 5, 24, generator=gen).to(DEVICE)
+        fused(frames, query, pk, pv, 4)
+        reference(frames, query, pk, pv, 4)
+        step = torch.compile(fused, fullgraph=True, backend="inductor" if CUDA else "eager")
+        for _ in range(3):
+            frames = torch.randn(2, 7, 5, 24, generator=gen).to(DEVICE)
+            out = step(frames, query, pk, pv, 4)
+            expected = reference(frames, query, pk, pv, 4)
+            assert rel(out, expected) < 1e-4
+            assert rel(fused.coef, reference.coef) < 1e-4

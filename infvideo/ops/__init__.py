@@ -7,7 +7,7 @@ from .quadrature_attention import quadrature_attention, quadrature_constants
 from .quantile_bins import quantile_bins
 from .rect_consolidate import RectPlan, plan_on, rect_consolidate, rect_plan
 from .slot_attention import slot_attention
-from .step import fused_step
+from .step import StepConstants, fused_step, step_constants
 
-__all__ = ["RectPlan", "fused_step", "plan_on", "quadrature_attention", "quadrature_constants", "quantile_bins",
+__all__ = ["RectPlan", "StepConstants", "fused_step", "step_constants", "plan_on", "quadrature_attention", "quadrature_constants", "quantile_bins",
            "rect_consolidate", "rect_plan", "slot_attention"]

@@ -26,7 +26,8 @@ class QuadratureConstants:
 
 
 @lru_cache(maxsize=64)
-def _constants(cfg: MemoryConfig) -> QuadratureConstants:
+def quadrature_host_constants(cfg: MemoryConfig) -> QuadratureConstants:
+    """The quadrature constants of a Gaussian-basis configuration, float64 on the CPU."""
     mu, sigma = gaussian_parameters(cfg.num_basis, cfg.sigmas)
     grid, weights = pos.quadrature_grid(cfg.quad_points, cfg.preset)
     return QuadratureConstants(mu, sigma, grid.values, weights.log(), grid.values.diff())
@@ -34,7 +35,7 @@ def _constants(cfg: MemoryConfig) -> QuadratureConstants:
 
 def quadrature_constants(cfg: MemoryConfig, device: torch.device) -> QuadratureConstants:
     """The configuration's quadrature constants in float32 on ``device`` (built and moved once)."""
-    return on_device(_constants(cfg), device, torch.float32)
+    return on_device(quadrature_host_constants(cfg), device, torch.float32)
 
 
 @torch.library.custom_op("infvideo::quadrature_attention", mutates_args=())

@@ -3,41 +3,79 @@ cuBLAS, attention with the sticky statistic in the same pass."""
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
 
 from ..config import MemoryConfig
 from ..reference import sticky
-from ..reference.attention import GaussianDensity, Quadrature, attention_constants
+from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.fit import SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
-from ..reference.step import attend, consolidate_chunk, past_samples, upstream_statistic
-from .quadrature_attention import quadrature_attention, quadrature_constants
+from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
+from .quadrature_attention import QuadratureConstants, quadrature_attention, quadrature_host_constants
 from .quantile_bins import quantile_bins
-from .rect_consolidate import plan_on, rect_consolidate
+from .rect_consolidate import RectPlan, rect_consolidate, rect_plan
 from .slot_attention import slot_attention
 
 
-def _fused_consolidation(cfg: MemoryConfig, frames, past, filled, stats, generator):
-    length, device = frames.shape[1], frames.device
+@dataclass(frozen=True)
+class StepConstants:
+    """Everything a fused step of one configuration and chunk length reads besides its inputs.
+
+    first_plan / later_plan: CSR maps of the rectangular fits (None: the step falls back to the
+    reference consolidation, e.g. Gaussian basis); uniform_bins [M]: the old bin of each past
+    sample when sampling is uniform; slot_log_weight [N] / null_log_weight (a Python float, so no
+    step reads it back from the device); quad: the Gaussian basis's quadrature constants.
+    """
+
+    first_plan: RectPlan | None
+    later_plan: RectPlan | None
+    uniform_bins: torch.Tensor | None
+    uniform_in_bins: bool
+    slot_log_weight: torch.Tensor | None
+    null_log_weight: float | None
+    quad: QuadratureConstants | None
+
+
+@lru_cache(maxsize=256)
+def _host_constants(cfg: MemoryConfig, length: int) -> StepConstants:
     first, later = first_fit(cfg, length), consolidation_fit(cfg, length)
-    if not (isinstance(first, SegmentedFit) and isinstance(later, SegmentedFit)):
+    segmented = isinstance(first, SegmentedFit) and isinstance(later, SegmentedFit)
+    uniform = uniform_sample_basis(cfg) if segmented and not cfg.sticky else None
+    const = attention_constants(cfg)
+    slot = const if isinstance(const, SlotWeights) else None
+    return StepConstants(
+        rect_plan(first) if segmented else None, rect_plan(later) if segmented else None,
+        None if uniform is None else uniform.bins, True if uniform is None else uniform.in_bins,
+        None if slot is None else slot.log_weight,
+        None if slot is None or slot.null_log_weight is None else float(slot.null_log_weight),
+        quadrature_host_constants(cfg) if isinstance(const, Quadrature) else None)
+
+
+def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> StepConstants:
+    """The step's constants on ``device`` (float32), built once per configuration, length and device."""
+    return on_device(_host_constants(cfg, length), device, torch.float32)
+
+
+def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator):
+    if consts.first_plan is None or (past is not None and not cfg.sticky and consts.uniform_bins is None):
         return None
-    # Both plans are fetched every call (cached) so the first eager step leaves everything a
-    # CUDA graph capture of a later step needs on the device.
-    first_plan, later_plan = plan_on(first, device), plan_on(later, device)
     if past is None or filled is not None:
-        start = rect_consolidate(frames, None, first_plan)
+        start = rect_consolidate(frames, None, consts.first_plan)
         if past is None:
             return start
-    if cfg.sticky and cfg.sampling == "quantile":
+    if not cfg.sticky:
+        bins = consts.uniform_bins
+    elif cfg.sampling == "quantile":
         bins = quantile_bins(stats, cfg.past_samples)
     else:
-        bins = past_samples(cfg, stats, torch.float32, device, generator).bins
+        bins = past_samples(cfg, stats, torch.float32, frames.device, generator).bins
         if bins is None:
             return None
-    coef = rect_consolidate(frames, past, later_plan, bins)
+    coef = rect_consolidate(frames, past, consts.later_plan, bins)
     return coef if filled is None else torch.where(filled[:, None, None], coef, start)
 
 
@@ -62,7 +100,9 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
 
 def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """K = proj_key(B), V = proj_value(B): one cuBLAS GEMM over stacked weights for two plain Linears."""
-    if (type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
+    # The stacked-weight cache keys on storage pointers and version counters, which a compiled
+    # graph cannot guard on: there the two products stay separate.
+    if (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
             and proj_key.weight.dtype == proj_value.weight.dtype
             and (proj_key.bias is None) == (proj_value.bias is None)):
         weight, bias = _stacked(proj_key, proj_value)
@@ -80,35 +120,32 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tenso
 QUADRATURE_KERNEL = False
 
 
-def fused_step(cfg: MemoryConfig, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int,
-               past: torch.Tensor | None, filled: torch.Tensor | None, stats: torch.Tensor | None,
-               generator: torch.Generator | None = None, keep_stats: bool = True):
+def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
+               proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
+               stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True):
     """(context [S, Q, D], coefficients [S, N, e] fp32, sticky statistic [S, G, K] or None).
 
-    frames are the raw chunk ([S, L, e] or tokens); past / filled / stats as for
-    ``reference.consolidate_chunk``; inputs are checked by LongTermMemory. No host synchronisation.
+    consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
+    ([S, L, e] or tokens); past / filled / stats as for ``reference.consolidate_chunk``; inputs are
+    checked by LongTermMemory. With rectangular bins and quantile or uniform sampling the step
+    makes no host synchronisation and traces whole under torch.compile.
     """
-    coef = None
-    if cfg.basis == "rectangular":
-        coef = _fused_consolidation(cfg, frames, past, filled, stats, generator)
+    coef = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator)
     if coef is None:
         pooled = pool_frames(frames, torch.float32)
         coef = consolidate_chunk(cfg, pooled, past, filled, stats, generator)
-    const = attention_constants(cfg)
-    if isinstance(const, GaussianDensity) or (isinstance(const, Quadrature) and not QUADRATURE_KERNEL):
+    if cfg.basis != "rectangular" and (consts.quad is None or not QUADRATURE_KERNEL):
         context, new_stats = attend(cfg, coef, query.to(torch.float32), proj_key, proj_value, num_heads, keep_stats)
         return context.to(query.dtype), coef, new_stats
     keys, values = _project_pair(proj_key, proj_value, coef)
     want_mass = keep_stats and cfg.sampling != "upstream"
-    if isinstance(const, Quadrature):
-        quad = quadrature_constants(cfg, query.device)
+    if consts.quad is not None:
+        quad = consts.quad
         context, density = quadrature_attention(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
                                                 quad.log_weight, write_density=want_mass)
         new_stats = sticky.interval_mass(density, quad.gaps) if want_mass else None
     else:
-        const = on_device(const, query.device, torch.float32)
-        null = None if const.null_log_weight is None else float(const.null_log_weight)
-        context, mass = slot_attention(query, keys, values, num_heads, const.log_weight, null)
+        context, mass = slot_attention(query, keys, values, num_heads, consts.slot_log_weight, consts.null_log_weight)
         new_stats = mass if want_mass else None
     if keep_stats and cfg.sampling == "upstream":
         d = query.shape[-1] // num_heads

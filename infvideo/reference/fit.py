@@ -6,7 +6,7 @@ built once (float64 on the CPU) and cached; :func:`on_device` keeps one copy per
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from functools import lru_cache
 
 import torch
@@ -113,6 +113,8 @@ def on_device(constants, device: torch.device, dtype: torch.dtype):
         return hit[1]
 
     def move(value):
+        if is_dataclass(value) and not isinstance(value, type):
+            return on_device(value, device, dtype)
         if not isinstance(value, torch.Tensor):
             return value
         if value.is_floating_point():
