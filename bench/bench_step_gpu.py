@@ -170,7 +170,8 @@ def main(argv=None):
     rows += quadrature_rows(max(20, iters // 4))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
-                triton=__import__("triton").__version__, commit=commit or "unknown")
+                triton=__import__("triton").__version__,
+                commit=commit or os.environ.get("INFVIDEO_COMMIT", "unknown"))  # the device copy has no .git
     path = os.path.join(args.out, "bench_step_gpu.csv")
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
