@@ -22,12 +22,13 @@ import triton.language as tl
 
 @triton.jit
 def _rect_consolidate_kernel(
-    frames_ptr, past_ptr, bins_ptr, out_ptr,
+    frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr,
     past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
     E, TOKENS, inv_tokens,
     stride_fs, stride_fl, stride_ft, stride_fe,
     stride_ps, stride_pn, stride_bs, stride_os, stride_on,
-    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     n = tl.program_id(0)
     s = tl.program_id(1).to(tl.int64)
@@ -63,19 +64,27 @@ def _rect_consolidate_kernel(
         acc += part * inv_tokens
 
     if HAS_PAST:
+        # The bin's samples BLOCK_P at a time (usually all at once): three dependent loads per
+        # block (sample slots, their old bins, the rows) instead of three per sample, which left
+        # the one-stream step waiting on memory latency.
         p_lo = tl.load(past_start_ptr + n)
         p_hi = tl.load(past_start_ptr + n + 1)
-        for k in range(p_lo, p_hi):
-            i = tl.load(past_idx_ptr + k)
-            src = tl.load(bins_ptr + s * stride_bs + i)
-            # A sample in no bin (-1) reads zeros; the mask is built as a block, not a scalar.
-            read = mask_e & ((offs_e * 0 + src) >= 0)
-            row = tl.load(past_ptr + s * stride_ps + tl.maximum(src, 0).to(tl.int64) * stride_pn + offs_e,
-                          mask=read, other=0.0)
-            acc += row.to(tl.float32)
+        offs_p = tl.arange(0, BLOCK_P)
+        for k0 in range(p_lo, p_hi, BLOCK_P):
+            mask_p = k0 + offs_p < p_hi
+            i = tl.load(past_idx_ptr + k0 + offs_p, mask=mask_p, other=0)
+            src = tl.load(bins_ptr + s * stride_bs + i, mask=mask_p, other=-1)
+            read = (src >= 0)[:, None] & mask_e[None, :]  # a sample in no bin (-1) reads zeros
+            rows = tl.load(past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn
+                           + offs_e[None, :], mask=read, other=0.0)
+            acc += tl.sum(rows.to(tl.float32), axis=0)
 
-    scale = tl.load(scale_ptr + n)
-    tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc * scale, mask=mask_e)
+    acc = acc * tl.load(scale_ptr + n)
+    tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc, mask=mask_e)
+    if WRITE_CAST:
+        # The same coefficients in the projections' dtype, saving the GEMM a separate cast pass.
+        tl.store(cast_ptr + s * stride_os + n * stride_on + offs_e,
+                 acc.to(cast_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask_e)
 
 
 # Tile shapes, measured on the H100 (bench/tune_consolidate.py); module-level so tuning can vary them.
@@ -86,17 +95,22 @@ CONFIG = {"block_e": 256, "block_e_few_streams": 128, "block_rows": 128, "num_wa
 
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
                      past_idx: torch.Tensor, past_start: torch.Tensor, frame_idx: torch.Tensor,
-                     frame_start: torch.Tensor, scale: torch.Tensor, frames_in_order: bool = False) -> torch.Tensor:
+                     frame_start: torch.Tensor, scale: torch.Tensor, frames_in_order: bool = False,
+                     max_per_bin: int = 1, cast_dtype: torch.dtype | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused consolidation; inputs are checked by ``infvideo.ops``.
 
     frames [S, L, T, e] (T = 1 for pooled frames; any strides), past [S, N, e] (last stride 1) with
     sample_bins [S or 1, M] (int32/int64), CSR maps int32, scale [N] fp32. ``frames_in_order``:
-    frame_idx is the identity (frames are listed in bin order), so the FRAME_ROWS path may be used.
-    Returns the new coefficients [S, N, e] in float32.
+    frame_idx is the identity (frames are listed in bin order), so the FRAME_ROWS path may be used;
+    ``max_per_bin``: the most past samples any bin receives. Returns the new coefficients [S, N, e]
+    in float32, and the same in ``cast_dtype`` (an empty tensor when None).
     """
     s, _, tokens, e = frames.shape
     n = scale.numel()
     out = torch.empty(s, n, e, device=frames.device, dtype=torch.float32)
+    cast = torch.empty(0 if cast_dtype is None else (s, n, e), device=frames.device,
+                       dtype=cast_dtype or torch.float32)
     past_t = past if past is not None else scale
     bins_t = sample_bins if sample_bins is not None else past_start
     frame_rows = frames_in_order and frames.stride(1) == tokens * frames.stride(2)
@@ -104,14 +118,15 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     block_t = CONFIG["block_rows"] if frame_rows else min(32, triton.next_power_of_2(tokens))
     grid = (n, s, triton.cdiv(e, block_e))
     _rect_consolidate_kernel[grid](
-        frames, past_t, bins_t, out,
+        frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
         past_idx, past_start, frame_idx, frame_start, scale,
         e, tokens, 1.0 / tokens,
         frames.stride(0), frames.stride(1), frames.stride(2), frames.stride(3),
         past_t.stride(0) if past is not None else 0, past_t.stride(1) if past is not None else 0,
         sample_bins.stride(0) if sample_bins is not None and sample_bins.shape[0] > 1 else 0,
         out.stride(0), out.stride(1),
-        HAS_PAST=past is not None, FRAME_ROWS=frame_rows, BLOCK_E=block_e, BLOCK_T=block_t,
+        HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
+        BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, triton.next_power_of_2(max(1, max_per_bin))),
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
     )
-    return out
+    return out, cast

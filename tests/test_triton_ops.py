@@ -64,8 +64,11 @@ def test_rect_consolidate_matches_reference(preset, case, dtype):
     first_dev = ref_fit.on_device(first, DEVICE, torch.float32)
     later_dev = ref_fit.on_device(later, DEVICE, torch.float32)
 
-    out = ops.rect_consolidate(frames, None, ops.plan_on(first, DEVICE))
+    out, cast = ops.rect_consolidate(frames, None, ops.plan_on(first, DEVICE), cast_dtype=dtype)
     assert rel(out, ref_consolidate.consolidate_segmented(pooled, None, None, first_dev)) < 1e-5
+    # Within one unit in the last place of the cast type (the CPU interpreter truncates).
+    assert cast.dtype == dtype
+    torch.testing.assert_close(cast.float(), out, rtol=torch.finfo(dtype).eps, atol=0)
 
     bins = torch.randint(-1, n, (streams, samples), generator=gen).to(DEVICE)
     out = ops.rect_consolidate(frames, past, ops.plan_on(later, DEVICE), bins)
@@ -153,6 +156,10 @@ def test_memory_triton_matches_torch(config, dtype):
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     with torch.no_grad():
         for chunk in range(4):
+            if dtype != torch.float32:
+                # Sticky sampling turns half-precision rounding into different sample bins over
+                # a few chunks; each step is therefore compared from the same state.
+                memories[1].load_state_dict(memories[0].state_dict())
             frames = torch.randn(streams, length, tokens, width, generator=gen).to(DEVICE, dtype)
             query = torch.randn(streams, 5, model, generator=gen).to(DEVICE, dtype)
             outs = [m(frames, query, pk, pv, heads) for m in memories]

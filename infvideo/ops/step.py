@@ -60,11 +60,13 @@ def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> Step
     return on_device(_host_constants(cfg, length), device, torch.float32)
 
 
-def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator):
+def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator,
+                         cast_dtype):
+    """(B fp32, B in cast_dtype) from the fused kernels, or None where they do not apply."""
     if consts.first_plan is None or (past is not None and not cfg.sticky and consts.uniform_bins is None):
         return None
     if past is None or filled is not None:
-        start = rect_consolidate(frames, None, consts.first_plan)
+        start = rect_consolidate(frames, None, consts.first_plan, cast_dtype=cast_dtype)
         if past is None:
             return start
     if not cfg.sticky:
@@ -75,8 +77,10 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
         bins = past_samples(cfg, stats, torch.float32, frames.device, generator).bins
         if bins is None:
             return None
-    coef = rect_consolidate(frames, past, consts.later_plan, bins)
-    return coef if filled is None else torch.where(filled[:, None, None], coef, start)
+    later = rect_consolidate(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype)
+    if filled is None:
+        return later
+    return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
 
 
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
@@ -130,14 +134,18 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     checked by LongTermMemory. With rectangular bins and quantile or uniform sampling the step
     makes no host synchronisation and traces whole under torch.compile.
     """
-    coef = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator)
-    if coef is None:
-        pooled = pool_frames(frames, torch.float32)
-        coef = consolidate_chunk(cfg, pooled, past, filled, stats, generator)
+    weight = getattr(proj_key, "weight", None)
+    fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator,
+                                 weight.dtype if isinstance(weight, torch.Tensor) else torch.float32)
+    if fused is None:
+        coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator)
+        projected = coef
+    else:
+        coef, projected = fused
     if cfg.basis != "rectangular" and (consts.quad is None or not QUADRATURE_KERNEL):
         context, new_stats = attend(cfg, coef, query.to(torch.float32), proj_key, proj_value, num_heads, keep_stats)
         return context.to(query.dtype), coef, new_stats
-    keys, values = _project_pair(proj_key, proj_value, coef)
+    keys, values = _project_pair(proj_key, proj_value, projected)
     want_mass = keep_stats and cfg.sampling != "upstream"
     if consts.quad is not None:
         quad = consts.quad
