@@ -15,10 +15,14 @@ from infvideo.kernels import consolidate
 from infvideo.reference.fit import consolidation_fit
 
 
+STREAMS = (1, 64)
+BLOCK_E = (64, 128, 256)
+
+
 def main():
     cfg = MemoryConfig()
     plan = ops.plan_on(consolidation_fit(cfg, 256), torch.device("cuda"))
-    for streams in (1, 64):
+    for streams in STREAMS:
         frames = torch.randn(streams, 256, 32, 768, device="cuda", dtype=torch.bfloat16)
         past = torch.randn(streams, 256, 768, device="cuda")
         mass = torch.rand(streams, 12, 256, device="cuda")
@@ -26,7 +30,7 @@ def main():
         nbytes = frames.numel() * 2 + past.numel() * 4 * 2
         ms = triton.testing.do_bench(lambda: ops.quantile_bins(mass, 512), return_mode="median")
         print(f"S={streams} quantile_bins {ms * 1e3:.1f} us")
-        for block_e, rows, warps, stages in itertools.product((128, 256), (128, 256), (4,), (2,)):
+        for block_e, rows, warps, stages in itertools.product(BLOCK_E, (64, 128), (4,), (2,)):
             consolidate.CONFIG.update(block_e=block_e, block_rows=rows, num_warps=warps, num_stages=stages)
             ms = triton.testing.do_bench(lambda: ops.rect_consolidate(frames, past, plan, bins), return_mode="median")
             print(f"S={streams} block_e={block_e} rows={rows} warps={warps} stages={stages}: "
