@@ -4,4 +4,16 @@ from .config import MemoryConfig
 from .memory import LongTermMemory
 
 __version__ = "0.1.0"
-__all__ = ["LongTermMemory", "MemoryConfig", "available_backends", "__version__"]
+__all__ = ["LongTermMemory", "MemoryConfig", "apply_infvideo", "available_backends", "reset_memory",
+           "__version__"]
+
+_INTEGRATION = ("apply_infvideo", "reset_memory")
+
+
+def __getattr__(name: str):
+    # The transformers patch loads on first use, so `import infvideo` stays as light as the
+    # memory itself (the integration never imports transformers either).
+    if name in _INTEGRATION:
+        from .integrations import transformers as integration
+        return getattr(integration, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
