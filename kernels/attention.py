@@ -2,10 +2,11 @@
 
 r_n = exp(a_n + log w_n) / (Σ_k exp(a_k + log w_k) + exp(log m_∅)), a = q·K_n/√d, is the exact
 integral of the Gibbs density over the bins (SPEC section 8); the optional null slot (score 0,
-weight m_∅) is the paper preset's trapezoid mass outside every bin. One program per (stream, head)
-holds its Q queries: pass 1 finds the running max and normaliser over N tiles, pass 2 forms the
-probabilities, accumulates the context Σ_n r_n V_n and writes each bin's attention mass summed
-over the queries, [S, H, N], for the next sticky step. N is small (≤ a few thousand), so reading
+weight m_∅) is the paper preset's trapezoid mass outside every bin. One program per (stream, head,
+block of 16 queries) — for one stream, 12 programs per head-only grid left the step waiting on
+7 µs of this kernel on the H100: pass 1 finds the running max and normaliser over N tiles, pass 2
+forms the probabilities, accumulates the context Σ_n r_n V_n and writes each bin's attention mass
+summed over the block's queries, [S, H·QB, N], for the next sticky step (the samplers add groups). N is small (≤ a few thousand), so reading
 K twice costs less than holding the context rescaling of a one-pass online softmax.
 """
 from __future__ import annotations
@@ -22,13 +23,15 @@ def _slot_attention_kernel(
     q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
     Q, N, HEAD_DIM, null_logw, sm_scale,
     stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
-    stride_cs, stride_cq, stride_ms, stride_mh,
+    stride_cs, stride_cq, stride_ms, stride_mg,
     HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     s = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
-    offs_q = tl.arange(0, BLOCK_Q)
+    qb = tl.program_id(2)
+    group = h * tl.num_programs(2) + qb
+    offs_q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_q = offs_q < Q
@@ -85,10 +88,15 @@ def _slot_attention_kernel(
             acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(p.to(v.dtype), v)
-        tl.store(mass_ptr + s * stride_ms + h * stride_mh + rows, tl.sum(p, axis=0), mask=mask_n)
+        tl.store(mass_ptr + s * stride_ms + group * stride_mg + rows, tl.sum(p, axis=0), mask=mask_n)
 
     tl.store(ctx_ptr + s * stride_cs + offs_q[:, None] * stride_cq + cols[None, :],
              acc.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])
+
+
+def query_block(q_len: int) -> int:
+    """Queries per program: 16, the smallest tile a tensor-core dot takes."""
+    return 16
 
 
 def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
@@ -97,18 +105,20 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     """Launch the slot attention; inputs are checked by ``infvideo.ops``.
 
     query [S, Q, D], keys/values [S, N, D] (last strides 1, same dtype), slot_log_weight [N] fp32.
-    Returns the context [S, Q, D] (query's dtype) and the mass [S, H, N] (fp32, summed over queries).
+    Returns the context [S, Q, D] (query's dtype) and the mass [S, H·QB, N] (fp32, summed over each
+    block of ``query_block(Q)`` queries).
     """
     s, q_len, model = query.shape
     n = keys.shape[1]
     d = model // num_heads
+    block_q = query_block(q_len)
+    blocks = triton.cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
-    mass = torch.empty(s, num_heads, n, device=query.device, dtype=torch.float32)
-    block_q = max(16, triton.next_power_of_2(q_len))
+    mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(d))
     # A [BLOCK_Q, BLOCK_N] score tile of at most 4096 fp32 values stays in registers.
     block_n = max(16, min(triton.next_power_of_2(n), 4096 // block_q, 128))
-    _slot_attention_kernel[(s, num_heads)](
+    _slot_attention_kernel[(s, num_heads, blocks)](
         query, keys, values, slot_log_weight if slot_log_weight is not None else keys, ctx, mass,
         q_len, n, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),

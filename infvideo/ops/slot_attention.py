@@ -19,8 +19,9 @@ def _slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
 @_slot_attention.register_fake
 def _(query, keys, values, num_heads, slot_log_weight, null_log_weight):
     s, q_len, model = query.shape
+    groups = num_heads * -(-q_len // _triton.kernels()["attention"].query_block(q_len))
     return (query.new_empty(s, q_len, model),
-            query.new_empty(s, num_heads, keys.shape[1], dtype=torch.float32))
+            query.new_empty(s, groups, keys.shape[1], dtype=torch.float32))
 
 
 def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
@@ -31,7 +32,8 @@ def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
     r_{s,h,q,n} = softmax_n(q·K_n/√d + log w_n ; null slot log m_∅), c = Σ_n r_n V_n.
     query [S, Q, D], keys / values [S, N, D] (K = proj_key(B), V = proj_value(B)); slot_log_weight
     [N] (None: equal bins), null_log_weight: the paper preset's null slot (None: no slot).
-    Returns context [S, Q, D] (query dtype) and mass [S, H, N] = Σ_q r (float32).
+    Returns context [S, Q, D] (query dtype) and mass [S, G, N] = Σ_q r over each head's blocks of
+    queries, G = H·⌈Q/16⌉ (float32; the sticky samplers add the groups up).
     """
     keys = _triton.rows_unit_stride(keys)
     values = _triton.rows_unit_stride(values.to(keys.dtype))
