@@ -8,6 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+# Without a GPU the Triton kernels run in Triton's interpreter; the variable must be set before
+# anything imports infvideo.kernels, so it is set here, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -9,16 +9,12 @@ memory step 1e-4.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from torch import nn
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
+CUDA = torch.cuda.is_available()  # without it, conftest.py has set TRITON_INTERPRET=1
 pytest.importorskip("triton")
 
 import infvideo.ops as ops  # noqa: E402
