@@ -58,13 +58,12 @@ def graph_per_call(memory, frames, query, pk, pv, iters: int) -> list[float]:
     return wall_per_call(graph.replay, iters)
 
 
-def read_floor_us(tensors) -> float:
-    """Time to read the tensors once at the bandwidth of a large reduction (µs)."""
-    big = torch.empty(2 * 2**30 // 2, dtype=torch.bfloat16, device="cuda").normal_()
+def read_floor_us(tensors) -> tuple[float, float]:
+    """(µs to read the tensors once, bytes/s) at the bandwidth of a 2 GiB reduction."""
+    big = torch.empty(2**30, dtype=torch.bfloat16, device="cuda").normal_()
     times = wall_per_call(lambda: big.sum(dtype=torch.float32), 30, warmup=3)
     bandwidth = big.numel() * big.element_size() / (pct(times)[1] * 1e-6)
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    del big
     return nbytes / bandwidth * 1e6, bandwidth
 
 
@@ -179,7 +178,7 @@ def main(argv=None):
         for row in rows:
             writer.writerow([*row[:2], *("%.1f" % v for v in row[2:]), *meta.values()])
     print(f"{meta}")
-    print(f"| case | provider | p20 µs | p50 µs | p80 µs |\n|---|---|---|---|---|")
+    print("| case | provider | p20 µs | p50 µs | p80 µs |\n|---|---|---|---|---|")
     for case, provider, p20, p50, p80 in rows:
         print(f"| {case} | {provider} | {p20:.1f} | {p50:.1f} | {p80:.1f} |")
 

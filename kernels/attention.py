@@ -19,6 +19,21 @@ import triton.language as tl
 
 
 @triton.jit
+def _slot_scores(q, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+                 HAS_LOGW: tl.constexpr, IEEE: tl.constexpr):
+    """Scores q·K_n (+ log w_n) of one tile of slots, [BLOCK_Q, BLOCK_N]."""
+    k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=mask_n[:, None] & mask_d[None, :],
+                other=0.0)
+    if IEEE:
+        scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        scores = tl.dot(q, tl.trans(k))
+    if HAS_LOGW:
+        scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
+    return scores
+
+
+@triton.jit
 def _slot_attention_kernel(
     q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
     Q, N, HEAD_DIM, null_logw, sm_scale,
@@ -54,14 +69,8 @@ def _slot_attention_kernel(
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < N
-        k = tl.load(k_ptr + s * stride_ks + rows[:, None] * stride_kn + cols[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        if IEEE:
-            scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            scores = tl.dot(q, tl.trans(k))
-        if HAS_LOGW:
-            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
+        scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+                              HAS_LOGW, IEEE)
         scores = tl.where(mask_n[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
@@ -72,16 +81,10 @@ def _slot_attention_kernel(
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < N
-        k = tl.load(k_ptr + s * stride_ks + rows[:, None] * stride_kn + cols[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+                              HAS_LOGW, IEEE)
         v = tl.load(v_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        if IEEE:
-            scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            scores = tl.dot(q, tl.trans(k))
-        if HAS_LOGW:
-            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
         p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
         p = tl.where(mask_q[:, None] & mask_n[None, :], p, 0.0)
         if IEEE:

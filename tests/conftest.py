@@ -1,6 +1,7 @@
 """Shared helpers for the infvideo tests: golden vectors, projections, relative error."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -64,3 +65,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     b = b.detach().to(torch.float64)
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
+
+def gaussian_basis_values(t: torch.Tensor, n: int, sigmas: tuple) -> torch.Tensor:
+    """ψ_n(t) = 𝒩(t; μ_n, σ_n²) written from SPEC section 4 alone (N/k centres linspace(0, 1),
+    centre-major over σ), independent of the package: [T, N] in float64."""
+    k = len(sigmas)
+    centres = [j / (n // k - 1) for j in range(n // k)]
+    mu = torch.tensor([c for c in centres for _ in sigmas], dtype=torch.float64)
+    sigma = torch.tensor([s for _ in centres for s in sigmas], dtype=torch.float64)
+    z = (t[:, None] - mu) / sigma
+    return torch.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from fractions import Fraction
 
 import pytest
@@ -13,7 +12,7 @@ from infvideo.config import MemoryConfig
 from infvideo.reference import (attention_constants, consolidate_segmented, consolidation_fit, first_fit,
                                 ridge_matrix)
 from infvideo.reference.fit import on_device
-from conftest import random_linear, rel_err
+from conftest import gaussian_basis_values, random_linear, rel_err
 
 
 def _exact_bin(t: Fraction, n: int) -> int:
@@ -121,14 +120,6 @@ def test_ridge_matrix_is_the_normal_equations(ridge):
     assert rel_err(ridge_matrix(design, pads, ridge), expected[: design.shape[0]]) <= 1e-8
 
 
-def _gaussian_basis(t: torch.Tensor, n: int, sigmas: tuple) -> torch.Tensor:
-    k = len(sigmas)
-    centres = [j / (n // k - 1) for j in range(n // k)]
-    mu = torch.tensor([c for c in centres for _ in sigmas], dtype=torch.float64)
-    sigma = torch.tensor([s for _ in centres for s in sigmas], dtype=torch.float64)
-    z = (t[:, None] - mu) / sigma
-    return torch.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
-
 
 def _pads(first: float, step_lo: float, last: float, step_hi: float) -> torch.Tensor:
     """Pad positions continuing the end spacings out to [−0.5, 1.5]."""
@@ -138,7 +129,7 @@ def _pads(first: float, step_lo: float, last: float, step_hi: float) -> torch.Te
 
 
 def _gaussian_g(points: torch.Tensor, pads: torch.Tensor, n, sigmas, ridge) -> torch.Tensor:
-    f = _gaussian_basis(torch.cat([points, pads]), n, sigmas).T  # F [N, P_all]
+    f = gaussian_basis_values(torch.cat([points, pads]), n, sigmas).T  # F [N, P_all]
     g = f.T @ torch.linalg.solve(f @ f.T + ridge * torch.eye(n, dtype=torch.float64),
                                  torch.eye(n, dtype=torch.float64))
     return g[: points.numel()]

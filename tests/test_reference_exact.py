@@ -4,10 +4,10 @@
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
+from conftest import gaussian_basis_values
 
 from infvideo.config import MemoryConfig
 from infvideo.reference import attention_constants, slot_weights
@@ -64,15 +64,6 @@ def test_exact_rectangular_is_the_integral(n):
     assert err <= 1e-4, f"max |r - ∫pψ| = {err:.3g}"
 
 
-def _gaussian_basis(t: torch.Tensor, n: int, sigmas: tuple) -> torch.Tensor:
-    """ψ_n(t) = 𝒩(t; μ_n, σ_n²), N/k centres linspace(0, 1), centre-major over σ: [T, N]."""
-    k = len(sigmas)
-    centres = [j / (n // k - 1) for j in range(n // k)]
-    mu = torch.tensor([c for c in centres for _ in sigmas], dtype=torch.float64)
-    sigma = torch.tensor([s for _ in centres for s in sigmas], dtype=torch.float64)
-    z = (t[:, None] - mu) / sigma
-    return torch.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
-
 
 @pytest.mark.parametrize("n,sigmas,preset", [(16, (0.005, 0.01), "exact"), (64, (0.005, 0.01), "exact"),
                                              (21, (0.02, 0.05, 0.1), "exact"), (64, (0.005, 0.01), "paper")])
@@ -80,7 +71,7 @@ def test_gaussian_quadrature_matches_fine_integral(n, sigmas, preset):
     # Scores of order one at the peaks of ψ (ψ peaks at 1/(σ√2π) ≈ 80 for σ = 0.005).
     a = _random_scores((2, 3, 4, n), seed=100 + n, scale=0.01)
     t = torch.linspace(0, 1, FINE, dtype=torch.float64)
-    psi = _gaussian_basis(t, n, sigmas)
+    psi = gaussian_basis_values(t, n, sigmas)
     expected = _integrate(a @ psi.T, psi, _trapezoid_weights(t))
     cfg = MemoryConfig(num_basis=n, basis="gaussian", sigmas=sigmas, preset=preset, quad_points=1000)
     r, density = quadrature_weights(a, attention_constants(cfg))

@@ -24,7 +24,6 @@ from infvideo.reference import attention as ref_attention  # noqa: E402
 from infvideo.reference import consolidate as ref_consolidate  # noqa: E402
 from infvideo.reference import fit as ref_fit  # noqa: E402
 from infvideo.reference import sticky  # noqa: E402
-from infvideo.reference.basis import gaussian_parameters  # noqa: E402
 from infvideo.reference.pooling import pool_frames  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
