@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 import infvideo.reference as ref
@@ -41,3 +42,21 @@ def test_golden_chunk_after_chunk(golden):
         _close(coef, g["coef"][chunk], f"coef, chunk {chunk}")
         hist = _per_stream(ref.upstream_statistic(upstream_cfg, a))
         _close(hist, g["sticky_bin_probs"][chunk], f"sticky_bin_probs, chunk {chunk}")
+
+
+def test_golden_through_fused_backend(golden):
+    """The same cases through backend="triton" (CUDA, or the CPU interpreter for the small cases)."""
+    pytest.importorskip("triton")
+    g = golden
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and g["N"] > 64:
+        pytest.skip("the CPU interpreter takes the cases with N <= 64; the GPU takes all")
+    memory = LongTermMemory(num_basis=g["N"], tau=g["tau"], past_samples=g["past_samples"], ridge=g["ridge"],
+                            sticky=False, preset="paper", quad_points=g["quad_points"], backend="triton").to(device)
+    proj_key = make_linear(g["w_key"], g["b_key"]).to(device)
+    proj_value = make_linear(g["w_value"], g["b_value"]).to(device)
+    for chunk, (frames, query) in enumerate(zip(g["frames"], g["queries"])):
+        with torch.no_grad():
+            context = memory(frames.to(device), query.to(device), proj_key, proj_value, g["heads"])
+        _close(context.cpu(), g["context"][chunk], f"context, chunk {chunk}")
+        _close(memory.coefficients.cpu(), g["coef"][chunk], f"coef, chunk {chunk}")
