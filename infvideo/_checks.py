@@ -18,11 +18,16 @@ def tensor(name: str, value, dims: tuple[int, ...]) -> torch.Tensor:
     return value
 
 
-def finite(name: str, value: torch.Tensor) -> None:
-    # NaN and Inf survive a sum, which is one fast reduction; only a finite overflow of the
-    # float32 sum (entries near 1e38, unusable anyway) would be reported too.
-    if not bool(torch.isfinite(value.sum(dtype=torch.float32 if value.dtype != torch.float64 else None))):
-        raise ValueError(f"{name} contains NaN or Inf")
+def finite(named: list[tuple[str, torch.Tensor]]) -> None:
+    """Raise naming the first tensor holding NaN or Inf, with one host synchronisation for all.
+
+    NaN and Inf survive a sum, which is one fast reduction per tensor; only a finite overflow of
+    the float64 sum (entries near 1e308, unusable anyway) would be reported too.
+    """
+    sums = torch.stack([value.sum(dtype=torch.float64) for _, value in named])
+    for (name, _), ok in zip(named, torch.isfinite(sums).tolist()):
+        if not ok:
+            raise ValueError(f"{name} contains NaN or Inf")
 
 
 def heads(value, model: int) -> int:

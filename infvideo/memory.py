@@ -208,10 +208,10 @@ class LongTermMemory(nn.Module):
             # Non-finite frames reach the new coefficients, so one small reduction (and one host
             # synchronisation) covers them and the query, before any state changes; only frames
             # that a fit leaves out (paper preset) need a look of their own.
-            _checks.finite("frames", coef)
+            named = [("frames", coef), ("query", query)]
             if _drops_frames(self.config, frames.shape[1], past is None or filled is not None, past is not None):
-                _checks.finite("frames", frames)
-            _checks.finite("query", query)
+                named.append(("frames", frames))
+            _checks.finite(named)
         self._commit(coef.detach(), stats)
         return context.to(query.dtype)
 
