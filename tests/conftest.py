@@ -75,3 +75,13 @@ def gaussian_basis_values(t: torch.Tensor, n: int, sigmas: tuple) -> torch.Tenso
     sigma = torch.tensor([s for _ in centres for s in sigmas], dtype=torch.float64)
     z = (t[:, None] - mu) / sigma
     return torch.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
+
+
+def paper_membership(t32: torch.Tensor, n: int) -> torch.Tensor:
+    """The paper's float32 bin rule lo_n ≤ t < hi_n (SPEC section 4), written independently of the
+    package: [T, N] float64 0/1."""
+    edges = torch.linspace(0, 1, n + 1)
+    mid = (edges[:-1] + edges[1:]) / 2
+    width = torch.ones(n) / n
+    lo, hi = mid - width / 2, mid + width / 2
+    return ((t32[:, None] >= lo) & (t32[:, None] < hi)).to(torch.float64)

@@ -12,7 +12,7 @@ from infvideo.config import MemoryConfig
 from infvideo.reference import (attention_constants, consolidate_segmented, consolidation_fit, first_fit,
                                 ridge_matrix)
 from infvideo.reference.fit import on_device
-from conftest import gaussian_basis_values, random_linear, rel_err
+from conftest import gaussian_basis_values, paper_membership, random_linear, rel_err
 
 
 def _exact_bin(t: Fraction, n: int) -> int:
@@ -86,13 +86,6 @@ def test_consolidation_fast_path_equals_dense_solve(n, length, samples, tau, rid
     assert rel_err(got, expected) <= 1e-6
 
 
-def _paper_membership(t32: torch.Tensor, n: int) -> torch.Tensor:
-    edges = torch.linspace(0, 1, n + 1)
-    mid = (edges[:-1] + edges[1:]) / 2
-    width = torch.ones(n) / n
-    lo, hi = mid - width / 2, mid + width / 2
-    return ((t32[:, None] >= lo) & (t32[:, None] < hi)).to(torch.float64)
-
 
 @pytest.mark.parametrize("n,length,samples,tau", [(7, 5, 11, 0.75), (32, 7, 512, 0.9), (64, 64, 512, 0.5)])
 def test_paper_consolidation_fast_path_equals_dense_solve(n, length, samples, tau):
@@ -101,7 +94,7 @@ def test_paper_consolidation_fast_path_equals_dense_solve(n, length, samples, ta
     frames, past = _data((s, length, e), seed=4), _data((s, n, e), seed=5)
     past_pos = torch.arange(1, samples + 1).float() * tau / samples
     new_pos = tau + (1 - tau) * (torch.arange(samples + 1, length + samples + 1).float() - samples) / length
-    design = _paper_membership(torch.cat([past_pos, new_pos]), n)
+    design = paper_membership(torch.cat([past_pos, new_pos]), n)
     assert design[-1].sum() == 0, "the last frame lands on t = 1 and is dropped"
     sample_bins = torch.randint(0, n, (s, samples), generator=torch.Generator().manual_seed(6)).sort(-1).values
     past_values = torch.stack([past[k, sample_bins[k]] for k in range(s)])

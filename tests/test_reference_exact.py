@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import gaussian_basis_values
+from conftest import gaussian_basis_values, paper_membership
 
 from infvideo.config import MemoryConfig
 from infvideo.reference import attention_constants, slot_weights
@@ -80,20 +80,12 @@ def test_gaussian_quadrature_matches_fine_integral(n, sigmas, preset):
     assert err <= 1e-4, f"max |r - ∫pψ| / max r = {err:.3g}"
 
 
-def _paper_membership(t32: torch.Tensor, n: int) -> torch.Tensor:
-    """The paper's float32 bin rule lo_n ≤ t < hi_n (SPEC 4): [T, N] float64 0/1."""
-    edges = torch.linspace(0, 1, n + 1)
-    mid = (edges[:-1] + edges[1:]) / 2
-    width = torch.ones(n) / n
-    lo, hi = mid - width / 2, mid + width / 2
-    return ((t32[:, None] >= lo) & (t32[:, None] < hi)).to(torch.float64)
-
 
 @pytest.mark.parametrize("n", [7, 13, 64, 256])
 def test_paper_closed_form_is_the_trapezoid(n):
     a = _random_scores((2, 3, 4, n), seed=200 + n, scale=3.0)
     grid32 = torch.linspace(0, 1, 1000)
-    psi = _paper_membership(grid32, n)
+    psi = paper_membership(grid32, n)
     assert psi[-1].sum() == 0, "t = 1 lies in no bin under the paper rule"
     grid = grid32.to(torch.float64)
     expected = _integrate(a @ psi.T, psi, _trapezoid_weights(grid))  # s = 0 where t lies in no bin
