@@ -1,8 +1,9 @@
-"""The ``infvideo`` command line: ``python -m infvideo {demo,info}``."""
+"""The ``infvideo`` command line: ``python -m infvideo {demo,bench,info}``."""
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 
 import torch
@@ -29,57 +30,101 @@ def synthetic_video(frames: int, chunk: int, streams: int, width: int, seed: int
         yield video
 
 
+def _first_memory(model: nn.Module) -> LongTermMemory:
+    return next(m for m in model.modules() if isinstance(m, LongTermMemory))
+
+
+def _peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MiB on the GPU"
+    import resource
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB resident"
+
+
 def demo(args) -> None:
-    """Stream a long synthetic video through LongTermMemory and report its speed."""
+    """Stream a long synthetic video through the Video-LLaMA-style video Q-former with the memory on."""
+    from .models import VideoLlamaQFormer
+    from .plot import density_image, write_png
+    from .reference.sticky import quantile_bins
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
-    width, model, heads, queries = 768, 768, 12, 32
-    proj_key = nn.Linear(width, model).to(device)
-    proj_value = nn.Linear(width, model).to(device)
-    query = torch.randn(args.streams, queries, model, device=device)
-    memory = LongTermMemory(num_basis=args.num_basis, past_samples=args.past_samples).to(device)
-    steps = []
+    model = VideoLlamaQFormer(alpha=args.alpha, max_frames=args.chunk, num_basis=args.num_basis,
+                              past_samples=args.past_samples).to(device).eval()
+    memory = _first_memory(model)
+    tokens = 32
+    masses, samples, steps = [], [], []
+    model.reset()
     start = time.perf_counter()
     with torch.no_grad():
-        for chunk in synthetic_video(args.frames, args.chunk, args.streams, width):
-            chunk = chunk.to(device)
+        for chunk in synthetic_video(args.frames, args.chunk, args.streams, 768):
+            # Per-frame image-Q-former outputs: the frame's vector plus token-level noise.
+            frames = (chunk[:, :, None, :] + 0.1 * torch.randn(*chunk.shape[:2], tokens, chunk.shape[-1])).to(device)
             tick = time.perf_counter()
-            context = memory(chunk, query, proj_key, proj_value, heads)
+            embeddings = model.encode_chunk(frames)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             steps.append(time.perf_counter() - tick)
+            stats = memory.sticky_stats[:1].float().cpu()
+            masses.append(stats.sum(1)[0])
+            samples.append(quantile_bins(stats, memory.config.past_samples)[0][0] if masses[-1].sum() > 0 else None)
     total = time.perf_counter() - start
-    steps.sort()
-    state_bytes = memory.coef.numel() * memory.coef.element_size()
-    print(f"infvideo demo on {device} (backend {memory.backend}): {args.streams} stream(s) x "
-          f"{args.frames} frames in chunks of {args.chunk}, N={args.num_basis}, M={args.past_samples}")
-    print(f"  memory step: p50 {1e3 * steps[len(steps) // 2]:.3f} ms, p20 {1e3 * steps[len(steps) // 5]:.3f} ms "
-          f"over {len(steps)} chunks")
-    print(f"  throughput: {args.streams * args.frames / sum(steps):,.0f} frames/s in the memory "
-          f"({args.streams * args.frames / total:,.0f} frames/s including the synthetic video)")
-    print(f"  memory size: {state_bytes / 1024:.0f} KiB for the whole video; context {tuple(context.shape)}, "
-          f"finite={bool(torch.isfinite(context).all())}")
+    frames_seen = args.streams * args.frames
+    print(f"infvideo demo on {device}: Video-LLaMA-style video Q-former (2 layers, 32 queries), memory on every "
+          f"cross-attention (alpha={args.alpha}, N={args.num_basis}, M={args.past_samples}, backend "
+          f"{memory._backends.get(device, memory.backend)})")
+    print(f"  {args.streams} stream(s) x {args.frames} frames in {len(steps)} chunks of {args.chunk}: "
+          f"{frames_seen / sum(steps):,.0f} frames/s through the Q-former "
+          f"({frames_seen / total:,.0f} frames/s with the synthetic video); chunk p50 "
+          f"{1e3 * sorted(steps)[len(steps) // 2]:.2f} ms")
+    print(f"  peak memory {_peak_memory(device)}; memory state {memory.coef.numel() * 4 / 1024:.0f} KiB per layer "
+          f"whatever the length; output {tuple(embeddings.shape)}, finite={bool(torch.isfinite(embeddings).all())}")
+    write_png(args.png, density_image(masses, samples, args.chunk, memory.config.tau))
+    print(f"  wrote {args.png}: attention density over the video (rows: chunks) and sticky samples (ticks)")
+
+
+def bench(args) -> None:
+    """Run the step benchmark of this checkout's bench/ folder (GPU one with CUDA, else the CPU one)."""
+    import runpy
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    script = folder / ("bench_step_gpu.py" if torch.cuda.is_available() else "bench_step_cpu.py")
+    if not script.is_file():
+        raise SystemExit(f"infvideo bench: {script} not found (the benchmarks live in the source checkout)")
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
 
 
 def info(_args) -> None:
     """Versions, device and the backends present."""
+    import importlib.util
+
     import infvideo
     print(f"infvideo {infvideo.__version__}, python {platform.python_version()}, torch {torch.__version__}")
+    for name in ("triton", "transformers"):
+        found = importlib.util.find_spec(name) is not None
+        print(f"{name}: {__import__(name).__version__ if found else 'not installed'}")
     print(f"cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
-    print(f"backends: {', '.join(available_backends())}")
+    print(f"backends: {', '.join(available_backends())} (auto: Triton on CUDA tensors, else torch)")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="infvideo", description="∞-Video long-term memory kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="stream a long synthetic video through the memory")
-    p_demo.add_argument("--frames", type=int, default=16384)
+    p_demo.add_argument("--frames", type=int, default=10240)
     p_demo.add_argument("--chunk", type=int, default=256)
     p_demo.add_argument("--streams", type=int, default=1)
     p_demo.add_argument("--num-basis", type=int, default=256)
     p_demo.add_argument("--past-samples", type=int, default=512)
+    p_demo.add_argument("--alpha", type=float, default=0.9)
     p_demo.add_argument("--device", default=None)
+    p_demo.add_argument("--png", default="infvideo_demo.png", help="where to write the picture")
     p_demo.set_defaults(run=demo)
+    p_bench = sub.add_parser("bench", help="the step benchmark (bench/ of the source checkout)")
+    p_bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
+    p_bench.set_defaults(run=bench)
     sub.add_parser("info", help="versions, device, built backends").set_defaults(run=info)
     args = parser.parse_args(argv)
     args.run(args)
