@@ -109,13 +109,24 @@ def info(_args) -> None:
     print(f"backends: {', '.join(available_backends())} (auto: Triton on CUDA tensors, else torch)")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int ≥ 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="infvideo", description="∞-Video long-term memory kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="stream a long synthetic video through the memory")
-    p_demo.add_argument("--frames", type=int, default=10240)
-    p_demo.add_argument("--chunk", type=int, default=256)
-    p_demo.add_argument("--streams", type=int, default=1)
+    p_demo.add_argument("--frames", type=_positive_int, default=10240)
+    p_demo.add_argument("--chunk", type=_positive_int, default=256)
+    p_demo.add_argument("--streams", type=_positive_int, default=1)
     p_demo.add_argument("--num-basis", type=int, default=256)
     p_demo.add_argument("--past-samples", type=int, default=512)
     p_demo.add_argument("--alpha", type=float, default=0.9)

@@ -139,7 +139,10 @@ class LongTermMemory(nn.Module):
             self.sticky_stats.zero_()
             self._fill = "empty"
             return
-        index = torch.as_tensor(streams, device=self.filled.device)
+        try:
+            index = torch.as_tensor(streams, device=self.filled.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"streams must be integer indices or a bool mask, got {streams!r}") from None
         if index.dtype == torch.bool:
             if index.shape != self.filled.shape:
                 raise ValueError(f"streams: a mask must have shape {tuple(self.filled.shape)}, got {tuple(index.shape)}")
@@ -170,6 +173,9 @@ class LongTermMemory(nn.Module):
         if value_width is not None and value_width % num_heads:
             raise ValueError(f"proj_value's width {value_width} is not divisible by num_heads={num_heads}")
         if self._fill != "empty":
+            if self.coef.device != frames.device:
+                raise ValueError(f"frames are on {frames.device}, but the memory holds its streams on "
+                                 f"{self.coef.device}; move it with .to({str(frames.device)!r}) first")
             if streams != self.num_streams:
                 raise ValueError(f"frames carry {streams} streams but the memory holds {self.num_streams}; "
                                  "call reset() before changing the stream count")
@@ -229,11 +235,112 @@ class LongTermMemory(nn.Module):
         elif buffers["sticky_stats"].shape[0] != coef.shape[0]:
             buffers["sticky_stats"] = torch.zeros(coef.shape[0], 1, self.config.sticky_bins, device=coef.device)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    # The multinomial / upstream samplers' generator travels with the buffers as nn.Module's extra
+    # state, so that a resumed memory draws exactly what the original would have drawn. A memory
+    # without a generator saves none (its state dict keeps just the three buffers), and state
+    # dicts without extra state (older ones, or from such memories) still load, strict or not.
+
+    def get_extra_state(self) -> dict:
+        """``{"generator_state": uint8 tensor, "generator_device": str}`` of ``generator`` ({} without one)."""
+        if self.generator is None:
+            return {}
+        return {"generator_state": self.generator.get_state(), "generator_device": str(self.generator.device)}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restores a generator saved by :meth:`get_extra_state` into ``generator``, creating one on
+        the saved device when this memory has none (a generator's state is specific to its device type)."""
+        problem = self._extra_state_problem(state)
+        if problem is not None:
+            raise ValueError(problem)
+        if state:
+            if self.generator is None:
+                self.generator = torch.Generator(device=state["generator_device"])
+            self.generator.set_state(state["generator_state"])
+
+    def _extra_state_problem(self, state) -> str | None:
+        keys = ("generator_state", "generator_device")
+        if not isinstance(state, dict) or (state and set(state) != set(keys)):
+            return f"_extra_state must be {{}} or a dict with keys {keys}, got {state!r:.200}"
+        if not state:
+            return None
+        saved, device = state["generator_state"], state["generator_device"]
+        if not isinstance(saved, torch.Tensor) or saved.dtype != torch.uint8 or saved.dim() != 1:
+            return (f"_extra_state: generator_state must be a 1-d uint8 tensor (Generator.get_state()), "
+                    f"got {saved!r:.200}")
+        try:
+            device = torch.device(device)
+            probe = torch.Generator(device=device)
+        except (TypeError, RuntimeError) as err:
+            return f"_extra_state: the saved generator's device {device!r} is not usable here ({err})"
+        if self.generator is not None and self.generator.device.type != device.type:
+            return (f"_extra_state: the saved state is of a {device} generator, but this memory's generator is on "
+                    f"{self.generator.device}")
+        try:
+            probe.set_state(saved)
+        except RuntimeError as err:
+            return f"_extra_state: generator_state does not fit a {device} generator ({err})"
+        return None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.generator is None:
+            destination.pop(prefix + "_extra_state", None)
+
+    def _state_problems(self, state_dict, prefix) -> list[str]:
+        """Why loading ``state_dict`` would leave an unusable memory (checked before anything changes)."""
+        new = {name: state_dict.get(prefix + name, self._buffers[name]) for name in ("coef", "filled", "sticky_stats")}
+        if not all(isinstance(value, torch.Tensor) for value in new.values()):
+            return [f"{prefix}{name}: expected a tensor, got {type(value).__name__}"
+                    for name, value in new.items() if not isinstance(value, torch.Tensor)]
+        coef, filled, stats = new["coef"], new["filled"], new["sticky_stats"]
+        problems = []
+        n, k = self.config.num_basis, self.config.sticky_bins
+        if coef.dim() != 3 or not coef.is_floating_point() or coef.shape[1] != n:
+            problems.append(f"{prefix}coef: expected a floating tensor [S, N={n}, e], got {coef.dtype} of shape "
+                            f"{tuple(coef.shape)} (saved with another num_basis?)")
+        if filled.dim() != 1 or filled.dtype != torch.bool:
+            problems.append(f"{prefix}filled: expected a bool tensor [S], got {filled.dtype} of shape "
+                            f"{tuple(filled.shape)}")
+        if stats.dim() != 3 or not stats.is_floating_point() or stats.shape[1] < 1 or stats.shape[2] != k:
+            problems.append(f"{prefix}sticky_stats: expected a floating tensor [S, G, K={k}], got {stats.dtype} of "
+                            f"shape {tuple(stats.shape)} (saved with another basis, num_basis, quad_points or "
+                            "sampling?)")
+        if problems:
+            return problems
+        if not coef.shape[0] == filled.shape[0] == stats.shape[0]:
+            return [f"{prefix}coef, filled and sticky_stats hold different stream counts: {coef.shape[0]}, "
+                    f"{filled.shape[0]} and {stats.shape[0]}"]
+        if coef.shape[2] == 0 and bool(filled.any()):
+            problems.append(f"{prefix}coef: streams are marked filled but the coefficients have width 0")
+        for name, value in (("coef", coef), ("sticky_stats", stats)):
+            if not bool(torch.isfinite(value).all()):
+                problems.append(f"{prefix}{name} contains NaN or Inf")
+        extra = state_dict.get(prefix + "_extra_state")
+        if prefix + "_extra_state" in state_dict:
+            problem = self._extra_state_problem(extra)
+            if problem is not None:
+                problems.append(prefix + problem)
+        return problems
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Everything is checked first, so a state that does not fit leaves the memory as it was.
+        names = ("coef", "filled", "sticky_stats")
+        missing = [prefix + name for name in names if prefix + name not in state_dict]
+        if strict and missing:
+            missing_keys.extend(missing)
+            return
+        problems = self._state_problems(state_dict, prefix)
+        if problems:
+            error_msgs.extend(problems)
+            return
         # The stream count and width are known only once a video arrives: take the saved shapes.
-        for name in ("coef", "filled", "sticky_stats"):
+        for name in names:
             saved = state_dict.get(prefix + name)
             if isinstance(saved, torch.Tensor):
                 self._buffers[name] = torch.empty_like(saved, device=self._buffers[name].device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "_extra_state" in missing_keys:
+            missing_keys.remove(prefix + "_extra_state")  # saved without a generator: nothing to restore
         self._sync_fill()

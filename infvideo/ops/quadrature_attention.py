@@ -11,7 +11,7 @@ from ..config import MemoryConfig
 from ..reference import positions as pos
 from ..reference.basis import gaussian_parameters
 from ..reference.fit import on_device
-from . import _triton
+from . import _triton, _validate
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,17 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
     a = q·K/√d, c = Σ_n r_n V_n. query [S, Q, D], keys/values [S, N, D], mu/sigma [N].
     Returns context [S, Q, D] and Σ_q p(t_j) per head and block of 16 queries, [S, G, T] (float32;
     [S, G, 1] unused if not write_density).
+
+    query / keys / values are float32, float16 or bfloat16 on one device, any strides; the
+    constants any float dtype (cast to float32 on the query's device).
     """
+    _check(query, keys, values, num_heads, mu, sigma, grid, log_weight)
+    return launch(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density)
+
+
+def launch(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor, grid: Tensor,
+           log_weight: Tensor, write_density: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`quadrature_attention` without the input checks (for ``fused_step``, whose inputs are checked)."""
     f32 = dict(device=query.device, dtype=torch.float32)
     unit = _triton.rows_unit_stride
     args = (unit(query), unit(keys), unit(values), num_heads, mu.to(**f32).contiguous(),
@@ -72,3 +82,17 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
     if _triton.direct_call_ok(query):
         return _triton.require("quadrature_attention", query.device)["quadrature"].quadrature_attention(*args)
     return torch.ops.infvideo.quadrature_attention(*args)
+
+
+_OP = "infvideo.ops.quadrature_attention"
+
+
+def _check(query, keys, values, num_heads, mu, sigma, grid, log_weight) -> None:
+    _validate.attention_inputs(_OP, query, keys, values, num_heads)
+    n = keys.shape[1]
+    for name, value in (("mu", mu), ("sigma", sigma)):
+        _validate.tensor(_OP, name, value, (1,), "[N]", dtypes=None)
+        _validate.match(_OP, name, value.shape[0], n, "entries", "keys (dim 1)")
+    _validate.tensor(_OP, "grid", grid, (1,), "[T]", dtypes=None)
+    _validate.tensor(_OP, "log_weight", log_weight, (1,), "[T]", dtypes=None)
+    _validate.match(_OP, "log_weight", log_weight.shape[0], grid.shape[0], "points", "grid")

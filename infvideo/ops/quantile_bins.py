@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _triton
+from . import _triton, _validate
+
+_OP = "infvideo.ops.quantile_bins"
 
 
 @torch.library.custom_op("infvideo::quantile_bins", mutates_args=())
@@ -20,12 +22,20 @@ def _(mass, num_samples):
 def quantile_bins(mass: Tensor, num_samples: int) -> Tensor:
     """Bins of u_i = F⁻¹((i − ½)/M), i = 1 … M, F the CDF of the masses summed over groups.
 
-    mass: [S, G, K] or [S, K] non-negative (the sticky statistic). Returns [S, M] int32, sorted:
-    the same bins as ``infvideo.reference.sticky.quantile_bins``.
+    mass: [S, G, K] or [S, K] non-negative (the sticky statistic; any float dtype and strides,
+    expanded inputs included); num_samples: M >= 1. Returns [S, M] int32, sorted: the same bins as
+    ``infvideo.reference.sticky.quantile_bins``.
     """
+    _validate.tensor(_OP, "mass", mass, (2, 3), "[S, K] or [S, G, K]", dtypes=None)
+    _validate.positive_int(_OP, "num_samples", num_samples)
+    return launch(mass, num_samples)
+
+
+def launch(mass: Tensor, num_samples: int) -> Tensor:
+    """:func:`quantile_bins` without the input checks (for ``fused_step``, whose inputs are checked)."""
     if mass.dim() == 2:
         mass = mass[:, None]
     mass = mass.contiguous()
     if _triton.direct_call_ok(mass):
         return _triton.require("quantile_bins", mass.device)["sampling"].quantile_bins(mass, int(num_samples))
-    return torch.ops.infvideo.quantile_bins(mass, int(num_samples))
+    return torch.ops.infvideo.quantile_bins(mass, num_samples)

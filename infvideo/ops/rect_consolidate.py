@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..reference.fit import SegmentedFit, on_device
-from . import _triton
+from . import _triton, _validate
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class RectPlan:
     past_idx [M'] / frame_idx [L'] (int32) list the positions in bin order, past_start /
     frame_start [N + 1] (int32) delimit each bin's range; scale [N] = 1 / (c_n + λ);
     frames_in_order: frame_idx is 0, 1, 2, … (each bin's frames are one run of the input);
-    max_per_bin: the most past samples one bin receives.
+    max_per_bin: the most past samples one bin receives; num_frames / num_past: the chunk length L
+    and past samples M the fit was built for (-1: unknown, not checked).
     """
 
     past_idx: Tensor
@@ -29,6 +30,8 @@ class RectPlan:
     scale: Tensor
     frames_in_order: bool = False
     max_per_bin: int = 1
+    num_frames: int = -1
+    num_past: int = -1
 
 
 def _csr(bins: Tensor | None, num_basis: int) -> tuple[Tensor, Tensor]:
@@ -49,7 +52,8 @@ def rect_plan(fit: SegmentedFit) -> RectPlan:
     frame_idx, frame_start = _csr(fit.frame_bins, n)
     in_order = bool(torch.equal(frame_idx, torch.arange(frame_idx.numel(), dtype=torch.int32)))
     most = int(past_start.diff().max()) if past_start.numel() > 1 else 0
-    return RectPlan(past_idx, past_start, frame_idx, frame_start, fit.scale.to(torch.float32), in_order, most)
+    return RectPlan(past_idx, past_start, frame_idx, frame_start, fit.scale.to(torch.float32), in_order, most,
+                    fit.frame_bins.numel(), 0 if fit.past_bins is None else fit.past_bins.numel())
 
 
 def plan_on(fit: SegmentedFit, device: torch.device) -> RectPlan:
@@ -85,17 +89,29 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
     int64): the old bin src_i read by each past sample, -1 reading zeros (:func:`quantile_bins`
     gives the sticky ones). With ``cast_dtype`` (e.g. the projections' bf16) returns (B, B in that
     dtype), written by the same pass.
+
+    frames and past may have any float dtype and any strides (an expanded, stride-0 ``past`` or
+    frames included: they are only read); frames, past, sample_bins and the plan share one device.
+    The values of sample_bins must lie in [-1, N): not checked (that would read the device).
     """
+    _check(frames, past, plan, sample_bins, cast_dtype)
+    return launch(frames, past, plan, sample_bins, cast_dtype)
+
+
+def launch(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
+           cast_dtype: torch.dtype | None = None):
+    """:func:`rect_consolidate` without the input checks, for callers whose inputs are checked
+    (``fused_step``: LongTermMemory's inputs and the step's own constants)."""
     if frames.dim() == 3:
         frames = frames.unsqueeze(2)
     elif frames.dim() > 4:
         frames = frames.flatten(2, -2)
     if past is not None:
-        if sample_bins is None:
-            raise ValueError("rect_consolidate: sample_bins is required with past")
         past = past.to(torch.float32).contiguous()
         sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1]).contiguous()
-    extra = None if cast_dtype in (None, torch.float32) else cast_dtype
+    # The kernel writes the rounded 16-bit copy itself; float32 is the output, and a wider type
+    # (float64 projections) is a plain cast: the kernel's rounding store only narrows.
+    extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None
     args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start,
             plan.scale, plan.frames_in_order, plan.max_per_bin, extra)
     if _triton.direct_call_ok(frames):
@@ -104,4 +120,35 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
         coef, cast = torch.ops.infvideo.rect_consolidate(*args)
     if cast_dtype is None:
         return coef
-    return coef, (coef if extra is None else cast)
+    return coef, (coef.to(cast_dtype) if extra is None else cast)
+
+
+_OP = "infvideo.ops.rect_consolidate"
+
+
+def _check(frames, past, plan, sample_bins, cast_dtype) -> None:
+    frames = _validate.tensor(_OP, "frames", frames, (3, 4, 5), "[S, L, e], [S, L, T, e] or [S, L, h, w, e]",
+                              dtypes=None)
+    if not isinstance(plan, RectPlan):
+        raise TypeError(f"{_OP}: plan must be a RectPlan (infvideo.ops.plan_on), got {type(plan).__name__}")
+    device = frames.device
+    if plan.scale.device != device:
+        raise ValueError(f"{_OP}: plan is on {plan.scale.device}, but frames are on {device} (use plan_on)")
+    streams, width, bins = frames.shape[0], frames.shape[-1], plan.scale.shape[0]
+    if plan.num_frames >= 0:
+        _validate.match(_OP, "frames", frames.shape[1], plan.num_frames, "frames (dim 1)", "plan")
+    if past is not None:
+        _validate.tensor(_OP, "past", past, (3,), "[S, N, e]", dtypes=None, device=device, device_of="frames")
+        if past.shape != (streams, bins, width):
+            raise ValueError(f"{_OP}: past must have shape [S, N, e] = {(streams, bins, width)} (frames' S and e, "
+                             f"the plan's N), got {tuple(past.shape)}")
+        if sample_bins is None:
+            raise ValueError(f"{_OP}: sample_bins is required with past")
+        _validate.tensor(_OP, "sample_bins", sample_bins, (1, 2), "[M] or [S or 1, M]", _validate.INDEX_DTYPES,
+                         device=device, device_of="frames")
+        if sample_bins.dim() == 2 and sample_bins.shape[0] not in (1, streams):
+            raise ValueError(f"{_OP}: sample_bins must have 1 or S = {streams} rows, got {sample_bins.shape[0]}")
+        if plan.num_past >= 0:
+            _validate.match(_OP, "sample_bins", sample_bins.shape[-1], plan.num_past, "samples (last dim)", "plan")
+    if cast_dtype is not None and not (isinstance(cast_dtype, torch.dtype) and cast_dtype.is_floating_point):
+        raise TypeError(f"{_OP}: cast_dtype must be None or a floating torch.dtype, got {cast_dtype!r}")

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _triton
+from . import _triton, _validate
 
 
 @torch.library.custom_op("infvideo::slot_attention", mutates_args=())
@@ -34,7 +34,21 @@ def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
     [N] (None: equal bins), null_log_weight: the paper preset's null slot (None: no slot).
     Returns context [S, Q, D] (query dtype) and mass [S, G, N] = Σ_q r over each head's blocks of
     queries, G = H·⌈Q/16⌉ (float32; the sticky samplers add the groups up).
+
+    query and keys are float32, float16 or bfloat16 (values any float: cast to the keys' dtype),
+    all on one device; any strides (stride-0 / expanded inputs included: they are only read).
     """
+    _check(query, keys, values, num_heads, slot_log_weight, null_log_weight)
+    return launch(query, keys, values, num_heads, slot_log_weight, null_log_weight)
+
+
+def launch(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, slot_log_weight: Tensor | None = None,
+           null_log_weight: float | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`slot_attention` without the input checks (for ``fused_step``, whose inputs are checked)."""
+    if keys.dtype == torch.float64:
+        # float64 projections: the kernel's dots take fp32 / fp16 / bf16 (the compiled kernel
+        # rejects float64), and the step computes in float32 anyway.
+        keys = keys.float()
     keys = _triton.rows_unit_stride(keys)
     values = _triton.rows_unit_stride(values.to(keys.dtype))
     query = _triton.rows_unit_stride(query)
@@ -44,3 +58,16 @@ def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
     if _triton.direct_call_ok(query):
         return _triton.require("slot_attention", query.device)["attention"].slot_attention(*args)
     return torch.ops.infvideo.slot_attention(*args)
+
+
+_OP = "infvideo.ops.slot_attention"
+
+
+def _check(query, keys, values, num_heads, slot_log_weight, null_log_weight) -> None:
+    _validate.attention_inputs(_OP, query, keys, values, num_heads, values_dtypes=None)
+    if slot_log_weight is not None:
+        _validate.tensor(_OP, "slot_log_weight", slot_log_weight, (1,), "[N]", dtypes=None)
+        _validate.match(_OP, "slot_log_weight", slot_log_weight.shape[0], keys.shape[1], "slots (dim 0)",
+                        "keys (dim 1)")
+    if null_log_weight is not None:
+        _validate.real(_OP, "null_log_weight", null_log_weight)

@@ -15,10 +15,13 @@ from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.fit import SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
 from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
-from .quadrature_attention import QuadratureConstants, quadrature_attention, quadrature_host_constants
-from .quantile_bins import quantile_bins
-from .rect_consolidate import RectPlan, rect_consolidate, rect_plan
-from .slot_attention import slot_attention
+from . import _validate
+from .quadrature_attention import QuadratureConstants, quadrature_host_constants
+from .quadrature_attention import launch as quadrature_attention
+from .quantile_bins import launch as quantile_bins
+from .rect_consolidate import RectPlan, rect_plan
+from .rect_consolidate import launch as rect_consolidate
+from .slot_attention import launch as slot_attention
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,12 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
 
     consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
     ([S, L, e] or tokens); past / filled / stats as for ``reference.consolidate_chunk``; inputs are
-    checked by LongTermMemory. With rectangular bins and quantile or uniform sampling the step
-    makes no host synchronisation and traces whole under torch.compile.
+    checked by LongTermMemory (here only what a wrong call would turn into an out-of-bounds read:
+    the configuration, its constants against the chunk, the stream count and device of frames,
+    query and past; the ops inside run unchecked). With rectangular bins and quantile or uniform
+    sampling the step makes no host synchronisation and traces whole under torch.compile.
     """
+    _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
     fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator,
                                  weight.dtype if isinstance(weight, torch.Tensor) else torch.float32)
@@ -161,3 +167,35 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         kh = keys.reshape(keys.shape[0], keys.shape[1], num_heads, d).transpose(1, 2).to(torch.float32)
         new_stats = upstream_statistic(cfg, torch.matmul(qh, kh.transpose(-1, -2)) / d ** 0.5)
     return context, coef, new_stats
+
+
+_OP = "infvideo.ops.fused_step"
+
+
+def _check(cfg, consts, frames, query, past) -> None:
+    """What a wrong direct call would turn into an out-of-bounds read: the configuration and its
+    constants against the chunk, and the stream count, width and device of frames, query and past.
+    (LongTermMemory has checked the rest: ranks, dtypes, heads, projections.)"""
+    if not isinstance(cfg, MemoryConfig):
+        raise TypeError(f"{_OP}: cfg must be a MemoryConfig, got {type(cfg).__name__}")
+    if not isinstance(consts, StepConstants):
+        raise TypeError(f"{_OP}: consts must be StepConstants (infvideo.ops.step_constants), "
+                        f"got {type(consts).__name__}")
+    if not isinstance(frames, torch.Tensor) or frames.ndim < 3:
+        _validate.tensor(_OP, "frames", frames, (3, 4, 5), "[S, L, e] or tokens [S, L, T, e]", dtypes=None)
+    if not isinstance(query, torch.Tensor) or query.ndim != 3:
+        _validate.tensor(_OP, "query", query, (3,), "[S, Q, D]", dtypes=None)
+    shape, device = frames.shape, frames.device
+    if query.shape[0] != shape[0] or query.device != device:
+        _validate.match(_OP, "query", query.shape[0], shape[0], "streams (dim 0)", "frames")
+        raise ValueError(f"{_OP}: query is on {query.device}, but frames are on {device}")
+    plan = consts.first_plan
+    if plan is not None and (plan.num_frames != shape[1] or plan.scale.device != device):
+        _validate.match(_OP, "frames", shape[1], plan.num_frames, "frames (dim 1)",
+                        "consts (step_constants was called with that length)")
+        raise ValueError(f"{_OP}: consts are on {plan.scale.device}, but frames are on {device}")
+    if past is not None and (past.shape != (shape[0], cfg.num_basis, shape[-1]) or past.device != device):
+        want = (shape[0], cfg.num_basis, shape[-1])
+        if past.shape != want:
+            raise ValueError(f"{_OP}: past must have shape [S, N, e] = {want}, got {tuple(past.shape)}")
+        raise ValueError(f"{_OP}: past is on {past.device}, but frames are on {device}")

@@ -23,7 +23,11 @@ def consolidate_segmented(frames: torch.Tensor, past: torch.Tensor | None,
     else:
         acc.index_add_(1, fit.frame_bins[fit.frame_keep], frames[:, fit.frame_keep])
     if past is not None:
-        acc.index_add_(1, fit.past_bins, _read_rows(past, sample_bins, samples_in_bins))
+        rows = _read_rows(past, sample_bins, samples_in_bins)
+        if fit.past_keep is None:
+            acc.index_add_(1, fit.past_bins, rows)
+        else:
+            acc.index_add_(1, fit.past_bins[fit.past_keep], rows[:, fit.past_keep])
     return acc.mul_(fit.scale[:, None])
 
 

@@ -22,14 +22,16 @@ class SegmentedFit:
 
     B_n = scale_n · Σ_{j: bins_j = n} X_j, scale_n = 1 / (c_n + λ), c_n = positions in bin n.
     ``past_bins`` [M] (None for a first chunk) and ``frame_bins`` [L] hold the target bin of
-    each position, -1 for a position in no bin (dropped); ``frame_keep`` lists the frames that
-    land in a bin, None when all do (the common case, which then needs no gather).
+    each position, -1 for a position in no bin (dropped: the paper preset's frame at t = 1, or a
+    past sample in a float32 gap between two bins); ``frame_keep`` / ``past_keep`` list the
+    positions that land in a bin, None when all do (the common case, which then needs no gather).
     """
 
     past_bins: torch.Tensor | None
     frame_bins: torch.Tensor
     frame_keep: torch.Tensor | None
     scale: torch.Tensor
+    past_keep: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,12 @@ def _fit_from_positions(cfg: MemoryConfig, points: pos.Positions, past: int):
             counts = torch.bincount(bins[bins >= 0], minlength=n).to(torch.float64)
             denom = counts + cfg.ridge
             scale = torch.where(denom > 0, 1.0 / denom.clamp_min(1e-300), torch.zeros_like(denom))
-            frame_bins = bins[past:]
-            keep = None if bool((frame_bins >= 0).all()) else (frame_bins >= 0).nonzero().flatten()
-            return SegmentedFit(bins[:past] if past else None, frame_bins, keep, scale)
+            def kept(part):
+                return None if bool((part >= 0).all()) else (part >= 0).nonzero().flatten()
+
+            frame_bins, past_bins = bins[past:], (bins[:past] if past else None)
+            return SegmentedFit(past_bins, frame_bins, kept(frame_bins), scale,
+                                None if past_bins is None else kept(past_bins))
         g = ridge_matrix(member.to(torch.float64), None, cfg.ridge)
     else:
         mu, sigma = gaussian_parameters(n, cfg.sigmas)
