@@ -85,3 +85,17 @@ def paper_membership(t32: torch.Tensor, n: int) -> torch.Tensor:
     width = torch.ones(n) / n
     lo, hi = mid - width / 2, mid + width / 2
     return ((t32[:, None] >= lo) & (t32[:, None] < hi)).to(torch.float64)
+
+
+def snapshot(memory) -> dict:
+    """Copies of a memory's buffers, to prove a rejected call changed nothing."""
+    return {name: buf.clone() for name, buf in memory.named_buffers()}
+
+
+def assert_unchanged(memory, before: dict) -> None:
+    """Every buffer is bit-identical to the snapshot (same names, shapes, dtypes, values)."""
+    after = dict(memory.named_buffers())
+    assert set(after) == set(before)
+    for name, value in before.items():
+        assert after[name].shape == value.shape and after[name].dtype == value.dtype, name
+        assert torch.equal(after[name], value), f"{name} changed by a rejected call"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infvideo import LongTermMemory
-from conftest import random_linear
+from conftest import assert_unchanged, random_linear, snapshot
 
 S, L, E, D, H, Q = 2, 4, 6, 8, 2, 3
 
@@ -61,17 +61,6 @@ BAD_CALLS = {  # name: (changes to the good call, argument named in the message)
 }
 
 
-def _snapshot(memory):
-    return {name: buf.clone() for name, buf in memory.named_buffers()}
-
-
-def _assert_unchanged(memory, before):
-    after = dict(memory.named_buffers())
-    assert set(after) == set(before)
-    for name, value in before.items():
-        assert after[name].shape == value.shape and after[name].dtype == value.dtype, name
-        assert torch.equal(after[name], value), f"{name} changed by a rejected call"
-
 
 @pytest.fixture(params=["exact", "paper"])
 def holding(request):
@@ -90,12 +79,12 @@ def test_bad_call_raises_and_keeps_state(case, holding):
     memory, twin = holding
     change, name = BAD_CALLS[case]
     good = _good()
-    before = _snapshot(memory)
+    before = snapshot(memory)
     with pytest.raises((TypeError, ValueError)) as info:
         with torch.no_grad():
             memory(**{**good, **change(good)})
     assert name in str(info.value), f"message does not name {name!r}: {info.value}"
-    _assert_unchanged(memory, before)
+    assert_unchanged(memory, before)
     # The next good call works and matches a memory that never saw the bad call.
     nxt = dict(_good(), frames=_randn(S, L, E, seed=9))
     with torch.no_grad():
@@ -108,11 +97,11 @@ def test_bad_call_raises_and_keeps_state(case, holding):
 def test_query_and_frames_on_different_devices(holding):
     memory, _ = holding
     good = _good()
-    before = _snapshot(memory)
+    before = snapshot(memory)
     with pytest.raises((TypeError, ValueError)) as info:
         memory(**dict(good, query=good["query"].cuda()))
     assert "query" in str(info.value)
-    _assert_unchanged(memory, before)
+    assert_unchanged(memory, before)
 
 
 def test_bad_call_on_empty_memory_leaves_it_empty():
@@ -152,8 +141,8 @@ def test_bad_constructor(kwargs, name):
                                            (torch.tensor([True, False, True]), ValueError)])
 def test_bad_reset(streams, error, holding):
     memory, _ = holding
-    before = _snapshot(memory)
+    before = snapshot(memory)
     with pytest.raises(error) as info:
         memory.reset(streams=streams)
     assert "streams" in str(info.value)
-    _assert_unchanged(memory, before)
+    assert_unchanged(memory, before)

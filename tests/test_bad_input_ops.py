@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from conftest import random_linear, rel_err
+from conftest import assert_unchanged, random_linear, rel_err, snapshot
 from infvideo import LongTermMemory, MemoryConfig
 
 import infvideo.ops as ops
@@ -284,17 +284,6 @@ def _good(streams=S, seed=0):
                 proj_key=random_linear(E, D, 10), proj_value=random_linear(E, D, 11), num_heads=H)
 
 
-def _snapshot(memory):
-    return {name: buf.clone() for name, buf in memory.named_buffers()}
-
-
-def _assert_unchanged(memory, before):
-    after = dict(memory.named_buffers())
-    assert set(after) == set(before)
-    for name, value in before.items():
-        assert after[name].shape == value.shape and after[name].dtype == value.dtype, name
-        assert torch.equal(after[name], value), f"{name} changed by a rejected input"
-
 
 @pytest.fixture(params=["quantile", "multinomial"])
 def holding(request):
@@ -345,12 +334,12 @@ def _next_call_matches_twin(memory, twin):
 def test_bad_state_dict_keeps_state(case, holding):
     memory, twin = holding
     state = STATE_CASES[case][0](memory)
-    before = _snapshot(memory)
+    before = snapshot(memory)
     generator = None if memory.generator is None else memory.generator.get_state()
     with pytest.raises((RuntimeError, *ERRORS)) as info:
         memory.load_state_dict(state)
     assert STATE_CASES[case][1] in str(info.value), f"message does not name {STATE_CASES[case][1]!r}: {info.value}"
-    _assert_unchanged(memory, before)
+    assert_unchanged(memory, before)
     if generator is not None:
         assert torch.equal(memory.generator.get_state(), generator)
     _next_call_matches_twin(memory, twin)
@@ -359,10 +348,10 @@ def test_bad_state_dict_keeps_state(case, holding):
 @pytest.mark.parametrize("streams", ["0", {"stream": 0}, object()], ids=["str", "dict", "object"])
 def test_reset_with_unusable_streams(streams, holding):
     memory, twin = holding
-    before = _snapshot(memory)
+    before = snapshot(memory)
     with pytest.raises(TypeError, match="streams"):
         memory.reset(streams=streams)
-    _assert_unchanged(memory, before)
+    assert_unchanged(memory, before)
     _next_call_matches_twin(memory, twin)
 
 
@@ -370,11 +359,11 @@ def test_stream_count_change_after_a_partial_reset(holding):
     memory, twin = holding
     memory.reset(streams=[0])
     twin.reset(streams=[0])
-    before = _snapshot(memory)
+    before = snapshot(memory)
     with pytest.raises(ValueError, match="streams"):
         with torch.no_grad():
             memory(**_good(streams=S + 1))
-    _assert_unchanged(memory, before)
+    assert_unchanged(memory, before)
     _next_call_matches_twin(memory, twin)
 
 
@@ -383,7 +372,7 @@ def test_stream_count_change_after_a_partial_reset(holding):
 def test_frames_on_another_device_than_the_memory(backend, holding):
     memory, twin = holding  # the memory's buffers stay on the CPU
     memory.backend = backend
-    before = _snapshot(memory)
+    before = snapshot(memory)
     good = _good()
     moved = dict(good, frames=good["frames"].cuda(), query=good["query"].cuda(),
                  proj_key=good["proj_key"].cuda(), proj_value=good["proj_value"].cuda())
@@ -391,7 +380,7 @@ def test_frames_on_another_device_than_the_memory(backend, holding):
         with torch.no_grad():
             memory(**moved)
     assert "frames" in str(info.value)
-    _assert_unchanged(memory, before)
+    assert_unchanged(memory, before)
     _next_call_matches_twin(memory, twin)
 
 
@@ -489,7 +478,7 @@ def test_patched_model_bad_calls_keep_the_memories(bad, qformer):
     gen = torch.Generator().manual_seed(0)
     _qformer_call(model, torch.randn(S, TL * TT, TE, generator=gen))
     twin = copy.deepcopy(model)
-    before = [_snapshot(m) for m in _memories(model)]
+    before = [snapshot(m) for m in _memories(model)]
     with pytest.raises(ERRORS) as info:
         if bad == "length-not-divisible":
             _qformer_call(model, torch.randn(S, TL * TT + 1, TE))
@@ -500,8 +489,8 @@ def test_patched_model_bad_calls_keep_the_memories(bad, qformer):
     named = {"length-not-divisible": "tokens_per_frame", "other-stream-count": "streams",
              "streams-string": "streams"}[bad]
     assert named in str(info.value), f"message does not name {named!r}: {info.value}"
-    for memory, snapshot in zip(_memories(model), before):
-        _assert_unchanged(memory, snapshot)
+    for memory, saved in zip(_memories(model), before):
+        assert_unchanged(memory, saved)
     encoder = torch.randn(S, TL * TT, TE, generator=gen)
     assert torch.equal(_qformer_call(model, encoder), _qformer_call(twin, encoder))
 
