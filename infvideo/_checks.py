@@ -22,9 +22,11 @@ def finite(named: list[tuple[str, torch.Tensor]]) -> None:
     """Raise naming the first tensor holding NaN or Inf, with one host synchronisation for all.
 
     NaN and Inf survive a sum, which is one fast reduction per tensor; only a finite overflow of
-    the float64 sum (entries near 1e308, unusable anyway) would be reported too.
+    the float32 sum (entries near 1e38, unusable anyway) would be reported too. (A float64 sum of
+    float32 input costs 3× as much on the CPU.)
     """
-    sums = torch.stack([value.sum(dtype=torch.float64) for _, value in named])
+    sums = torch.stack([value.sum(dtype=torch.float64 if value.dtype == torch.float64 else torch.float32)
+                        for _, value in named])
     for (name, _), ok in zip(named, torch.isfinite(sums).tolist()):
         if not ok:
             raise ValueError(f"{name} contains NaN or Inf")
