@@ -153,12 +153,16 @@ OP_CASES = {  # name: (call, argument named in the message)
 }
 
 
-@pytest.mark.parametrize("case", OP_CASES)
-def test_op_bad_input(case):
-    call, name = OP_CASES[case]
+def _assert_refused(call, name: str) -> None:
+    """The call raises one of ERRORS with a message naming ``name``."""
     with pytest.raises(ERRORS) as info:
         call()
     assert name in str(info.value), f"message does not name {name!r}: {info.value}"
+
+
+@pytest.mark.parametrize("case", OP_CASES)
+def test_op_bad_input(case):
+    _assert_refused(*OP_CASES[case])
 
 
 # Device mismatches: each op names the argument on the wrong device (CUDA machines only).
@@ -178,10 +182,7 @@ DEVICE_CASES = {
 @pytest.mark.skipif(not CUDA, reason="a device mismatch needs a CUDA device")
 @pytest.mark.parametrize("case", DEVICE_CASES)
 def test_op_device_mismatch(case):
-    call, name = DEVICE_CASES[case]
-    with pytest.raises(ERRORS) as info:
-        call()
-    assert name in str(info.value), f"message does not name {name!r}: {info.value}"
+    _assert_refused(*DEVICE_CASES[case])
 
 
 # ---------------------------------------------------------------------------------------------
