@@ -1,4 +1,4 @@
-"""The ``infvideo`` command line: ``python -m infvideo {demo,bench,info}``."""
+"""The ``infvideo`` command line: ``python -m infvideo {demo,encode,bench,info}``."""
 from __future__ import annotations
 
 import argparse
@@ -133,6 +133,10 @@ def main(argv=None) -> None:
     p_demo.add_argument("--device", default=None)
     p_demo.add_argument("--png", default="infvideo_demo.png", help="where to write the picture")
     p_demo.set_defaults(run=demo)
+    p_encode = sub.add_parser("encode", help="encode a list of videos, sharded over GPUs under torchrun")
+    from . import encode
+    encode.add_arguments(p_encode, _positive_int)
+    p_encode.set_defaults(run=encode.run)
     p_bench = sub.add_parser("bench", help="the step benchmark (bench/ of the source checkout)")
     p_bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     p_bench.set_defaults(run=bench)

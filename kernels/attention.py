@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device import on_input_device
+
 
 @triton.jit
 def _slot_scores(q, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
@@ -102,6 +104,7 @@ def query_block(q_len: int) -> int:
     return 16
 
 
+@on_input_device
 def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
                    slot_log_weight: torch.Tensor | None, null_log_weight: float | None
                    ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device import on_input_device
+
 
 @triton.jit
 def _rect_consolidate_kernel(
@@ -93,6 +95,7 @@ def _rect_consolidate_kernel(
 CONFIG = {"block_e": 256, "block_e_few_streams": 128, "block_rows": 128, "num_warps": 4, "num_stages": 2}
 
 
+@on_input_device
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
                      past_idx: torch.Tensor, past_start: torch.Tensor, frame_idx: torch.Tensor,
                      frame_start: torch.Tensor, scale: torch.Tensor, frames_in_order: bool = False,

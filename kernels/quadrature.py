@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device import on_input_device
+
 
 @triton.jit
 def _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n):
@@ -102,6 +104,7 @@ def _quadrature_attention_kernel(
 CONFIG = {"block_q": 16, "block_t": 16, "num_warps": 8, "precision": "tf32x3"}
 
 
+@on_input_device
 def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
                          mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, log_weight: torch.Tensor,
                          write_density: bool) -> tuple[torch.Tensor, torch.Tensor]:

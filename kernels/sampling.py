@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._device import on_input_device
+
 
 @triton.jit
 def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, stride_ms, stride_mg, stride_os,
@@ -37,6 +39,7 @@ def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, stride_ms, stride_mg, stri
     tl.store(out_ptr + s * stride_os + rows, tl.minimum(count, K - 1), mask=rows < M)
 
 
+@on_input_device
 def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Sample bins [S, M] (int32, sorted) from masses [S, G, K] (any float dtype, last stride 1)."""
     s, g, k = mass.shape
