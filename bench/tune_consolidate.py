@@ -1,9 +1,10 @@
 """Tile shapes of the fused consolidation and quadrature kernels on the GPU, per configuration.
 
-    python bench/tune_consolidate.py
+    python bench/tune_consolidate.py [--streams 1 64] [--skip-quadrature]
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import torch
@@ -19,10 +20,10 @@ STREAMS = (1, 64)
 BLOCK_E = (64, 128, 256)
 
 
-def main():
+def main(streams_list=STREAMS):
     cfg = MemoryConfig()
     plan = ops.plan_on(consolidation_fit(cfg, 256), torch.device("cuda"))
-    for streams in STREAMS:
+    for streams in streams_list:
         frames = torch.randn(streams, 256, 32, 768, device="cuda", dtype=torch.bfloat16)
         past = torch.randn(streams, 256, 768, device="cuda")
         mass = torch.rand(streams, 12, 256, device="cuda")
@@ -30,8 +31,10 @@ def main():
         nbytes = frames.numel() * 2 + past.numel() * 4 * 2
         ms = triton.testing.do_bench(lambda: ops.quantile_bins(mass, 512), return_mode="median")
         print(f"S={streams} quantile_bins {ms * 1e3:.1f} us")
-        for block_e, rows, warps, stages in itertools.product(BLOCK_E, (64, 128), (4,), (2,)):
-            consolidate.CONFIG.update(block_e=block_e, block_rows=rows, num_warps=warps, num_stages=stages)
+        for block_e, rows, warps, stages in itertools.product(BLOCK_E, (64, 128), (2, 4, 8), (2, 3)):
+            # Fewer than 16 streams take block_e_few_streams: set both, so each S tries every width.
+            consolidate.CONFIG.update(block_e=block_e, block_e_few_streams=block_e, block_rows=rows,
+                                      num_warps=warps, num_stages=stages)
             ms = triton.testing.do_bench(lambda: ops.rect_consolidate(frames, past, plan, bins), return_mode="median")
             print(f"S={streams} block_e={block_e} rows={rows} warps={warps} stages={stages}: "
                   f"{ms * 1e3:.1f} us, {nbytes / ms / 1e6:.0f} GB/s")
@@ -55,5 +58,10 @@ def tune_quadrature():
 
 
 if __name__ == "__main__":
-    tune_quadrature()
-    main()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, nargs="+", default=list(STREAMS))
+    parser.add_argument("--skip-quadrature", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_quadrature:
+        tune_quadrature()
+    main(args.streams)

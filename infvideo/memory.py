@@ -38,8 +38,15 @@ def _traced(device: torch.device) -> bool:
     return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
+def _capturing(device: torch.device) -> bool:
+    """Inside a CUDA graph capture of eager code (not torch.compile, whose graph is functional)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing() and not torch.compiler.is_compiling()
+
+
 def _store(buffers: dict, name: str, value: torch.Tensor) -> None:
     current = buffers[name]
+    if value is current:
+        return
     if _traced(value.device) and current.shape == value.shape and current.dtype == value.dtype:
         current.copy_(value)
     else:
@@ -205,7 +212,8 @@ class LongTermMemory(nn.Module):
             if consts is None:
                 consts = self._step_constants[key] = step_constants(self.config, *key)
             context, coef, stats = fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads,
-                                              past, filled, stats, self.generator, keep_stats=self.config.sticky)
+                                              past, filled, stats, self.generator, keep_stats=self.config.sticky,
+                                              stats_in_place=_capturing(frames.device))
         else:
             coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
             context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,

@@ -106,13 +106,14 @@ def query_block(q_len: int) -> int:
 
 @on_input_device
 def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
-                   slot_log_weight: torch.Tensor | None, null_log_weight: float | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   slot_log_weight: torch.Tensor | None, null_log_weight: float | None,
+                   mass_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the slot attention; inputs are checked by ``infvideo.ops``.
 
     query [S, Q, D], keys/values [S, N, D] (last strides 1, same dtype), slot_log_weight [N] fp32.
     Returns the context [S, Q, D] (query's dtype) and the mass [S, H·QB, N] (fp32, summed over each
-    block of ``query_block(Q)`` queries).
+    block of ``query_block(Q)`` queries), written into ``mass_out`` when that tensor fits (a CUDA
+    graph step writes the memory's statistic buffer in place instead of copying it there).
     """
     s, q_len, model = query.shape
     n = keys.shape[1]
@@ -120,7 +121,9 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     block_q = query_block(q_len)
     blocks = triton.cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
-    mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
+    mass = mass_out
+    if mass is None or mass.shape != (s, num_heads * blocks, n) or mass.dtype != torch.float32 or mass.stride(-1) != 1:
+        mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(d))
     # A [BLOCK_Q, BLOCK_N] score tile of at most 4096 fp32 values stays in registers.
     block_n = max(16, min(triton.next_power_of_2(n), 4096 // block_q, 128))

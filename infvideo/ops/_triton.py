@@ -28,7 +28,8 @@ def usable(device: torch.device | str | None = None) -> bool:
         return False
     if device is None:
         return torch.cuda.is_available() or interpreting()
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
 

@@ -129,7 +129,8 @@ QUADRATURE_KERNEL = False
 
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
-               stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True):
+               stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True,
+               stats_in_place: bool = False):
     """(context [S, Q, D], coefficients [S, N, e] fp32, sticky statistic [S, G, K] or None).
 
     consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
@@ -138,6 +139,8 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     the configuration, its constants against the chunk, the stream count and device of frames,
     query and past; the ops inside run unchecked). With rectangular bins and quantile or uniform
     sampling the step makes no host synchronisation and traces whole under torch.compile.
+    ``stats_in_place``: the new statistic may overwrite ``stats`` (after the step's sampling has
+    read it), which saves a CUDA graph the node that would copy it there.
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
@@ -159,7 +162,8 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
                                                 quad.log_weight, write_density=want_mass)
         new_stats = sticky.interval_mass(density, quad.gaps) if want_mass else None
     else:
-        context, mass = slot_attention(query, keys, values, num_heads, consts.slot_log_weight, consts.null_log_weight)
+        context, mass = slot_attention(query, keys, values, num_heads, consts.slot_log_weight, consts.null_log_weight,
+                                       stats if stats_in_place and want_mass else None)
         new_stats = mass if want_mass else None
     if keep_stats and cfg.sampling == "upstream":
         d = query.shape[-1] // num_heads
