@@ -1,0 +1,200 @@
+"""Per-op and per-step benchmark grid: every provider side by side, with its distance to the memory floor.
+
+    PYTHONPATH=$PWD python bench/bench_grid.py --out DIR [--prefix gpu_] [--streams 1 16 64]
+        [--frames 64 256] [--basis-counts 64 256] [--bases rectangular gaussian] [--dtypes fp32 bf16]
+        [--ops consolidate sticky_sampling attention step] [--compile corners] [--budget 0.2]
+
+Grid: S streams × L frames a chunk × N basis functions × basis (rectangular, or Gaussian with
+T = 1000 quadrature points) × input dtype, e = D = 768, H = 12, Q = 32, M = 512. Providers are
+listed in bench/grid_cases.py (published-cost baseline, torch reference, torch.compile'd
+reference, every built backend). Each row: p20/p50/p80 µs per call, the peak memory one call
+allocates, the floor (bytes the op must move ÷ the measured copy bandwidth of the device) and
+the relative error of its output against the reference (checked once, outside the timing).
+Writes <prefix>grid.csv, <prefix>grid.md and <prefix>grid.png into --out; prints the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from grid_cases import OPS, PROVIDERS, Case, Inputs, floor_bytes, relative_error  # noqa: E402
+
+from infvideo.line_plot import Series, line_chart, stack  # noqa: E402
+from infvideo.plot import write_png  # noqa: E402
+
+PROVIDER_ORDER = ["baseline", "torch", "torch.compile", "triton", "cuda", "cpu"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--prefix", default="gpu_" if cuda else "cpu_")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64] if cuda else [1, 4])
+    parser.add_argument("--frames", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--basis-counts", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--bases", nargs="+", default=["rectangular", "gaussian"], choices=["rectangular", "gaussian"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    parser.add_argument("--compile", default="corners", choices=["none", "corners", "all"],
+                        help="torch.compile'd reference: nowhere, only the step at the largest L and N and the "
+                             "smallest and largest S (compiling costs tens of seconds per case), or everywhere")
+    parser.add_argument("--baseline-max-streams", type=int, default=64,
+                        help="skip the published-cost baseline above this S (it runs one stream at a time)")
+    parser.add_argument("--budget", type=float, default=0.2, help="seconds of timed calls per row")
+    parser.add_argument("--no-plot", action="store_true")
+    return parser.parse_args(argv)
+
+
+def compile_here(args, case: Case, op: str) -> bool:
+    if args.compile == "all":
+        return True
+    return (args.compile == "corners" and op == "step" and case.frames == max(args.frames)
+            and case.basis_count == max(args.basis_counts) and case.streams in (min(args.streams), max(args.streams)))
+
+
+def measure(provider, device, budget: float, reference_out):
+    """(row fields, output) of one provider: first call checked against the reference, then the
+    peak memory of one call, then the timed calls."""
+    # The baseline has no caches to warm and is slow: its first call also gives its peak memory.
+    once = provider.name == "baseline"
+    holder = {}
+    peak = harness.peak_bytes(lambda: holder.setdefault("out", provider.fn()), device) if once else None
+    with torch.no_grad():
+        out = holder["out"] if once else provider.fn()
+        if not once:
+            peak = harness.peak_bytes(provider.fn, device)
+        times = harness.time_calls(provider.fn, device, budget_s=budget, min_calls=2 if once else 5,
+                                   warmups=0)
+    error = None if reference_out is None or not provider.comparable else relative_error(out, reference_out)
+    p20, p50, p80 = harness.percentiles(times)
+    return dict(p20_us=p20, p50_us=p50, p80_us=p80, peak_mib=None if peak is None else peak / 2**20,
+                rel_err=error, calls=len(times)), out
+
+
+def run_case(args, case: Case, bandwidth: float) -> list[dict]:
+    rows = []
+    inputs = Inputs(case)
+    for op in args.ops:
+        if op in ("sticky_sampling", "attention") and case.frames != args.frames[0]:
+            continue  # these ops do not read the chunk: measured once per (S, N, basis, dtype)
+        floor_us = floor_bytes(op, case, inputs) / bandwidth * 1e6
+        providers = PROVIDERS[op](case, inputs, compile_here(args, case, op))
+        reference_out = None
+        for provider in providers:
+            if provider.name == "baseline" and case.streams > args.baseline_max_streams:
+                continue
+            start = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    fields, out = measure(provider, case.device, args.budget, reference_out)
+            except (RuntimeError, ValueError, NotImplementedError) as err:  # reported, the grid goes on
+                print(f"  {op:15s} {provider.name:13s} failed: {str(err).splitlines()[0][:200]}", flush=True)
+                continue
+            if provider.reference:
+                reference_out = out
+            row = dict(op=op, provider=provider.name, S=case.streams,
+                       L=case.frames if op in ("consolidate", "step") else None, N=case.basis_count,
+                       basis=case.basis, T=1000 if case.basis == "gaussian" or provider.name == "baseline" else None,
+                       dtype=case.dtype, **fields, floor_us=floor_us, x_floor=fields["p50_us"] / floor_us)
+            rows.append(row)
+            print(f"  {op:15s} {provider.name:13s} p50 {row['p50_us']:12,.1f} µs  peak "
+                  f"{row['peak_mib'] if row['peak_mib'] is not None else float('nan'):9.2f} MiB  floor "
+                  f"{floor_us:9.2f} µs  err {row['rel_err'] if row['rel_err'] is not None else float('nan'):.1e}"
+                  f"  ({time.perf_counter() - start:.1f} s)", flush=True)
+        del providers
+    return rows
+
+
+def providers_in(rows) -> list[str]:
+    seen = {r["provider"] for r in rows}
+    return [p for p in PROVIDER_ORDER if p in seen] + sorted(seen - set(PROVIDER_ORDER))
+
+
+def pivot(rows, metric: str, with_floor: bool) -> str:
+    """Markdown: one line per (op, S, L, N, basis, dtype), one column per provider."""
+    names = providers_in(rows)
+    keys = []
+    for r in rows:
+        key = (r["op"], r["S"], r["L"], r["N"], r["basis"], r["dtype"])
+        if key not in keys:
+            keys.append(key)
+    table = []
+    for key in keys:
+        group = {r["provider"]: r for r in rows if (r["op"], r["S"], r["L"], r["N"], r["basis"], r["dtype"]) == key}
+        line = [key[0], key[1], "" if key[2] is None else key[2], key[3], key[4][:4], key[5]]
+        line += [group[p][metric] if p in group else None for p in names]
+        if with_floor:
+            best = min((g["p50_us"] for p, g in group.items() if p != "baseline"), default=None)
+            floor = next(iter(group.values()))["floor_us"]
+            line += [floor, None if best is None else best / floor]
+        table.append(line)
+    headers = ["op", "S", "L", "N", "basis", "dtype", *names] + (["floor µs", "fastest ÷ floor"] if with_floor else [])
+    return harness.markdown_table(headers, table)
+
+
+def plot(rows, path: Path, args) -> None:
+    """Step and attention p50 against S for each provider, and the step's peak memory."""
+    panels = []
+    big_l, big_n = max(args.frames), max(args.basis_counts)
+    for op, basis, metric, label in (("step", "rectangular", "p50_us", "p50 µs per call"),
+                                     ("step", "gaussian", "p50_us", "p50 µs per call"),
+                                     ("attention", "rectangular", "p50_us", "p50 µs per call"),
+                                     ("step", "rectangular", "peak_mib", "peak MiB per call")):
+        chosen = [r for r in rows if r["op"] == op and r["basis"] == basis and r["N"] == big_n
+                  and r["dtype"] == "fp32" and (r["L"] in (None, big_l))]
+        if not chosen:
+            continue
+        series = []
+        for name in providers_in(chosen):
+            points = sorted((r["S"], r[metric]) for r in chosen if r["provider"] == name)
+            series.append(Series(name, [p[0] for p in points], [p[1] for p in points]))
+        where = f"L={big_l} " if op == "step" else ""
+        panels.append(line_chart(series, f"{op}, {basis}, {where}N={big_n}, fp32 ({args.device})", "streams S",
+                                 label, log_x=True, log_y=True))
+    if panels:
+        write_png(str(path), stack(panels))
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = harness.metadata(device)
+    bandwidth = harness.copy_bandwidth(device)
+    print(f"{meta}; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+    rows = []
+    for s, length, n, basis, dtype in itertools.product(args.streams, args.frames, args.basis_counts, args.bases,
+                                                        args.dtypes):
+        case = Case(s, length, n, basis, dtype, device)
+        print(f"S={s} L={length} N={n} {basis} {dtype}", flush=True)
+        rows += run_case(args, case, bandwidth)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for row in rows:
+        row["bandwidth_gbs"] = bandwidth / 1e9
+    harness.write_csv(out / f"{args.prefix}grid.csv", rows, meta)
+    text = (f"Benchmark grid on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit "
+            f"{meta['commit']}); copy bandwidth {bandwidth / 1e9:.1f} GB/s.\n\n### p50 µs per call\n\n"
+            + pivot(rows, "p50_us", True) + "\n\n### peak MiB allocated by one call\n\n" + pivot(rows, "peak_mib", False)
+            + "\n")
+    (out / f"{args.prefix}grid.md").write_text(text)
+    print(text)
+    if not args.no_plot:
+        plot(rows, out / f"{args.prefix}grid.png", args)
+        print(f"wrote {out / (args.prefix + 'grid.png')}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
