@@ -40,7 +40,9 @@ def _default_jobs() -> str:
 
 def _extension_modules():
     """The csrc extension, or [] when it cannot or should not be built here."""
-    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    # csrc/tests/ holds the C++ test executables (CMake builds them); they are not part of the library.
+    sources = sorted(path for path in glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True)
+                     if os.sep + "tests" + os.sep not in path)
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     if _flag("INFVIDEO_SKIP_EXTENSION") or not sources:
         return [], {}
@@ -59,7 +61,8 @@ def _extension_modules():
         print("infvideo: no C++ compiler; installing pure Python", file=sys.stderr)
         return [], {}
     os.environ.setdefault("MAX_JOBS", _default_jobs())
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std flag: cpp_extension passes the C++ standard of the torch it builds against.
+    cxx = ["-O3", "-fopenmp"]
     with_cuda = bool(cuda_sources) and CUDA_HOME is not None and torch.version.cuda is not None and (
         torch.cuda.is_available() or _flag("INFVIDEO_FORCE_CUDA"))
     if with_cuda:
@@ -67,7 +70,7 @@ def _extension_modules():
         if archs:
             os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         ext = CUDAExtension("infvideo._C", sources + cuda_sources, extra_compile_args={
-            "cxx": cxx + ["-DINFVIDEO_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
+            "cxx": cxx + ["-DINFVIDEO_WITH_CUDA"], "nvcc": ["-O3", "--use_fast_math",
                                                            "-DINFVIDEO_WITH_CUDA"]},
             extra_link_args=["-fopenmp"])
     else:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..reference.fit import SegmentedFit, on_device
-from . import _triton, _validate
+from . import _csrc, _dispatch, _triton, _validate
 
 
 @dataclass(frozen=True)
@@ -70,16 +70,19 @@ def _rect_consolidate(frames: Tensor, past: Optional[Tensor], sample_bins: Optio
                                                 frame_start, scale, frames_in_order, max_per_bin, cast_dtype)
 
 
-@_rect_consolidate.register_fake
-def _(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, frames_in_order=False,
-      max_per_bin=1, cast_dtype=None):
+def _fake(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, frames_in_order=False,
+          max_per_bin=1, cast_dtype=None):
     shape = (frames.shape[0], scale.shape[0], frames.shape[-1])
     cast = frames.new_empty(0 if cast_dtype is None else shape, dtype=cast_dtype or torch.float32)
     return frames.new_empty(shape, dtype=torch.float32), cast
 
 
+_rect_consolidate.register_fake(_fake)
+_csrc.register_fake("rect_consolidate", _fake)
+
+
 def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
-                     cast_dtype: torch.dtype | None = None):
+                     cast_dtype: torch.dtype | None = None, backend: str = "auto"):
     """New coefficients B [S, N, e] (float32) from a chunk, in one pass over its tokens.
 
     B_n = scale_n · (Σ_{past i → n} past[src_i] + Σ_{frame j → n} mean_t frames[j, t]).
@@ -92,16 +95,18 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
 
     frames and past may have any float dtype and any strides (an expanded, stride-0 ``past`` or
     frames included: they are only read); frames, past, sample_bins and the plan share one device.
-    The values of sample_bins must lie in [-1, N): not checked (that would read the device).
+    The values of sample_bins must lie in [-1, N): not checked (that would read the device), except
+    by the CPU kernel, which reads them anyway. ``backend``: ``"triton"``, ``"cpu"`` / ``"cuda"``
+    (the csrc kernels) or ``"auto"`` (Triton where it runs, else csrc).
     """
     _check(frames, past, plan, sample_bins, cast_dtype)
-    return launch(frames, past, plan, sample_bins, cast_dtype)
+    return launch(frames, past, plan, sample_bins, cast_dtype, _dispatch.op_backend(_OP, backend, frames.device))
 
 
 def launch(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
-           cast_dtype: torch.dtype | None = None):
+           cast_dtype: torch.dtype | None = None, backend: str = "triton"):
     """:func:`rect_consolidate` without the input checks, for callers whose inputs are checked
-    (``fused_step``: LongTermMemory's inputs and the step's own constants)."""
+    (``fused_step``: LongTermMemory's inputs and the step's own constants); ``backend`` is concrete."""
     if frames.dim() == 3:
         frames = frames.unsqueeze(2)
     elif frames.dim() > 4:
@@ -114,7 +119,9 @@ def launch(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Ten
     extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None
     args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start,
             plan.scale, plan.frames_in_order, plan.max_per_bin, extra)
-    if _triton.direct_call_ok(frames):
+    if backend in _dispatch.CSRC_BACKENDS:
+        coef, cast = torch.ops.infvideo.rect_consolidate_csrc(*args)
+    elif _triton.direct_call_ok(frames):
         coef, cast = _triton.require("rect_consolidate", frames.device)["consolidate"].rect_consolidate(*args)
     else:
         coef, cast = torch.ops.infvideo.rect_consolidate(*args)

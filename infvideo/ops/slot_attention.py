@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _triton, _validate
+from . import _csrc, _dispatch, _triton, _validate
 
 
 @torch.library.custom_op("infvideo::slot_attention", mutates_args=())
@@ -16,17 +16,22 @@ def _slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
     return mods["attention"].slot_attention(query, keys, values, num_heads, slot_log_weight, null_log_weight)
 
 
-@_slot_attention.register_fake
-def _(query, keys, values, num_heads, slot_log_weight, null_log_weight):
-    s, q_len, model = query.shape
-    groups = num_heads * -(-q_len // _triton.kernels()["attention"].query_block(q_len))
-    return (query.new_empty(s, q_len, model),
-            query.new_empty(s, groups, keys.shape[1], dtype=torch.float32))
+def _fake_with_block(query_block):
+    def fake(query, keys, values, num_heads, slot_log_weight, null_log_weight):
+        s, q_len, model = query.shape
+        groups = num_heads * -(-q_len // query_block(q_len))
+        return (query.new_empty(s, q_len, model),
+                query.new_empty(s, groups, keys.shape[1], dtype=torch.float32))
+    return fake
+
+
+_slot_attention.register_fake(_fake_with_block(lambda q_len: _triton.kernels()["attention"].query_block(q_len)))
+_csrc.register_fake("slot_attention", _fake_with_block(lambda q_len: _csrc.QUERY_BLOCK))
 
 
 def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
-                   slot_log_weight: Tensor | None = None, null_log_weight: float | None = None
-                   ) -> tuple[Tensor, Tensor]:
+                   slot_log_weight: Tensor | None = None, null_log_weight: float | None = None,
+                   backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Context and bin masses of the Gibbs density over N rectangular bins.
 
     r_{s,h,q,n} = softmax_n(q·K_n/√d + log w_n ; null slot log m_∅), c = Σ_n r_n V_n.
@@ -37,14 +42,22 @@ def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
 
     query and keys are float32, float16 or bfloat16 (values any float: cast to the keys' dtype),
     all on one device; any strides (stride-0 / expanded inputs included: they are only read).
+    ``backend``: ``"triton"``, ``"cpu"`` / ``"cuda"`` (the csrc kernels) or ``"auto"`` (Triton where
+    it runs, else csrc).
     """
     _check(query, keys, values, num_heads, slot_log_weight, null_log_weight)
-    return launch(query, keys, values, num_heads, slot_log_weight, null_log_weight)
+    return launch(query, keys, values, num_heads, slot_log_weight, null_log_weight,
+                  backend=_dispatch.op_backend(_OP, backend, query.device))
 
 
 def launch(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, slot_log_weight: Tensor | None = None,
-           null_log_weight: float | None = None) -> tuple[Tensor, Tensor]:
-    """:func:`slot_attention` without the input checks (for ``fused_step``, whose inputs are checked)."""
+           null_log_weight: float | None = None, mass_out: Tensor | None = None, backend: str = "triton"
+           ) -> tuple[Tensor, Tensor]:
+    """:func:`slot_attention` without the input checks (for ``fused_step``, whose inputs are checked);
+    ``backend`` is concrete.
+
+    ``mass_out``: a [S, H·QB, N] float32 tensor the mass may be written into (direct launches only;
+    the registered op, which torch.compile sees, returns a new tensor)."""
     if keys.dtype == torch.float64:
         # float64 projections: the kernel's dots take fp32 / fp16 / bf16 (the compiled kernel
         # rejects float64), and the step computes in float32 anyway.
@@ -55,8 +68,10 @@ def launch(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, slot_log
     if slot_log_weight is not None:
         slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
     args = (query, keys, values, num_heads, slot_log_weight, None if null_log_weight is None else float(null_log_weight))
+    if backend in _dispatch.CSRC_BACKENDS:
+        return torch.ops.infvideo.slot_attention_csrc(*args)
     if _triton.direct_call_ok(query):
-        return _triton.require("slot_attention", query.device)["attention"].slot_attention(*args)
+        return _triton.require("slot_attention", query.device)["attention"].slot_attention(*args, mass_out)
     return torch.ops.infvideo.slot_attention(*args)
 
 
