@@ -170,7 +170,7 @@ def main(argv=None):
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
                 triton=__import__("triton").__version__,
-                commit=commit or os.environ.get("INFVIDEO_COMMIT", "unknown"))  # the device copy has no .git
+                commit=os.environ.get("INFVIDEO_COMMIT") or commit or "unknown")  # the device copy may lack .git
     path = os.path.join(args.out, "bench_step_gpu.csv")
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)

@@ -34,7 +34,7 @@ def main(streams_list=STREAMS):
         for block_e, rows, warps, stages in itertools.product(BLOCK_E, (64, 128), (2, 4, 8), (2, 3)):
             # Fewer than 16 streams take block_e_few_streams: set both, so each S tries every width.
             consolidate.CONFIG.update(block_e=block_e, block_e_few_streams=block_e, block_rows=rows,
-                                      num_warps=warps, num_stages=stages)
+                                      num_warps=warps, num_warps_few_streams=warps, num_stages=stages)
             ms = triton.testing.do_bench(lambda: ops.rect_consolidate(frames, past, plan, bins), return_mode="median")
             print(f"S={streams} block_e={block_e} rows={rows} warps={warps} stages={stages}: "
                   f"{ms * 1e3:.1f} us, {nbytes / ms / 1e6:.0f} GB/s")

@@ -92,7 +92,8 @@ def _rect_consolidate_kernel(
 # Tile shapes, measured on the H100 (bench/tune_consolidate.py); module-level so tuning can vary them.
 # S = 64, L = 256, bf16 tokens: 350 µs (2.6 TB/s) against 532 µs for 32-row tiles; narrower
 # column blocks (more programs) win for few streams: S = 1, 18 µs at 128 against 24 µs at 256.
-CONFIG = {"block_e": 256, "block_e_few_streams": 128, "block_rows": 128, "num_warps": 4, "num_stages": 2}
+CONFIG = {"block_e": 256, "block_e_few_streams": 64, "block_rows": 128, "num_warps": 4, "num_warps_few_streams": 2,
+          "num_stages": 2}
 
 
 @on_input_device
@@ -130,6 +131,6 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         out.stride(0), out.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
         BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, triton.next_power_of_2(max(1, max_per_bin))),
-        num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
+        num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )
     return out, cast
