@@ -113,7 +113,7 @@ def main(argv=None) -> list[dict]:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--out", default=os.environ.get("OUT", "out"))
     parser.add_argument("--prefix", default="gpu_" if cuda else "cpu_")
     parser.add_argument("--max-frames", type=int, default=1_000_000)
     parser.add_argument("--streams", type=int, default=1)

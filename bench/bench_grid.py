@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python bench/bench_grid.py --out DIR [--prefix gpu_] [--streams 1 16 64]
         [--frames 64 256] [--basis-counts 64 256] [--bases rectangular gaussian] [--dtypes fp32 bf16]
-        [--ops consolidate sticky_sampling attention step] [--compile corners] [--budget 0.2]
+        [--ops consolidate sticky_sampling attention step] [--compile largest] [--budget 0.2]
 
 Grid: S streams × L frames a chunk × N basis functions × basis (rectangular, or Gaussian with
 T = 1000 quadrature points) × input dtype, e = D = 768, H = 12, Q = 32, M = 512. Providers are
@@ -37,7 +37,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--out", default=os.environ.get("OUT", "out"))
     parser.add_argument("--prefix", default="gpu_" if cuda else "cpu_")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64] if cuda else [1, 4])
     parser.add_argument("--frames", type=int, nargs="+", default=[64, 256])
@@ -45,21 +45,27 @@ def parse_args(argv=None):
     parser.add_argument("--bases", nargs="+", default=["rectangular", "gaussian"], choices=["rectangular", "gaussian"])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
-    parser.add_argument("--compile", default="corners", choices=["none", "corners", "all"],
-                        help="torch.compile'd reference: nowhere, only the step at the largest L and N and the "
-                             "smallest and largest S (compiling costs tens of seconds per case), or everywhere")
+    parser.add_argument("--compile", default="largest", choices=["none", "largest", "all"],
+                        help="torch.compile'd reference: nowhere, only the step at the largest S, L and N "
+                             "(compiling costs tens of seconds per case), or everywhere")
     parser.add_argument("--baseline-max-streams", type=int, default=64,
                         help="skip the published-cost baseline above this S (it runs one stream at a time)")
     parser.add_argument("--budget", type=float, default=0.2, help="seconds of timed calls per row")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds after which no new case starts (the rows so far are written)")
+    parser.add_argument("--quick", action="store_true", help="one case per basis: S=1, L=256, N=256, fp32")
     parser.add_argument("--no-plot", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.streams, args.frames, args.basis_counts, args.dtypes = [1], [256], [256], ["fp32"]
+    return args
 
 
 def compile_here(args, case: Case, op: str) -> bool:
     if args.compile == "all":
         return True
-    return (args.compile == "corners" and op == "step" and case.frames == max(args.frames)
-            and case.basis_count == max(args.basis_counts) and case.streams in (min(args.streams), max(args.streams)))
+    return (args.compile == "largest" and op == "step" and case.frames == max(args.frames)
+            and case.basis_count == max(args.basis_counts) and case.streams == max(args.streams))
 
 
 def measure(provider, device, budget: float, reference_out):
@@ -173,9 +179,12 @@ def main(argv=None) -> list[dict]:
     meta = harness.metadata(device)
     bandwidth = harness.copy_bandwidth(device)
     print(f"{meta}; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
-    rows = []
+    rows, started = [], time.perf_counter()
     for s, length, n, basis, dtype in itertools.product(args.streams, args.frames, args.basis_counts, args.bases,
                                                         args.dtypes):
+        if args.deadline is not None and time.perf_counter() - started > args.deadline:
+            print(f"deadline of {args.deadline:.0f} s reached: the remaining cases are left out", flush=True)
+            break
         case = Case(s, length, n, basis, dtype, device)
         print(f"S={s} L={length} N={n} {basis} {dtype}", flush=True)
         rows += run_case(args, case, bandwidth)

@@ -39,6 +39,7 @@ class DriftingVideo:
         self._anchors: dict[int, torch.Tensor] = {}
         self._noise_gen = torch.Generator(device=self.device).manual_seed(seed * 7919 + 1)
         self.events = self._place_events(events, event_frames, salience) if events else None
+        self._event_starts = self.events.start.tolist() if events else []
 
     def _place_events(self, count: int, frames: int, salience: float) -> Events:
         """K events per video at random times in the middle 90 % of the video, none overlapping."""
@@ -72,9 +73,9 @@ class DriftingVideo:
 
     def _insert_events(self, video: torch.Tensor, start: int, count: int) -> None:
         ev = self.events
-        for s in range(self.streams):
-            for k in range(ev.start.shape[1]):
-                lo = int(ev.start[s, k]) - start
+        for s, starts in enumerate(self._event_starts):
+            for k, first in enumerate(starts):
+                lo = first - start
                 a, b = max(lo, 0), min(lo + ev.frames, count)
                 if a < b:
                     video[s, a:b] = ev.features[s, k] + self.noise * torch.randn(

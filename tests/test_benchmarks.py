@@ -1,0 +1,69 @@
+"""pytest-benchmark timings of the benchmarked ops at small sizes on the CPU, with their outputs checked.
+
+Same ops and providers as bench/bench_grid.py (bench/grid_cases.py) at S=2, L=16, N=16: each
+provider's output is compared with the torch reference once, outside the timed part, so a
+benchmark of a wrong op fails. The published-cost baseline is checked against the paper preset,
+whose outputs it reproduces. torch.compile'd providers are left to the grid (compiling takes
+tens of seconds). Run alone with ``python -m pytest tests/test_benchmarks.py --benchmark-only``.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("pytest_benchmark")
+
+from conftest import REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from grid_cases import OPS, PROVIDERS, Case, Inputs, extra_backends, relative_error  # noqa: E402
+from published_baseline import published_step  # noqa: E402
+
+from infvideo import LongTermMemory  # noqa: E402
+
+CPU = torch.device("cpu")
+PROVIDER_NAMES = ["torch", "baseline", *extra_backends(CPU)]
+
+
+def _case(basis: str) -> Case:
+    return Case(streams=2, frames=16, basis_count=16, basis=basis, dtype="fp32", device=CPU)
+
+
+@pytest.mark.parametrize("provider_name", PROVIDER_NAMES)
+@pytest.mark.parametrize("basis", ["rectangular", "gaussian"])
+@pytest.mark.parametrize("op", OPS)
+def test_op_benchmark(benchmark, op, basis, provider_name):
+    case = _case(basis)
+    inputs = Inputs(case)
+    with torch.no_grad():
+        providers = {p.name: p for p in PROVIDERS[op](case, inputs, compile_ref=False)}
+        if provider_name not in providers:
+            pytest.skip(f"{provider_name} has no {op} for the {basis} basis")
+        provider = providers[provider_name]
+        reference = providers["torch"].fn()
+        if not provider.reference and provider.comparable:  # checked once, outside the timing
+            error = relative_error(provider.fn(), reference)
+            assert error is not None, f"{provider_name} {op}: output shape differs from the reference"
+            assert error <= 1e-4, f"{provider_name} {op} ({basis}): relative error {error:.2e} against the reference"
+        # The baseline is slow by design (hundreds of ms even here): one timed round keeps CI short.
+        benchmark.pedantic(provider.fn, rounds=1 if provider_name == "baseline" else 3, iterations=1)
+
+
+def test_published_baseline_reproduces_paper_preset():
+    """The baseline's step equals the paper preset with sticky sampling off, chunk after chunk."""
+    torch.manual_seed(0)
+    streams, length, basis_count, width, heads = 2, 16, 32, 48, 4
+    proj_key, proj_value = nn.Linear(width, width), nn.Linear(width, width)
+    memory = LongTermMemory(num_basis=basis_count, past_samples=64, sticky=False, preset="paper", backend="torch")
+    past = None
+    with torch.no_grad():
+        for _ in range(3):
+            frames, query = torch.randn(streams, length, width), torch.randn(streams, 8, width)
+            expected = memory(frames, query, proj_key, proj_value, heads)
+            context, past = published_step(frames, past, query, proj_key, proj_value, heads, num_basis=basis_count,
+                                           samples=64)
+            torch.testing.assert_close(context, expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(past, memory.coef, rtol=1e-5, atol=1e-6)
