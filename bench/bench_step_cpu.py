@@ -3,7 +3,8 @@
     python bench/bench_step_cpu.py [--streams 1] [--frames 256] [--repeats 200]
 
 Prints p20/p50/p80 in milliseconds for pooled frames [S, L, e] and for Video-LLaMA tokens
-[S, L, 32, e] (pooled inside), after warm-up, with gradients off; beside them, in the same run,
+[S, L, 32, e] (pooled inside), after warm-up, with gradients off, for the torch reference and,
+where the C++ extension is built, the csrc ``cpu`` backend; beside them, in the same run,
 the four matrix products a step cannot avoid (its arithmetic floor on this CPU) and the
 published code's cost structure (bench/published_baseline.py).
 """
@@ -20,7 +21,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from published_baseline import published_step  # noqa: E402
 
-from infvideo import LongTermMemory  # noqa: E402
+from infvideo import LongTermMemory, available_backends  # noqa: E402
 
 
 def percentiles(fn, repeats: int) -> tuple[float, float, float]:
@@ -46,7 +47,8 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     width, model, heads, queries = 768, 768, 12, 32
     proj_key, proj_value = nn.Linear(width, model), nn.Linear(width, model)
-    memory = LongTermMemory(num_basis=args.basis_count, past_samples=args.samples)
+    memories = {backend: LongTermMemory(num_basis=args.basis_count, past_samples=args.samples, backend=backend)
+                for backend in ("torch", "cpu") if backend in available_backends()}
     tokens = torch.randn(args.streams, args.frames, 32, width)
     query = torch.randn(args.streams, queries, model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; S={args.streams} L={args.frames} "
@@ -64,15 +66,17 @@ def main(argv=None) -> None:
         torch.matmul(mixed, weight.transpose(1, 2))
 
     with torch.no_grad():
-        rows = [("pooled [S, L, e]", lambda: memory(pooled, query, proj_key, proj_value, heads), args.repeats),
-                ("tokens [S, L, 32, e]", lambda: memory(tokens, query, proj_key, proj_value, heads), args.repeats),
-                ("matrix products only", products, args.repeats),
+        rows = [row for backend, memory in memories.items() for row in (
+            (f"{backend}: pooled [S, L, e]", lambda m=memory: m(pooled, query, proj_key, proj_value, heads), args.repeats),
+            (f"{backend}: tokens [S, L, 32, e]", lambda m=memory: m(tokens, query, proj_key, proj_value, heads),
+             args.repeats))]
+        rows += [("matrix products only", products, args.repeats),
                 ("published-cost baseline", lambda: published_step(pooled, coef, query, proj_key, proj_value, heads,
                                                                    num_basis=args.basis_count,
                                                                    samples=args.samples), 3)]
         for name, fn, repeats in rows:
             p20, p50, p80 = percentiles(fn, repeats)
-            print(f"{name:24s} p20 {p20:9.3f} ms  p50 {p50:9.3f} ms  p80 {p80:9.3f} ms")
+            print(f"{name:30s} p20 {p20:9.3f} ms  p50 {p50:9.3f} ms  p80 {p80:9.3f} ms")
 
 
 if __name__ == "__main__":

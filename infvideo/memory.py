@@ -13,6 +13,10 @@ from .reference.pooling import pool_frames
 from .reference.step import attend, consolidate_chunk
 
 
+# Backends whose steps run on fused ops (infvideo.ops.fused_step); "torch" is the reference.
+FUSED_BACKENDS = ("triton", "cuda", "cpu")
+
+
 def _needs_grad(*inputs) -> bool:
     """Whether autograd must see this step (the fused ops are forward-only; the reference is not)."""
     if not torch.is_grad_enabled():
@@ -73,8 +77,9 @@ class LongTermMemory(nn.Module):
         preset: ``"exact"`` (exact integrals and positions) or ``"paper"`` (bit-level behaviour of
             the published code: trapezoid on its grid, float32 positions and bin bounds).
         quad_points: T ≥ 2, trapezoid points for smooth bases (and the paper preset's grid).
-        backend: ``"auto"`` (Triton on CUDA tensors, else the torch reference), ``"torch"``,
-            ``"triton"``, ``"cuda"`` or ``"cpu"``; INFVIDEO_BACKEND overrides ``"auto"``. The fused
+        backend: ``"auto"`` (Triton on CUDA tensors, the C++ kernels on CPU tensors where the
+            extension is built, else the torch reference), ``"torch"``, ``"triton"``, ``"cuda"``
+            or ``"cpu"`` (the csrc kernels); INFVIDEO_BACKEND overrides ``"auto"``. The fused
             backends are forward-only: a step that autograd must see (grad enabled and an input or
             projection that requires grad) runs on the differentiable reference.
         density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
@@ -206,14 +211,14 @@ class LongTermMemory(nn.Module):
         past = None if self._fill == "empty" else self.coef
         filled = self.filled if self._fill == "mixed" else None
         stats = None if self._fill == "empty" else self.sticky_stats
-        if backend == "triton" and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
+        if backend in FUSED_BACKENDS and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
             key = (frames.shape[1], frames.device)
             consts = self._step_constants.get(key)
             if consts is None:
                 consts = self._step_constants[key] = step_constants(self.config, *key)
             context, coef, stats = fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads,
                                               past, filled, stats, self.generator, keep_stats=self.config.sticky,
-                                              stats_in_place=_capturing(frames.device))
+                                              stats_in_place=_capturing(frames.device), backend=backend)
         else:
             coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
             context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,

@@ -20,7 +20,8 @@ namespace {
 // exp(x) for x <= 0 (scores after subtracting the row maximum), within about 1 ulp, written so
 // that the compiler vectorises the loops calling it: round-to-nearest by the 1.5·2²³ shift, a
 // degree-7 polynomial on [-ln2/2, ln2/2], and 2^k from the exponent bits. Below the float
-// range it returns exactly 0, as exp(-inf) must for bins of log-weight -inf.
+// range it returns exactly 0, as exp(-inf) must for bins of log-weight -inf. (Its selects
+// vectorise under -fno-trapping-math, which the builds pass.)
 inline float exp_nonpositive(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2High = 0.693359375f;  // ln 2 split in two so that k·ln2 subtracts exactly
@@ -44,36 +45,67 @@ inline float exp_nonpositive(float x) {
   return underflow ? 0.0f : p * two_k;
 }
 
-// One row of scores [N] → weights, in place; returns nothing: the caller adds the row to its mass.
-void softmax_row(float* __restrict row, const float* __restrict log_weight, int64_t slots, float scale,
-                 bool has_null, float null_log_weight) {
-  float top = has_null ? null_log_weight : -std::numeric_limits<float>::infinity();
-  for (int64_t n = 0; n < slots; ++n) {
-    const float x = row[n] * scale + (log_weight != nullptr ? log_weight[n] : 0.0f);
-    row[n] = x;
-    top = std::max(top, x);
-  }
-  constexpr int kLanes = 8;  // independent partial sums, so the sum vectorises without reassociation flags
-  float partial[kLanes] = {};
+constexpr int kLanes = 8;  // independent partial results, so reductions vectorise without reassociation flags
+
+float row_max(const float* __restrict row, int64_t slots, float start) {
+  float lanes[kLanes];
+  std::fill(lanes, lanes + kLanes, start);
   int64_t n = 0;
   for (; n + kLanes <= slots; n += kLanes) {
     for (int lane = 0; lane < kLanes; ++lane) {
-      const float e = exp_nonpositive(row[n + lane] - top);
-      row[n + lane] = e;
-      partial[lane] += e;
+      lanes[lane] = row[n + lane] > lanes[lane] ? row[n + lane] : lanes[lane];
     }
   }
-  float total = has_null ? exp_nonpositive(null_log_weight - top) : 0.0f;
+  float top = start;
   for (; n < slots; ++n) {
-    row[n] = exp_nonpositive(row[n] - top);
+    top = row[n] > top ? row[n] : top;
+  }
+  for (float lane : lanes) {
+    top = lane > top ? lane : top;
+  }
+  return top;
+}
+
+float row_sum(const float* __restrict row, int64_t slots) {
+  float lanes[kLanes] = {};
+  int64_t n = 0;
+  for (; n + kLanes <= slots; n += kLanes) {
+    for (int lane = 0; lane < kLanes; ++lane) {
+      lanes[lane] += row[n + lane];
+    }
+  }
+  float total = 0.0f;
+  for (; n < slots; ++n) {
     total += row[n];
   }
-  for (float part : partial) {
-    total += part;
+  for (float lane : lanes) {
+    total += lane;
   }
+  return total;
+}
+
+// One row of scores [N] → weights, in place, added into the row's group mass [N]. Each step is
+// its own loop so that each vectorises.
+void softmax_row(float* __restrict row, float* __restrict group_mass, const float* __restrict log_weight,
+                 int64_t slots, float scale, bool has_null, float null_log_weight) {
+  if (log_weight != nullptr) {
+    for (int64_t n = 0; n < slots; ++n) {
+      row[n] = row[n] * scale + log_weight[n];
+    }
+  } else {
+    for (int64_t n = 0; n < slots; ++n) {
+      row[n] *= scale;
+    }
+  }
+  const float top = row_max(row, slots, has_null ? null_log_weight : -std::numeric_limits<float>::infinity());
+  for (int64_t n = 0; n < slots; ++n) {
+    row[n] = exp_nonpositive(row[n] - top);
+  }
+  const float total = row_sum(row, slots) + (has_null ? exp_nonpositive(null_log_weight - top) : 0.0f);
   const float inv_total = 1.0f / total;
-  for (int64_t k = 0; k < slots; ++k) {
-    row[k] *= inv_total;
+  for (int64_t n = 0; n < slots; ++n) {
+    row[n] *= inv_total;
+    group_mass[n] += row[n];
   }
 }
 
@@ -108,11 +140,8 @@ std::tuple<at::Tensor, at::Tensor> slot_attention_cpu(const at::Tensor& query, c
       float* group_mass = mass_data + task * slots;  // mass row s·G + h·QB + block
       const int64_t q_end = std::min(queries, (block + 1) * kQueryBlock);
       for (int64_t qi = block * kQueryBlock; qi < q_end; ++qi) {
-        float* row = weight_data + (sh * queries + qi) * slots;
-        softmax_row(row, log_weight_data, slots, scale, has_null, null_value);
-        for (int64_t n = 0; n < slots; ++n) {
-          group_mass[n] += row[n];
-        }
+        softmax_row(weight_data + (sh * queries + qi) * slots, group_mass, log_weight_data, slots, scale, has_null,
+                    null_value);
       }
     }
   });

@@ -15,7 +15,7 @@ from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.fit import SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
 from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
-from . import _validate
+from . import _validate, factored_attention
 from .quadrature_attention import QuadratureConstants, quadrature_host_constants
 from .quadrature_attention import launch as quadrature_attention
 from .quantile_bins import launch as quantile_bins
@@ -64,23 +64,23 @@ def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> Step
 
 
 def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator,
-                         cast_dtype):
-    """(B fp32, B in cast_dtype) from the fused kernels, or None where they do not apply."""
+                         cast_dtype, backend: str):
+    """(B fp32, B in cast_dtype) from the fused kernels of ``backend``, or None where they do not apply."""
     if consts.first_plan is None or (past is not None and not cfg.sticky and consts.uniform_bins is None):
         return None
     if past is None or filled is not None:
-        start = rect_consolidate(frames, None, consts.first_plan, cast_dtype=cast_dtype)
+        start = rect_consolidate(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend)
         if past is None:
             return start
     if not cfg.sticky:
         bins = consts.uniform_bins
     elif cfg.sampling == "quantile":
-        bins = quantile_bins(stats, cfg.past_samples)
+        bins = quantile_bins(stats, cfg.past_samples, backend)
     else:
         bins = past_samples(cfg, stats, torch.float32, frames.device, generator).bins
         if bins is None:
             return None
-    later = rect_consolidate(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype)
+    later = rect_consolidate(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype, backend=backend)
     if filled is None:
         return later
     return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
@@ -130,7 +130,7 @@ QUADRATURE_KERNEL = False
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
                stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True,
-               stats_in_place: bool = False):
+               stats_in_place: bool = False, backend: str = "triton"):
     """(context [S, Q, D], coefficients [S, N, e] fp32, sticky statistic [S, G, K] or None).
 
     consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
@@ -140,22 +140,32 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     query and past; the ops inside run unchecked). With rectangular bins and quantile or uniform
     sampling the step makes no host synchronisation and traces whole under torch.compile.
     ``stats_in_place``: the new statistic may overwrite ``stats`` (after the step's sampling has
-    read it), which saves a CUDA graph the node that would copy it there.
+    read it), which saves a CUDA graph the node that would copy it there. ``backend``: the ops'
+    kernels, ``"triton"``, ``"cuda"`` or ``"cpu"`` (csrc); on the CPU the slot attention takes the
+    projections folded into the queries (``factored_attention``) where that needs fewer
+    multiply-adds.
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
-    fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator,
-                                 weight.dtype if isinstance(weight, torch.Tensor) else torch.float32)
+    factored = (backend == "cpu" and cfg.basis == "rectangular" and cfg.sampling != "upstream"
+                and factored_attention.applies(proj_key, proj_value, cfg.num_basis, frames.shape[-1], query, num_heads,
+                                               consts.null_log_weight))
+    cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
+    fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, cast_dtype, backend)
     if fused is None:
         coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator)
         projected = coef
     else:
         coef, projected = fused
-    if cfg.basis != "rectangular" and (consts.quad is None or not QUADRATURE_KERNEL):
+    if cfg.basis != "rectangular" and (consts.quad is None or not QUADRATURE_KERNEL or backend != "triton"):
         context, new_stats = attend(cfg, coef, query.to(torch.float32), proj_key, proj_value, num_heads, keep_stats)
         return context.to(query.dtype), coef, new_stats
-    keys, values = _project_pair(proj_key, proj_value, projected)
     want_mass = keep_stats and cfg.sampling != "upstream"
+    if factored:
+        context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
+                                                                   consts.slot_log_weight, backend)
+        return context, coef, mass if want_mass else None
+    keys, values = _project_pair(proj_key, proj_value, projected)
     if consts.quad is not None:
         quad = consts.quad
         context, density = quadrature_attention(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
@@ -163,7 +173,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         new_stats = sticky.interval_mass(density, quad.gaps) if want_mass else None
     else:
         context, mass = slot_attention(query, keys, values, num_heads, consts.slot_log_weight, consts.null_log_weight,
-                                       stats if stats_in_place and want_mass else None)
+                                       stats if stats_in_place and want_mass else None, backend=backend)
         new_stats = mass if want_mass else None
     if keep_stats and cfg.sampling == "upstream":
         d = query.shape[-1] // num_heads
