@@ -89,7 +89,9 @@ def step_rows(case, streams, length, dtype, tokens, iters, extra=(), baseline=Tr
             rows.append((case, "published-cost baseline", *pct(times)))
         for provider, kwargs in (("torch reference", dict(backend="torch")),
                                  ("triton", dict(backend="triton")),
-                                 ("triton, check_finite=False", dict(backend="triton", check_finite=False))):
+                                 ("triton, check_finite=False", dict(backend="triton", check_finite=False)),
+                                 ("triton, eager call, cuda_graphs=True",
+                                  dict(backend="triton", check_finite=False, cuda_graphs=True))):
             memory = LongTermMemory(**memory_kwargs, **kwargs).cuda()
             times = wall_per_call(lambda: memory(frames, query, pk, pv, HEADS), iters)
             rows.append((case, provider, *pct(times)))

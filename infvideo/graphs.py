@@ -1,0 +1,95 @@
+"""Eager steps replayed from CUDA graphs that the memory captures itself (``cuda_graphs=True``).
+
+A one-stream step is a handful of small kernels; launched from Python each costs more host time
+than GPU time. Once an eager step has run at a given signature (shapes, dtypes, devices, weights),
+the memory captures that step once into a CUDA graph whose inputs are static buffers, and later
+calls at the same signature copy their frames and query in, replay the graph and return a copy of
+its output. The state stays in the memory's own buffers, which the graph reads and updates in
+place, so replays and eager steps interleave freely; a graph is dropped when it would go stale
+(the buffers were replaced by ``reset``, ``load_state_dict``, ``.to()`` or a step of another
+signature, or the projections' weights were replaced or changed in place).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _weight_versions(*layers) -> tuple:
+    """Pointer and version counter of each weight and bias: they change when a weight is replaced
+    or written in place, either of which a graph (holding the stacked K|V weight) must not miss."""
+    out = []
+    for layer in layers:
+        for name in ("weight", "bias"):
+            p = getattr(layer, name, None)
+            out.append(None if p is None else (p.data_ptr(), p._version))
+    return tuple(out)
+
+
+def signature(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int) -> tuple:
+    """What a captured step is specific to."""
+    return (frames.shape, frames.stride(), frames.dtype, frames.device, query.shape, query.stride(), query.dtype,
+            id(proj_key), id(proj_value), num_heads, _weight_versions(proj_key, proj_value))
+
+
+@dataclass
+class CapturedStep:
+    graph: torch.cuda.CUDAGraph
+    frames: torch.Tensor
+    query: torch.Tensor
+    context: torch.Tensor
+    coef: torch.Tensor
+    stats: torch.Tensor
+
+
+# Beyond this many bytes of frames, copying them into the graph's input buffer costs more GPU time
+# than the launches a replay saves (H100: a 64-stream bf16 chunk, 805 MB, doubled the step).
+MAX_INPUT_BYTES = 64 * 2**20
+
+
+def eligible(memory: nn.Module, frames: torch.Tensor, proj_key, proj_value) -> bool:
+    """Steps worth capturing: CUDA, a fused backend, inputs of at most MAX_INPUT_BYTES, no
+    autograd, no host check, a full memory (every stream holds a video), a sampler without a host
+    generator, and not already inside a compile or capture."""
+    return (frames.device.type == "cuda" and frames.numel() * frames.element_size() <= MAX_INPUT_BYTES and memory._backends.get(frames.device) in ("triton", "cuda")
+            and not memory.check_finite and memory._fill == "full"
+            and memory.config.sampling != "multinomial" and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+            and isinstance(proj_key, nn.Module) and isinstance(proj_value, nn.Module))
+
+
+class StepGraphs:
+    """The captured steps of one memory, one per signature (the few a model uses)."""
+
+    def __init__(self, limit: int = 8):
+        self.limit = limit
+        self.steps: dict[tuple, CapturedStep] = {}
+
+    def replay(self, memory: nn.Module, key: tuple, frames: torch.Tensor, query: torch.Tensor):
+        """The step's context from its graph, or None when there is no valid graph for ``key``."""
+        step = self.steps.get(key)
+        if step is None:
+            return None
+        buffers = memory._buffers
+        if memory._fill != "full" or buffers["coef"] is not step.coef or buffers["sticky_stats"] is not step.stats:
+            del self.steps[key]
+            return None
+        step.frames.copy_(frames)
+        step.query.copy_(query)
+        step.graph.replay()
+        return step.context.clone()
+
+    def capture(self, memory: nn.Module, key: tuple, frames: torch.Tensor, query: torch.Tensor, proj_key,
+                proj_value, num_heads: int) -> None:
+        """Records one step at this signature (recording runs nothing: the state is unchanged)."""
+        if len(self.steps) >= self.limit:
+            self.steps.pop(next(iter(self.steps)))
+        static_frames, static_query = frames.clone(), query.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            context = memory._step(static_frames, static_query, proj_key, proj_value, num_heads)
+        buffers = memory._buffers
+        self.steps[key] = CapturedStep(graph, static_frames, static_query, context, buffers["coef"],
+                                       buffers["sticky_stats"])
