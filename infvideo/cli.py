@@ -84,12 +84,13 @@ def demo(args) -> None:
 
 
 def bench(args) -> None:
-    """Run the step benchmark of this checkout's bench/ folder (GPU one with CUDA, else the CPU one)."""
+    """Run the benchmark grid of this checkout's bench/ folder (bench_grid.py: every provider side by
+    side; prints a markdown table, writes CSV and a plot; ``--help`` lists its options)."""
     import runpy
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[1] / "bench"
-    script = folder / ("bench_step_gpu.py" if torch.cuda.is_available() else "bench_step_cpu.py")
+    script = folder / "bench_grid.py"
     if not script.is_file():
         raise SystemExit(f"infvideo bench: {script} not found (the benchmarks live in the source checkout)")
     sys.argv = [str(script), *args.rest]
@@ -137,7 +138,10 @@ def main(argv=None) -> None:
     from . import encode
     encode.add_arguments(p_encode, _positive_int)
     p_encode.set_defaults(run=encode.run)
-    p_bench = sub.add_parser("bench", help="the step benchmark (bench/ of the source checkout)")
+    # Every argument after "bench" (options included, --help too) goes to the script: the subparser
+    # knows no option prefix, so argparse leaves "--quick" and the like to REMAINDER.
+    p_bench = sub.add_parser("bench", help="the op and step benchmark grid (bench/ of the source checkout)",
+                             prefix_chars="+", add_help=False)
     p_bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     p_bench.set_defaults(run=bench)
     sub.add_parser("info", help="versions, device, built backends").set_defaults(run=info)

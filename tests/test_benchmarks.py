@@ -67,3 +67,15 @@ def test_published_baseline_reproduces_paper_preset():
                                            samples=64)
             torch.testing.assert_close(context, expected, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(past, memory.coef, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_bench_runs_the_grid(tmp_path, capsys):
+    """``python -m infvideo bench`` passes every argument to bench/bench_grid.py, which prints a
+    markdown table and writes its CSV and plot."""
+    from infvideo.cli import main
+    main(["bench", "--quick", "--bases", "rectangular", "--ops", "sticky_sampling", "attention", "--compile", "none",
+          "--budget", "0.01", "--out", str(tmp_path), "--prefix", "t_"])
+    out = capsys.readouterr().out
+    assert "| op | S | L | N | basis | dtype |" in out
+    assert (tmp_path / "t_grid.csv").read_text().count("\n") >= 3
+    assert (tmp_path / "t_grid.png").read_bytes().startswith(b"\x89PNG")
