@@ -53,8 +53,8 @@ def eligible(memory: nn.Module, frames: torch.Tensor, proj_key, proj_value) -> b
     """Steps worth capturing: CUDA, a fused backend, inputs of at most MAX_INPUT_BYTES, no
     autograd, no host check, a full memory (every stream holds a video), a sampler without a host
     generator, and not already inside a compile or capture."""
-    return (frames.device.type == "cuda" and frames.numel() * frames.element_size() <= MAX_INPUT_BYTES and memory._backends.get(frames.device) in ("triton", "cuda")
-            and not memory.check_finite and memory._fill == "full"
+    return (frames.device.type == "cuda" and frames.numel() * frames.element_size() <= MAX_INPUT_BYTES
+            and memory._backends.get(frames.device) in ("triton", "cuda") and not memory.check_finite and memory._fill == "full"
             and memory.config.sampling != "multinomial" and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
             and isinstance(proj_key, nn.Module) and isinstance(proj_value, nn.Module))

@@ -7,6 +7,8 @@ from torch import nn
 from . import _checks
 from .backends import backend_for, resolve_backend
 from .config import MemoryConfig
+from .graphs import StepGraphs, signature
+from .graphs import eligible as graphs_eligible
 from .ops import fused_step, step_constants
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
@@ -44,7 +46,7 @@ def _traced(device: torch.device) -> bool:
 
 def _capturing(device: torch.device) -> bool:
     """Inside a CUDA graph capture of eager code (not torch.compile, whose graph is functional)."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing() and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _store(buffers: dict, name: str, value: torch.Tensor) -> None:
@@ -88,6 +90,13 @@ class LongTermMemory(nn.Module):
         check_finite: raise on NaN/Inf in frames or query (one host synchronisation per step;
             skipped under torch.compile and while a CUDA graph is captured). Turn off to keep the
             host asynchronous.
+        cuda_graphs: replay eager CUDA steps from CUDA graphs the memory captures itself
+            (``infvideo.graphs``): after two eager steps at a signature (shapes, dtypes, device,
+            projection weights), later calls there copy the inputs into the graph, replay it and
+            return a copy of its output, which removes most of a small step's host cost. Used
+            for fused backends, with ``check_finite=False``, no autograd, every stream filled and
+            chunks of at most 64 MiB (a few streams: larger steps are bound by the GPU, and the
+            input copy would cost more than it saves); other calls run eagerly.
 
     Compiling (``torch.compile(memory, fullgraph=True)``) and capturing a CUDA graph both need one
     eager step first (it puts the constants on the device), and then drive the memory only
@@ -102,7 +111,7 @@ class LongTermMemory(nn.Module):
                  ridge: float = 0.5, basis: str = "rectangular", sigmas=(0.005, 0.01),
                  sticky: bool = True, sampling: str = "quantile", preset: str = "exact",
                  quad_points: int = 1000, backend: str = "auto", *, density: str = "gibbs",
-                 generator: torch.Generator | None = None, check_finite: bool = True):
+                 generator: torch.Generator | None = None, check_finite: bool = True, cuda_graphs: bool = False):
         super().__init__()
         self.config = MemoryConfig(num_basis, tau, past_samples, ridge, basis, tuple(sigmas)
                                    if isinstance(sigmas, (list, tuple)) else sigmas, sticky,
@@ -112,6 +121,9 @@ class LongTermMemory(nn.Module):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
         self.check_finite = bool(check_finite)
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
+        self._graphs = StepGraphs() if cuda_graphs else None
         # Host-side mirror of `filled` ("empty", "full" or "mixed") so a step never reads the
         # device to know which streams hold a video.
         self._fill = "empty"
@@ -203,7 +215,23 @@ class LongTermMemory(nn.Module):
         proj_value: the Q-former's key/value Linear layers (e → D); num_heads: H, D % H == 0.
         Returns the LTM context [S, Q, D] in the query's dtype.
         """
+        graphs = self._graphs
+        if graphs is not None and isinstance(frames, torch.Tensor) and isinstance(query, torch.Tensor):
+            key = signature(frames, query, proj_key, proj_value, num_heads)
+            context = graphs.replay(self, key, frames, query)
+            if context is not None:
+                return context
+        was_full = self._fill == "full"
         frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
+        context = self._step(frames, query, proj_key, proj_value, num_heads)
+        # Captured after an eager step of the same kind (memory full before and after), so that
+        # every kernel the graph records has been compiled and run once already.
+        if graphs is not None and was_full and graphs_eligible(self, frames, proj_key, proj_value):
+            graphs.capture(self, key, frames, query, proj_key, proj_value, num_heads)
+        return context
+
+    def _step(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int) -> torch.Tensor:
+        """One step on checked inputs (the body of ``forward``, and what a captured graph records)."""
         backend = self._backends.get(frames.device)
         if backend is None:
             backend = self._backends[frames.device] = backend_for(self.backend, frames.device)
