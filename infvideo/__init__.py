@@ -1,10 +1,10 @@
 """infvideo: the continuous-time long-term memory of ∞-Video as fused, drop-in torch ops."""
-from .backends import available_backends
+from .backends import available_backends, info
 from .config import MemoryConfig
 from .memory import LongTermMemory
 
 __version__ = "0.1.0"
-__all__ = ["LongTermMemory", "MemoryConfig", "apply_infvideo", "available_backends", "reset_memory",
+__all__ = ["LongTermMemory", "MemoryConfig", "apply_infvideo", "available_backends", "info", "reset_memory",
            "__version__"]
 
 _INTEGRATION = ("apply_infvideo", "reset_memory")

@@ -107,7 +107,11 @@ def info(_args) -> None:
         found = importlib.util.find_spec(name) is not None
         print(f"{name}: {__import__(name).__version__ if found else 'not installed'}")
     print(f"cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}")
-    print(f"backends: {', '.join(available_backends())} (auto: Triton on CUDA tensors, else torch)")
+    built = infvideo.info()
+    print(f"C++/CUDA extension: {built['extension'] or 'not built'}"
+          + (f" (kernels: {', '.join(built['built'])})" if built["built"] else ""))
+    auto = ", ".join(f"{device} tensors -> {backend}" for device, backend in built["auto"].items())
+    print(f"backends: {', '.join(available_backends())} (auto: {auto})")
 
 
 def _positive_int(text: str) -> int:
