@@ -1,6 +1,7 @@
 """Tile shapes of the fused consolidation and quadrature kernels on the GPU, per configuration.
 
-    python bench/tune_consolidate.py [--streams 1 64] [--skip-quadrature]
+    python bench/tune_consolidate.py [--streams 1 64] [--skip-quadrature] [--block-e 128 256] [--rows 64 128]
+                                     [--warps 2 4 8] [--stages 2 3]
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ STREAMS = (1, 64)
 BLOCK_E = (64, 128, 256)
 
 
-def main(streams_list=STREAMS):
+def main(streams_list=STREAMS, block_es=BLOCK_E, rows_list=(64, 128), warps_list=(2, 4, 8), stages_list=(2, 3)):
     cfg = MemoryConfig()
     plan = ops.plan_on(consolidation_fit(cfg, 256), torch.device("cuda"))
     for streams in streams_list:
@@ -31,7 +32,7 @@ def main(streams_list=STREAMS):
         nbytes = frames.numel() * 2 + past.numel() * 4 * 2
         ms = triton.testing.do_bench(lambda: ops.quantile_bins(mass, 512), return_mode="median")
         print(f"S={streams} quantile_bins {ms * 1e3:.1f} us")
-        for block_e, rows, warps, stages in itertools.product(BLOCK_E, (64, 128), (2, 4, 8), (2, 3)):
+        for block_e, rows, warps, stages in itertools.product(block_es, rows_list, warps_list, stages_list):
             # Fewer than 16 streams take block_e_few_streams: set both, so each S tries every width.
             consolidate.CONFIG.update(block_e=block_e, block_e_few_streams=block_e, block_rows=rows,
                                       num_warps=warps, num_warps_few_streams=warps, num_stages=stages)
@@ -61,7 +62,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, nargs="+", default=list(STREAMS))
     parser.add_argument("--skip-quadrature", action="store_true")
+    parser.add_argument("--block-e", type=int, nargs="+", default=list(BLOCK_E))
+    parser.add_argument("--rows", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     args = parser.parse_args()
     if not args.skip_quadrature:
         tune_quadrature()
-    main(args.streams)
+    main(args.streams, args.block_e, args.rows, args.warps, args.stages)
