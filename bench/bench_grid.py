@@ -46,15 +46,19 @@ def parse_args(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     parser.add_argument("--compile", default="largest", choices=["none", "largest", "all"],
-                        help="torch.compile'd reference: nowhere, only the step at the largest S, L and N "
-                             "(compiling costs tens of seconds per case), or everywhere")
+                        help="torch.compile'd reference: nowhere, only the step at the largest S, L and N in "
+                             "the first dtype (compiling costs tens of seconds per case), or everywhere")
     parser.add_argument("--baseline-max-streams", type=int, default=64,
                         help="skip the published-cost baseline above this S (it runs one stream at a time)")
     parser.add_argument("--budget", type=float, default=0.2, help="seconds of timed calls per row")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds after which no new case starts (the rows so far are written)")
     parser.add_argument("--quick", action="store_true", help="one case per basis: S=1, L=256, N=256, fp32")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (on a shared machine 1 avoids stalls of threads waiting for "
+                             "a descheduled sibling)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--from-csv", default=None, help="measure nothing: tables and plot from a CSV this script wrote")
     args = parser.parse_args(argv)
     if args.quick:
         args.streams, args.frames, args.basis_counts, args.dtypes = [1], [256], [256], ["fp32"]
@@ -65,7 +69,8 @@ def compile_here(args, case: Case, op: str) -> bool:
     if args.compile == "all":
         return True
     return (args.compile == "largest" and op == "step" and case.frames == max(args.frames)
-            and case.basis_count == max(args.basis_counts) and case.streams == max(args.streams))
+            and case.basis_count == max(args.basis_counts) and case.streams == max(args.streams)
+            and case.dtype == args.dtypes[0])
 
 
 def measure(provider, device, budget: float, reference_out):
@@ -103,7 +108,7 @@ def run_case(args, case: Case, bandwidth: float) -> list[dict]:
             try:
                 with torch.no_grad():
                     fields, out = measure(provider, case.device, args.budget, reference_out)
-            except (RuntimeError, ValueError, NotImplementedError) as err:  # reported, the grid goes on
+            except Exception as err:  # noqa: BLE001 - a provider that fails (compiler, backend) is reported; the grid goes on
                 print(f"  {op:15s} {provider.name:13s} failed: {str(err).splitlines()[0][:200]}", flush=True)
                 continue
             if provider.reference:
@@ -171,11 +176,59 @@ def plot(rows, path: Path, args) -> None:
         write_png(str(path), stack(panels))
 
 
+def read_rows(path: str) -> tuple[list[dict], dict, float]:
+    """(rows, metadata, bandwidth B/s) of a CSV written by this script."""
+    import csv
+    numbers = {"S", "L", "N", "T", "calls"}
+    with open(path, newline="") as fh:
+        records = list(csv.DictReader(fh))
+    meta_keys = ("device", "torch", "triton", "python", "commit")
+    rows = []
+    for rec in records:
+        row = {}
+        for key, value in rec.items():
+            if key in meta_keys:
+                continue
+            if value == "":
+                row[key] = None
+            elif key in numbers:
+                row[key] = int(value)
+            elif key.endswith(("_us", "_mib", "_err", "_gbs")) or key in ("x_floor", "rel_err"):
+                row[key] = float(value)
+            else:
+                row[key] = value
+        rows.append(row)
+    meta = {k: records[0].get(k, "") for k in meta_keys} if records else {}
+    return rows, meta, (rows[0]["bandwidth_gbs"] * 1e9 if rows else 0.0)
+
+
+def report(rows, meta, bandwidth, args, out: Path) -> None:
+    """Markdown tables (printed and written) and the plot."""
+    text = (f"Benchmark grid on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit "
+            f"{meta['commit']}); copy bandwidth {bandwidth / 1e9:.1f} GB/s.\n\n### p50 µs per call\n\n"
+            + pivot(rows, "p50_us", True) + "\n\n### peak MiB allocated by one call\n\n" + pivot(rows, "peak_mib", False)
+            + "\n")
+    (out / f"{args.prefix}grid.md").write_text(text)
+    print(text)
+    if not args.no_plot:
+        plot(rows, out / f"{args.prefix}grid.png", args)
+        print(f"wrote {out / (args.prefix + 'grid.png')}")
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        rows, meta, bandwidth = read_rows(args.from_csv)
+        args.frames = sorted({r["L"] for r in rows if r["L"] is not None}) or args.frames
+        args.basis_counts = sorted({r["N"] for r in rows})
+        args.device = meta.get("device", args.device)
+        report(rows, meta, bandwidth, args, out)
+        return rows
+    if args.threads:
+        torch.set_num_threads(args.threads)
     meta = harness.metadata(device)
     bandwidth = harness.copy_bandwidth(device)
     print(f"{meta}; copy bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
@@ -193,15 +246,7 @@ def main(argv=None) -> list[dict]:
     for row in rows:
         row["bandwidth_gbs"] = bandwidth / 1e9
     harness.write_csv(out / f"{args.prefix}grid.csv", rows, meta)
-    text = (f"Benchmark grid on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit "
-            f"{meta['commit']}); copy bandwidth {bandwidth / 1e9:.1f} GB/s.\n\n### p50 µs per call\n\n"
-            + pivot(rows, "p50_us", True) + "\n\n### peak MiB allocated by one call\n\n" + pivot(rows, "peak_mib", False)
-            + "\n")
-    (out / f"{args.prefix}grid.md").write_text(text)
-    print(text)
-    if not args.no_plot:
-        plot(rows, out / f"{args.prefix}grid.png", args)
-        print(f"wrote {out / (args.prefix + 'grid.png')}")
+    report(rows, meta, bandwidth, args, out)
     return rows
 
 

@@ -19,7 +19,9 @@ Score of an event, after the whole video, with the event's feature vector x as t
 (one head, identity projections, the memory's own continuous attention: exact softmax over slots):
   cosine   cos(c, x), c = Σ_n r_n B_n the retrieved signal;
   mass     Σ r_n over slots whose mean time lies within ±``window`` (fraction of the video) of
-           the event — the attention mass near the event's time (chance ≈ 2·window).
+           the event — the attention mass near the event's time (chance ≈ 2·window);
+  chance   the cosine for vectors of the same scale that never appeared (a control: a softmax over
+           N slots always finds its best match, so a lost event does not score 0).
 Per video the K events are averaged; tables give mean ± std over videos. Fixed seed.
 Writes <prefix>retention.csv/.md/.png into --out.
 """
@@ -47,6 +49,7 @@ WIDTH = 768               # what the memory stores: features, a constant 1, the 
 FEATURES = WIDTH - 2
 HEADS, QUERIES = 12, 32
 METHODS = ("sticky (quantile)", "sticky (multinomial)", "uniform", "frame subsampling")
+METRICS = ("cosine", "mass", "chance")
 
 
 def identity_projection(device) -> nn.Linear:
@@ -75,22 +78,34 @@ def with_bookkeeping(frames: torch.Tensor, start: int, length: int) -> torch.Ten
     return torch.cat([frames, torch.ones(s, count, 1, device=frames.device), t.expand(s, count)[..., None]], dim=-1)
 
 
-def score(slots: torch.Tensor, video: DriftingVideo, window: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cosine, mass) per video [S], averaged over its events, of slots [S, N, WIDTH] (float32)."""
+def retrieve(content: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The memory's own attention read with one head and identity projections: slot weights
+    r [S, K, N] (exact softmax over the slots) and the retrieved signals Σ_n r_n B_n [S, K, FEATURES]."""
+    identity = nn.Identity()
+    r = slot_weights(scores(content, queries, identity, 1), SlotWeights(None, None))  # [S, 1, K, N]
+    return r[:, 0], read_values(content, r, identity, 1)
+
+
+def score(slots: torch.Tensor, video: DriftingVideo, window: float) -> dict[str, torch.Tensor]:
+    """Per video [S], averaged over its events, for slots [S, N, WIDTH]: ``cosine`` and ``mass`` (see
+    the module docstring) and ``chance``, the cosine reached by vectors of the events' scale that
+    were never shown (what a lost event scores: a softmax over N slots always finds some match)."""
     slots = slots.to(torch.float64)
     content, ones = slots[..., :FEATURES], slots[..., FEATURES]
     held = ones.abs() > 1e-200  # slots whose content has not shrunk to nothing
     when = torch.where(held, slots[..., FEATURES + 1] / torch.where(held, ones, torch.ones_like(ones)), torch.nan)
     queries = video.events.features.to(torch.float64)  # [S, K, FEATURES]
-    identity = nn.Identity()
-    a = scores(content, queries, identity, 1)  # [S, 1, K, N]: the memory's attention, one head
-    r = slot_weights(a, SlotWeights(None, None))
-    retrieved = read_values(content, r, identity, 1)  # [S, K, FEATURES]
+    r, retrieved = retrieve(content, queries)
     cosine = torch.nn.functional.cosine_similarity(retrieved, queries, dim=-1)
     centre = (video.events.centre() / video.length).to(slots.device)  # [S, K]
     near = (when[:, None, :] - centre[..., None]).abs() <= window  # NaN compares False: lost slots are not near
-    mass = (r[:, 0] * near).sum(-1)
-    return cosine.mean(-1).float().cpu(), mass.mean(-1).float().cpu()
+    mass = (r * near).sum(-1)
+    gen = torch.Generator().manual_seed(12345)
+    unseen = (torch.randn(queries.shape, generator=gen, dtype=torch.float64) * queries.std()).to(slots.device)
+    _, control = retrieve(content, unseen)
+    chance = torch.nn.functional.cosine_similarity(control, unseen, dim=-1)
+    return {name: value.mean(-1).float().cpu() for name, value in
+            (("cosine", cosine), ("mass", mass), ("chance", chance))}
 
 
 def run_length(length: int, args, device) -> list[dict]:
@@ -100,7 +115,7 @@ def run_length(length: int, args, device) -> list[dict]:
     query = torch.randn(args.videos, QUERIES, WIDTH, generator=gen).to(device)
     proj = identity_projection(device)
     mems = memories(args, device)
-    keep = ((torch.arange(args.basis_count) + 0.5) * length / args.basis_count).long()  # frame subsampling
+    keep = ((torch.arange(args.basis_count, device=device) + 0.5) * length / args.basis_count).long()  # subsampling
     kept = torch.zeros(args.videos, args.basis_count, WIDTH, device=device)
     start_time = time.perf_counter()
     with torch.no_grad():
@@ -114,8 +129,8 @@ def run_length(length: int, args, device) -> list[dict]:
     slots["frame subsampling"] = kept
     rows = []
     for name in METHODS:
-        cosine, mass = score(slots[name], video, args.window)
-        rows += [dict(frames=length, method=name, video=v, cosine=float(cosine[v]), mass=float(mass[v]))
+        got = score(slots[name], video, args.window)
+        rows += [dict(frames=length, method=name, video=v, **{k: float(got[k][v]) for k in METRICS})
                  for v in range(args.videos)]
     print(f"  {length:>9,d} frames: " + "; ".join(
         f"{name} cos {torch.tensor([r['cosine'] for r in rows if r['method'] == name]).mean():.3f} mass "
@@ -130,11 +145,12 @@ def summary(rows) -> list[dict]:
     for length in sorted({r["frames"] for r in rows}):
         for name in METHODS:
             group = [r for r in rows if r["frames"] == length and r["method"] == name]
-            cos = torch.tensor([r["cosine"] for r in group], dtype=torch.float64)
-            mass = torch.tensor([r["mass"] for r in group], dtype=torch.float64)
-            out.append(dict(frames=length, method=name, videos=len(group), cosine_mean=float(cos.mean()),
-                            cosine_std=float(cos.std()) if len(group) > 1 else 0.0, mass_mean=float(mass.mean()),
-                            mass_std=float(mass.std()) if len(group) > 1 else 0.0))
+            entry = dict(frames=length, method=name, videos=len(group))
+            for metric in METRICS:
+                values = torch.tensor([r[metric] for r in group], dtype=torch.float64)
+                entry[metric + "_mean"] = float(values.mean())
+                entry[metric + "_std"] = float(values.std()) if len(group) > 1 else 0.0
+            out.append(entry)
     return out
 
 
@@ -142,7 +158,8 @@ def tables(stats) -> str:
     lengths = sorted({s["frames"] for s in stats})
     parts = []
     for metric, title in (("cosine", "cosine of the retrieved signal to the event"),
-                          ("mass", "attention mass near the event's time")):
+                          ("mass", "attention mass near the event's time"),
+                          ("chance", "control: cosine for vectors never shown (what a lost event scores)")):
         lines = []
         for length in lengths:
             line = [f"{length:,d}"]

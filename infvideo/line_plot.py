@@ -30,7 +30,7 @@ _GLYPHS = {
     "%": "#.# ..# .#. #.. #.#", "/": "..# ..# .#. #.. #..", "(": ".#. #.. #.. #.. .#.",
     ")": ".#. ..# ..# ..# .#.", ":": "... .#. ... .#. ...", "_": "... ... ... ... ###",
     "[": "##. #.. #.. #.. ##.", "]": ".## ..# ..# ..# .##", "×": "... #.# .#. #.# ...",
-    "±": ".#. ### .#. ... ###", "?": "### ..# .#. ... .#.", "µ": "#.# #.# #.# ##. #..",
+    "±": ".#. ### .#. ... ###", "?": "### ..# .#. ... .#.", "µ": "... #.# #.# ### #..",
     "^": ".#. #.# ... ... ...", "'": ".#. .#. ... ... ...", "|": ".#. .#. .#. .#. .#.",
 }
 _SCALE = 2
@@ -65,7 +65,7 @@ def draw_text(image: torch.Tensor, x: int, y: int, text: str, colour=_INK) -> No
     height, width, _ = image.shape
     ink = torch.tensor(colour, dtype=torch.uint8)
     for index, char in enumerate(text):
-        rows = _GLYPHS.get(char.upper(), _GLYPHS["?"]).split()
+        rows = _GLYPHS.get(char, _GLYPHS.get(char.upper(), _GLYPHS["?"])).split()
         left = x + index * CHAR_WIDTH
         for r, row in enumerate(rows):
             for c, bit in enumerate(row):
@@ -134,7 +134,10 @@ class _Axis:
 
     def ticks(self) -> list[float]:
         if self.log:
-            return [10.0 ** k for k in range(int(self.lo), int(self.hi) + 1)]
+            # Few decades: 2× and 5× ticks too, so a short axis still reads.
+            steps = (1, 2, 5) if self.hi - self.lo <= 2 else (1,)
+            return [m * 10.0 ** k for k in range(int(self.lo), int(self.hi) + 1) for m in steps
+                    if math.log10(m) + k <= self.hi + 1e-9]
         return _nice_ticks(self.lo, self.hi)
 
     def usable(self, value) -> bool:
