@@ -247,3 +247,13 @@ def test_compiled_step_fullgraph_matches_reference(config):
             expected = reference(frames, query, pk, pv, 4)
             assert rel(out, expected) < 1e-4
             assert rel(fused.coef, reference.coef) < 1e-4
+
+
+@pytest.mark.parametrize("streams, groups, bins, samples", [(100, 3, 256, 500), (70, 24, 64, 512), (300, 5, 13, 203), (1, 2, 256, 1000)])
+def test_quantile_bins_many_streams(streams, groups, bins, samples):
+    """Many streams: each program covers several blocks of samples (one CDF per program)."""
+    gen = torch.Generator().manual_seed(streams)
+    mass = torch.rand(streams, groups, bins, generator=gen)
+    mass[0, :, : bins // 2] = 0  # an empty half: quantiles jump over it
+    got = ops.quantile_bins(mass.to(DEVICE), samples).cpu()
+    assert torch.equal(got.long(), sticky.quantile_bins(mass, samples)[0])
