@@ -1,13 +1,13 @@
 """All of issue 6's benchmarks in one run: flat memory, retention, then the op/step grid.
 
-    PYTHONPATH=$PWD python bench/run_suite.py --out $OUT [--budget-s 450] [--quick]
+    PYTHONPATH=$PWD python bench/run_suite.py --out $OUT [--budget-s 400] [--quick]
 
 On a GPU (about 8 minutes on an H100): memory vs length streams the full 10⁶ frames with the
 fastest backend and the torch reference; retention runs 10³ … 10⁶ frames, 16 videos per length;
 the grid covers S ∈ {1, 16, 64}, L ∈ {64, 256}, N ∈ {64, 256}, both bases, fp32 and bf16, and
 stops starting new cases once the time budget is spent (the rows so far are kept). On the CPU the
 same run uses the CPU defaults of each script (smaller grid, 10⁶ frames for one backend, lengths
-up to 10⁵). Every part writes <prefix><part>.csv/.md/.png into --out; SUMMARY.md collects the
+up to 10⁵). Every part writes <prefix><part>.csv/.md/.png into --out; <prefix>summary.md collects the
 markdown of all three.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "out"))
     parser.add_argument("--prefix", default="gpu_" if cuda else "cpu_")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget of the whole run")
+    parser.add_argument("--budget-s", type=float, default=400.0,
+                        help="wall-clock budget: no grid case starts after it, less a minute of margin")
     parser.add_argument("--quick", action="store_true", help="a smoke run: short video, two lengths, one grid case")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -51,7 +52,7 @@ def main(argv=None) -> None:
     bench_grid.main(common + grid + ["--deadline", str(max(0.0, left - 60))])
     out = Path(args.out)
     parts = [out / f"{args.prefix}{name}.md" for name in ("flat_memory", "retention", "grid")]
-    (out / "SUMMARY.md").write_text("\n\n".join(p.read_text() for p in parts if p.is_file()))
+    (out / f"{args.prefix}summary.md").write_text("\n\n".join(p.read_text() for p in parts if p.is_file()))
     print(f"== done in {time.perf_counter() - started:.0f} s; results in {out}", flush=True)
 
 
