@@ -78,7 +78,21 @@ def _extension_modules():
     else:
         ext = CppExtension("infvideo._C", sources, extra_compile_args={"cxx": cxx},
                            extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _optional(BuildExtension.with_options(use_ninja=True))}
+
+
+def _optional(build_ext):
+    """A build_ext that installs pure Python when the extension fails to compile (unless forced)."""
+    class OptionalBuildExtension(build_ext):
+        def run(self):
+            try:
+                super().run()
+            except Exception as err:  # compiler and linker errors come in several types
+                if _flag("INFVIDEO_FORCE_EXTENSION"):
+                    raise
+                print(f"infvideo: the C++/CUDA extension did not build ({err}); installing pure Python "
+                      "(INFVIDEO_FORCE_EXTENSION=1 makes this an error)", file=sys.stderr)
+    return OptionalBuildExtension
 
 
 ext_modules, cmdclass = _extension_modules()
