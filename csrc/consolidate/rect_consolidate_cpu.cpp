@@ -39,6 +39,25 @@ inline void add_four_rows(float* __restrict acc, const T* __restrict r0, const T
   }
 }
 
+// float32 tokens, the common case, also get an AVX2 clone picked at load time (the build targets
+// baseline x86-64): 10-40 % faster than SSE2 on a 2-core EPYC, where this loop is not yet bound
+// by memory alone. target_clones needs ifunc support: GCC or Clang on Linux.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void add_four_float_rows(float* __restrict acc, const float* __restrict r0, const float* __restrict r1,
+                         const float* __restrict r2, const float* __restrict r3, int64_t count) {
+  for (int64_t c = 0; c < count; ++c) {
+    acc[c] += (r0[c] + r1[c]) + (r2[c] + r3[c]);
+  }
+}
+
+template <>
+inline void add_four_rows<float>(float* __restrict acc, const float* __restrict r0, const float* __restrict r1,
+                                 const float* __restrict r2, const float* __restrict r3, int64_t count) {
+  add_four_float_rows(acc, r0, r1, r2, r3, count);
+}
+
 // Sum of one frame's token rows (row stride `stride`), added to acc as their mean.
 template <typename T>
 void add_frame_mean(float* __restrict acc, float* __restrict frame_sum, const T* first_row, int64_t tokens,
