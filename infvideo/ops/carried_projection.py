@@ -32,13 +32,18 @@ _carried = WeakTensorKeyDictionary()
 
 
 @lru_cache(maxsize=64)
-def _past_only(plan: RectPlan) -> tuple[RectPlan, torch.Tensor]:
-    """The plan's past maps with no frames, and the bins that receive frames (int64 [N_f])."""
+def _past_only(plan: RectPlan) -> tuple[RectPlan, slice | torch.Tensor]:
+    """The plan's past maps with no frames, and the bins that receive frames: a slice when they
+    are one run (frames are placed in order at the end of [0, 1]), else an int64 index [N_f]."""
     starts = plan.frame_start
     no_frames = torch.zeros_like(starts)
     past = dataclasses.replace(plan, frame_idx=plan.frame_idx[:0], frame_start=no_frames, frames_in_order=False,
                                num_frames=-1)
-    return past, (starts[1:] > starts[:-1]).nonzero().flatten()
+    rows = (starts[1:] > starts[:-1]).nonzero().flatten()
+    if rows.numel() == 0:  # e.g. the paper preset's one frame of a chunk of one lies at t = 1, in no bin
+        return past, slice(0, 0)
+    first, last = int(rows[0]), int(rows[-1])
+    return past, slice(first, last + 1) if last - first + 1 == rows.numel() else rows
 
 
 def _signature(weight: torch.Tensor) -> tuple:
