@@ -58,7 +58,8 @@ def parse_args(argv=None):
                         help="CPU threads for torch (on a shared machine 1 avoids stalls of threads waiting for "
                              "a descheduled sibling)")
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--from-csv", default=None, help="measure nothing: tables and plot from a CSV this script wrote")
+    parser.add_argument("--from-csv", default=None,
+                        help="measure nothing: tables and plot from a CSV this script wrote")
     args = parser.parse_args(argv)
     if args.quick:
         args.streams, args.frames, args.basis_counts, args.dtypes = [1], [256], [256], ["fp32"]
@@ -108,7 +109,7 @@ def run_case(args, case: Case, bandwidth: float) -> list[dict]:
             try:
                 with torch.no_grad():
                     fields, out = measure(provider, case.device, args.budget, reference_out)
-            except Exception as err:  # noqa: BLE001 - a provider that fails (compiler, backend) is reported; the grid goes on
+            except Exception as err:  # noqa: BLE001 - a failing provider (compiler, backend) is reported
                 print(f"  {op:15s} {provider.name:13s} failed: {str(err).splitlines()[0][:200]}", flush=True)
                 continue
             if provider.reference:
@@ -206,8 +207,8 @@ def report(rows, meta, bandwidth, args, out: Path) -> None:
     """Markdown tables (printed and written) and the plot."""
     text = (f"Benchmark grid on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit "
             f"{meta['commit']}); copy bandwidth {bandwidth / 1e9:.1f} GB/s.\n\n### p50 µs per call\n\n"
-            + pivot(rows, "p50_us", True) + "\n\n### peak MiB allocated by one call\n\n" + pivot(rows, "peak_mib", False)
-            + "\n")
+            + pivot(rows, "p50_us", True) + "\n\n### peak MiB allocated by one call\n\n"
+            + pivot(rows, "peak_mib", False) + "\n")
     (out / f"{args.prefix}grid.md").write_text(text)
     print(text)
     if not args.no_plot:

@@ -173,7 +173,8 @@ def tables(stats) -> str:
 
 def plot(stats, path: Path, window: float) -> None:
     panels = []
-    for metric, label in (("cosine", "cosine(retrieved, event)"), ("mass", f"attention mass within ±{window:g} of event")):
+    for metric, label in (("cosine", "cosine(retrieved, event)"),
+                          ("mass", f"attention mass within ±{window:g} of event")):
         series = [Series(name, [s["frames"] for s in stats if s["method"] == name],
                          [s[metric + "_mean"] for s in stats if s["method"] == name],
                          [s[metric + "_std"] for s in stats if s["method"] == name]) for name in METHODS]
@@ -211,7 +212,8 @@ def main(argv=None):
     stats = summary(rows)
     harness.write_csv(out / f"{args.prefix}retention.csv", stats + rows, meta)
     text = (f"Retention on {meta['device']} (commit {meta['commit']}): {args.videos} videos per length, "
-            f"{args.events} events of {args.event_frames} frames each, salience {args.salience:g}, N={args.basis_count}, "
+            f"{args.events} events of {args.event_frames} frames each, salience {args.salience:g}, "
+            f"N={args.basis_count}, "
             f"M={args.past_samples}, L={args.chunk}, seed {args.seed}; 'near' = within ±{args.window:g} of the video "
             f"(chance mass ≈ {2 * args.window:g}).\n\n" + tables(stats) + "\n")
     (out / f"{args.prefix}retention.md").write_text(text)

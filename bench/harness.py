@@ -87,7 +87,6 @@ def copy_bandwidth(device: torch.device) -> float:
     src = torch.ones(numel, dtype=torch.bfloat16, device=device)
     dst = torch.empty_like(src)
     times = time_calls(lambda: dst.copy_(src), device, budget_s=0.0, min_calls=10, max_calls=10, block=1)
-    del src, dst
     return 2 * numel * 2 / (percentiles(times)[1] * 1e-6)
 
 

@@ -40,7 +40,8 @@ def _ridge(positions, num_basis, ridge, device, basis):
 
 def per_stream(fn, *tensors):
     """Run ``fn`` on one stream at a time (batch 1) and stack the results along dim 0."""
-    outs = [fn(*(t[i:i + 1] if isinstance(t, torch.Tensor) else t for t in tensors)) for i in range(tensors[0].shape[0])]
+    outs = [fn(*(t[i:i + 1] if isinstance(t, torch.Tensor) else t for t in tensors))
+            for i in range(tensors[0].shape[0])]
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)

@@ -40,7 +40,8 @@ def main(argv=None) -> None:
     common = ["--out", args.out, "--prefix", args.prefix]
     flat = ["--max-frames", "20000"] if args.quick else []
     retention = ["--lengths", "1000", "3000", "--videos", "2"] if args.quick else (
-        ["--lengths", "1000", "3000", "10000", "30000", "100000", "300000", "1000000", "--videos", "16"] if cuda else [])
+        ["--lengths", "1000", "3000", "10000", "30000", "100000", "300000", "1000000", "--videos", "16"]
+        if cuda else [])
     print("== memory vs video length", flush=True)
     failed = _attempt("memory vs video length", bench_flat_memory.main, common + flat)
     print(f"== retention ({time.perf_counter() - started:.0f} s so far)", flush=True)
