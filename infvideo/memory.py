@@ -259,9 +259,7 @@ class LongTermMemory(nn.Module):
             if _drops_frames(self.config, frames.shape[1], past is None or filled is not None, past is not None):
                 named.append(("frames", frames))
             _checks.finite(named)
-        # Fused steps return coefficients outside autograd: kept as they are, since the CPU step
-        # files their keys and values under that very tensor (ops/carried_projection.py).
-        self._commit(coef.detach() if coef.requires_grad else coef, stats)
+        self._commit(coef.detach(), stats)
         return context.to(query.dtype)
 
     def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None) -> None:

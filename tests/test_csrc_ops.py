@@ -19,7 +19,7 @@ import infvideo.ops as ops
 from infvideo import LongTermMemory
 from infvideo.backends import available_backends, backend_for, info
 from infvideo.config import MemoryConfig
-from infvideo.ops import _csrc, carried_projection
+from infvideo.ops import _csrc, factored_attention
 from infvideo.reference import attention as ref_attention
 from infvideo.reference import consolidate as ref_consolidate
 from infvideo.reference import fit as ref_fit
@@ -158,33 +158,21 @@ def test_slot_attention_matches_reference(device, case, preset, dtype):
     assert rel_err(mass.reshape(streams, heads, groups, n).sum(2), r.sum(2)) < tol
 
 
-def test_carried_projection_follows_fresh_projection():
-    """The CPU step carries the projections of the past's bins over; after many steps they still
-    equal a fresh projection of the coefficients, and in-place changes of the state or the weights
-    are seen."""
-    torch.manual_seed(0)
-    pk, pv = nn.Linear(48, 48), nn.Linear(48, 48)
-    memory = LongTermMemory(num_basis=32, past_samples=40, backend="cpu")
-    reference = LongTermMemory(num_basis=32, past_samples=40, backend="torch")
-    gen = torch.Generator().manual_seed(4)
-
-    def step():
-        frames, query = torch.randn(3, 12, 48, generator=gen), torch.randn(3, 5, 48, generator=gen)
-        out = memory(frames, query, pk, pv, 4)
-        assert rel_err(out, reference(frames, query, pk, pv, 4)) < 1e-5
-        carried = carried_projection._carried[memory.coef][2]
-        fresh = memory.coef @ torch.cat([pk.weight, pv.weight]).t()
-        assert rel_err(carried, fresh) < 1e-5
-
+def test_factored_attention_matches_reference():
+    """The CPU step's attention with the projections folded into the queries (no K, no V)."""
+    streams, q_len, width, model, heads, n = 2, 32, 128, 128, 2, 128
+    gen = torch.Generator().manual_seed(3)
+    coef = torch.randn(streams, n, width, generator=gen)
+    query = torch.randn(streams, q_len, model, generator=gen)
+    proj_key, proj_value = nn.Linear(width, model), nn.Linear(width, model)
+    assert factored_attention.applies(proj_key, proj_value, n, width, query, heads, None)
     with torch.no_grad():
-        for _ in range(12):
-            step()
-        for m in (memory, reference):
-            m.reset(streams=[1])  # in place: the next step projects in full
-        step()
-        pk.weight.mul_(1.5)  # new weights: projected in full again
-        step()
-        step()
+        context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, heads, None, "cpu")
+        a = ref_attention.scores(coef, query, proj_key, heads)
+        r = torch.softmax(a, -1)
+        expected = ref_attention.read_values(coef, r, proj_value, heads)
+    assert rel_err(context, expected) < 1e-5
+    assert rel_err(mass.reshape(streams, heads, -1, n).sum(2), r.sum(2)) < 1e-5
 
 
 MEMORY_CONFIGS = [dict(), dict(preset="paper"), dict(sticky=False), dict(sticky=False, preset="paper"),
@@ -196,13 +184,14 @@ MEMORY_CONFIGS = [dict(), dict(preset="paper"), dict(sticky=False), dict(sticky=
 @pytest.mark.parametrize("sizes", [(3, 7, 5, 24, 16, 4, 12, 20), (2, 16, 4, 128, 128, 2, 128, 96)],
                          ids=["small", "wide"])
 def test_memory_csrc_matches_torch(device, config, sizes):
-    """Whole steps, chunk after chunk (the CPU step carries keys and values over from step to step)."""
+    """Whole steps, chunk after chunk; the wide sizes take the CPU step's factored attention."""
     streams, length, tokens, width, model, heads, n, samples = sizes
     torch.manual_seed(0)
     pk, pv = nn.Linear(width, model).to(device), nn.Linear(width, model).to(device)
     memories = [LongTermMemory(num_basis=n, past_samples=samples, quad_points=50, backend=backend,
                                generator=torch.Generator(device).manual_seed(3), **config).to(device)
                 for backend in ("torch", device)]
+    assert factored_attention.applies(pk, pv, n, width, torch.empty(1, 32, model), heads, None) == (n == 128)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for chunk in range(4):

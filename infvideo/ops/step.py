@@ -15,7 +15,7 @@ from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.fit import SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
 from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
-from . import _validate, carried_projection
+from . import _validate, factored_attention
 from .quadrature_attention import QuadratureConstants, quadrature_host_constants
 from .quadrature_attention import launch as quadrature_attention
 from .quantile_bins import launch as quantile_bins
@@ -65,14 +65,13 @@ def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> Step
 
 def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator,
                          cast_dtype, backend: str):
-    """(B fp32, B in cast_dtype, the old bins read [S or 1, M] or None) from the fused kernels of
-    ``backend``, or None where they do not apply."""
+    """(B fp32, B in cast_dtype) from the fused kernels of ``backend``, or None where they do not apply."""
     if consts.first_plan is None or (past is not None and not cfg.sticky and consts.uniform_bins is None):
         return None
     if past is None or filled is not None:
         start = rect_consolidate(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend)
         if past is None:
-            return (*start, None)
+            return start
     if not cfg.sticky:
         bins = consts.uniform_bins
     elif cfg.sampling == "quantile":
@@ -83,8 +82,8 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
             return None
     later = rect_consolidate(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype, backend=backend)
     if filled is None:
-        return (*later, bins)
-    return (*(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start)), None)
+        return later
+    return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
 
 
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
@@ -106,18 +105,13 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
     return hit[1], hit[2]
 
 
-def _stackable(proj_key, proj_value) -> bool:
-    """Two plain Linears whose weights (and biases) stack into one; outside torch.compile, since
-    the stacked-weight cache keys on storage pointers and version counters, which a compiled graph
-    cannot guard on."""
-    return (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
-            and proj_key.weight.dtype == proj_value.weight.dtype
-            and (proj_key.bias is None) == (proj_value.bias is None))
-
-
 def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """K = proj_key(B), V = proj_value(B): one cuBLAS GEMM over stacked weights for two plain Linears."""
-    if _stackable(proj_key, proj_value):
+    # The stacked-weight cache keys on storage pointers and version counters, which a compiled
+    # graph cannot guard on: there the two products stay separate.
+    if (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
+            and proj_key.weight.dtype == proj_value.weight.dtype
+            and (proj_key.bias is None) == (proj_value.bias is None)):
         weight, bias = _stacked(proj_key, proj_value)
         both = torch.nn.functional.linear(coef.to(weight.dtype), weight, bias)
         return both[..., :proj_key.out_features], both[..., proj_key.out_features:]
@@ -147,38 +141,31 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     sampling the step makes no host synchronisation and traces whole under torch.compile.
     ``stats_in_place``: the new statistic may overwrite ``stats`` (after the step's sampling has
     read it), which saves a CUDA graph the node that would copy it there. ``backend``: the ops'
-    kernels, ``"triton"``, ``"cuda"`` or ``"cpu"`` (csrc); on the CPU the keys and values of the
-    bins filled by the past are carried over from the previous step (``carried_projection``).
+    kernels, ``"triton"``, ``"cuda"`` or ``"cpu"`` (csrc); on the CPU the slot attention takes the
+    projections folded into the queries (``factored_attention``) where that needs fewer
+    multiply-adds.
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
-    carried = backend == "cpu" and cfg.basis == "rectangular" and _stackable(proj_key, proj_value)
-    cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not carried else torch.float32
+    factored = (backend == "cpu" and cfg.basis == "rectangular" and cfg.sampling != "upstream"
+                and factored_attention.applies(proj_key, proj_value, cfg.num_basis, frames.shape[-1], query, num_heads,
+                                               consts.null_log_weight))
+    cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
     fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, cast_dtype, backend)
-    bins = None
     if fused is None:
         coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator)
         projected = coef
     else:
-        coef, projected, bins = fused
+        coef, projected = fused
     if cfg.basis != "rectangular" and (consts.quad is None or not QUADRATURE_KERNEL or backend != "triton"):
         context, new_stats = attend(cfg, coef, query.to(torch.float32), proj_key, proj_value, num_heads, keep_stats)
         return context.to(query.dtype), coef, new_stats
     want_mass = keep_stats and cfg.sampling != "upstream"
-    value_bias = None
-    if carried:
-        weight, bias = _stacked(proj_key, proj_value)
-        both = carried_projection.projected(coef, past, bins, consts.later_plan, weight, backend)
-        if bias is not None and consts.null_log_weight is None and cfg.sampling != "upstream":
-            # Without a null slot the key bias adds one constant to a query's scores, which the
-            # softmax over the slots ignores, and the weights sum to 1, so the value bias is
-            # added to the context: no [S, N, 2D] copy with the bias.
-            value_bias = bias[proj_key.out_features:]
-        elif bias is not None:
-            both = both + bias.to(torch.float32)
-        keys, values = both[..., :proj_key.out_features], both[..., proj_key.out_features:]
-    else:
-        keys, values = _project_pair(proj_key, proj_value, projected)
+    if factored:
+        context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
+                                                                   consts.slot_log_weight, backend)
+        return context, coef, mass if want_mass else None
+    keys, values = _project_pair(proj_key, proj_value, projected)
     if consts.quad is not None:
         quad = consts.quad
         context, density = quadrature_attention(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
@@ -187,8 +174,6 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     else:
         context, mass = slot_attention(query, keys, values, num_heads, consts.slot_log_weight, consts.null_log_weight,
                                        stats if stats_in_place and want_mass else None, backend=backend)
-        if value_bias is not None:
-            context.add_(value_bias.to(context.dtype))
         new_stats = mass if want_mass else None
     if keep_stats and cfg.sampling == "upstream":
         d = query.shape[-1] // num_heads
