@@ -91,7 +91,10 @@ def copy_bandwidth(device: torch.device) -> float:
 
 
 def commit() -> str:
-    """Short commit of the checkout (the GPU machine's copy has no .git: INFVIDEO_COMMIT then)."""
+    """INFVIDEO_COMMIT when set (a copy of the tree on another machine may sit inside an unrelated
+    git checkout), else the short commit of the checkout."""
+    if os.environ.get("INFVIDEO_COMMIT"):
+        return os.environ["INFVIDEO_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
                              timeout=10)
