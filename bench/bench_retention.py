@@ -101,7 +101,7 @@ def score(slots: torch.Tensor, video: DriftingVideo, window: float) -> dict[str,
     near = (when[:, None, :] - centre[..., None]).abs() <= window  # NaN compares False: lost slots are not near
     mass = (r * near).sum(-1)
     gen = torch.Generator().manual_seed(12345)
-    unseen = (torch.randn(queries.shape, generator=gen, dtype=torch.float64) * queries.std()).to(slots.device)
+    unseen = torch.randn(queries.shape, generator=gen, dtype=torch.float64).to(slots.device) * queries.std()
     _, control = retrieve(content, unseen)
     chance = torch.nn.functional.cosine_similarity(control, unseen, dim=-1)
     return {name: value.mean(-1).float().cpu() for name, value in
