@@ -114,8 +114,10 @@ def _backend_op(wrapper, backend: str, device: torch.device):
 
 
 def extra_backends(device: torch.device) -> list[str]:
-    """Backends besides the reference; Triton on CPU tensors (its interpreter) is no speed contender."""
-    return [b for b in available_backends() if b != "torch" and not (b == "triton" and device.type != "cuda")]
+    """Backends besides the reference that run on ``device``'s tensors; Triton on CPU tensors (its
+    interpreter) is no speed contender, and the csrc ``cuda`` kernels take CUDA tensors only."""
+    return [b for b in available_backends()
+            if b != "torch" and not (b in ("triton", "cuda") and device.type != "cuda")]
 
 
 def _compiled(fn):
