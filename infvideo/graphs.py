@@ -34,6 +34,20 @@ def signature(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, n
             id(proj_key), id(proj_value), num_heads, _weight_versions(proj_key, proj_value))
 
 
+def _stream_capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def traced(device: torch.device) -> bool:
+    """Inside torch.compile or a CUDA graph capture: no host synchronisation, state updated in place."""
+    return torch.compiler.is_compiling() or _stream_capturing(device)
+
+
+def capturing(device: torch.device) -> bool:
+    """Inside a CUDA graph capture of eager code (not torch.compile, whose graph is functional)."""
+    return not torch.compiler.is_compiling() and _stream_capturing(device)
+
+
 @dataclass
 class CapturedStep:
     graph: torch.cuda.CUDAGraph
@@ -54,9 +68,9 @@ def eligible(memory: nn.Module, frames: torch.Tensor, proj_key, proj_value) -> b
     autograd, no host check, a full memory (every stream holds a video), a sampler without a host
     generator, and not already inside a compile or capture."""
     return (frames.device.type == "cuda" and frames.numel() * frames.element_size() <= MAX_INPUT_BYTES
-            and memory._backends.get(frames.device) in ("triton", "cuda") and not memory.check_finite and memory._fill == "full"
-            and memory.config.sampling != "multinomial" and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+            and memory._backends.get(frames.device) in ("triton", "cuda")
+            and not memory.check_finite and memory._fill == "full"
+            and memory.config.sampling != "multinomial" and not torch.is_grad_enabled() and not traced(frames.device)
             and isinstance(proj_key, nn.Module) and isinstance(proj_value, nn.Module))
 
 

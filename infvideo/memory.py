@@ -8,7 +8,9 @@ from . import _checks
 from .backends import backend_for, resolve_backend
 from .config import MemoryConfig
 from .graphs import StepGraphs, signature
+from .graphs import capturing as _capturing
 from .graphs import eligible as graphs_eligible
+from .graphs import traced as _traced
 from .ops import fused_step, step_constants
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
@@ -37,16 +39,6 @@ def _drops_frames(cfg: MemoryConfig, length: int, first: bool, later: bool) -> b
     no bin), so that a non-finite value in it never reaches the new coefficients."""
     fits = ([first_fit(cfg, length)] if first else []) + ([consolidation_fit(cfg, length)] if later else [])
     return any(isinstance(fit, SegmentedFit) and fit.frame_keep is not None for fit in fits)
-
-
-def _traced(device: torch.device) -> bool:
-    """Inside torch.compile or a CUDA graph capture: no host synchronisation, state updated in place."""
-    return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
-
-
-def _capturing(device: torch.device) -> bool:
-    """Inside a CUDA graph capture of eager code (not torch.compile, whose graph is functional)."""
-    return not torch.compiler.is_compiling() and device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _store(buffers: dict, name: str, value: torch.Tensor) -> None:

@@ -55,7 +55,7 @@ def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     block_m = max(1, min(triton.next_power_of_2(num_samples), 4096 // block_k))
     blocks = triton.cdiv(num_samples, block_m)
     # Enough programs to fill the GPU, and no more: each one rebuilds its stream's CDF.
-    per_program = triton.cdiv(blocks, max(1, min(blocks, triton.cdiv(PROGRAMS_WANTED, s))))
+    per_program = triton.cdiv(blocks, min(blocks, triton.cdiv(PROGRAMS_WANTED, s)))
     _quantile_bins_kernel[(s, triton.cdiv(blocks, per_program))](
         mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
         BLOCK_G=min(64, triton.next_power_of_2(g)), BLOCK_K=block_k, BLOCK_M=block_m, num_warps=8)
