@@ -4,16 +4,17 @@
 
 Sizes are the issue's: L = 256 frames of 32 Video-LLaMA tokens (bf16), N = 256, M = 512,
 e = D = 768, 12 heads, 32 queries. Each row is one (kernel, provider, streams, dtype): p20 /
-p50 / p80 in µs from CUDA events around each call after warm-up, with the GPU, torch version and
-commit. Steps run with check_finite=False (no host synchronisation), so they time the kernels and
+p50 / p80 in µs from CUDA events around each call after warm-up, and ``graph_us``, the time per
+call of a CUDA graph of 20 calls replayed (the kernels' own time, without the host's launch
+cost), with the GPU, torch version and commit. Steps run with check_finite=False (no host synchronisation), so they time the kernels and
 their launches. Needs a GPU, Triton and the extension built with CUDA.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
-from pathlib import Path
+import os
+import sys
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ import infvideo.ops as ops
 from infvideo import LongTermMemory, info
 from infvideo.config import MemoryConfig
 from infvideo.reference import fit as ref_fit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import commit  # noqa: E402
 
 PROVIDERS = ("triton", "cuda")
 LENGTH, TOKENS, BASIS, SAMPLES, WIDTH, HEADS, QUERIES = 256, 32, 256, 512, 768, 12, 32
@@ -39,6 +43,30 @@ def gpu_percentiles(fn, repeats: int) -> tuple[float, float, float]:
     torch.cuda.synchronize()
     times = sorted(1e3 * start.elapsed_time(end) for start, end in pairs)
     return tuple(times[int(q * (repeats - 1))] for q in (0.2, 0.5, 0.8))
+
+
+def graph_per_call(fn, calls: int = 20, replays: int = 20) -> float:
+    """µs per call of ``fn`` inside a captured CUDA graph of ``calls`` calls (median of ``replays``)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(1e3 * start.elapsed_time(end) / calls)
+    return sorted(times)[len(times) // 2]
 
 
 def op_cases(streams: int, device: torch.device):
@@ -79,14 +107,6 @@ def step_case(streams: int, device: torch.device, provider: str, weight_dtype: t
     return step
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="CSV file to write")
@@ -108,10 +128,14 @@ def main(argv=None) -> None:
                               lambda p, w=weight_dtype: step_case(streams, device, p, w)))
             for kernel, dtype, make in cases:
                 for provider in PROVIDERS:
-                    p20, p50, p80 = gpu_percentiles(make(provider), args.repeats)
+                    fn = make(provider)
+                    p20, p50, p80 = gpu_percentiles(fn, args.repeats)
+                    graph = graph_per_call(fn) if kernel != "memory step" else float("nan")
                     rows.append({"kernel": kernel, "provider": provider, "streams": streams, "dtype": dtype,
-                                 "p20_us": f"{p20:.1f}", "p50_us": f"{p50:.1f}", "p80_us": f"{p80:.1f}", **meta})
-                    print(f"{kernel:16s} {dtype:34s} S={streams:<3d} {provider:6s} p50 {p50:9.1f} µs")
+                                 "p20_us": f"{p20:.1f}", "p50_us": f"{p50:.1f}", "p80_us": f"{p80:.1f}",
+                                 "graph_us": f"{graph:.1f}", **meta})
+                    print(f"{kernel:16s} {dtype:34s} S={streams:<3d} {provider:6s} p50 {p50:9.1f} µs  "
+                          f"graph {graph:9.1f} µs")
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
