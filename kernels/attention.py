@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
+from ._launch import CachedLaunch
 
 
 @triton.jit
@@ -104,6 +105,9 @@ def query_block(q_len: int) -> int:
     return 16
 
 
+_launch_slot_attention = CachedLaunch(_slot_attention_kernel)
+
+
 @on_input_device
 def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
                    slot_log_weight: torch.Tensor | None, null_log_weight: float | None,
@@ -127,7 +131,8 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     block_d = max(16, triton.next_power_of_2(d))
     # A [BLOCK_Q, BLOCK_N] score tile of at most 4096 fp32 values stays in registers.
     block_n = max(16, min(triton.next_power_of_2(n), 4096 // block_q, 128))
-    _slot_attention_kernel[(s, num_heads, blocks)](
+    _launch_slot_attention(
+        (s, num_heads, blocks),
         query, keys, values, slot_log_weight if slot_log_weight is not None else keys, ctx, mass,
         q_len, n, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
+from ._launch import CachedLaunch
 
 
 @triton.jit
@@ -97,6 +98,9 @@ CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "num_war
           "num_stages": 2}
 
 
+_launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
+
+
 @on_input_device
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
                      past_idx: torch.Tensor, past_start: torch.Tensor, frame_idx: torch.Tensor,
@@ -122,7 +126,8 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], triton.next_power_of_2(e))
     block_t = CONFIG["block_rows"] if frame_rows else min(32, triton.next_power_of_2(tokens))
     grid = (n, s, triton.cdiv(e, block_e))
-    _rect_consolidate_kernel[grid](
+    _launch_rect_consolidate(
+        grid,
         frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
         past_idx, past_start, frame_idx, frame_start, scale,
         e, tokens, 1.0 / tokens,

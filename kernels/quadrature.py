@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
+from ._launch import CachedLaunch
 
 
 @triton.jit
@@ -104,6 +105,9 @@ def _quadrature_attention_kernel(
 CONFIG = {"block_q": 16, "block_t": 16, "num_warps": 8, "precision": "tf32x3"}
 
 
+_launch_quadrature_attention = CachedLaunch(_quadrature_attention_kernel)
+
+
 @on_input_device
 def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
                          mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, log_weight: torch.Tensor,
@@ -124,7 +128,8 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     density = torch.empty(s, num_heads * blocks, t if write_density else 1, device=query.device, dtype=torch.float32)
     block_n = max(16, triton.next_power_of_2(n))
     block_t = CONFIG["block_t"]
-    _quadrature_attention_kernel[(s, num_heads, blocks)](
+    _launch_quadrature_attention(
+        (s, num_heads, blocks),
         query, keys, values, mu, sigma, grid, log_weight, ctx, density,
         q_len, n, t, d, 1.0 / math.sqrt(d),
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
+from ._launch import CachedLaunch
 
 
 @triton.jit
@@ -46,6 +47,9 @@ def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride
 PROGRAMS_WANTED = 264
 
 
+_launch_quantile_bins = CachedLaunch(_quantile_bins_kernel)
+
+
 @on_input_device
 def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Sample bins [S, M] (int32, sorted) from masses [S, G, K] (any float dtype, last stride 1)."""
@@ -56,7 +60,8 @@ def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     blocks = triton.cdiv(num_samples, block_m)
     # Enough programs to fill the GPU, and no more: each one rebuilds its stream's CDF.
     per_program = triton.cdiv(blocks, min(blocks, triton.cdiv(PROGRAMS_WANTED, s)))
-    _quantile_bins_kernel[(s, triton.cdiv(blocks, per_program))](
+    _launch_quantile_bins(
+        (s, triton.cdiv(blocks, per_program)),
         mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
         BLOCK_G=min(64, triton.next_power_of_2(g)), BLOCK_K=block_k, BLOCK_M=block_m, num_warps=8)
     return out
