@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -81,18 +82,49 @@ def _extension_modules():
     return [ext], {"build_ext": _optional(BuildExtension.with_options(use_ninja=True))}
 
 
+def _own_libstdcxx(library: str) -> bool:
+    """Whether ``library`` defines the C++ runtime's exception entry points itself.
+
+    Some toolchains link libstdc++ statically (a CXX wrapper adding -static-libstdc++ did, on the
+    GPU test machine). An extension built that way throws its errors through its own copy of the
+    runtime, which torch's handlers cannot catch: the process dies with a segmentation fault
+    instead of raising. ``nm`` comes with the linker; without it nothing is checked.
+    """
+    nm = shutil.which("nm")
+    if nm is None:
+        return False
+    listing = subprocess.run([nm, "-D", "--defined-only", library], capture_output=True, text=True)
+    return listing.returncode == 0 and any(line.endswith(" __cxa_throw") for line in listing.stdout.splitlines())
+
+
 def _optional(build_ext):
-    """A build_ext that installs pure Python when the extension fails to compile (unless forced)."""
+    """A build_ext that installs pure Python when the extension fails to compile or would crash on
+    its own errors (unless forced, which makes both an error)."""
     class OptionalBuildExtension(build_ext):
         def run(self):
             try:
                 super().run()
+                for ext in self.extensions:
+                    built = self.get_ext_fullpath(ext.name)
+                    if os.path.exists(built) and _own_libstdcxx(built):
+                        os.remove(built)
+                        raise RuntimeError(
+                            f"{built} carries its own static copy of libstdc++ (the linker {_linker(self.compiler)} "
+                            "links it in), so an error raised inside it would crash the process instead of raising; "
+                            "build with a compiler that links libstdc++ dynamically, e.g. "
+                            "CXX=g++ LDCXXSHARED='g++ -shared' pip install --no-build-isolation -e .")
             except Exception as err:  # compiler and linker errors come in several types
                 if _flag("INFVIDEO_FORCE_EXTENSION"):
                     raise
                 print(f"infvideo: the C++/CUDA extension did not build ({err}); installing pure Python "
                       "(INFVIDEO_FORCE_EXTENSION=1 makes this an error)", file=sys.stderr)
     return OptionalBuildExtension
+
+
+def _linker(compiler) -> str:
+    """The command that linked the extension (setuptools' compiler object, from CXX / LDCXXSHARED)."""
+    command = getattr(compiler, "linker_so_cxx", None) or getattr(compiler, "linker_so", None) or ["c++"]
+    return command[0]
 
 
 ext_modules, cmdclass = _extension_modules()

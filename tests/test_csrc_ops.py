@@ -275,12 +275,16 @@ def test_deterministic(device):
         assert torch.equal(a, b)
 
 
-# Known defect (issue 4): built with CUDA on the H100 machine (torch 2.11+cu130, gcc 13.3), any
-# error raised inside the extension ends the process with a segmentation fault instead of a
-# RuntimeError, so this test would take the whole run down there. The infvideo.ops wrappers check
-# every argument before calling these ops, so only direct torch.ops.infvideo.*_csrc calls meet it.
-@pytest.mark.skipif(_csrc.built_with_cuda(), reason="an error inside the CUDA build of the extension "
-                    "crashes the process (known defect, issue 4)")
+# This once crashed the GPU machine's build: its CXX wrapper linked libstdc++ statically into the
+# extension, whose errors then escaped torch's handlers. setup.py now refuses such a build.
+@pytest.mark.skipif(not (torch.cuda.is_available() and _csrc.built_with_cuda()), reason="needs the CUDA kernels and a GPU")
+def test_csrc_cuda_ops_raise_on_bad_input():
+    with pytest.raises(RuntimeError, match="mass must have 2 or 3 dimensions"):
+        torch.ops.infvideo.quantile_bins_csrc(torch.zeros(2, 2, 2, 2, device="cuda"), 3)
+    with pytest.raises(RuntimeError, match="num_samples"):
+        torch.ops.infvideo.quantile_bins_csrc(torch.ones(2, 1, 5, device="cuda"), 0)
+
+
 def test_csrc_ops_reject_bad_input_naming_the_argument():
     frames = torch.randn(2, 5, 8)
     plan = ops.plan_on(ref_fit.consolidation_fit(MemoryConfig(num_basis=7, past_samples=9), 5), "cpu")
