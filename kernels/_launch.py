@@ -4,8 +4,8 @@ Triton's launch path (``kernel[grid](...)``) binds, specialises and hashes every
 call. Measured on the H200 machine's host (triton 3.6), that took 34-91 µs per launch of these
 kernels, more than the GPU needs for all the kernels of a one-stream step (26 µs). A launch here
 computes a cheaper key that captures everything Triton specialises a compilation on (each
-tensor's dtype and 16-byte alignment, each integer's size class, equality to 1 and divisibility by
-16, the constexprs and launch options); the first call of a key goes through Triton and keeps the
+tensor's dtype and 16-byte alignment, the other arguments' values, the constexprs and launch
+options); the first call of a key goes through Triton and keeps the
 compiled kernel, later calls hand the arguments straight to that kernel's launcher.
 
 Under the CPU interpreter (TRITON_INTERPRET=1) there is no compiled kernel: every call goes
@@ -17,26 +17,28 @@ import os
 
 import torch
 
-_INT32 = (-2**31, 2**31)
+
+# triton.cdiv and triton.next_power_of_2 are constexpr functions: called from host code each
+# costs microseconds of argument unwrapping, several times per launch.
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for positive integers."""
+    return -(-a // b)
 
 
-def _spec(value):
-    """What Triton's specialisation can tell apart about one runtime argument (over-distinguishing
-    is safe: it only compiles or looks up once more)."""
-    if isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return value == 1, value % 16 == 0, _INT32[0] <= value < _INT32[1], value >= 0
-    if isinstance(value, float):
-        return float
-    return type(value), value
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 that is ≥ n (1 for n ≤ 1)."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def specialization_key(args, meta: dict) -> tuple:
-    """The cache key of one launch: runtime arguments' specialisations, then constexprs and options."""
-    return tuple(map(_spec, args)) + tuple(meta.items())
+    """The cache key of one launch: each tensor's dtype and 16-byte alignment, every other runtime
+    argument by value (more specific than Triton's classes of integers: never less), then the
+    constexprs and launch options."""
+    return (*[(a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor) else a for a in args], *meta.items())
+
+
+# Keys are per shape; a program that sees ever new shapes should not grow the cache without end.
+MAX_CACHED = 512
 
 
 class CachedLaunch:
@@ -68,6 +70,8 @@ class CachedLaunch:
         if compiled is None:
             compiled = self.kernel[grid](*args, **meta)
             if all(hasattr(compiled, name) for name in ("__getitem__", "run", "function")):
+                if len(self.compiled) >= MAX_CACHED:
+                    self.compiled.clear()
                 self.compiled[key] = compiled
             return
         compiled[tuple(grid) + (1,) * (3 - len(grid))](*self._ordered(args, meta))

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch
+from ._launch import CachedLaunch, cdiv, next_power_of_2
 
 
 @triton.jit
@@ -123,14 +123,14 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     n = keys.shape[1]
     d = model // num_heads
     block_q = query_block(q_len)
-    blocks = triton.cdiv(q_len, block_q)
+    blocks = cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
     mass = mass_out
     if mass is None or mass.shape != (s, num_heads * blocks, n) or mass.dtype != torch.float32 or mass.stride(-1) != 1:
         mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, next_power_of_2(d))
     # A [BLOCK_Q, BLOCK_N] score tile of at most 4096 fp32 values stays in registers.
-    block_n = max(16, min(triton.next_power_of_2(n), 4096 // block_q, 128))
+    block_n = max(16, min(next_power_of_2(n), 4096 // block_q, 128))
     _launch_slot_attention(
         (s, num_heads, blocks),
         query, keys, values, slot_log_weight if slot_log_weight is not None else keys, ctx, mass,

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch
+from ._launch import CachedLaunch, cdiv, next_power_of_2
 
 
 @triton.jit
@@ -123,9 +123,9 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     past_t = past if past is not None else scale
     bins_t = sample_bins if sample_bins is not None else past_start
     frame_rows = frames_in_order and frames.stride(1) == tokens * frames.stride(2)
-    block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], triton.next_power_of_2(e))
-    block_t = CONFIG["block_rows"] if frame_rows else min(32, triton.next_power_of_2(tokens))
-    grid = (n, s, triton.cdiv(e, block_e))
+    block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
+    block_t = CONFIG["block_rows"] if frame_rows else min(32, next_power_of_2(tokens))
+    grid = (n, s, cdiv(e, block_e))
     _launch_rect_consolidate(
         grid,
         frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
@@ -136,7 +136,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         sample_bins.stride(0) if sample_bins is not None and sample_bins.shape[0] > 1 else 0,
         out.stride(0), out.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
-        BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, triton.next_power_of_2(max(1, max_per_bin))),
+        BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )
     return out, cast

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch
+from ._launch import CachedLaunch, cdiv, next_power_of_2
 
 
 @triton.jit
@@ -123,10 +123,10 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     t = grid.numel()
     d = model // num_heads
     block_q = CONFIG["block_q"]
-    blocks = triton.cdiv(q_len, block_q)
+    blocks = cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
     density = torch.empty(s, num_heads * blocks, t if write_density else 1, device=query.device, dtype=torch.float32)
-    block_n = max(16, triton.next_power_of_2(n))
+    block_n = max(16, next_power_of_2(n))
     block_t = CONFIG["block_t"]
     _launch_quadrature_attention(
         (s, num_heads, blocks),
@@ -135,7 +135,7 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         ctx.stride(0), ctx.stride(1), density.stride(0), density.stride(1),
         # The CPU interpreter has no tensor cores to emulate: plain float32 there.
-        WRITE_DENSITY=write_density, PRECISION="ieee" if query.device.type == "cpu" else CONFIG["precision"], BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        WRITE_DENSITY=write_density, PRECISION="ieee" if query.device.type == "cpu" else CONFIG["precision"], BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=max(16, next_power_of_2(d)),
         BLOCK_T=block_t, num_warps=CONFIG["num_warps"],
     )
     return ctx, density

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch
+from ._launch import CachedLaunch, cdiv, next_power_of_2
 
 
 @triton.jit
@@ -55,13 +55,13 @@ def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Sample bins [S, M] (int32, sorted) from masses [S, G, K] (any float dtype, last stride 1)."""
     s, g, k = mass.shape
     out = torch.empty(s, num_samples, device=mass.device, dtype=torch.int32)
-    block_k = triton.next_power_of_2(k)
-    block_m = max(1, min(triton.next_power_of_2(num_samples), 4096 // block_k))
-    blocks = triton.cdiv(num_samples, block_m)
+    block_k = next_power_of_2(k)
+    block_m = max(1, min(next_power_of_2(num_samples), 4096 // block_k))
+    blocks = cdiv(num_samples, block_m)
     # Enough programs to fill the GPU, and no more: each one rebuilds its stream's CDF.
-    per_program = triton.cdiv(blocks, min(blocks, triton.cdiv(PROGRAMS_WANTED, s)))
+    per_program = cdiv(blocks, min(blocks, cdiv(PROGRAMS_WANTED, s)))
     _launch_quantile_bins(
-        (s, triton.cdiv(blocks, per_program)),
+        (s, cdiv(blocks, per_program)),
         mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
-        BLOCK_G=min(64, triton.next_power_of_2(g)), BLOCK_K=block_k, BLOCK_M=block_m, num_warps=8)
+        BLOCK_G=min(64, next_power_of_2(g)), BLOCK_K=block_k, BLOCK_M=block_m, num_warps=8)
     return out
