@@ -4,9 +4,9 @@
 
 Prints p20/p50/p80 in milliseconds for pooled frames [S, L, e] and for Video-LLaMA tokens
 [S, L, 32, e] (pooled inside), after warm-up, with gradients off, for the torch reference and,
-where the C++ extension is built, the csrc ``cpu`` backend; beside them, in the same run,
-the four matrix products a step cannot avoid (its arithmetic floor on this CPU) and the
-published code's cost structure (bench/published_baseline.py).
+where the C++ extension is built, the csrc ``cpu`` backend; beside them, in the same run (the rows
+taking turns, --rounds), the four matrix products a step cannot avoid (its arithmetic floor on
+this CPU) and the published code's cost structure (bench/published_baseline.py).
 """
 from __future__ import annotations
 
@@ -24,16 +24,21 @@ from published_baseline import published_step  # noqa: E402
 from infvideo import LongTermMemory, available_backends  # noqa: E402
 
 
-def percentiles(fn, repeats: int) -> tuple[float, float, float]:
-    for _ in range(min(10, repeats)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return tuple(1e3 * times[int(q * (repeats - 1))] for q in (0.2, 0.5, 0.8))
+def percentiles(rows, repeats: int, rounds: int) -> list[tuple[float, float, float]]:
+    """p20/p50/p80 (ms) of each row's calls. The rows take turns, ``rounds`` times ``repeats / rounds``
+    calls each, so that a slow stretch of a shared machine falls on every row alike rather than on one."""
+    times = [[] for _ in rows]
+    for fn in rows:
+        for _ in range(min(10, repeats)):
+            fn()
+    per_round = max(1, repeats // rounds)
+    for _ in range(max(1, repeats // per_round)):
+        for fn, row_times in zip(rows, times):
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                row_times.append(time.perf_counter() - start)
+    return [tuple(1e3 * t[int(q * (len(t) - 1))] for q in (0.2, 0.5, 0.8)) for t in map(sorted, times)]
 
 
 def main(argv=None) -> None:
@@ -43,6 +48,7 @@ def main(argv=None) -> None:
     parser.add_argument("--basis-count", type=int, default=256)
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=10, help="turns the rows take (see percentiles)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     width, model, heads, queries = 768, 768, 12, 32
@@ -67,15 +73,13 @@ def main(argv=None) -> None:
 
     with torch.no_grad():
         rows = [row for backend, memory in memories.items() for row in (
-            (f"{backend}: pooled [S, L, e]", lambda m=memory: m(pooled, query, proj_key, proj_value, heads), args.repeats),
-            (f"{backend}: tokens [S, L, 32, e]", lambda m=memory: m(tokens, query, proj_key, proj_value, heads),
-             args.repeats))]
-        rows += [("matrix products only", products, args.repeats),
-                ("published-cost baseline", lambda: published_step(pooled, coef, query, proj_key, proj_value, heads,
-                                                                   num_basis=args.basis_count,
-                                                                   samples=args.samples), 3)]
-        for name, fn, repeats in rows:
-            p20, p50, p80 = percentiles(fn, repeats)
+            (f"{backend}: pooled [S, L, e]", lambda m=memory: m(pooled, query, proj_key, proj_value, heads)),
+            (f"{backend}: tokens [S, L, 32, e]", lambda m=memory: m(tokens, query, proj_key, proj_value, heads)))]
+        rows.append(("matrix products only", products))
+        results = percentiles([fn for _, fn in rows], args.repeats, args.rounds)
+        results += percentiles([lambda: published_step(pooled, coef, query, proj_key, proj_value, heads,
+                                                       num_basis=args.basis_count, samples=args.samples)], 3, 1)
+        for name, (p20, p50, p80) in zip([name for name, _ in rows] + ["published-cost baseline"], results):
             print(f"{name:30s} p20 {p20:9.3f} ms  p50 {p50:9.3f} ms  p80 {p80:9.3f} ms")
 
 

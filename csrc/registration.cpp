@@ -28,6 +28,10 @@ TORCH_LIBRARY(infvideo, m) {
   m.def(
       "slot_attention_csrc(Tensor query, Tensor keys, Tensor values, SymInt num_heads, "
       "Tensor? slot_log_weight, float? null_log_weight) -> (Tensor, Tensor)");
+  // CPU only: the CPU step's attention with the projections folded into the queries.
+  m.def(
+      "factored_slot_attention_csrc(Tensor query, Tensor coef, Tensor w_key, Tensor w_value, Tensor? b_value, "
+      "SymInt num_heads, Tensor? slot_log_weight) -> (Tensor, Tensor)");
   m.def("quantile_bins_csrc(Tensor mass, SymInt num_samples) -> Tensor");
   m.def("csrc_has_cuda() -> bool", &infvideo::csrc_has_cuda);
 }

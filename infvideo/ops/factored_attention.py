@@ -11,13 +11,11 @@ wins when N is large against H·Q (the reference's own rule, ``use_factored``): 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ..reference.attention import use_factored
-from .slot_attention import launch as slot_attention
+from . import _csrc
 
 
 def applies(proj_key, proj_value, num_basis: int, width: int, query: torch.Tensor, num_heads: int,
@@ -30,6 +28,15 @@ def applies(proj_key, proj_value, num_basis: int, width: int, query: torch.Tenso
     return use_factored(num_basis, width, model, num_heads * q_len, q_len)
 
 
+def _fake(query, coef, w_key, w_value, b_value, num_heads, slot_log_weight):
+    s, q_len, model = query.shape
+    groups = -(-num_heads * q_len // _csrc.QUERY_BLOCK)
+    return query.new_empty(s, q_len, model), query.new_empty(s, groups, coef.shape[1], dtype=torch.float32)
+
+
+_csrc.register_fake("factored_slot_attention", _fake)
+
+
 def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, proj_key: nn.Linear, proj_value: nn.Linear,
                             num_heads: int, slot_log_weight: torch.Tensor | None, backend: str
                             ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,18 +45,10 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, proj_key: n
 
     Only where :func:`applies` holds (plain Linear layers, no null slot). The mass groups are blocks
     of 16 of the H·Q (head-major) queries: for Q a multiple of 16 the groups of ``slot_attention``.
-    ``backend`` runs the slot attention (a concrete op backend); the products run on the BLAS.
+    ``backend``: ``"cpu"``, the one backend with this op (``csrc/attention/factored_attention_cpu.cpp``:
+    the four products and the softmax in one parallel pass).
     """
-    s, q_len, model = query.shape
-    width = coef.shape[2]
-    head_dim = model // num_heads
-    w_key = proj_key.weight.to(torch.float32).view(num_heads, head_dim, width)
-    w_value = proj_value.weight.to(torch.float32).view(num_heads, head_dim, width)
-    # The op divides its scores by √(its head width) = √e; the memory's divide by √d.
-    qh = (query.to(torch.float32) * math.sqrt(width / head_dim)).view(s, q_len, num_heads, head_dim).transpose(1, 2)
-    folded = torch.matmul(qh, w_key).view(s, num_heads * q_len, width)  # ũ [S, H·Q, e]
-    mixed, mass = slot_attention(folded, coef, coef, 1, slot_log_weight, None, backend=backend)  # Σ_n r_n B_n
-    context = torch.matmul(mixed.view(s, num_heads, q_len, width), w_value.transpose(1, 2))  # [S, H, Q, d]
-    if proj_value.bias is not None:
-        context += proj_value.bias.to(torch.float32).view(num_heads, 1, head_dim)
-    return context.transpose(1, 2).reshape(s, q_len, model).to(query.dtype), mass
+    if backend != "cpu":
+        raise ValueError(f"infvideo.ops.factored_attention: only the 'cpu' backend runs it, got {backend!r}")
+    return torch.ops.infvideo.factored_slot_attention_csrc(query, coef, proj_key.weight, proj_value.weight,
+                                                           proj_value.bias, num_heads, slot_log_weight)
