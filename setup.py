@@ -112,7 +112,7 @@ def _optional(build_ext):
                             f"{built} carries its own static copy of libstdc++ (the linker {_linker(self.compiler)} "
                             "links it in), so an error raised inside it would crash the process instead of raising; "
                             "build with a compiler that links libstdc++ dynamically, e.g. "
-                            "CXX=g++ LDCXXSHARED='g++ -shared' pip install --no-build-isolation -e .")
+                            "CXX=g++ pip install --no-build-isolation -e .")
             except Exception as err:  # compiler and linker errors come in several types
                 if _flag("INFVIDEO_FORCE_EXTENSION"):
                     raise
