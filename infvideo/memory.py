@@ -252,7 +252,7 @@ class LongTermMemory(nn.Module):
                 named.append(("frames", frames))
             _checks.finite(named)
         self._commit(coef.detach(), stats)
-        return context.to(query.dtype)
+        return context if context.dtype == query.dtype else context.to(query.dtype)
 
     def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None) -> None:
         # Eager steps swap the new tensors in. Under capture or compilation they are copied into

@@ -52,6 +52,11 @@ def direct_call_ok(tensor: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and tensor.requires_grad)
 
 
+def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)``, skipping the call (microseconds of dispatch per step) when it is a no-op."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def rows_unit_stride(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor itself when its last dimension is contiguous (views of a stacked K|V qualify)."""
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()

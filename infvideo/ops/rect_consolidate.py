@@ -112,8 +112,10 @@ def launch(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Ten
     elif frames.dim() > 4:
         frames = frames.flatten(2, -2)
     if past is not None:
-        past = past.to(torch.float32).contiguous()
-        sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1]).contiguous()
+        past = _triton.cast(past, torch.float32).contiguous()
+        if sample_bins.dim() != 2:
+            sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1])
+        sample_bins = sample_bins.contiguous()
     # The kernel writes the rounded 16-bit copy itself; float32 is the output, and a wider type
     # (float64 projections) is a plain cast: the kernel's rounding store only narrows.
     extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None

@@ -63,9 +63,10 @@ def launch(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, slot_log
         # rejects float64), and the step computes in float32 anyway.
         keys = keys.float()
     keys = _triton.rows_unit_stride(keys)
-    values = _triton.rows_unit_stride(values.to(keys.dtype))
+    values = _triton.rows_unit_stride(_triton.cast(values, keys.dtype))
     query = _triton.rows_unit_stride(query)
-    if slot_log_weight is not None:
+    if slot_log_weight is not None and not (slot_log_weight.dtype == torch.float32 and slot_log_weight.is_contiguous()
+                                            and slot_log_weight.device == query.device):
         slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
     args = (query, keys, values, num_heads, slot_log_weight, None if null_log_weight is None else float(null_log_weight))
     if backend in _dispatch.CSRC_BACKENDS:

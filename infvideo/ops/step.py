@@ -15,7 +15,7 @@ from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.fit import SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
 from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
-from . import _validate, factored_attention
+from . import _triton, _validate, factored_attention
 from .quadrature_attention import QuadratureConstants, quadrature_host_constants
 from .quadrature_attention import launch as quadrature_attention
 from .quantile_bins import launch as quantile_bins
@@ -113,11 +113,11 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tenso
             and proj_key.weight.dtype == proj_value.weight.dtype
             and (proj_key.bias is None) == (proj_value.bias is None)):
         weight, bias = _stacked(proj_key, proj_value)
-        both = torch.nn.functional.linear(coef.to(weight.dtype), weight, bias)
-        return both[..., :proj_key.out_features], both[..., proj_key.out_features:]
+        both = torch.nn.functional.linear(_triton.cast(coef, weight.dtype), weight, bias)
+        return both.split([proj_key.out_features, proj_value.out_features], dim=-1)
     weight = getattr(proj_key, "weight", None)
     if weight is not None:
-        coef = coef.to(weight.dtype)
+        coef = _triton.cast(coef, weight.dtype)
     return proj_key(coef), proj_value(coef)
 
 
