@@ -48,14 +48,14 @@ def tune_quadrature():
     query = torch.randn(16, 32, 768, device="cuda")
     keys = torch.randn(16, 256, 768, device="cuda") * 0.05
     values = torch.randn(16, 256, 768, device="cuda")
-    for block_q, block_t, warps, precision in itertools.product((16, 32), (16, 64), (4, 8), ("tf32x3", "tf32")):
-        quadrature.CONFIG.update(block_q=block_q, block_t=block_t, num_warps=warps, precision=precision)
+    for block_m, block_t, warps in itertools.product((16, 32, 64), (16, 32, 64), (4, 8)):
+        quadrature.CONFIG.update(block_m=block_m, block_t=block_t, num_warps=warps)
         try:
             ms = triton.testing.do_bench(lambda: ops.quadrature_attention(query, keys, values, 12, quad.mu, quad.sigma,
                                                                           quad.grid, quad.log_weight), return_mode="median")
-            print(f"quadrature S=16 block_q={block_q} block_t={block_t} warps={warps} {precision}: {ms * 1e3:.1f} us")
+            print(f"quadrature S=16 block_m={block_m} block_t={block_t} warps={warps}: {ms * 1e3:.1f} us", flush=True)
         except Exception as err:  # a shape the compiler rejects is reported, not fatal
-            print(f"quadrature block_q={block_q} block_t={block_t} warps={warps} {precision}: failed {err}")
+            print(f"quadrature block_m={block_m} block_t={block_t} warps={warps}: failed {err}")
 
 
 if __name__ == "__main__":

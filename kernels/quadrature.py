@@ -1,16 +1,20 @@
 """Continuous attention for smooth (Gaussian) bases by quadrature, fused.
 
 The score s(t) = aᵀψ(t) has no closed-form normaliser, so Z = ∫ exp s and r_n = ∫ p ψ_n are taken
-with the trapezoid rule on T points. One program per (stream, head): a = q·Kᵀ/√d [Q, N] stays in
-registers; for each tile of BLOCK_T points the basis values ψ(t) [BLOCK_T, N] are computed on the
-fly (never stored), the scores s = aψᵀ + log ω feed an online softmax, and Σ_j p_j ω_j ψ(t_j) is
-accumulated with the usual rescaling. No [T, N] or [S, H, Q, N, T] tensor reaches memory. With
-WRITE_DENSITY a second sweep writes Σ_q p(t_j) per query block, [S, H·QB, T], for the next sticky
-step (the sticky samplers add groups up).
+with the trapezoid rule on T points. The slot scores a = q·Kᵀ/√d [S, H, Q, N] come from one small
+batched product; the kernel then treats every (stream, head, query) as one row of a: a program
+takes BLOCK_M rows, computes the basis values ψ(t) [BLOCK_T, N] of each tile of points on the fly
+(never stored), feeds s = aψᵀ + log ω to an online softmax and accumulates Σ_j p_j ω_j ψ(t_j) with
+the usual rescaling, and writes r [rows, N]. No [T, N] or [S, H, Q, N, T] tensor reaches memory;
+the context c = r·V is a second small batched product. With WRITE_DENSITY a second sweep writes
+Σ_q p(t_j) per block of 16 queries of one head, [S, H·QB, T], for the next sticky step (the sticky
+samplers add groups up): queries are padded to a multiple of 16 so no block spans two heads.
 
-The dots use "tf32x3" (three tensor-core passes, float32 accuracy): |aᵀψ| reaches ~10², so the
-plain tf32 error would move the exponent by 10⁻¹, while the FMA ("ieee") path was measured 100×
-slower on the H100. The programs are split over query blocks of 16 to keep the [Q, N] tiles small.
+Rows from all heads share the basis tiles, so a tile's exponentials and the tensor-core products
+run on BLOCK_M rows at once; the first version (one program per head and 16 queries, [16, 16]
+score tiles) left most warps idle and took 2.0 ms at S = 16 on the H100. The dots use "tf32x3"
+(three tensor-core passes, float32 accuracy): |aᵀψ| reaches ~10², so the plain tf32 error would
+move the exponent by 10⁻¹.
 """
 from __future__ import annotations
 
@@ -33,47 +37,35 @@ def _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n):
 
 
 @triton.jit
-def _quadrature_attention_kernel(
-    q_ptr, k_ptr, v_ptr, mu_ptr, sigma_ptr, t_ptr, logw_ptr, ctx_ptr, dens_ptr,
-    Q, N, T, HEAD_DIM, sm_scale,
-    stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
-    stride_cs, stride_cq, stride_ds, stride_dg,
-    WRITE_DENSITY: tl.constexpr, PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+def _quadrature_rows_kernel(
+    a_ptr, mu_ptr, sigma_ptr, t_ptr, logw_ptr, r_ptr, dens_ptr,
+    R, N, T, Q, QP, stride_ar, stride_rr, stride_dg,
+    WRITE_DENSITY: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    s = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
-    qb = tl.program_id(2)
-    group = h * tl.num_programs(2) + qb
-    offs_q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_T)
-    mask_q = offs_q < Q
+    mask_r = rows < R
     mask_n = offs_n < N
-    mask_d = offs_d < HEAD_DIM
-    cols = h * HEAD_DIM + offs_d
-
-    q = tl.load(q_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :],
-                mask=mask_q[:, None] & mask_d[None, :], other=0.0).to(tl.float32) * sm_scale
-    k = tl.load(k_ptr + s * stride_ks + offs_n[:, None] * stride_kn + cols[None, :],
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    a = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_Q, BLOCK_N]
+    a = tl.load(a_ptr + rows[:, None] * stride_ar + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
+                other=0.0)
 
     sigma = tl.load(sigma_ptr + offs_n, mask=mask_n, other=1.0)
     mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
     inv_sigma = 1.0 / sigma
     norm = inv_sigma * 0.3989422804014327  # 1 / (σ √(2π))
 
-    m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) - float("inf")
-    l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for t0 in range(0, T, BLOCK_T):
-        rows = t0 + offs_t
-        mask_t = rows < T
-        psi = _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n)
+        points = t0 + offs_t
+        mask_t = points < T
+        psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
         scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
-        scores += tl.load(logw_ptr + rows, mask=mask_t, other=0.0)[None, :]
+        scores += tl.load(logw_ptr + points, mask=mask_t, other=0.0)[None, :]
         scores = tl.where(mask_t[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp(m_i - m_new)
@@ -82,30 +74,33 @@ def _quadrature_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p, psi, input_precision=PRECISION)
         m_i = m_new
 
-    r = acc / l_i[:, None]
-    v = tl.load(v_ptr + s * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    ctx = tl.dot(r, v, input_precision=PRECISION)
-    tl.store(ctx_ptr + s * stride_cs + offs_q[:, None] * stride_cq + cols[None, :],
-             ctx.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])
+    tl.store(r_ptr + rows[:, None] * stride_rr + offs_n[None, :], acc / l_i[:, None],
+             mask=mask_r[:, None] & mask_n[None, :])
 
     if WRITE_DENSITY:
         inv_l = 1.0 / l_i
+        real = mask_r & (rows % QP < Q)  # padding queries add nothing
+        groups = pid * (BLOCK_M // GROUP) + tl.arange(0, BLOCK_M // GROUP)
+        mask_g = groups * GROUP < R
         for t0 in range(0, T, BLOCK_T):
-            rows = t0 + offs_t
-            mask_t = rows < T
-            psi = _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n)
+            points = t0 + offs_t
+            mask_t = points < T
+            psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
             scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
             p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
-            p = tl.where(mask_q[:, None] & mask_t[None, :], p, 0.0)
-            tl.store(dens_ptr + s * stride_ds + group * stride_dg + rows, tl.sum(p, axis=0), mask=mask_t)
+            p = tl.where(real[:, None] & mask_t[None, :], p, 0.0)
+            per_group = tl.sum(tl.reshape(p, (BLOCK_M // GROUP, GROUP, BLOCK_T)), axis=1)
+            tl.store(dens_ptr + groups[:, None] * stride_dg + points[None, :], per_group,
+                     mask=mask_g[:, None] & mask_t[None, :])
 
 
-# Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them.
-CONFIG = {"block_q": 16, "block_t": 16, "num_warps": 8, "precision": "tf32x3"}
+# Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them. block_q is
+# the density's query group (16: the fake kernel and the samplers rely on it), block_m the rows
+# of a program.
+CONFIG = {"block_q": 16, "block_m": 32, "block_t": 32, "num_warps": 8, "precision": "tf32x3"}
 
 
-_launch_quadrature_attention = CachedLaunch(_quadrature_attention_kernel)
+_launch_quadrature_rows = CachedLaunch(_quadrature_rows_kernel)
 
 
 @on_input_device
@@ -115,27 +110,37 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     """Launch the fused quadrature attention; inputs are checked by ``infvideo.ops``.
 
     query [S, Q, D], keys/values [S, N, D] (last strides 1), mu/sigma [N], grid/log_weight [T] (fp32).
-    Returns the context [S, Q, D] and Σ_q p(t_j) per query block [S, H·QB, T] (float32; [S, H·QB, 1]
-    and unwritten unless write_density).
+    Returns the context [S, Q, D] and Σ_q p(t_j) per head and block of 16 queries [S, H·QB, T]
+    (float32; [S, H·QB, 1] and unwritten unless write_density).
     """
     s, q_len, model = query.shape
     n = keys.shape[1]
     t = grid.numel()
     d = model // num_heads
-    block_q = CONFIG["block_q"]
-    blocks = cdiv(q_len, block_q)
-    ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
-    density = torch.empty(s, num_heads * blocks, t if write_density else 1, device=query.device, dtype=torch.float32)
+    group = CONFIG["block_q"]
+    padded = cdiv(q_len, group) * group
+    qh = query.reshape(s, q_len, num_heads, d).transpose(1, 2).to(torch.float32)
+    kh = keys.reshape(s, n, num_heads, d).transpose(1, 2).to(torch.float32)
+    a = torch.matmul(qh * (1.0 / math.sqrt(d)), kh.transpose(-1, -2))  # [S, H, Q, N]
+    if padded != q_len:
+        a = torch.nn.functional.pad(a, (0, 0, 0, padded - q_len))
+    a = a.contiguous()
+    rows = s * num_heads * padded
+    r = torch.empty(s, num_heads, padded, n, device=query.device, dtype=torch.float32)
+    density = torch.empty(s, num_heads * padded // group, t if write_density else 1, device=query.device,
+                          dtype=torch.float32)
     block_n = max(16, next_power_of_2(n))
+    # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.
+    block_m = max(group, min(CONFIG["block_m"], 8192 // block_n))
     block_t = CONFIG["block_t"]
-    _launch_quadrature_attention(
-        (s, num_heads, blocks),
-        query, keys, values, mu, sigma, grid, log_weight, ctx, density,
-        q_len, n, t, d, 1.0 / math.sqrt(d),
-        query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
-        ctx.stride(0), ctx.stride(1), density.stride(0), density.stride(1),
+    _launch_quadrature_rows(
+        (cdiv(rows, block_m),),
+        a, mu, sigma, grid, log_weight, r, density,
+        rows, n, t, q_len, padded, a.stride(2), r.stride(2), density.stride(1),
         # The CPU interpreter has no tensor cores to emulate: plain float32 there.
-        WRITE_DENSITY=write_density, PRECISION="ieee" if query.device.type == "cpu" else CONFIG["precision"], BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=max(16, next_power_of_2(d)),
-        BLOCK_T=block_t, num_warps=CONFIG["num_warps"],
+        WRITE_DENSITY=write_density, PRECISION="ieee" if query.device.type == "cpu" else CONFIG["precision"],
+        GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=CONFIG["num_warps"],
     )
-    return ctx, density
+    vh = values.reshape(s, n, num_heads, values.shape[-1] // num_heads).transpose(1, 2).to(torch.float32)
+    context = torch.matmul(r[:, :, :q_len], vh)  # [S, H, Q, d_v]
+    return context.transpose(1, 2).reshape(s, q_len, -1).to(query.dtype), density
