@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "head_products.h"
 #include "slot_attention.h"
 #include "softmax_row.h"
 
@@ -94,20 +95,59 @@ struct FactoredInputs {
   at::Tensor query, coef, w_key, w_value, b_value, log_weight;  // float32, rows of unit stride
 };
 
+// u = the query through the key weights, heads [h0, h0 + count) of stream s.
+void fold_heads(const FactoredInputs& in, const FactoredShape& shape, int64_t s, int64_t h0, int64_t count,
+                at::Tensor& u) {
+  const auto [streams, queries, model, heads, head_dim, slots, width, groups] = shape;
+  if (head_products_supported()) {
+    const float* query = in.query.data_ptr<float>() + s * queries * model;
+    for (int64_t h = h0; h < h0 + count; ++h) {
+      fold(query + h * head_dim, model, in.w_key.data_ptr<float>() + h * head_dim * width, width,
+           u.data_ptr<float>() + (h - h0) * queries * width, width, queries, width, head_dim);
+    }
+    return;
+  }
+  // Heads as a batch of views: the query's [Q, d] columns of each head, the weights' [d, e] rows.
+  const at::Tensor q_heads = in.query[s].view({queries, heads, head_dim}).narrow(1, h0, count).transpose(0, 1);
+  at::Tensor u_heads = u.view({count, queries, width});
+  at::bmm_out(u_heads, q_heads, in.w_key.view({heads, head_dim, width}).narrow(0, h0, count));
+}
+
+// context[s, :, heads [h0, h0 + count)] = mixed through the value weights, plus their bias.
+void project_heads(const FactoredInputs& in, const FactoredShape& shape, int64_t s, int64_t h0, int64_t count,
+                   const at::Tensor& mixed, at::Tensor& context) {
+  const auto [streams, queries, model, heads, head_dim, slots, width, groups] = shape;
+  const float* bias = in.b_value.defined() ? in.b_value.data_ptr<float>() : nullptr;
+  if (head_products_supported()) {
+    float* out = context.data_ptr<float>() + s * queries * model;
+    for (int64_t h = h0; h < h0 + count; ++h) {
+      project(mixed.data_ptr<float>() + (h - h0) * queries * width, width,
+              in.w_value.data_ptr<float>() + h * head_dim * width, width, bias != nullptr ? bias + h * head_dim : nullptr,
+              out + h * head_dim, model, queries, head_dim, width);
+    }
+    return;
+  }
+  const at::Tensor mixed_heads = mixed.view({count, queries, width});
+  const at::Tensor w_value = in.w_value.view({heads, head_dim, width}).narrow(0, h0, count).transpose(1, 2);
+  at::Tensor out = context[s].view({queries, heads, head_dim}).narrow(1, h0, count).transpose(0, 1);
+  if (bias != nullptr) {
+    at::baddbmm_out(out, in.b_value.view({heads, 1, head_dim}).narrow(0, h0, count), mixed_heads, w_value);
+  } else {
+    at::bmm_out(out, mixed_heads, w_value);
+  }
+}
+
 // The four products and the softmax for heads [h0, h1) of stream s.
 void attend_heads(const FactoredInputs& in, const FactoredShape& shape, int64_t s, int64_t h0, int64_t h1,
                   at::Tensor& folded, at::Tensor& weights, at::Tensor& mass, at::Tensor& context) {
-  const auto [streams, queries, model, heads, head_dim, slots, width, groups] = shape;
+  const int64_t queries = shape.queries, slots = shape.slots;
   const int64_t row0 = h0 * queries, rows = (h1 - h0) * queries;
   const at::Tensor coef = in.coef[s];
   at::Tensor u = folded[s].narrow(0, row0, rows);
   at::Tensor r = weights[s].narrow(0, row0, rows);
-  for (int64_t h = h0; h < h1; ++h) {
-    at::Tensor out = u.narrow(0, (h - h0) * queries, queries);
-    at::mm_out(out, in.query[s].narrow(1, h * head_dim, head_dim), in.w_key.narrow(0, h * head_dim, head_dim));
-  }
+  fold_heads(in, shape, s, h0, h1 - h0, u);
   at::mm_out(r, u, coef.t());
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
   const float* log_weight = in.log_weight.defined() ? in.log_weight.data_ptr<float>() : nullptr;
   float* mass_rows = mass[s].data_ptr<float>();
   float* r_data = r.data_ptr<float>();
@@ -116,16 +156,7 @@ void attend_heads(const FactoredInputs& in, const FactoredShape& shape, int64_t 
                 0.0f);
   }
   at::mm_out(u, r, coef);  // u now holds Σ_n r_n B_n
-  for (int64_t h = h0; h < h1; ++h) {
-    const at::Tensor mixed = u.narrow(0, (h - h0) * queries, queries);
-    const at::Tensor w_value = in.w_value.narrow(0, h * head_dim, head_dim).t();
-    at::Tensor out = context[s].narrow(1, h * head_dim, head_dim);
-    if (in.b_value.defined()) {
-      at::addmm_out(out, in.b_value.narrow(0, h * head_dim, head_dim), mixed, w_value);
-    } else {
-      at::mm_out(out, mixed, w_value);
-    }
-  }
+  project_heads(in, shape, s, h0, h1 - h0, u, context);
 }
 
 std::tuple<at::Tensor, at::Tensor> factored_slot_attention_cpu(const at::Tensor& query, const at::Tensor& coef,
