@@ -174,24 +174,35 @@ __global__ void __launch_bounds__(kThreads) slot_attention_tiled_kernel(
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t qi = block * kQueryBlock + warp;
   const bool active = qi < queries;
-  for (int64_t i = threadIdx.x; i < kQueryBlock * head_dim; i += kThreads) {
-    const int64_t row = i / head_dim, col = i % head_dim, q_row = block * kQueryBlock + row;
+  // 32-bit tile indices: a 64-bit division costs dozens of instructions per staged element.
+  const int dim = static_cast<int>(head_dim);
+  for (int i = threadIdx.x; i < kQueryBlock * dim; i += kThreads) {
+    const int row = i / dim, col = i % dim;
+    const int64_t q_row = block * kQueryBlock + row;
     q_rows[row][col] = q_row < queries ? query[(s * queries + q_row) * model + h * head_dim + col] * scale : 0.0f;
   }
   const kv_t* key_base = keys + s * key_stride_s + h * head_dim;
   const kv_t* value_base = values + s * value_stride_s + h * head_dim;
   const auto stage = [&](float (*tile)[kPitch], const kv_t* base, int64_t stride_n, int64_t n0, int64_t count) {
-    for (int64_t i = threadIdx.x; i < count * head_dim; i += kThreads) {
-      const int64_t row = i / head_dim, col = i % head_dim;
+    for (int i = threadIdx.x; i < static_cast<int>(count) * dim; i += kThreads) {
+      const int row = i / dim, col = i % dim;
       tile[row][col] = static_cast<float>(base[(n0 + row) * stride_n + col]);
     }
   };
   const auto score = [&](int64_t n0, int j) {
-    float x = 0.0f;
-    for (int64_t c = 0; c < head_dim; ++c) {
-      x += q_rows[warp][c] * key_tile[j][c];
+    // Four independent sums: one running sum would wait on each shared-memory load in turn.
+    float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t c = 0;
+    for (; c + 4 <= head_dim; c += 4) {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        x[u] += q_rows[warp][c + u] * key_tile[j][c + u];
+      }
     }
-    return x + (log_weight != nullptr ? log_weight[n0 + j] : 0.0f);
+    for (; c < head_dim; ++c) {
+      x[0] += q_rows[warp][c] * key_tile[j][c];
+    }
+    return (x[0] + x[1]) + (x[2] + x[3]) + (log_weight != nullptr ? log_weight[n0 + j] : 0.0f);
   };
 
   // Pass 1: each lane's running maximum and normaliser over its slots, then merged across lanes.

@@ -1,14 +1,10 @@
 // CUDA kernel of infvideo::rect_consolidate_csrc (see rect_consolidate.h for the math).
 //
-// One block per (bin n, stream s, 32 columns) of 32 × 8 threads: thread (r, c) owns column c of
-// B[s, n] for the token rows r, r + 8, … of each of the bin's frames and for every eighth of its
-// sampled old rows; a warp reads 32 consecutive columns of a row at a time (coalesced), and the
-// eight partial sums of a column are added in a fixed order through shared memory, so every
-// output element is written once (no atomics, the same result on every run) and no pooled copy
-// of the frames is formed. Splitting the rows over eight warps shortens each thread's chain of
-// dependent loads eightfold: one thread per column walking all 4 × 32 token rows of a bin took
-// 22.5 µs for one stream on an H200 (Triton: 6.4). Sample bins outside [-1, N) are not checked
-// here (that would read the device); the Python wrapper documents it.
+// One block per (bin n, stream s, 256 columns); each thread owns one column of B[s, n] and walks
+// the bin's frames' token rows and its sampled old rows: a warp reads 32 consecutive columns of
+// a row at a time (coalesced), every output element is written once (no atomics, the same
+// result on every run), and no pooled copy of the frames is formed. Sample bins outside
+// [-1, N) are not checked here (that would read the device); the Python wrapper documents it.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -20,8 +16,7 @@
 namespace infvideo {
 namespace {
 
-constexpr int kColumnsPerBlock = 32;
-constexpr int kRowGroups = 8;
+constexpr int kColumnsPerBlock = 256;
 
 template <typename T>
 __device__ __forceinline__ void store_as(void* base, int64_t offset, float value) {
@@ -31,57 +26,46 @@ __device__ __forceinline__ void store_as(void* base, int64_t offset, float value
 enum class CastKind { kNone, kFloat, kDouble, kHalf, kBFloat16 };
 
 template <typename frame_t>
-__global__ void __launch_bounds__(kColumnsPerBlock * kRowGroups) rect_consolidate_kernel(
+__global__ void __launch_bounds__(kColumnsPerBlock) rect_consolidate_kernel(
     const frame_t* __restrict__ frames, const float* __restrict__ past, const int64_t* __restrict__ sample_bins,
     const int64_t* __restrict__ past_idx, const int64_t* __restrict__ past_start,
     const int64_t* __restrict__ frame_idx, const int64_t* __restrict__ frame_start, const float* __restrict__ scale,
     float* __restrict__ out, void* cast, CastKind cast_kind, int64_t width, int64_t tokens, int64_t bins,
     int64_t stride_s, int64_t stride_l, int64_t stride_t, int64_t bin_rows_stride, float inv_tokens) {
-  __shared__ float partial[kRowGroups][kColumnsPerBlock];
   const int64_t n = blockIdx.x;
   const int64_t s = blockIdx.y;
-  const int lane = threadIdx.x % kColumnsPerBlock, group = threadIdx.x / kColumnsPerBlock;
-  const int64_t c = static_cast<int64_t>(blockIdx.z) * kColumnsPerBlock + lane;
-  float acc = 0.0f;
-  if (c < width) {
-    const frame_t* stream_frames = frames + s * stride_s + c;
-    for (int64_t k = frame_start[n]; k < frame_start[n + 1]; ++k) {
-      const frame_t* column = stream_frames + frame_idx[k] * stride_l;
-      float sum = 0.0f;
-#pragma unroll 4
-      for (int64_t t = group; t < tokens; t += kRowGroups) {
-        sum += static_cast<float>(column[t * stride_t]);
-      }
-      acc += sum * inv_tokens;
-    }
-    if (past != nullptr) {
-      const int64_t* stream_bins = sample_bins + s * bin_rows_stride;
-      for (int64_t k = past_start[n] + group; k < past_start[n + 1]; k += kRowGroups) {
-        const int64_t src = stream_bins[past_idx[k]];
-        if (src >= 0) {  // -1: the sample lies in no old bin and reads zeros
-          acc += past[(s * bins + src) * width + c];
-        }
-      }
-    }
-  }
-  partial[group][lane] = acc;
-  __syncthreads();
-  if (group != 0 || c >= width) {
+  const int64_t c = static_cast<int64_t>(blockIdx.z) * kColumnsPerBlock + threadIdx.x;
+  if (c >= width) {
     return;
   }
-  float total = 0.0f;
-#pragma unroll
-  for (int r = 0; r < kRowGroups; ++r) {
-    total += partial[r][lane];
+  float acc = 0.0f;
+  const frame_t* stream_frames = frames + s * stride_s + c;
+  for (int64_t k = frame_start[n]; k < frame_start[n + 1]; ++k) {
+    const frame_t* column = stream_frames + frame_idx[k] * stride_l;
+    float sum = 0.0f;
+#pragma unroll 4
+    for (int64_t t = 0; t < tokens; ++t) {
+      sum += static_cast<float>(column[t * stride_t]);
+    }
+    acc += sum * inv_tokens;
   }
-  total *= scale[n];
+  if (past != nullptr) {
+    const int64_t* stream_bins = sample_bins + s * bin_rows_stride;
+    for (int64_t k = past_start[n]; k < past_start[n + 1]; ++k) {
+      const int64_t src = stream_bins[past_idx[k]];
+      if (src >= 0) {  // -1: the sample lies in no old bin and reads zeros
+        acc += past[(s * bins + src) * width + c];
+      }
+    }
+  }
+  acc *= scale[n];
   const int64_t offset = (s * bins + n) * width + c;
-  out[offset] = total;
+  out[offset] = acc;
   switch (cast_kind) {
-    case CastKind::kFloat: store_as<float>(cast, offset, total); break;
-    case CastKind::kDouble: store_as<double>(cast, offset, total); break;
-    case CastKind::kHalf: store_as<c10::Half>(cast, offset, total); break;
-    case CastKind::kBFloat16: store_as<c10::BFloat16>(cast, offset, total); break;
+    case CastKind::kFloat: store_as<float>(cast, offset, acc); break;
+    case CastKind::kDouble: store_as<double>(cast, offset, acc); break;
+    case CastKind::kHalf: store_as<c10::Half>(cast, offset, acc); break;
+    case CastKind::kBFloat16: store_as<c10::BFloat16>(cast, offset, acc); break;
     case CastKind::kNone: break;
   }
 }
@@ -116,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> rect_consolidate_cuda(
   const CastKind kind = cast_kind_of(cast);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.frames.scalar_type(), "rect_consolidate_cuda", [&] {
-    rect_consolidate_kernel<scalar_t><<<grid, kColumnsPerBlock * kRowGroups, 0, stream>>>(
+    rect_consolidate_kernel<scalar_t><<<grid, kColumnsPerBlock, 0, stream>>>(
         in.frames.data_ptr<scalar_t>(), in.past.defined() ? in.past.data_ptr<float>() : nullptr,
         in.past.defined() ? in.sample_bins.data_ptr<int64_t>() : nullptr, in.past_idx.data_ptr<int64_t>(),
         in.past_start.data_ptr<int64_t>(), in.frame_idx.data_ptr<int64_t>(), in.frame_start.data_ptr<int64_t>(),
