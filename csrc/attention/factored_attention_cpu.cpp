@@ -95,6 +95,20 @@ struct FactoredInputs {
   at::Tensor query, coef, w_key, w_value, b_value, log_weight;  // float32, rows of unit stride
 };
 
+// Scores → weights for rows [row0, row0 + rows) of one stream, each added into its group's mass row.
+// The float32 build targets baseline x86-64; the AVX2 clone, picked at load time, runs this pass
+// about 3x faster (same results: the loops are elementwise or keep 8 fixed lanes).
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void softmax_rows(float* weights, float* mass, const float* log_weight, int64_t row0, int64_t rows, int64_t slots,
+                  float scale) {
+  for (int64_t row = 0; row < rows; ++row) {
+    softmax_row(weights + row * slots, mass + (row0 + row) / kQueryBlock * slots, log_weight, slots, scale, false,
+                0.0f);
+  }
+}
+
 // u = the query through the key weights, heads [h0, h0 + count) of stream s.
 void fold_heads(const FactoredInputs& in, const FactoredShape& shape, int64_t s, int64_t h0, int64_t count,
                 at::Tensor& u) {
@@ -149,12 +163,7 @@ void attend_heads(const FactoredInputs& in, const FactoredShape& shape, int64_t 
   at::mm_out(r, u, coef.t());
   const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
   const float* log_weight = in.log_weight.defined() ? in.log_weight.data_ptr<float>() : nullptr;
-  float* mass_rows = mass[s].data_ptr<float>();
-  float* r_data = r.data_ptr<float>();
-  for (int64_t row = 0; row < rows; ++row) {
-    softmax_row(r_data + row * slots, mass_rows + (row0 + row) / kQueryBlock * slots, log_weight, slots, scale, false,
-                0.0f);
-  }
+  softmax_rows(r.data_ptr<float>(), mass[s].data_ptr<float>(), log_weight, row0, rows, slots, scale);
   at::mm_out(u, r, coef);  // u now holds Σ_n r_n B_n
   project_heads(in, shape, s, h0, h1 - h0, u, context);
 }
