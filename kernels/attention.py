@@ -42,7 +42,7 @@ def _slot_attention_kernel(
     Q, N, HEAD_DIM, null_logw, sm_scale,
     stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
     stride_cs, stride_cq, stride_ms, stride_mg,
-    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr,
+    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, ONE_TILE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     s = tl.program_id(0).to(tl.int64)
@@ -69,23 +69,36 @@ def _slot_attention_kernel(
         m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
 
-    for n0 in range(0, N, BLOCK_N):
-        rows = n0 + offs_n
-        mask_n = rows < N
-        scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                              HAS_LOGW, IEEE)
-        scores = tl.where(mask_n[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
+    if ONE_TILE:
+        # Every slot in one tile: K is read once, the scores stay in registers for pass 2.
+        mask_n = offs_n < N
+        kept = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, offs_n, mask_n, cols, mask_d, stride_kn,
+                            HAS_LOGW, IEEE)
+        kept = tl.where(mask_n[None, :], kept, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(kept, axis=1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(kept - m_new[:, None]), axis=1)
         m_i = m_new
+    else:
+        for n0 in range(0, N, BLOCK_N):
+            rows = n0 + offs_n
+            mask_n = rows < N
+            scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+                                  HAS_LOGW, IEEE)
+            scores = tl.where(mask_n[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
+            m_i = m_new
 
     inv_l = 1.0 / l_i
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < N
-        scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                              HAS_LOGW, IEEE)
+        if ONE_TILE:
+            scores = kept
+        else:
+            scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+                                  HAS_LOGW, IEEE)
         v = tl.load(v_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
@@ -129,15 +142,16 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     if mass is None or mass.shape != (s, num_heads * blocks, n) or mass.dtype != torch.float32 or mass.stride(-1) != 1:
         mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
     block_d = max(16, next_power_of_2(d))
-    # A [BLOCK_Q, BLOCK_N] score tile of at most 4096 fp32 values stays in registers.
-    block_n = max(16, min(next_power_of_2(n), 4096 // block_q, 128))
+    # A [BLOCK_Q, BLOCK_N] score tile of at most 4096 fp32 values stays in registers; when that
+    # covers every slot, K is read once (ONE_TILE).
+    block_n = max(16, min(next_power_of_2(n), 4096 // block_q))
     _launch_slot_attention(
         (s, num_heads, blocks),
         query, keys, values, slot_log_weight if slot_log_weight is not None else keys, ctx, mass,
         q_len, n, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         ctx.stride(0), ctx.stride(1), mass.stride(0), mass.stride(1),
-        HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None,
+        HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None, ONE_TILE=n <= block_n,
         # float32 K/V use exact (IEEE) fp32 dots; half types use the tensor cores with fp32
         # accumulation, except under the CPU interpreter, whose bf16 dot is wrong (Triton 3.9).
         IEEE=keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16),
