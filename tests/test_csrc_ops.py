@@ -257,6 +257,18 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.infvideo.slot_attention_csrc.default, (query, keys, keys, 2, None, None))
 
 
+def test_opcheck_factored_attention():
+    """The CPU step's factored attention op (CPU kernel only), with and without a value bias."""
+    gen = torch.Generator().manual_seed(1)
+    query = torch.randn(2, 5, 8, generator=gen)
+    coef = torch.randn(2, 7, 6, generator=gen)
+    w_key, w_value = torch.randn(8, 6, generator=gen), torch.randn(8, 6, generator=gen)
+    logw = torch.randn(7, generator=gen)
+    op = torch.ops.infvideo.factored_slot_attention_csrc.default
+    torch.library.opcheck(op, (query, coef, w_key, w_value, torch.randn(8, generator=gen), 2, logw))
+    torch.library.opcheck(op, (query, coef, w_key, w_value, None, 2, None))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_deterministic(device):
     """No atomics anywhere: two runs of a step give the same bits."""
