@@ -1,8 +1,9 @@
 """Launch a Triton kernel through its compiled form once one call has compiled it.
 
 Triton's launch path (``kernel[grid](...)``) binds, specialises and hashes every argument on each
-call. Measured on the H200 machine's host (triton 3.6), that took 34-91 µs per launch of these
-kernels, more than the GPU needs for all the kernels of a one-stream step (26 µs). A launch here
+call. On the GPU machines' hosts (triton 3.6) the three launches of a one-stream step took 34-91 µs
+each with their Python wrappers before this cache, 22-37 µs with it (bench/bench_host_cost.py;
+different hosts, so only roughly comparable), against 24 µs of GPU time for the whole step. A launch here
 computes a cheaper key that captures everything Triton specialises a compilation on (each
 tensor's dtype and 16-byte alignment, the other arguments' values, the constexprs and launch
 options); the first call of a key goes through Triton and keeps the
