@@ -140,8 +140,10 @@ def slot_weights(a: torch.Tensor, const: SlotWeights) -> torch.Tensor:
 
 def quadrature_weights(a: torch.Tensor, const: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
     """Trapezoid integral for smooth bases; returns r [..., N] and the density p at the grid [..., T]."""
-    s_t = torch.matmul(a, const.basis.T)  # [..., T]
-    w = torch.softmax(s_t + const.log_weight, dim=-1)  # p(t_j) ω_j
+    # s(t_j) + log ω_j as one product with the log-weights added in its epilogue: a separate add
+    # is one more pass over the [..., T] scores, the largest tensor here.
+    logits = torch.addmm(const.log_weight, a.reshape(-1, a.shape[-1]), const.basis.T).view(*a.shape[:-1], -1)
+    w = torch.softmax(logits, dim=-1)  # p(t_j) ω_j
     return torch.matmul(w, const.basis), w / const.log_weight.exp()
 
 
