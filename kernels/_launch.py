@@ -18,6 +18,12 @@ import os
 
 import torch
 
+try:  # the driver and knobs of the Triton that compiled the kernels (absent: no fast path)
+    from triton import knobs as _knobs
+    from triton.runtime import driver as _driver
+except ImportError:  # pragma: no cover - Triton releases without them take Triton's own launch path
+    _knobs = _driver = None
+
 
 # triton.cdiv and triton.next_power_of_2 are constexpr functions: called from host code each
 # costs microseconds of argument unwrapping, several times per launch.
@@ -70,9 +76,29 @@ class CachedLaunch:
         compiled = self.compiled.get(key)
         if compiled is None:
             compiled = self.kernel[grid](*args, **meta)
-            if all(hasattr(compiled, name) for name in ("__getitem__", "run", "function")):
+            if all(hasattr(compiled, name) for name in ("__getitem__", "run", "function", "packed_metadata")):
                 if len(self.compiled) >= MAX_CACHED:
                     self.compiled.clear()
                 self.compiled[key] = compiled
             return
-        compiled[tuple(grid) + (1,) * (3 - len(grid))](*self._ordered(args, meta))
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        if not _hooks_idle():
+            compiled[grid](*self._ordered(args, meta))  # the launch hooks see it as usual
+            return
+        stream = _driver.active.get_current_stream(device.index)
+        compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                     *self._ordered(args, meta))
+
+
+def _hooks_idle() -> bool:
+    """No launch hook is registered (profilers such as proton add them).
+
+    Triton 3.6 keeps its launch hooks in chains that are never None, so its own path builds the
+    hooks' metadata and calls both (empty) chains from C on every launch; with no hook there is
+    nothing to build or call. Measured on the H100 host, one-stream eager step: 173-175 µs against
+    182-185 µs through ``compiled[grid]`` (same run, alternating).
+    """
+    if _knobs is None or _driver is None:
+        return False
+    hooks = (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook)
+    return all(hook is None or getattr(hook, "calls", None) == [] for hook in hooks)
