@@ -37,6 +37,14 @@ def _slot_scores(q, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
 
 
 @triton.jit
+def _running_max_sum(scores, mask_n, m_i, l_i):
+    """The online softmax's row maximum and normaliser after one more tile of scores."""
+    scores = tl.where(mask_n[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    return m_new, l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
+
+
+@triton.jit
 def _slot_attention_kernel(
     q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
     Q, N, HEAD_DIM, null_logw, sm_scale,
@@ -77,20 +85,14 @@ def _slot_attention_kernel(
         mask_n = offs_n < N
         kept = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, offs_n, mask_n, cols, mask_d, stride_kn,
                             HAS_LOGW, IEEE)
-        kept = tl.where(mask_n[None, :], kept, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(kept, axis=1))
-        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(kept - m_new[:, None]), axis=1)
-        m_i = m_new
+        m_i, l_i = _running_max_sum(kept, mask_n, m_i, l_i)
     else:
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + offs_n
             mask_n = rows < N
             scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
                                   HAS_LOGW, IEEE)
-            scores = tl.where(mask_n[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
-            m_i = m_new
+            m_i, l_i = _running_max_sum(scores, mask_n, m_i, l_i)
 
     inv_l = 1.0 / l_i
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)

@@ -32,6 +32,31 @@ __device__ __forceinline__ float warp_sum(float value) {
   return value;
 }
 
+// The block's mass row for `count` slots from n0: lane j of warp 0 adds the 16 queries' weights
+// of slot n0 + j in query order (deterministic, no atomics).
+__device__ __forceinline__ void write_block_mass(const float (&weights)[kQueryBlock][kWarp + 1], float* mass_row,
+                                                 int64_t n0, int64_t count, int warp, int lane) {
+  if (warp == 0 && lane < count) {
+    float sum = 0.0f;
+    for (int w = 0; w < kQueryBlock; ++w) {
+      sum += weights[w][lane];
+    }
+    mass_row[n0 + lane] = sum;
+  }
+}
+
+// A warp's context row: lane holds columns lane, lane + 32, … of its query's head.
+template <int kColumns>
+__device__ __forceinline__ void store_context(const float (&acc)[kColumns], float* row, int lane, int64_t head_dim) {
+#pragma unroll
+  for (int i = 0; i < kColumns; ++i) {
+    const int64_t col = lane + i * kWarp;
+    if (col < head_dim) {
+      row[col] = acc[i];
+    }
+  }
+}
+
 template <typename kv_t, int kColumns>
 __device__ __forceinline__ float slot_score(const float (&q)[kColumns], const kv_t* __restrict__ key_row,
                                            const float* __restrict__ log_weight, int64_t n, int lane,
@@ -86,11 +111,8 @@ __global__ void __launch_bounds__(kThreads) slot_attention_kernel(
   const float inv_total = 1.0f / total;
 
   // Pass 2: weights, context, and the block's mass 32 slots at a time.
-  float acc[kColumns];
-#pragma unroll
-  for (int i = 0; i < kColumns; ++i) {
-    acc[i] = 0.0f;
-  }
+  float acc[kColumns] = {};
+  float* mass_row = mass + ((s * gridDim.y + h) * query_blocks + block) * slots;
   for (int64_t n0 = 0; n0 < slots; n0 += kWarp) {
     float own = 0.0f;  // this lane's slot n0 + lane
     const int64_t tile = slots - n0 < kWarp ? slots - n0 : kWarp;
@@ -112,23 +134,11 @@ __global__ void __launch_bounds__(kThreads) slot_attention_kernel(
     }
     weights[warp][lane] = own;
     __syncthreads();
-    if (warp == 0 && lane < tile) {
-      float sum = 0.0f;
-      for (int w = 0; w < kQueryBlock; ++w) {
-        sum += weights[w][lane];
-      }
-      mass[((s * gridDim.y + h) * query_blocks + block) * slots + n0 + lane] = sum;
-    }
+    write_block_mass(weights, mass_row, n0, tile, warp, lane);
     __syncthreads();
   }
   if (active) {
-#pragma unroll
-    for (int i = 0; i < kColumns; ++i) {
-      const int64_t col = lane + i * kWarp;
-      if (col < head_dim) {
-        context[(s * queries + qi) * model + h * head_dim + col] = acc[i];
-      }
-    }
+    store_context(acc, context + (s * queries + qi) * model + h * head_dim, lane, head_dim);
   }
 }
 
@@ -228,11 +238,8 @@ __global__ void __launch_bounds__(kThreads) slot_attention_tiled_kernel(
   const float inv_total = 1.0f / total;
 
   // Pass 2: weights, context, and the block's mass per slot.
-  float acc[kColumns];
-#pragma unroll
-  for (int i = 0; i < kColumns; ++i) {
-    acc[i] = 0.0f;
-  }
+  float acc[kColumns] = {};
+  float* mass_row = mass + ((s * gridDim.y + h) * query_blocks + block) * slots;
   for (int64_t n0 = 0; n0 < slots; n0 += kTile) {
     const int64_t count = slots - n0 < kTile ? slots - n0 : kTile;
     __syncthreads();
@@ -252,22 +259,10 @@ __global__ void __launch_bounds__(kThreads) slot_attention_tiled_kernel(
       }
     }
     __syncthreads();
-    if (warp == 0 && lane < count) {
-      float sum = 0.0f;
-      for (int w = 0; w < kQueryBlock; ++w) {
-        sum += weights[w][lane];
-      }
-      mass[((s * gridDim.y + h) * query_blocks + block) * slots + n0 + lane] = sum;
-    }
+    write_block_mass(weights, mass_row, n0, count, warp, lane);
   }
   if (active) {
-#pragma unroll
-    for (int i = 0; i < kColumns; ++i) {
-      const int64_t col = lane + i * kWarp;
-      if (col < head_dim) {
-        context[(s * queries + qi) * model + h * head_dim + col] = acc[i];
-      }
-    }
+    store_context(acc, context + (s * queries + qi) * model + h * head_dim, lane, head_dim);
   }
 }
 
