@@ -85,8 +85,8 @@ def _extension_modules():
 def _own_libstdcxx(library: str) -> bool:
     """Whether ``library`` defines the C++ runtime's exception entry points itself.
 
-    Some toolchains link libstdc++ statically (a CXX wrapper adding -static-libstdc++ did, on the
-    GPU test machine). An extension built that way throws its errors through its own copy of the
+    Some toolchains link libstdc++ statically (on the GPU test machine, a CXX wrapper whose -B paths
+    lead to a directory holding only the static archive). An extension built that way throws its errors through its own copy of the
     runtime, which torch's handlers cannot catch: the process dies with a segmentation fault
     instead of raising. ``nm`` comes with the linker; without it nothing is checked.
     """
@@ -122,8 +122,8 @@ def _optional(build_ext):
 
 
 def _linker(compiler) -> str:
-    """The command that linked the extension (setuptools' compiler object, from CXX / LDCXXSHARED)."""
-    command = getattr(compiler, "linker_so_cxx", None) or getattr(compiler, "linker_so", None) or ["c++"]
+    """The command that linked the extension: setuptools links C++ with the C++ compiler (CXX)."""
+    command = getattr(compiler, "compiler_cxx", None) or getattr(compiler, "linker_so_cxx", None) or ["c++"]
     return command[0]
 
 

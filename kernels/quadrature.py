@@ -14,9 +14,9 @@ Rows from all heads share the basis tiles, so a tile's exponentials and the tens
 run on BLOCK_M rows at once. Measured at S = 16, N = 256, T = 1000 on an H200: 0.92 ms at 16 rows
 and 32 points per tile on 4 warps (the first version, one program per head with [16, 16] score
 tiles, took 2.0 ms; 32 rows with 32 points spilled, 15 ms); the two cuBLAS products of the
-reference's quadrature take 0.30 ms there, so the memory step keeps those (ops.step). The dots use "tf32x3"
-(three tensor-core passes, float32 accuracy): |aᵀψ| reaches ~10², so the plain tf32 error would
-move the exponent by 10⁻¹.
+reference's quadrature take 0.30 ms there, so the memory step keeps those (ops.step). The dots
+use "tf32x3" (three tensor-core passes, float32 accuracy): |aᵀψ| reaches ~10², so the plain tf32
+error would move the exponent by 10⁻¹.
 """
 from __future__ import annotations
 
