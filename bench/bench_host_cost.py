@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from infvideo import LongTermMemory
+from infvideo import LongTermMemory, launch_plans
 from infvideo.config import MemoryConfig
 from infvideo.ops import step as fused
 
@@ -43,6 +43,7 @@ def main(argv=None) -> None:
     tokens = torch.randn(1, 256, 32, 768, device=device).to(torch.bfloat16)
     query = torch.randn(1, 32, 768, device=device).to(torch.bfloat16)
     memory = LongTermMemory(backend="triton", check_finite=False).to(device)
+    python_memory = LongTermMemory(backend="triton", check_finite=False, launch_plans=False).to(device)
     cfg = MemoryConfig()
     consts = fused.step_constants(cfg, 256, device)
     past = torch.randn(1, 256, 768, device=device)
@@ -60,8 +61,18 @@ def main(argv=None) -> None:
                                                               consts.null_log_weight, backend="triton"),
         "fused_step": lambda: fused.fused_step(cfg, consts, tokens, query, proj_key, proj_value, 12, past, None, mass,
                                                backend="triton"),
-        "LongTermMemory step (check_finite=False)": lambda: memory(tokens, query, proj_key, proj_value, 12),
+        "LongTermMemory step, launched from Python": lambda: python_memory(tokens, query, proj_key, proj_value, 12),
+        "LongTermMemory step, C++ launch plan": lambda: memory(tokens, query, proj_key, proj_value, 12),
     }
+    if launch_plans.available():
+        # The plan's own host cost, without the memory's Python around it.
+        with torch.no_grad():
+            for _ in range(3):
+                memory(tokens, query, proj_key, proj_value, 12)
+        (plan,) = memory._plans.plans.values()
+        inputs = [tokens, query, memory.coef, memory.sticky_stats]
+        rows["launch plan alone (3 kernels + GEMM)"] = lambda: plan(inputs)
+        rows["launch_plan_run call, no work (wrong inputs)"] = lambda: plan([])
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     with torch.no_grad():
         for name, fn in rows.items():

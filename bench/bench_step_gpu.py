@@ -89,7 +89,10 @@ def step_rows(case, streams, length, dtype, tokens, iters, extra=(), baseline=Tr
             rows.append((case, "published-cost baseline", *pct(times)))
         for provider, kwargs in (("torch reference", dict(backend="torch")),
                                  ("triton", dict(backend="triton")),
-                                 ("triton, check_finite=False", dict(backend="triton", check_finite=False)),
+                                 ("triton, check_finite=False, launched from Python",
+                                  dict(backend="triton", check_finite=False, launch_plans=False)),
+                                 ("triton, check_finite=False (C++ launch plan)",
+                                  dict(backend="triton", check_finite=False)),
                                  ("triton, eager call, cuda_graphs=True",
                                   dict(backend="triton", check_finite=False, cuda_graphs=True))):
             memory = LongTermMemory(**memory_kwargs, **kwargs).cuda()

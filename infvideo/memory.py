@@ -11,6 +11,7 @@ from .graphs import StepGraphs, signature
 from .graphs import capturing as _capturing
 from .graphs import eligible as graphs_eligible
 from .graphs import traced as _traced
+from .launch_plans import StepPlans
 from .ops import fused_step, step_constants
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
@@ -89,6 +90,13 @@ class LongTermMemory(nn.Module):
             for fused backends, with ``check_finite=False``, no autograd, every stream filled and
             chunks of at most 64 MiB (a few streams: larger steps are bound by the GPU, and the
             input copy would cost more than it saves); other calls run eagerly.
+        launch_plans: launch eager CUDA steps from C++ (``infvideo.launch_plans``): at the second
+            full step of a signature the memory records the step's kernel launches and K/V
+            product, and later calls there launch the same kernels with the new tensors from C++,
+            without Python per kernel (bit-identical results, no copies, any size). Used for the
+            Triton backend with ``check_finite=False``, no autograd, every stream filled and the
+            quantile or uniform sampler, where the extension is built with CUDA; other calls run
+            from Python.
 
     Compiling (``torch.compile(memory, fullgraph=True)``) and capturing a CUDA graph both need one
     eager step first (it puts the constants on the device), and then drive the memory only
@@ -103,7 +111,8 @@ class LongTermMemory(nn.Module):
                  ridge: float = 0.5, basis: str = "rectangular", sigmas=(0.005, 0.01),
                  sticky: bool = True, sampling: str = "quantile", preset: str = "exact",
                  quad_points: int = 1000, backend: str = "auto", *, density: str = "gibbs",
-                 generator: torch.Generator | None = None, check_finite: bool = True, cuda_graphs: bool = False):
+                 generator: torch.Generator | None = None, check_finite: bool = True, cuda_graphs: bool = False,
+                 launch_plans: bool = True):
         super().__init__()
         self.config = MemoryConfig(num_basis, tau, past_samples, ridge, basis, tuple(sigmas)
                                    if isinstance(sigmas, (list, tuple)) else sigmas, sticky,
@@ -116,6 +125,9 @@ class LongTermMemory(nn.Module):
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
         self._graphs = StepGraphs() if cuda_graphs else None
+        if not isinstance(launch_plans, bool):
+            raise TypeError(f"launch_plans must be a bool, got {type(launch_plans).__name__}")
+        self._plans = StepPlans() if launch_plans else None
         # Host-side mirror of `filled` ("empty", "full" or "mixed") so a step never reads the
         # device to know which streams hold a video.
         self._fill = "empty"
@@ -207,15 +219,27 @@ class LongTermMemory(nn.Module):
         proj_value: the Q-former's key/value Linear layers (e → D); num_heads: H, D % H == 0.
         Returns the LTM context [S, Q, D] in the query's dtype.
         """
-        graphs = self._graphs
-        if graphs is not None and isinstance(frames, torch.Tensor) and isinstance(query, torch.Tensor):
-            key = signature(frames, query, proj_key, proj_value, num_heads)
-            context = graphs.replay(self, key, frames, query)
-            if context is not None:
-                return context
+        graphs, plans = self._graphs, self._plans
+        key = plan_key = None
+        if isinstance(frames, torch.Tensor) and isinstance(query, torch.Tensor):
+            if graphs is not None:
+                key = signature(frames, query, proj_key, proj_value, num_heads)
+                context = graphs.replay(self, key, frames, query)
+                if context is not None:
+                    return context
+            if plans is not None and frames.is_cuda and not torch.compiler.is_compiling():
+                plan_key = (key or signature(frames, query, proj_key, proj_value, num_heads),
+                            frames.data_ptr() & 15, query.data_ptr() & 15)
+                context = plans.run(self, plan_key, frames, query)
+                if context is not None:
+                    return context
         was_full = self._fill == "full"
         frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
-        context = self._step(frames, query, proj_key, proj_value, num_heads)
+        if plan_key is not None and was_full and plans.wants(self, plan_key, frames):
+            context = plans.record(self, plan_key, lambda: self._step(frames, query, proj_key, proj_value, num_heads),
+                                   frames, query)
+        else:
+            context = self._step(frames, query, proj_key, proj_value, num_heads)
         # Captured after an eager step of the same kind (memory full before and after), so that
         # every kernel the graph records has been compiled and run once already.
         if graphs is not None and was_full and graphs_eligible(self, frames, proj_key, proj_value):

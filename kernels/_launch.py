@@ -44,6 +44,19 @@ def specialization_key(args, meta: dict) -> tuple:
     return (*[(a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor) else a for a in args], *meta.items())
 
 
+# While set, every launch on a GPU is also reported here as (compiled kernel, grid (x, y, z), the
+# kernel's arguments in declaration order): infvideo/launch_plans.py records a step's launches so
+# that C++ can replay them.
+_recorder = None
+
+
+def set_recorder(recorder):
+    """Report launches to ``recorder`` (None: stop); returns the previous one."""
+    global _recorder
+    previous, _recorder = _recorder, recorder
+    return previous
+
+
 # Keys are per shape; a program that sees ever new shapes should not grow the cache without end.
 MAX_CACHED = 512
 
@@ -74,20 +87,21 @@ class CachedLaunch:
             return
         key = (device.index, specialization_key(args, meta))
         compiled = self.compiled.get(key)
+        grid = tuple(grid) + (1,) * (3 - len(grid))
         if compiled is None:
             compiled = self.kernel[grid](*args, **meta)
             if all(hasattr(compiled, name) for name in ("__getitem__", "run", "function", "packed_metadata")):
                 if len(self.compiled) >= MAX_CACHED:
                     self.compiled.clear()
                 self.compiled[key] = compiled
-            return
-        grid = tuple(grid) + (1,) * (3 - len(grid))
-        if not _hooks_idle():
+        elif not _hooks_idle():
             compiled[grid](*self._ordered(args, meta))  # the launch hooks see it as usual
-            return
-        stream = _driver.active.get_current_stream(device.index)
-        compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None,
-                     *self._ordered(args, meta))
+        else:
+            stream = _driver.active.get_current_stream(device.index)
+            compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                         *self._ordered(args, meta))
+        if _recorder is not None:
+            _recorder(compiled, grid, self._ordered(args, meta))
 
 
 def _hooks_idle() -> bool:
