@@ -222,7 +222,8 @@ class LaunchPlan:
     def __init__(self, program: list[int], constants: list[torch.Tensor], device: torch.device):
         self.id = torch.ops.infvideo.launch_plan_create(program, constants, device.index)
         self._run = torch.ops.infvideo.launch_plan_run.default
-        weakref.finalize(self, torch.ops.infvideo.launch_plan_release, self.id)
+        # Released with the Python object; at exit the process frees everything anyway.
+        weakref.finalize(self, torch.ops.infvideo.launch_plan_release, self.id).atexit = False
 
     def __call__(self, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
         return self._run(self.id, inputs) or None
