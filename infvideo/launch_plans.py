@@ -26,6 +26,7 @@ import weakref
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .graphs import traced
 from .ops import _csrc
@@ -69,8 +70,9 @@ class _Recorder(TorchDispatchMode):
             if any(kwargs.get(name, 1) != 1 for name in ("beta", "alpha")):
                 self.refuse(f"{func} with beta/alpha")
             self.events.append(("matmul", func, args, out))
-        elif not func.is_view:
-            self.refuse(f"{func}")
+        elif not func.is_view and (func._schema.is_mutable or any(isinstance(x, torch.Tensor)
+                                                                   for x in tree_leaves(out))):
+            self.refuse(f"{func}")  # (ops that only compute metadata, e.g. promote_types, need no replay)
         elif isinstance(out, torch.Tensor) and isinstance(args[0], torch.Tensor) and out.dtype != args[0].dtype:
             self.refuse(f"{func} changes the dtype")
         return out

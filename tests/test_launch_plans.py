@@ -181,3 +181,8 @@ def test_recorder_refuses_aten_calls_other_than_allocations_views_and_products()
     with recorder:
         x.float().add(1)
     assert "aten.add" in recorder.refusal
+    recorder = launch_plans._Recorder()
+    with recorder:
+        torch.promote_types(torch.float16, torch.bfloat16)
+        torch.result_type(x, bias)
+    assert recorder.refusal is None and recorder.events == []
