@@ -18,8 +18,9 @@ def kernels():
     """The ``infvideo.kernels`` modules, or None when Triton is not installed."""
     if importlib.util.find_spec("triton") is None:
         return None
-    from ..kernels import attention, consolidate, quadrature, sampling
-    return {"attention": attention, "consolidate": consolidate, "quadrature": quadrature, "sampling": sampling}
+    from ..kernels import attention, consolidate, projection, quadrature, sampling
+    return {"attention": attention, "consolidate": consolidate, "projection": projection, "quadrature": quadrature,
+            "sampling": sampling}
 
 
 def usable(device: torch.device | str | None = None) -> bool:

@@ -105,15 +105,29 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
     return hit[1], hit[2]
 
 
-def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """K = proj_key(B), V = proj_value(B): one cuBLAS GEMM over stacked weights for two plain Linears."""
+# Up to this many rows of coefficients (S·N) the Triton backend projects them with its own kernel
+# (kernels/projection.py), whose launch costs a few µs of host time against 14-17 through torch's
+# cuBLAS call; above it cuBLAS's faster GPU time wins. Measured on the H100, µs of GPU time:
+# PROJECTION_MEASUREMENT (bench/bench_projection.py).
+TRITON_PROJECTION_ROWS = 4096
+_TRITON_PROJECTION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _project_pair(proj_key, proj_value, coef: torch.Tensor, backend: str = "triton"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """K = proj_key(B), V = proj_value(B): one product over stacked weights for two plain Linears."""
     # The stacked-weight cache keys on storage pointers and version counters, which a compiled
     # graph cannot guard on: there the two products stay separate.
     if (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
             and proj_key.weight.dtype == proj_value.weight.dtype
             and (proj_key.bias is None) == (proj_value.bias is None)):
         weight, bias = _stacked(proj_key, proj_value)
-        both = torch.nn.functional.linear(_triton.cast(coef, weight.dtype), weight, bias)
+        coef = _triton.cast(coef, weight.dtype)
+        if (backend == "triton" and weight.dtype in _TRITON_PROJECTION_DTYPES and coef.is_contiguous()
+                and coef.numel() <= TRITON_PROJECTION_ROWS * coef.shape[-1] and _triton.direct_call_ok(coef)):
+            both = _triton.kernels()["projection"].linear(coef, weight, bias)
+        else:
+            both = torch.nn.functional.linear(coef, weight, bias)
         return both.split([proj_key.out_features, proj_value.out_features], dim=-1)
     weight = getattr(proj_key, "weight", None)
     if weight is not None:
@@ -165,7 +179,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
                                                                    consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
-    keys, values = _project_pair(proj_key, proj_value, projected)
+    keys, values = _project_pair(proj_key, proj_value, projected, backend)
     if consts.quad is not None:
         quad = consts.quad
         context, density = quadrature_attention(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
