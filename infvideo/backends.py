@@ -24,12 +24,16 @@ def available_backends() -> tuple[str, ...]:
 def info() -> dict:
     """What this installation holds: ``extension`` (path of the C++/CUDA library, or None),
     ``built`` (its backends: ``"cpu"``, ``"cuda"``), ``available`` (backends usable in this
-    process) and ``auto`` (what ``backend="auto"`` runs on CPU and on CUDA tensors)."""
+    process), ``auto`` (what ``backend="auto"`` runs on CPU and on CUDA tensors) and
+    ``launch_plans`` (whether eager CUDA steps can be launched from C++: ``infvideo.launch_plans``)."""
+    from . import launch_plans
+
     built = (("cpu",) + (("cuda",) if _csrc.built_with_cuda() else ())) if _csrc.built() else ()
     auto = {"cpu": backend_for("auto", torch.device("cpu"))}
     if torch.cuda.is_available():
         auto["cuda"] = backend_for("auto", torch.device("cuda"))
-    return {"extension": _csrc.library_path(), "built": built, "available": available_backends(), "auto": auto}
+    return {"extension": _csrc.library_path(), "built": built, "available": available_backends(), "auto": auto,
+            "launch_plans": launch_plans.available()}
 
 
 def resolve_backend(backend: str) -> str:

@@ -112,6 +112,8 @@ def info(_args) -> None:
           + (f" (kernels: {', '.join(built['built'])})" if built["built"] else ""))
     auto = ", ".join(f"{device} tensors -> {backend}" for device, backend in built["auto"].items())
     print(f"backends: {', '.join(available_backends())} (auto: {auto})")
+    plans = "yes" if built["launch_plans"] else "no (needs the extension built with CUDA)"
+    print(f"C++ launch plans for eager CUDA steps: {plans}")
 
 
 def _positive_int(text: str) -> int:

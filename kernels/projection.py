@@ -4,8 +4,8 @@ At one stream the product is small (X [256, 768] by Wᵀ [768, 1536], 0.6 GFLOP,
 time) and its host cost dominates: through torch (F.linear → addmm → cuBLASLt, whose heuristic
 query runs on every call) it took 14-17 µs of host time per call on the H100 machine, about a
 third of an eager step launched from C++ (bench/bench_host_cost.py). This kernel launches like the
-step's other kernels (2-4 µs from a launch plan). Large products stay on cuBLAS, which is faster
-on the GPU there (``infvideo.ops.step.TRITON_PROJECTION_ROWS``).
+step's other kernels (2-4 µs from a launch plan). Large and float32 products stay on cuBLAS,
+which is faster on the GPU there (``infvideo.ops.step.TRITON_PROJECTION_ROWS``).
 
 One program per [BLOCK_M, BLOCK_N] tile of Y, accumulating in float32 over K in BLOCK_K steps;
 the bias is added in float32 before the single rounding to Y's dtype (as cuBLAS's bias epilogue

@@ -47,6 +47,11 @@ def test_planned_steps_equal_python_steps(dtype, kwargs, layout):
     with torch.no_grad():
         for f, q in zip(frames, queries):
             _assert_identical(python, planned, python(f, q, pk, pv, H), planned(f, q, pk, pv, H))
+    if kwargs.get("preset") == "paper":
+        # Its fits drop a frame, so its steps consolidate on the reference (ATen calls a plan
+        # does not replay): the recording refuses it and every step runs from Python.
+        assert planned._plans.plans == {} and len(planned._plans.refused) == 1
+        return
     assert planned._plans.refused == {}
     assert len(planned._plans.plans) == 1, "steps 4-6 should have run the plan recorded at step 3"
 

@@ -36,21 +36,23 @@ def test_linear_matches_float64(lead, k, n, dtype, with_bias):
     assert err < TOLERANCE[dtype], err
 
 
-def test_step_projects_with_triton_up_to_the_row_limit(monkeypatch):
+def test_step_projects_half_types_with_triton_up_to_the_row_limit(monkeypatch):
     from torch import nn
 
     from infvideo.ops import step
 
     calls = []
     monkeypatch.setattr(projection, "linear", lambda *a: calls.append(a) or torch.nn.functional.linear(*a))
-    pk, pv = nn.Linear(8, 6).to(DEVICE), nn.Linear(8, 6).to(DEVICE)
-    coef = torch.randn(2, 5, 8, device=DEVICE)
+    pk, pv = nn.Linear(8, 6).to(DEVICE, torch.bfloat16), nn.Linear(8, 6).to(DEVICE, torch.bfloat16)
+    coef = torch.randn(2, 5, 8, device=DEVICE, dtype=torch.bfloat16)
     with torch.no_grad():
         keys, values = step._project_pair(pk, pv, coef, "triton")
         torch.testing.assert_close(keys, pk(coef))
         torch.testing.assert_close(values, pv(coef))
         assert len(calls) == 1
+        step._project_pair(pk, pv, coef, "cuda")
         monkeypatch.setattr(step, "TRITON_PROJECTION_ROWS", 9)
-        step._project_pair(pk, pv, torch.randn(2, 5, 8, device=DEVICE), "triton")
-        step._project_pair(pk, pv, torch.randn(2, 5, 8, device=DEVICE), "cuda")
-        assert len(calls) == 1, "10 rows > 9, and the csrc backends keep cuBLAS"
+        step._project_pair(pk, pv, coef, "triton")
+        monkeypatch.setattr(step, "TRITON_PROJECTION_ROWS", 10)
+        step._project_pair(nn.Linear(8, 6).to(DEVICE), nn.Linear(8, 6).to(DEVICE), coef.float(), "triton")
+        assert len(calls) == 1, "the csrc backends, 10 rows > 9 and float32 keep cuBLAS"

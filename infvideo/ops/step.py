@@ -105,12 +105,14 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
     return hit[1], hit[2]
 
 
-# Up to this many rows of coefficients (S·N) the Triton backend projects them with its own kernel
-# (kernels/projection.py), whose launch costs a few µs of host time against 14-17 through torch's
-# cuBLAS call; above it cuBLAS's faster GPU time wins. Measured on the H100, µs of GPU time:
-# PROJECTION_MEASUREMENT (bench/bench_projection.py).
-TRITON_PROJECTION_ROWS = 4096
-_TRITON_PROJECTION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Up to this many rows of coefficients (S·N) with half-precision projections, the Triton backend
+# projects them with its own kernel (kernels/projection.py), whose launch costs a few µs of host
+# time against 12-17 through torch's cuBLAS call; above it cuBLAS's faster GPU time wins. H100, µs
+# of GPU time per [rows, 768] x [768, 1536] bf16 product with bias, Triton against cuBLAS: 4.8 /
+# 4.1 at 256 rows, 8.7 / 6.6 at 1024, 16.8 / 9.9 at 2048 (bench/bench_projection.py). float32
+# stays on cuBLAS: exact fp32 products without tensor cores took 2.5-3.7x its time.
+TRITON_PROJECTION_ROWS = 1024
+_TRITON_PROJECTION_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _project_pair(proj_key, proj_value, coef: torch.Tensor, backend: str = "triton"
