@@ -165,10 +165,16 @@ def main(argv=None):
     rows += step_rows("S=1 L=256 tokens bf16", 1, 256, torch.bfloat16, 32, iters, baseline=False)
     pk, pv, frames, query = make(64, 256, torch.bfloat16, 32)
     floor, bandwidth = read_floor_us([frames, query, pk.weight, pv.weight])
-    del frames
+    # The step also reads the memory's state: old coefficients [S, N, e] fp32 and the sticky
+    # statistic [S, H·⌈Q/16⌉, N] fp32.
+    state = [torch.empty(64, 256, WIDTH, device="cuda"), torch.empty(64, HEADS * 2, 256, device="cuda")]
+    state_floor = floor + sum(t.numel() * t.element_size() for t in state) / bandwidth * 1e6
+    del frames, state
     torch.cuda.empty_cache()
     rows += step_rows("S=64 L=256 tokens bf16", 64, 256, torch.bfloat16, 32, max(20, iters // 4),
-                      extra=[("input read floor (%.0f GB/s)" % (bandwidth / 1e9), floor, floor, floor)], baseline=False)
+                      extra=[("input read floor (%.0f GB/s)" % (bandwidth / 1e9), floor, floor, floor),
+                             ("input read floor with the memory's state", state_floor, state_floor, state_floor)],
+                      baseline=False)
     rows += step_rows("S=16 gaussian T=1000", 16, 256, torch.float32, None, max(20, iters // 4), baseline=False,
                       basis="gaussian", quad_points=1000)
     rows += quadrature_rows(max(20, iters // 4))

@@ -221,8 +221,9 @@ class LaunchPlan:
     """One recorded step, replayed by C++: ``plan(inputs)`` returns its outputs, or None when the
     inputs are not those it was recorded for (shape, strides, dtype, device, 16-byte alignment)."""
 
-    def __init__(self, program: list[int], constants: list[torch.Tensor], device: torch.device):
+    def __init__(self, program: list[int], constants: list[torch.Tensor], device: torch.device, kernels=()):
         self.id = torch.ops.infvideo.launch_plan_create(program, constants, device.index)
+        self.kernels = tuple(kernels)  # the compiled kernels whose CUfunctions the plan launches stay loaded
         self._run = torch.ops.infvideo.launch_plan_run.default
         # Released with the Python object; at exit the process frees everything anyway.
         weakref.finalize(self, torch.ops.infvideo.launch_plan_release, self.id).atexit = False
@@ -252,8 +253,8 @@ def record(step, inputs: list[torch.Tensor], outputs) -> tuple:
         program = _Program(inputs)
         for kind, *event in recorder.events:
             getattr(program, kind)(*event)
-        device = inputs[0].device
-        return result, LaunchPlan(*program.encode(outputs(result)), device)
+        kernels = [event[0] for kind, *event in recorder.events if kind == "launch"]
+        return result, LaunchPlan(*program.encode(outputs(result)), inputs[0].device, kernels)
     except Refused as why:
         return result, str(why)
 
