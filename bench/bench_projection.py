@@ -11,29 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from bench_cuda_vs_triton import graph_per_call  # this folder is on the path when run as a script
 from infvideo.kernels import projection
-
-
-def graph_us(fn, calls: int = 20, replays: int = 20) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -45,8 +24,8 @@ def main() -> None:
         bias = torch.randn(1536, device="cuda", dtype=dtype)
         for streams in (1, 2, 4, 8, 16, 64):
             x = torch.randn(streams, 256, 768, device="cuda", dtype=dtype)
-            ours = graph_us(lambda: projection.linear(x, weight, bias))
-            theirs = graph_us(lambda: torch.nn.functional.linear(x, weight, bias))
+            ours = graph_per_call(lambda: projection.linear(x, weight, bias))
+            theirs = graph_per_call(lambda: torch.nn.functional.linear(x, weight, bias))
             print(f"| {str(dtype).split('.')[1]} | {streams * 256} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |",
                   flush=True)
 

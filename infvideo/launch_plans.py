@@ -260,10 +260,10 @@ def record(step, inputs: list[torch.Tensor], outputs) -> tuple:
 
 
 def eligible(memory: nn.Module, frames: torch.Tensor) -> bool:
-    """Steps a plan can replay: CUDA tensors on the Triton backend, no autograd, no host check (it
-    reads the device), a full memory (every stream holds a video) and the deterministic samplers
-    (quantile, or uniform), outside torch.compile and CUDA graph captures."""
-    return (frames.device.type == "cuda" and not torch.is_grad_enabled() and not memory.check_finite
+    """Steps a plan can replay: CUDA tensors on the Triton backend, no autograd, a full memory
+    (every stream holds a video) and the deterministic samplers (quantile, or uniform), outside
+    torch.compile and CUDA graph captures."""
+    return (frames.device.type == "cuda" and not torch.is_grad_enabled()
             and memory._fill == "full" and memory._backends.get(frames.device) == "triton"
             and (not memory.config.sticky or memory.config.sampling == "quantile") and not traced(frames.device))
 
@@ -293,8 +293,8 @@ class StepPlans:
             del self.plans[key]
             self.seen.discard(key)
             return None
-        context, buffers["coef"], buffers["sticky_stats"] = outputs
-        return context
+        context, coef, *stats = outputs  # no statistic without sticky sampling
+        return memory._finish(frames, query, context, coef, stats[0] if stats else None, "full")
 
     def wants(self, memory: nn.Module, key: tuple, frames: torch.Tensor) -> bool:
         """Whether this step (checked, about to run) should be recorded."""
@@ -305,11 +305,13 @@ class StepPlans:
             return False
         return True
 
-    def record(self, memory: nn.Module, key: tuple, step, frames: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Runs ``step()`` (the memory's eager step on these inputs) under the recorder; keeps the plan."""
+    def record(self, memory: nn.Module, key: tuple, compute, frames: torch.Tensor, query: torch.Tensor
+               ) -> torch.Tensor:
+        """Runs ``compute()`` (the memory's step on these inputs, without its check and commit)
+        under the recorder, keeps the plan, then checks and commits the step as usual."""
         buffers = memory._buffers
         inputs = [frames, query, buffers["coef"], buffers["sticky_stats"]]
-        context, plan = record(step, inputs, lambda ctx: [ctx, buffers["coef"], buffers["sticky_stats"]])
+        (context, coef, stats), plan = record(compute, inputs, lambda out: [t for t in out if t is not None])
         if isinstance(plan, str):
             if len(self.refused) >= 64:
                 self.refused.clear()
@@ -318,4 +320,4 @@ class StepPlans:
             if len(self.plans) >= self.limit:
                 self.plans.pop(next(iter(self.plans)))
             self.plans[key] = plan
-        return context
+        return memory._finish(frames, query, context, coef, stats, "full")

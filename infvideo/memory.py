@@ -236,7 +236,7 @@ class LongTermMemory(nn.Module):
         was_full = self._fill == "full"
         frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
         if plan_key is not None and was_full and plans.wants(self, plan_key, frames):
-            context = plans.record(self, plan_key, lambda: self._step(frames, query, proj_key, proj_value, num_heads),
+            context = plans.record(self, plan_key, lambda: self._compute(frames, query, proj_key, proj_value, num_heads),
                                    frames, query)
         else:
             context = self._step(frames, query, proj_key, proj_value, num_heads)
@@ -248,6 +248,13 @@ class LongTermMemory(nn.Module):
 
     def _step(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int) -> torch.Tensor:
         """One step on checked inputs (the body of ``forward``, and what a captured graph records)."""
+        fill = self._fill
+        context, coef, stats = self._compute(frames, query, proj_key, proj_value, num_heads)
+        return self._finish(frames, query, context, coef, stats, fill)
+
+    def _compute(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int):
+        """(context, new coefficients, new statistic) of a step on checked inputs; changes nothing
+        (what a launch plan records)."""
         backend = self._backends.get(frames.device)
         if backend is None:
             backend = self._backends[frames.device] = backend_for(self.backend, frames.device)
@@ -260,19 +267,24 @@ class LongTermMemory(nn.Module):
             consts = self._step_constants.get(key)
             if consts is None:
                 consts = self._step_constants[key] = step_constants(self.config, *key)
-            context, coef, stats = fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads,
-                                              past, filled, stats, self.generator, keep_stats=self.config.sticky,
-                                              stats_in_place=_capturing(frames.device), backend=backend)
-        else:
-            coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
-            context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
-                                    keep_stats=self.config.sticky)
+            return fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads, past, filled, stats,
+                              self.generator, keep_stats=self.config.sticky, stats_in_place=_capturing(frames.device),
+                              backend=backend)
+        coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
+        context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
+                                keep_stats=self.config.sticky)
+        return context, coef, stats
+
+    def _finish(self, frames: torch.Tensor, query: torch.Tensor, context: torch.Tensor, coef: torch.Tensor,
+                stats: torch.Tensor | None, fill: str) -> torch.Tensor:
+        """Checks a computed step (``fill``: the memory's fill state it started from) and commits it;
+        returns the context in the query's dtype."""
         if self.check_finite and not _traced(frames.device):
             # Non-finite frames reach the new coefficients, so one small reduction (and one host
             # synchronisation) covers them and the query, before any state changes; only frames
             # that a fit leaves out (paper preset) need a look of their own.
             named = [("frames", coef), ("query", query)]
-            if _drops_frames(self.config, frames.shape[1], past is None or filled is not None, past is not None):
+            if _drops_frames(self.config, frames.shape[1], fill != "full", fill != "empty"):
                 named.append(("frames", frames))
             _checks.finite(named)
         self._commit(coef.detach(), stats)

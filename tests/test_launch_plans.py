@@ -116,16 +116,50 @@ def test_steps_a_plan_cannot_replay_keep_the_python_path():
 
 
 @plans_built
-def test_no_plan_with_autograd_host_checks_or_inside_a_capture():
+def test_plan_with_the_host_check_raises_before_any_state_changes():
     pk, pv = random_linear(E, D, seed=1).cuda(), random_linear(E, D, seed=2).cuda()
-    frames, queries = _inputs(4)
-    checked = LongTermMemory(num_basis=20, past_samples=30).cuda()
+    python, planned = (LongTermMemory(num_basis=20, past_samples=30, launch_plans=plans).cuda()
+                       for plans in (False, True))
+    frames, queries = _inputs(5)
+    with torch.no_grad():
+        for f, q in zip(frames, queries):
+            _assert_identical(python, planned, python(f, q, pk, pv, H), planned(f, q, pk, pv, H))
+        assert len(planned._plans.plans) == 1
+        before = planned.coef.clone(), planned.sticky_stats.clone()
+        bad = frames[0].clone()
+        bad[1, 3, 2, 5] = float("nan")
+        with pytest.raises(ValueError, match="frames"):
+            planned(bad, queries[0], pk, pv, H)
+        assert torch.equal(planned.coef, before[0]) and torch.equal(planned.sticky_stats, before[1])
+
+
+@plans_built
+def test_no_plan_under_autograd_and_none_inside_a_capture():
+    pk, pv = random_linear(E, D, seed=1).cuda(), random_linear(E, D, seed=2).cuda()
+    frames, queries = _inputs(6)
     graded = LongTermMemory(num_basis=20, past_samples=30, check_finite=False).cuda()
     for f, q in zip(frames, queries):
-        with torch.no_grad():
-            checked(f, q, pk, pv, H)
         graded(f, q, pk, pv, H)  # grad enabled, weights require grad: the reference runs
-    assert checked._plans.plans == {} and graded._plans.plans == {}
+    assert graded._plans.plans == {}
+
+    python, planned = _pair()
+    with torch.no_grad():
+        for f, q in zip(frames[:4], queries[:4]):
+            _assert_identical(python, planned, python(f, q, pk, pv, H), planned(f, q, pk, pv, H))
+        assert len(planned._plans.plans) == 1
+        static_f, static_q = frames[4].clone(), queries[4].clone()
+        graphs, contexts = [], []
+        for memory in (python, planned):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                contexts.append(memory(static_f, static_q, pk, pv, H))
+            graphs.append(graph)
+        for f, q in zip(frames[4:], queries[4:]):
+            static_f.copy_(f)
+            static_q.copy_(q)
+            for graph in graphs:
+                graph.replay()
+            _assert_identical(python, planned, *contexts)
 
 
 # Without a GPU: the program a recording turns into.
