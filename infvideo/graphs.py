@@ -22,8 +22,11 @@ def _weight_versions(*layers) -> tuple:
     or written in place, either of which a graph (holding the stacked K|V weight) must not miss."""
     out = []
     for layer in layers:
+        # A module's parameters straight from its dict: nn.Module.__getattr__ costs about a
+        # microsecond a lookup, on every step of a signature.
+        params = getattr(layer, "_parameters", None) if isinstance(layer, nn.Module) else None
         for name in ("weight", "bias"):
-            p = getattr(layer, name, None)
+            p = params[name] if params is not None and name in params else getattr(layer, name, None)
             out.append(None if p is None else (p.data_ptr(), p._version))
     return tuple(out)
 

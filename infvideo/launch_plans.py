@@ -263,8 +263,8 @@ def eligible(memory: nn.Module, frames: torch.Tensor) -> bool:
     """Steps a plan can replay: CUDA tensors on the Triton backend, no autograd, a full memory
     (every stream holds a video) and the deterministic samplers (quantile, or uniform), outside
     torch.compile and CUDA graph captures."""
-    return (frames.device.type == "cuda" and not torch.is_grad_enabled()
-            and memory._fill == "full" and memory._backends.get(frames.device) == "triton"
+    return (memory._fill == "full" and not torch.is_grad_enabled() and frames.is_cuda
+            and memory._backends.get(frames.device) == "triton"
             and (not memory.config.sticky or memory.config.sampling == "quantile") and not traced(frames.device))
 
 

@@ -42,11 +42,11 @@ def _drops_frames(cfg: MemoryConfig, length: int, first: bool, later: bool) -> b
     return any(isinstance(fit, SegmentedFit) and fit.frame_keep is not None for fit in fits)
 
 
-def _store(buffers: dict, name: str, value: torch.Tensor) -> None:
+def _store(buffers: dict, name: str, value: torch.Tensor, traced: bool) -> None:
     current = buffers[name]
     if value is current:
         return
-    if _traced(value.device) and current.shape == value.shape and current.dtype == value.dtype:
+    if traced and current.shape == value.shape and current.dtype == value.dtype:
         current.copy_(value)
     else:
         buffers[name] = value
@@ -279,7 +279,8 @@ class LongTermMemory(nn.Module):
                 stats: torch.Tensor | None, fill: str) -> torch.Tensor:
         """Checks a computed step (``fill``: the memory's fill state it started from) and commits it;
         returns the context in the query's dtype."""
-        if self.check_finite and not _traced(frames.device):
+        traced = _traced(frames.device)
+        if self.check_finite and not traced:
             # Non-finite frames reach the new coefficients, so one small reduction (and one host
             # synchronisation) covers them and the query, before any state changes; only frames
             # that a fit leaves out (paper preset) need a look of their own.
@@ -287,20 +288,20 @@ class LongTermMemory(nn.Module):
             if _drops_frames(self.config, frames.shape[1], fill != "full", fill != "empty"):
                 named.append(("frames", frames))
             _checks.finite(named)
-        self._commit(coef.detach(), stats)
+        self._commit(coef.detach(), stats, traced)
         return context if context.dtype == query.dtype else context.to(query.dtype)
 
-    def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None) -> None:
-        # Eager steps swap the new tensors in. Under capture or compilation they are copied into
-        # the existing buffers instead, so each replay updates the memory the next replay reads. nn.Module.__setattr__ is bypassed: it
-        # costs more than the rest of a small step.
+    def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None, traced: bool) -> None:
+        # Eager steps swap the new tensors in. Under capture or compilation (``traced``) they are
+        # copied into the existing buffers instead, so each replay updates the memory the next
+        # replay reads. nn.Module.__setattr__ is bypassed: it costs more than the rest of a small step.
         buffers = self._buffers
-        _store(buffers, "coef", coef)
+        _store(buffers, "coef", coef, traced)
         if self._fill != "full":
             buffers["filled"] = torch.ones(coef.shape[0], dtype=torch.bool, device=coef.device)
             self._fill = "full"
         if stats is not None:
-            _store(buffers, "sticky_stats", stats)
+            _store(buffers, "sticky_stats", stats, traced)
         elif buffers["sticky_stats"].shape[0] != coef.shape[0]:
             buffers["sticky_stats"] = torch.zeros(coef.shape[0], 1, self.config.sticky_bins, device=coef.device)
 
