@@ -127,7 +127,12 @@ class LongTermMemory(nn.Module):
         self._graphs = StepGraphs() if cuda_graphs else None
         if not isinstance(launch_plans, bool):
             raise TypeError(f"launch_plans must be a bool, got {type(launch_plans).__name__}")
-        self._plans = StepPlans() if launch_plans else None
+        # Only steps of rectangular bins with the exact preset and a deterministic sampler run
+        # the fused kernels alone (the recorder would refuse the others); other memories skip
+        # the plans' per-call signature.
+        plannable = (self.config.basis == "rectangular" and self.config.preset == "exact"
+                     and (not self.config.sticky or self.config.sampling == "quantile"))
+        self._plans = StepPlans() if launch_plans and plannable else None
         # Host-side mirror of `filled` ("empty", "full" or "mixed") so a step never reads the
         # device to know which streams hold a video.
         self._fill = "empty"
