@@ -7,7 +7,7 @@ wrapper recomputes its grid, strides and constants, and Triton's launcher unpack
 of that is the same on every call. So, at the second full step of a signature, the memory runs
 the step once under a recorder that sees every ATen call (allocations, views, the K/V product)
 and every Triton launch (the compiled kernel and its arguments), and hands the sequence to C++
-(``csrc/launch/launch_plan.cu``). Later calls at that signature run the plan: C++ checks the
+(``csrc/launch/``). Later calls at that signature run the plan: C++ checks the
 inputs against the recording, allocates the step's tensors, launches the same compiled kernels
 with the same arguments but the new pointers, and returns new tensors, as the eager step does.
 
@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_leaves
 from .graphs import traced
 from .ops import _csrc
 
-# The program format of csrc/launch/launch_plan.cu.
+# The program format of csrc/launch/launch_plan.cpp.
 _VERSION = 1
 _ALLOC, _LAUNCH, _MATMUL = 0, 1, 2
 _POINTER, _INT32, _INT64, _FLOAT32, _NULL = 0, 1, 2, 3, 4
@@ -120,7 +120,7 @@ _DTYPE_CODES = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, t
 
 
 class _Program:
-    """The int64 program of one recorded step (the format of csrc/launch/launch_plan.cu).
+    """The int64 program of one recorded step (the format of csrc/launch/launch_plan.cpp).
 
     Slots are numbered in the order the step meets them: the inputs first, then every constant
     (memory the step neither allocated nor took as an input: its cached constants and stacked

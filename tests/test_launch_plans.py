@@ -232,3 +232,56 @@ def test_recorder_refuses_aten_calls_other_than_allocations_views_and_products()
         torch.promote_types(torch.float16, torch.bfloat16)
         torch.result_type(x, bias)
     assert recorder.refusal is None and recorder.events == []
+
+
+needs_extension = pytest.mark.skipif(not launch_plans._csrc.built(), reason="the C++ extension is not built")
+
+
+def _valid_program() -> list[int]:
+    """One [2, 3] float32 input, one allocation, one mm of the input by a view of the allocation."""
+    x = torch.zeros(2, 3)
+    program = launch_plans._Program([x])
+    y = torch.empty(3, 4)
+    program.alloc(y)
+    out = torch.mm(x, y)
+    program.matmul(torch.ops.aten.mm.default, (x, y), out)
+    code, constants = program.encode([out])
+    assert constants == []
+    return code
+
+
+@needs_extension
+def test_plan_create_accepts_a_well_formed_program():
+    plan = torch.ops.infvideo.launch_plan_create(_valid_program(), [], 0)
+    assert isinstance(plan, int)
+    torch.ops.infvideo.launch_plan_release(plan)
+
+
+@needs_extension
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p[:-1], "ends early"),
+    (lambda p: p + [0], "trailing program entries"),
+    (lambda p: [2] + p[1:], "version"),
+    (lambda p: p[:3] + [1, 1] + p[4:], "names 1 constants, got 0"),
+    # offsets: header 0-5, the input's spec 6-12, the allocation 13-20, the product 21-37
+    (lambda p: p[:11] + [99] + p[12:], "dtype code 99"),              # the input's dtype
+    (lambda p: p[:13] + [7] + p[14:], "unknown op 7"),                # the allocation's op code
+    (lambda p: p[:31] + [2] + p[32:], "slot 2 is read before it is written"),  # the product's own output
+    (lambda p: p[:14] + [0] + p[15:], "cannot write slot 0"),         # the allocation into the input's slot
+], ids=["truncated", "trailing", "version", "constants", "dtype", "op", "unwritten slot", "input slot"])
+def test_plan_create_rejects_malformed_programs(edit, message):
+    program = _valid_program()
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.infvideo.launch_plan_create(edit(program), [], 0)
+
+
+@needs_extension
+def test_plan_create_rejects_constants_on_another_device():
+    x, weight = torch.zeros(2, 3), torch.zeros(3, 4)
+    program = launch_plans._Program([x])
+    out = torch.mm(x, weight)
+    program.matmul(torch.ops.aten.mm.default, (x, weight), out)
+    code, constants = program.encode([out])
+    assert constants == [weight]
+    with pytest.raises(RuntimeError, match="a constant is on cpu"):
+        torch.ops.infvideo.launch_plan_create(code, constants, 0)

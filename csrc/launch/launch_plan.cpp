@@ -1,10 +1,11 @@
 // Launch plans: a recorded sequence of kernel launches and matrix products, replayed from C++ with
-// new pointers on every call (infvideo/launch_plans.py records them).
+// new pointers on every call (infvideo/launch_plans.py records them). This file parses, checks and
+// keeps them; launch_plan_cuda.cu runs them.
 //
 // A one-stream memory step is three Triton kernels and one cuBLAS product, about 24 µs of GPU
 // time; launched from Python each kernel costs 20-40 µs of host time with its wrapper. The
 // wrappers compute the same grid, strides and constants on every call at a given signature, so
-// Python records them once (with the compiled kernels' CUfunction handles) and this file launches
+// Python records them once (with the compiled kernels' CUfunction handles) and C++ launches
 // them: per call it checks the inputs against the recording, allocates the step's tensors, fills
 // each kernel's parameter buffer and calls cuLaunchKernel on the current stream. Nothing is
 // captured: the inputs are read where they are, and every output is a new tensor, as in the eager
@@ -22,69 +23,15 @@
 // relative to that tensor's first element), and a launch parameter is a pointer into a slot
 // (kind 0: a = slot, b = byte offset), an integer or float by value (kinds 1-3), or a null pointer
 // (kind 4: Triton's scratch parameters of kernels that use no scratch memory).
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
+#include "launch_plan.h"
+
 #include <torch/library.h>
 
-#include <cuda.h>
-#include <cuda_runtime_api.h>
-
 #include <algorithm>
-#include <array>
-#include <cstdint>
-#include <cstring>
-#include <memory>
 #include <mutex>
-#include <vector>
 
-namespace infvideo {
+namespace infvideo::launch {
 namespace {
-
-constexpr int64_t kVersion = 1;
-constexpr int64_t kAlloc = 0, kLaunch = 1, kMatmul = 2;
-constexpr int64_t kPointer = 0, kInt32 = 1, kInt64 = 2, kFloat32 = 3, kNull = 4;
-constexpr int64_t kMaxParams = 64;
-
-struct TensorRef {
-  int64_t slot, offset;
-  std::vector<int64_t> sizes, strides;
-};
-
-struct InputSpec {
-  std::vector<int64_t> sizes, strides;
-  at::ScalarType dtype;
-  int64_t alignment;
-};
-
-struct Param {
-  int64_t kind, a, b;
-};
-
-struct Op {
-  int64_t type, slot = -1;
-  // kAlloc
-  std::vector<int64_t> sizes, strides;
-  at::ScalarType dtype = at::kFloat;
-  // kLaunch
-  CUfunction function = nullptr;
-  std::array<unsigned, 3> grid{};
-  unsigned threads = 0, shared = 0;
-  std::vector<Param> params;
-  // kMatmul
-  bool has_bias = false;
-  std::vector<TensorRef> operands;
-};
-
-struct Plan {
-  c10::Device device{c10::kCUDA};
-  std::vector<InputSpec> inputs;
-  std::vector<at::Tensor> constants;
-  std::vector<int64_t> constant_slots;
-  int64_t slots = 0;
-  std::vector<Op> ops;
-  std::vector<TensorRef> outputs;
-};
 
 // Reads the program front to back; every read is bounds-checked, so a malformed program is an
 // error at creation and never a wild read later.
@@ -181,7 +128,7 @@ std::unique_ptr<Plan> parse(c10::IntArrayRef program, at::TensorList constants, 
       op.strides = in.take(ndim);
       op.dtype = read_dtype(in);
     } else if (op.type == kLaunch) {
-      op.function = reinterpret_cast<CUfunction>(static_cast<uintptr_t>(in.next()));
+      op.function = static_cast<uint64_t>(in.next());
       for (auto& g : op.grid) g = static_cast<unsigned>(in.next());
       op.threads = static_cast<unsigned>(in.next());
       op.shared = static_cast<unsigned>(in.next());
@@ -209,82 +156,19 @@ std::unique_ptr<Plan> parse(c10::IntArrayRef program, at::TensorList constants, 
   return plan;
 }
 
-using LaunchKernel = CUresult (*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                                  CUstream, void**, void**);
-
-// cuLaunchKernel from the driver the runtime loaded (no link against libcuda).
-LaunchKernel launch_kernel() {
-  static const LaunchKernel fn = [] {
-    void* symbol = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-#if CUDART_VERSION >= 12050
-    const cudaError_t status =
-        cudaGetDriverEntryPointByVersion("cuLaunchKernel", &symbol, 12000, cudaEnableDefault, &found);
-#else
-    const cudaError_t status = cudaGetDriverEntryPoint("cuLaunchKernel", &symbol, cudaEnableDefault, &found);
-#endif
-    TORCH_CHECK(status == cudaSuccess && found == cudaDriverEntryPointSuccess && symbol != nullptr,
-                "infvideo: cuLaunchKernel is not available from the CUDA driver");
-    return reinterpret_cast<LaunchKernel>(symbol);
-  }();
-  return fn;
-}
-
 std::mutex registry_mutex;
 std::vector<std::shared_ptr<const Plan>> registry;
 
-std::shared_ptr<const Plan> find(int64_t id) {
+}  // namespace
+
+std::shared_ptr<const Plan> find_plan(int64_t id) {
   std::lock_guard<std::mutex> lock(registry_mutex);
   TORCH_CHECK(id >= 0 && id < static_cast<int64_t>(registry.size()) && registry[id],
               "infvideo::launch_plan_run: no plan ", id);
   return registry[id];
 }
 
-bool matches(const at::Tensor& t, const InputSpec& spec, c10::Device device) {
-  return t.defined() && t.device() == device && t.scalar_type() == spec.dtype && t.sizes().equals(spec.sizes) &&
-         t.strides().equals(spec.strides) &&
-         static_cast<int64_t>(reinterpret_cast<uintptr_t>(t.data_ptr()) & 15) == spec.alignment;
-}
-
-at::Tensor view(const std::vector<at::Tensor>& slots, const TensorRef& ref) {
-  const at::Tensor& base = slots[ref.slot];
-  if (ref.offset == 0 && base.sizes().equals(ref.sizes) && base.strides().equals(ref.strides)) return base;
-  return base.as_strided(ref.sizes, ref.strides, base.storage_offset() + ref.offset);
-}
-
-void launch(const Op& op, const std::vector<at::Tensor>& slots, cudaStream_t stream) {
-  std::array<uint64_t, kMaxParams> values{};
-  std::array<void*, kMaxParams> pointers{};
-  const size_t count = op.params.size();
-  for (size_t p = 0; p < count; ++p) {
-    const Param& param = op.params[p];
-    switch (param.kind) {
-      case kPointer:
-        values[p] = reinterpret_cast<uintptr_t>(slots[param.a].data_ptr()) + static_cast<uint64_t>(param.b);
-        break;
-      case kInt32: {
-        const auto v = static_cast<int32_t>(param.a);
-        std::memcpy(&values[p], &v, sizeof v);
-        break;
-      }
-      case kFloat32: {
-        const auto bits = static_cast<uint32_t>(param.a);
-        std::memcpy(&values[p], &bits, sizeof bits);
-        break;
-      }
-      case kInt64:
-        values[p] = static_cast<uint64_t>(param.a);
-        break;
-      default:  // kNull
-        values[p] = 0;
-    }
-    pointers[p] = &values[p];
-  }
-  const CUresult status = launch_kernel()(op.function, op.grid[0], op.grid[1], op.grid[2], op.threads, 1, 1,
-                                          op.shared, reinterpret_cast<CUstream>(stream), pointers.data(), nullptr);
-  TORCH_CHECK(status == CUDA_SUCCESS, "infvideo::launch_plan_run: cuLaunchKernel failed with CUresult ",
-              static_cast<int>(status));
-}
+namespace {
 
 int64_t launch_plan_create(c10::IntArrayRef program, at::TensorList constants, int64_t device) {
   std::shared_ptr<const Plan> plan = parse(program, constants, device);
@@ -298,41 +182,13 @@ void launch_plan_release(int64_t id) {
   if (id >= 0 && id < static_cast<int64_t>(registry.size())) registry[id].reset();
 }
 
-// The plan's outputs, or an empty list when the inputs are not those it was recorded for (the
-// caller then runs the step from Python).
-std::vector<at::Tensor> launch_plan_run(int64_t id, at::TensorList inputs) {
-  const std::shared_ptr<const Plan> plan = find(id);
-  if (inputs.size() != plan->inputs.size()) return {};
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (!matches(inputs[i], plan->inputs[i], plan->device)) return {};
-  }
-  const c10::cuda::CUDAGuard guard(plan->device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(plan->device.index()).stream();
-  std::vector<at::Tensor> slots(plan->slots);
-  std::copy(inputs.begin(), inputs.end(), slots.begin());
-  for (size_t c = 0; c < plan->constants.size(); ++c) slots[plan->constant_slots[c]] = plan->constants[c];
-  for (const Op& op : plan->ops) {
-    if (op.type == kAlloc) {
-      slots[op.slot] = at::empty_strided(op.sizes, op.strides, at::TensorOptions(plan->device).dtype(op.dtype));
-    } else if (op.type == kLaunch) {
-      launch(op, slots, stream);
-    } else if (op.has_bias) {
-      slots[op.slot] = at::addmm(view(slots, op.operands[0]), view(slots, op.operands[1]), view(slots, op.operands[2]));
-    } else {
-      slots[op.slot] = at::mm(view(slots, op.operands[0]), view(slots, op.operands[1]));
-    }
-  }
-  std::vector<at::Tensor> outputs;
-  outputs.reserve(plan->outputs.size());
-  for (const TensorRef& ref : plan->outputs) outputs.push_back(view(slots, ref));
-  return outputs;
-}
-
 }  // namespace
-}  // namespace infvideo
+}  // namespace infvideo::launch
 
+// Creating and releasing plans needs no GPU (so their checks are tested everywhere); running
+// them is registered by launch_plan_cuda.cu in CUDA builds.
 TORCH_LIBRARY_FRAGMENT(infvideo, m) {
-  m.def("launch_plan_create(int[] program, Tensor[] constants, int device) -> int", &infvideo::launch_plan_create);
-  m.def("launch_plan_run(int plan, Tensor[] inputs) -> Tensor[]", &infvideo::launch_plan_run);
-  m.def("launch_plan_release(int plan) -> ()", &infvideo::launch_plan_release);
+  m.def("launch_plan_create(int[] program, Tensor[] constants, int device) -> int",
+        &infvideo::launch::launch_plan_create);
+  m.def("launch_plan_release(int plan) -> ()", &infvideo::launch::launch_plan_release);
 }
