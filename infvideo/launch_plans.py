@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import struct
+import warnings
 import weakref
 
 import torch
@@ -255,7 +256,7 @@ def record(step, inputs: list[torch.Tensor], outputs) -> tuple:
             getattr(program, kind)(*event)
         kernels = [event[0] for kind, *event in recorder.events if kind == "launch"]
         return result, LaunchPlan(*program.encode(outputs(result)), inputs[0].device, kernels)
-    except Refused as why:
+    except (Refused, RuntimeError) as why:  # RuntimeError: the C++ side rejected the program
         return result, str(why)
 
 
@@ -288,7 +289,16 @@ class StepPlans:
         if plan is None or not eligible(memory, frames):
             return None
         buffers = memory._buffers
-        outputs = plan([frames, query, buffers["coef"], buffers["sticky_stats"]])
+        try:
+            outputs = plan([frames, query, buffers["coef"], buffers["sticky_stats"]])
+        except RuntimeError as err:
+            # A plan that fails (a driver error, say) has written only tensors of its own: the
+            # state is untouched, and this signature goes back to the Python launches for good.
+            warnings.warn(f"infvideo: a launch plan failed ({err}); this step signature now runs from Python",
+                          RuntimeWarning, stacklevel=3)
+            del self.plans[key]
+            self.refused[key] = str(err)
+            return None
         if outputs is None:  # the state is not what the plan was recorded with (e.g. loaded)
             del self.plans[key]
             self.seen.discard(key)

@@ -285,3 +285,21 @@ def test_plan_create_rejects_constants_on_another_device():
     assert constants == [weight]
     with pytest.raises(RuntimeError, match="a constant is on cpu"):
         torch.ops.infvideo.launch_plan_create(code, constants, 0)
+
+
+def test_a_failing_plan_warns_and_leaves_the_signature_to_python(monkeypatch):
+    def broken(inputs):
+        raise RuntimeError("cuLaunchKernel failed")
+
+    memory = LongTermMemory(num_basis=4, past_samples=4, check_finite=False)
+    memory.register_buffer("coef", torch.zeros(1, 4, 3))
+    memory.register_buffer("sticky_stats", torch.zeros(1, 1, 4))
+    coef = memory.coef
+    monkeypatch.setattr(launch_plans, "eligible", lambda memory, frames: True)
+    plans = launch_plans.StepPlans()
+    plans.plans["key"] = broken
+    with pytest.warns(RuntimeWarning, match="cuLaunchKernel failed"):
+        assert plans.run(memory, "key", torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)) is None
+    assert plans.plans == {} and plans.refused == {"key": "cuLaunchKernel failed"}
+    assert memory.coef is coef
+    assert not plans.wants(memory, "key", torch.zeros(1, 2, 3))
