@@ -1,21 +1,24 @@
 """Eager CUDA steps launched from C++ plans (``LongTermMemory(launch_plans=True)``, the default).
 
-A one-stream step on the Triton backend is three kernels and one cuBLAS product, about 24 µs of
+A one-stream step on the Triton backend is three kernels and one small product, about 24 µs of
 GPU time, but launched from Python it costs several times that in host time: each kernel's
 wrapper recomputes its grid, strides and constants, and Triton's launcher unpacks every argument
 (bench/bench_host_cost.py). At a given signature (shapes, strides, dtypes, device, weights) all
-of that is the same on every call. So, at the second full step of a signature, the memory runs
-the step once under a recorder that sees every ATen call (allocations, views, the K/V product)
-and every Triton launch (the compiled kernel and its arguments), and hands the sequence to C++
-(``csrc/launch/``). Later calls at that signature run the plan: C++ checks the
-inputs against the recording, allocates the step's tensors, launches the same compiled kernels
-with the same arguments but the new pointers, and returns new tensors, as the eager step does.
+of that is the same on every call. So, at the second full step of a signature, the memory
+computes the step once under a recorder that sees every ATen call (allocations, views, a cuBLAS
+product) and every Triton launch (the compiled kernel and its arguments), and hands the sequence
+to C++ (``csrc/launch/``). Later calls at that signature run the plan: C++ checks the inputs
+against the recording, allocates the step's tensors, launches the same compiled kernels with the
+same arguments but the new pointers, and returns new tensors; the memory then checks (with
+``check_finite``) and commits them as it does a step launched from Python.
 
 Unlike a CUDA graph (``cuda_graphs=True``) nothing is copied or captured: the frames are read
 where they are, results are bit-identical to the Python path (same kernels, same arguments, same
-cuBLAS call), and the plan runs at any size. A step that does anything else (another sampler, a
-Gaussian basis, a copy or a cast the recording cannot replay) is not planned: the recorder refuses
-it and the signature keeps the Python path. Plans need the extension built with CUDA.
+cuBLAS call), and the plan runs at any size. Only memories whose steps run on the fused kernels
+alone keep plans (rectangular bins, exact preset, quantile or uniform sampling); a step that does
+anything else (float64 inputs, a copy or a cast the recording cannot replay) is refused by the
+recorder and its signature keeps the Python path, as does a plan that fails (with a warning).
+Plans need the extension built with CUDA.
 """
 from __future__ import annotations
 
