@@ -1,6 +1,8 @@
 """`LongTermMemory`: the ∞-Video continuous-time memory of S video streams as an nn.Module."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -94,9 +96,9 @@ class LongTermMemory(nn.Module):
             full step of a signature the memory records the step's kernel launches and K/V
             product, and later calls there launch the same kernels with the new tensors from C++,
             without Python per kernel (bit-identical results, no copies, any size). Used for the
-            Triton backend with ``check_finite=False``, no autograd, every stream filled and the
-            quantile or uniform sampler, where the extension is built with CUDA; other calls run
-            from Python.
+            Triton backend with rectangular bins, the exact preset and the quantile or uniform
+            sampler, no autograd and every stream filled, where the extension is built with
+            CUDA; other calls run from Python.
 
     Compiling (``torch.compile(memory, fullgraph=True)``) and capturing a CUDA graph both need one
     eager step first (it puts the constants on the device), and then drive the memory only
@@ -241,8 +243,8 @@ class LongTermMemory(nn.Module):
         was_full = self._fill == "full"
         frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
         if plan_key is not None and was_full and plans.wants(self, plan_key, frames):
-            context = plans.record(self, plan_key, lambda: self._compute(frames, query, proj_key, proj_value, num_heads),
-                                   frames, query)
+            step = functools.partial(self._compute, frames, query, proj_key, proj_value, num_heads)
+            context = plans.record(self, plan_key, step, frames, query)
         else:
             context = self._step(frames, query, proj_key, proj_value, num_heads)
         # Captured after an eager step of the same kind (memory full before and after), so that
