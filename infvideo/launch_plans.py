@@ -142,8 +142,7 @@ class _Program:
             self.head += [*_shape(t), _dtype_code(t.dtype), t.data_ptr() & 15]
         self.inputs = len(inputs)
         self.constants: list[tuple[int, torch.Tensor]] = []
-        self.ops: list[int] = []
-        self.op_count = 0
+        self.ops: list[list[int]] = []
 
     def _new_slot(self, t: torch.Tensor) -> int:
         slot = self.count
@@ -168,15 +167,13 @@ class _Program:
     def alloc(self, out: torch.Tensor) -> None:
         if out.storage_offset():
             raise Refused("an allocation with a storage offset")
-        self.ops += [_ALLOC, self._new_slot(out), *_shape(out), _dtype_code(out.dtype)]
-        self.op_count += 1
+        self.ops.append([_ALLOC, self._new_slot(out), *_shape(out), _dtype_code(out.dtype)])
 
     def matmul(self, func, args, out: torch.Tensor) -> None:
         if len(args) != (3 if _PRODUCTS[func] else 2) or not all(isinstance(a, torch.Tensor) for a in args):
             raise Refused(f"{func} with arguments {args!r:.100}")
         refs = [x for t in args for x in self._ref(t)]
-        self.ops += [_MATMUL, self._new_slot(out), int(_PRODUCTS[func]), *refs]
-        self.op_count += 1
+        self.ops.append([_MATMUL, self._new_slot(out), int(_PRODUCTS[func]), *refs])
 
     def launch(self, compiled, grid, args) -> None:
         meta = compiled.metadata
@@ -209,15 +206,14 @@ class _Program:
         if ptx[:len(widths)] != widths or any(width != 8 for width in scratch):
             raise Refused(f"{name}: PTX parameters {ptx} do not match the arguments' {widths}")
         params += [_NULL, 0, 0] * len(scratch)  # Triton's scratch pointers: no scratch memory (checked above)
-        self.ops += [_LAUNCH, int(compiled.function), *grid, 32 * meta.num_warps, meta.shared, len(params) // 3,
-                     *params]
-        self.op_count += 1
+        self.ops.append([_LAUNCH, int(compiled.function), *grid, 32 * meta.num_warps, meta.shared, len(params) // 3,
+                         *params])
 
     def encode(self, outputs: list[torch.Tensor]) -> tuple[list[int], list[torch.Tensor]]:
         """(program, constants) returning views of ``outputs``."""
         refs = [x for t in outputs for x in self._ref(t)]
         program = [_VERSION, self.inputs, self.count, len(self.constants), *(s for s, _ in self.constants),
-                   self.op_count, len(outputs), *self.head, *self.ops, *refs]
+                   len(self.ops), len(outputs), *self.head, *(x for op in self.ops for x in op), *refs]
         return program, [t for _, t in self.constants]
 
 
@@ -265,11 +261,10 @@ def record(step, inputs: list[torch.Tensor], outputs) -> tuple:
 
 def eligible(memory: nn.Module, frames: torch.Tensor) -> bool:
     """Steps a plan can replay: CUDA tensors on the Triton backend, no autograd, a full memory
-    (every stream holds a video) and the deterministic samplers (quantile, or uniform), outside
-    torch.compile and CUDA graph captures."""
+    (every stream holds a video), outside torch.compile and CUDA graph captures. (Which
+    configurations keep plans at all, LongTermMemory decides once: ``plannable``.)"""
     return (memory._fill == "full" and not torch.is_grad_enabled() and frames.is_cuda
-            and memory._backends.get(frames.device) == "triton"
-            and (not memory.config.sticky or memory.config.sampling == "quantile") and not traced(frames.device))
+            and memory._backends.get(frames.device) == "triton" and not traced(frames.device))
 
 
 class StepPlans:
@@ -307,7 +302,8 @@ class StepPlans:
             self.seen.discard(key)
             return None
         context, coef, *stats = outputs  # no statistic without sticky sampling
-        return memory._finish(frames, query, context, coef, stats[0] if stats else None, "full")
+        # (eligible() has ruled out a compile or capture: the commit need not ask again)
+        return memory._finish(frames, query, context, coef, stats[0] if stats else None, "full", traced=False)
 
     def wants(self, memory: nn.Module, key: tuple, frames: torch.Tensor) -> bool:
         """Whether this step (checked, about to run) should be recorded."""
@@ -333,4 +329,4 @@ class StepPlans:
             if len(self.plans) >= self.limit:
                 self.plans.pop(next(iter(self.plans)))
             self.plans[key] = plan
-        return memory._finish(frames, query, context, coef, stats, "full")
+        return memory._finish(frames, query, context, coef, stats, "full", traced=False)

@@ -257,7 +257,7 @@ class LongTermMemory(nn.Module):
         """One step on checked inputs (the body of ``forward``, and what a captured graph records)."""
         fill = self._fill
         context, coef, stats = self._compute(frames, query, proj_key, proj_value, num_heads)
-        return self._finish(frames, query, context, coef, stats, fill)
+        return self._finish(frames, query, context, coef, stats, fill, _traced(frames.device))
 
     def _compute(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int):
         """(context, new coefficients, new statistic) of a step on checked inputs; changes nothing
@@ -283,10 +283,9 @@ class LongTermMemory(nn.Module):
         return context, coef, stats
 
     def _finish(self, frames: torch.Tensor, query: torch.Tensor, context: torch.Tensor, coef: torch.Tensor,
-                stats: torch.Tensor | None, fill: str) -> torch.Tensor:
-        """Checks a computed step (``fill``: the memory's fill state it started from) and commits it;
-        returns the context in the query's dtype."""
-        traced = _traced(frames.device)
+                stats: torch.Tensor | None, fill: str, traced: bool) -> torch.Tensor:
+        """Checks a computed step (``fill``: the memory's fill state it started from; ``traced``:
+        inside torch.compile or a capture) and commits it; returns the context in the query's dtype."""
         if self.check_finite and not traced:
             # Non-finite frames reach the new coefficients, so one small reduction (and one host
             # synchronisation) covers them and the query, before any state changes; only frames

@@ -25,9 +25,8 @@ def _inputs(count, dtype=torch.float32, streams=S, seed=0, layout="tokens"):
 
 
 def _pair(**kwargs):
-    made = [LongTermMemory(num_basis=20, past_samples=30, check_finite=False, launch_plans=plans, **kwargs).cuda()
+    return [LongTermMemory(num_basis=20, past_samples=30, check_finite=False, launch_plans=plans, **kwargs).cuda()
             for plans in (False, True)]
-    return made
 
 
 def _assert_identical(python, planned, a, b):
