@@ -75,10 +75,19 @@ def _linear_parts(proj, dtype: torch.dtype):
 
 
 def _apply(proj, coef: torch.Tensor) -> torch.Tensor:
-    """proj(coef) in the projection's parameter dtype, returned in coef's dtype."""
+    """proj(coef), returned in coef's dtype.
+
+    A float64 step computes in float64 whatever the projection's dtype: its parameters are cast
+    up for the call (casting coef down to float32 would round K and V to float32, and two float32
+    products of the same inputs may differ in their last bits, e.g. cuBLAS picking another
+    kernel). Other steps run the projection in its parameters' dtype.
+    """
     param = next(iter(proj.parameters()), None) if isinstance(proj, nn.Module) else None
     if param is None or param.dtype == coef.dtype:
         return proj(coef)
+    if coef.dtype == torch.float64:
+        wide = {name: p.to(torch.float64) for name, p in proj.named_parameters()}
+        return torch.func.functional_call(proj, wide, (coef,))
     return proj(coef.to(param.dtype)).to(coef.dtype)
 
 
