@@ -140,11 +140,12 @@ setup(
     # The Triton kernels live in kernels/ but install as infvideo.kernels: a top-level
     # `kernels` module would clash with the unrelated PyPI package that transformers looks for.
     package_dir={"infvideo.kernels": "kernels"},
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
         "hf": ["transformers>=4.40"],
+        "plot": ["matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["infvideo=infvideo.cli:main"]},
     ext_modules=ext_modules,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 import time
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from .backends import available_backends
 from .memory import LongTermMemory
+from .progress import progress
 
 
 def synthetic_video(frames: int, chunk: int, streams: int, width: int, seed: int = 0):
@@ -44,7 +46,7 @@ def _peak_memory(device: torch.device) -> str:
 def demo(args) -> None:
     """Stream a long synthetic video through the Video-LLaMA-style video Q-former with the memory on."""
     from .models import VideoLlamaQFormer
-    from .plot import density_image, write_png
+    from .plot import memory_picture
     from .reference.sticky import quantile_bins
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -56,7 +58,7 @@ def demo(args) -> None:
     masses, samples, steps = [], [], []
     model.reset()
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), progress(args.streams * args.frames, "demo", args.quiet) as bar:
         for chunk in synthetic_video(args.frames, args.chunk, args.streams, 768):
             # Per-frame image-Q-former outputs: the frame's vector plus token-level noise.
             frames = (chunk[:, :, None, :] + 0.1 * torch.randn(*chunk.shape[:2], tokens, chunk.shape[-1])).to(device)
@@ -68,19 +70,25 @@ def demo(args) -> None:
             stats = memory.sticky_stats[:1].float().cpu()
             masses.append(stats.sum(1)[0])
             samples.append(quantile_bins(stats, memory.config.past_samples)[0][0] if masses[-1].sum() > 0 else None)
+            bar.update(chunk.shape[0] * chunk.shape[1])
+            bar.set_postfix_str(f"chunk {len(steps)}/{-(-args.frames // args.chunk)}", refresh=False)
     total = time.perf_counter() - start
     frames_seen = args.streams * args.frames
+    cfg = memory.config
     print(f"infvideo demo on {device}: Video-LLaMA-style video Q-former (2 layers, 32 queries), memory on every "
-          f"cross-attention (alpha={args.alpha}, N={args.num_basis}, M={args.past_samples}, backend "
+          f"cross-attention (alpha={args.alpha}, N={cfg.num_basis}, M={cfg.past_samples}, backend "
           f"{memory._backends.get(device, memory.backend)})")
     print(f"  {args.streams} stream(s) x {args.frames} frames in {len(steps)} chunks of {args.chunk}: "
           f"{frames_seen / sum(steps):,.0f} frames/s through the Q-former "
           f"({frames_seen / total:,.0f} frames/s with the synthetic video); chunk p50 "
-          f"{1e3 * sorted(steps)[len(steps) // 2]:.2f} ms")
+          f"{1e3 * statistics.median(steps):.2f} ms")
     print(f"  peak memory {_peak_memory(device)}; memory state {memory.coef.numel() * 4 / 1024:.0f} KiB per layer "
           f"whatever the length; output {tuple(embeddings.shape)}, finite={bool(torch.isfinite(embeddings).all())}")
-    write_png(args.png, density_image(masses, samples, args.chunk, memory.config.tau))
-    print(f"  wrote {args.png}: attention density over the video (rows: chunks) and sticky samples (ticks)")
+    title = (f"Where the memory's attention lies in the video after each chunk of {args.chunk} frames\n"
+             f"(first layer, stream 0, mean over heads and queries; N={cfg.num_basis} bins, M={cfg.past_samples} "
+             f"sticky samples, τ={cfg.tau:g}; synthetic video with 4 sharp events)")
+    if memory_picture(args.png, masses, samples, args.chunk, cfg.tau, args.fps, title):
+        print(f"  wrote {args.png}: attention over video time after each chunk, and where the sticky samples read")
 
 
 def bench(args) -> None:
@@ -138,7 +146,9 @@ def main(argv=None) -> None:
     p_demo.add_argument("--past-samples", type=int, default=512)
     p_demo.add_argument("--alpha", type=float, default=0.9)
     p_demo.add_argument("--device", default=None)
-    p_demo.add_argument("--png", default="infvideo_demo.png", help="where to write the picture")
+    p_demo.add_argument("--png", default="infvideo_demo.png", help="where to write the picture (needs matplotlib)")
+    p_demo.add_argument("--fps", type=float, default=25.0, help="frame rate the picture's seconds axis assumes")
+    p_demo.add_argument("--quiet", action="store_true", help="no progress bar")
     p_demo.set_defaults(run=demo)
     p_encode = sub.add_parser("encode", help="encode a list of videos, sharded over GPUs under torchrun")
     from . import encode

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .progress import progress
+
 # NVLink multicast stays off on shared hosts (it can take the GPUs down); a user's explicit
 # setting wins.
 _NCCL_SAFE_DEFAULTS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -97,8 +99,9 @@ def batches(videos: list[Video], streams: int) -> list[list[Video]]:
 
 
 @torch.no_grad()
-def encode_batch(model, videos: list[Video], chunk: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Streams equal-length videos through ``model`` as S streams.
+def encode_batch(model, videos: list[Video], chunk: int, device: torch.device,
+                 bar=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streams equal-length videos through ``model`` as S streams (``bar``: a tqdm bar counting frames).
 
     Returns (mean, last), each [S, Q, D]: the per-chunk outputs averaged over chunks (as
     Video-LLaMA combines them) and the last chunk's output, which has read the whole video
@@ -108,9 +111,12 @@ def encode_batch(model, videos: list[Video], chunk: int, device: torch.device) -
     sources = [video_chunks(v, chunk, model.tokens_per_frame, model.encoder_width, device) for v in videos]
     total, count, out = None, 0, None
     for pieces in zip(*sources):
-        out = model.encode_chunk(torch.stack(pieces))
+        batch = torch.stack(pieces)
+        out = model.encode_chunk(batch)
         total = out.clone() if total is None else total.add_(out)
         count += 1
+        if bar is not None:
+            bar.update(batch.shape[0] * batch.shape[1])
     return total / count, out
 
 
@@ -184,10 +190,14 @@ def run(args) -> dict:
             dist.barrier()
         start = time.perf_counter()
         results = {}
-        for group in groups:
-            mean, last = encode_batch(model, group, args.chunk, device)
-            for i, video in enumerate(group):
-                results[video.index] = (mean[i].cpu(), last[i].cpu())
+        # Rank 0 shows its own progress (the ranks run the same share of frames).
+        with progress(sum(v.frames for v in share), f"encode (rank {rank} of {world})" if world > 1 else "encode",
+                      args.quiet or rank != 0) as bar:
+            for done, group in enumerate(groups, 1):
+                mean, last = encode_batch(model, group, args.chunk, device, bar)
+                for i, video in enumerate(group):
+                    results[video.index] = (mean[i].cpu(), last[i].cpu())
+                bar.set_postfix_str(f"videos {sum(len(g) for g in groups[:done])}/{len(share)}", refresh=False)
         _synchronize(device)
         seconds = time.perf_counter() - start
         mine = {"rank": rank, "device": str(device), "videos": len(share),
@@ -258,3 +268,4 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int) -> None:
                         help="time the first chunks too (kernel compilation included)")
     parser.add_argument("--out", default="infvideo_embeddings.pt", help="rank 0 writes the embeddings here")
     parser.add_argument("--summary", default=None, help="also write the throughput summary as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (there is none off a terminal either)")

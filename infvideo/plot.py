@@ -1,21 +1,36 @@
-"""A dependency-free picture of the memory over a video: attention density and sticky samples.
+"""Pictures with matplotlib (the optional ``plot`` extra): the demo's view of the memory over a
+video, and the benchmarks' line charts.
 
-Rows are chunks, columns are the video's frames; a row shows where, in video time, the memory's
-attention mass lay after that chunk, and bright ticks where the next consolidation's sticky samples
-read the old signal. Memory time is mapped back to video time through the consolidation's
-geometry: after chunk k, [τ, 1] holds chunk k's frames and [0, τ] holds the memory of chunks
-0 … k-1, squeezed by τ. PNG is written with zlib alone (no plotting library needed).
+Without matplotlib, ``pyplot()`` says how to get it and returns None, and callers carry on
+without the picture.
 """
 from __future__ import annotations
 
-import struct
-import zlib
+import sys
 
 import torch
 
+INSTALL_HINT = 'pip install matplotlib (or the package\'s "plot" extra: pip install -e ".[plot]")'
+
+
+def pyplot(what: str = "the picture"):
+    """matplotlib.pyplot with a file-only backend, or None (after saying so on stderr) when absent."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"infvideo: matplotlib is not installed, so {what} was skipped ({INSTALL_HINT})", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
 
 def memory_time_to_frame(t: torch.Tensor, chunk: int, length: int, tau: float) -> torch.Tensor:
-    """Video frame index (float) of memory time t ∈ [0, 1] after chunk ``chunk`` (0-based) of ``length`` frames."""
+    """Video frame (float) of memory time t ∈ [0, 1] after chunk ``chunk`` (0-based) of ``length`` frames.
+
+    After chunk k, [τ, 1] holds chunk k's frames and [0, τ] holds the memory of chunks 0 … k-1,
+    squeezed by τ (SPEC section 6), so t is unfolded one chunk at a time.
+    """
     frame = torch.zeros_like(t, dtype=torch.float64)
     t = t.to(torch.float64).clone()
     done = torch.zeros_like(t, dtype=torch.bool)
@@ -30,51 +45,92 @@ def memory_time_to_frame(t: torch.Tensor, chunk: int, length: int, tau: float) -
     return frame
 
 
-def _colour(values: torch.Tensor) -> torch.Tensor:
-    """Dark blue → teal → yellow for values in [0, 1]: [..., 3] uint8."""
-    stops = torch.tensor([[13, 8, 60], [33, 145, 140], [253, 231, 37]], dtype=torch.float64)
-    x = values.clamp(0, 1) * 2
-    low = x.floor().clamp(max=1).long()
-    frac = (x - low)[..., None]
-    return (stops[low] * (1 - frac) + stops[low + 1] * frac).round().to(torch.uint8)
+def memory_picture(path: str, masses: list[torch.Tensor], samples: list[torch.Tensor | None], length: int,
+                   tau: float, fps: float, title: str) -> bool:
+    """Draw where the memory's attention lies in the video after each chunk; True if written.
 
+    masses: per chunk, the attention mass of each of the N bins [N] (sums to 1); samples: per chunk,
+    the bins [M] the next consolidation reads (sticky samples) or None. Rows are chunks, x is video
+    time (frames below, seconds at ``fps`` above); a bin's mass is spread over the video frames its
+    memory interval now stands for, so the colour is attention mass per frame.
+    """
+    plt = pyplot("the demo's picture")
+    if plt is None:
+        return False
+    from matplotlib.colors import LogNorm
 
-def density_image(masses: list[torch.Tensor], samples: list[torch.Tensor | None], length: int, tau: float,
-                  width: int = 1024, row_height: int = 6) -> torch.Tensor:
-    """RGB image [H, W, 3] uint8 from per-chunk bin masses [N] and sticky sample bins [M] (or None)."""
     chunks = len(masses)
-    total = chunks * length
-    image = torch.zeros(chunks * row_height, width, 3, dtype=torch.uint8)
-    for k, (mass, sample) in enumerate(zip(masses, samples)):
+    rows = []
+    for k, mass in enumerate(masses):
         n = mass.numel()
-        edges = memory_time_to_frame(torch.linspace(0, 1, n + 1), k, length, tau)
-        lo = (edges[:-1] / total * width).long().clamp(0, width - 1)
-        hi = (edges[1:] / total * width).ceil().long().clamp(1, width)
-        density = torch.zeros(width, dtype=torch.float64)
-        for bin_ in range(n):
-            a, b = int(min(lo[bin_], hi[bin_] - 1)), int(max(lo[bin_] + 1, hi[bin_]))
-            span = max(1, abs(b - a))
-            density[min(a, b):max(a, b)] += float(mass[bin_]) / span
-        density = (density / density.max().clamp_min(1e-30)).sqrt()
-        row = _colour(density)
-        rows = slice(k * row_height, (k + 1) * row_height)
-        image[rows] = row
+        edges = memory_time_to_frame(torch.linspace(0, 1, n + 1, dtype=torch.float64), k, length, tau)
+        mass = mass.to(torch.float64) / mass.sum().clamp_min(1e-30)
+        per_frame = mass / edges.diff().clamp_min(1e-12)
+        rows.append((edges.numpy(), per_frame.numpy()))
+    peak = max(float(r[1].max()) for r in rows)
+    norm = LogNorm(vmin=peak * 1e-4, vmax=peak)
+    fig, ax = plt.subplots(figsize=(11, 1.5 + 0.16 * chunks), layout="constrained")
+    mesh = None
+    for k, (edges, per_frame) in enumerate(rows):
+        # The row's upper part shows the density, its lower strip the sticky samples.
+        mesh = ax.pcolormesh(edges, [k - 0.5, k + 0.22], per_frame.clip(min=norm.vmin)[None, :], norm=norm,
+                             cmap="viridis", shading="flat")
+    for k, sample in enumerate(samples):
         if sample is not None:
-            centres = memory_time_to_frame((sample.to(torch.float64) + 0.5) / n, k, length, tau)
-            cols = (centres / total * width).long().clamp(0, width - 1)
-            image[k * row_height + row_height - 2:(k + 1) * row_height, cols] = 255
-    return image
+            centres = memory_time_to_frame((sample.to(torch.float64) + 0.5) / masses[k].numel(), k, length, tau)
+            ax.scatter(centres.numpy(), [k + 0.36] * centres.numel(), marker="|", s=14, linewidths=0.5,
+                       color="crimson", label="sticky samples: where the next chunk reads the memory"
+                       if k == chunks - 1 else None)
+    ax.set_xlim(0, chunks * length)
+    ax.set_ylim(chunks - 0.5, -0.5)
+    ax.set_xlabel("video time (frames)")
+    ax.set_ylabel("memory after chunk")
+    step = max(1, chunks // 12)
+    ax.set_yticks(range(0, chunks, step), [str(k + 1) for k in range(0, chunks, step)])
+    seconds = ax.secondary_xaxis("top", functions=(lambda f: f / fps, lambda s: s * fps))
+    seconds.set_xlabel(f"video time (s at {fps:g} frames/s)")
+    fig.colorbar(mesh, ax=ax, label="attention mass per frame", pad=0.01)
+    if any(s is not None for s in samples):
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)  # the empty corner: later chunks are not there yet
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
-def write_png(path: str, image: torch.Tensor) -> None:
-    """Write an RGB uint8 image [H, W, 3] as a PNG file."""
-    height, width, _ = image.shape
-    raw = b"".join(b"\x00" + image[r].contiguous().numpy().tobytes() for r in range(height))
+def line_charts(path: str, panels: list[dict], suptitle: str | None = None) -> bool:
+    """Panels of lines on log axes, side by side; True if written.
 
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    Each panel: ``title``, ``xlabel``, ``ylabel``, ``lines`` {label: (x, y)} (one line per provider),
+    optionally ``floor`` (x, y) drawn dashed (the memory-bandwidth floor), ``log_x`` / ``log_y``
+    (default True).
+    """
+    plt = pyplot("the plot")
+    if plt is None or not panels:
+        return False
+    from matplotlib.ticker import NullLocator
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    with open(path, "wb") as fh:
-        fh.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
-                 + chunk(b"IEND", b""))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), layout="constrained", squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for label, (x, y) in panel["lines"].items():
+            ax.plot(x, y, marker="o", markersize=4, label=label)
+        if panel.get("floor") is not None:
+            ax.plot(*panel["floor"], linestyle="--", color="black", linewidth=1, label="memory-bandwidth floor")
+        if panel.get("log_x", True):
+            ax.set_xscale("log")
+            xs = sorted({float(v) for x, _ in panel["lines"].values() for v in x})
+            if 0 < len(xs) <= 8:  # few sizes: tick exactly those, as plain numbers
+                ax.set_xticks(xs, [f"{v:g}" for v in xs])
+                ax.xaxis.set_minor_locator(NullLocator())
+        if panel.get("log_y", True):
+            ax.set_yscale("log")
+        ax.set_title(panel["title"], fontsize=10)
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel(panel["ylabel"])
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
