@@ -136,7 +136,8 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["infvideo", "infvideo.reference", "infvideo.ops", "infvideo.integrations", "infvideo.models", "infvideo.kernels"],
+    packages=["infvideo", "infvideo.reference", "infvideo.ops", "infvideo.integrations", "infvideo.models", "infvideo.kernels",
+              "infvideo.benchmarks"],
     # The Triton kernels live in kernels/ but install as infvideo.kernels: a top-level
     # `kernels` module would clash with the unrelated PyPI package that transformers looks for.
     package_dir={"infvideo.kernels": "kernels"},

@@ -25,7 +25,7 @@ from infvideo.config import MemoryConfig
 from infvideo.reference import fit as ref_fit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import commit  # noqa: E402
+from infvideo.benchmarks.harness import commit  # noqa: E402
 
 PROVIDERS = ("triton", "cuda")
 LENGTH, TOKENS, BASIS, SAMPLES, WIDTH, HEADS, QUERIES = 256, 32, 256, 512, 768, 12, 32

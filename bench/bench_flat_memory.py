@@ -24,12 +24,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
 from synthetic_video import DriftingVideo  # noqa: E402
 
 from infvideo import LongTermMemory  # noqa: E402
-from infvideo.line_plot import Series, line_chart, stack  # noqa: E402
-from infvideo.plot import write_png  # noqa: E402
+from infvideo.benchmarks import harness  # noqa: E402
+from infvideo.plot import line_charts  # noqa: E402
 
 WIDTH, HEADS, QUERIES = 768, 12, 32
 WINDOW = 64
@@ -96,18 +95,21 @@ def table(rows) -> str:
 
 
 def plot(rows, path: Path, device: torch.device, streams: int) -> None:
+    """Step time, the memory's state and the process's peak memory against video length, per backend."""
     names = list(dict.fromkeys(r["backend"] for r in rows))
 
-    def series(metric, suffix=""):
-        return [Series(n + suffix, [r["frames"] for r in rows if r["backend"] == n],
-                       [r[metric] for r in rows if r["backend"] == n]) for n in names]
+    def lines(metric):
+        return {n: ([r["frames"] for r in rows if r["backend"] == n], [r[metric] for r in rows if r["backend"] == n])
+                for n in names}
 
-    time_panel = line_chart(series("p50_us"), f"Step time vs video length ({device.type}, S={streams})",
-                            "frames streamed", "step p50 µs", log_x=True, log_y=True)
-    memory_panel = line_chart(series("state_kib", " state KiB") + series("peak_mib", " peak MiB"),
-                              "Memory vs video length", "frames streamed", "KiB (state) / MiB (process peak)",
-                              log_x=True, log_y=True)
-    write_png(str(path), stack([time_panel, memory_panel]))
+    line_charts(str(path), [
+        dict(title=f"step time ({device.type}, S={streams})", xlabel="frames streamed",
+             ylabel="time per step, p50 (µs)", lines=lines("p50_us")),
+        dict(title="the memory's state (state_dict)", xlabel="frames streamed", ylabel="state (KiB)",
+             lines=lines("state_kib")),
+        dict(title="process peak memory so far", xlabel="frames streamed", ylabel="peak (MiB)",
+             lines=lines("peak_mib")),
+    ], suptitle="Memory and step time against video length: both stay flat")
 
 
 def main(argv=None) -> list[dict]:

@@ -37,12 +37,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
 from synthetic_video import DriftingVideo  # noqa: E402
 
 from infvideo import LongTermMemory  # noqa: E402
-from infvideo.line_plot import Series, line_chart, stack  # noqa: E402
-from infvideo.plot import write_png  # noqa: E402
+from infvideo.benchmarks import harness  # noqa: E402
+from infvideo.plot import line_charts  # noqa: E402
 from infvideo.reference.attention import SlotWeights, read_values, scores, slot_weights  # noqa: E402
 
 WIDTH = 768               # what the memory stores: features, a constant 1, the frame's time t/T
@@ -172,15 +171,16 @@ def tables(stats) -> str:
 
 
 def plot(stats, path: Path, window: float) -> None:
+    """Cosine and attention mass near the events against video length, one line per method (± std)."""
     panels = []
-    for metric, label in (("cosine", "cosine(retrieved, event)"),
-                          ("mass", f"attention mass within ±{window:g} of event")):
-        series = [Series(name, [s["frames"] for s in stats if s["method"] == name],
-                         [s[metric + "_mean"] for s in stats if s["method"] == name],
-                         [s[metric + "_std"] for s in stats if s["method"] == name]) for name in METHODS]
-        panels.append(line_chart(series, f"Retention vs video length: {label}", "video length (frames)",
-                                 "mean ± std over videos", log_x=True))
-    write_png(str(path), stack(panels))
+    for metric, label in (("cosine", "cosine(retrieved signal, event)"),
+                          ("mass", f"attention mass within ±{window:g} of the event")):
+        lines = {name: ([s["frames"] for s in stats if s["method"] == name],
+                        [s[metric + "_mean"] for s in stats if s["method"] == name],
+                        [s[metric + "_std"] for s in stats if s["method"] == name]) for name in METHODS}
+        panels.append(dict(title=f"retention: {label}", xlabel="video length (frames)",
+                           ylabel=f"{metric}, mean ± std over videos", lines=lines, log_y=False))
+    line_charts(str(path), panels, suptitle="How much of a short event the memory still holds")
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ Prints p20/p50/p80 in milliseconds for pooled frames [S, L, e] and for Video-LLa
 [S, L, 32, e] (pooled inside), after warm-up, with gradients off, for the torch reference and,
 where the C++ extension is built, the csrc ``cpu`` backend; beside them, in the same run (the rows
 taking turns, --rounds), the four matrix products a step cannot avoid (its arithmetic floor on
-this CPU) and the published code's cost structure (bench/published_baseline.py).
+this CPU) and the published code's cost structure (infvideo/benchmarks/published.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from published_baseline import published_step  # noqa: E402
+from infvideo.benchmarks.published import published_step  # noqa: E402
 
 from infvideo import LongTermMemory, available_backends  # noqa: E402
 

@@ -2,7 +2,7 @@
 
     python bench/bench_step_gpu.py [--out DIR] [--quick]
 
-Rows: (case, provider, p20/p50/p80 µs). Providers: published-cost baseline (bench/published_baseline),
+Rows: (case, provider, p20/p50/p80 µs). Providers: published-cost baseline (infvideo/benchmarks/published.py),
 torch reference, Triton (host-synchronising finiteness check on / off), Triton in a CUDA graph.
 The S=64 case also gives the time to read the step's inputs once (bytes / measured read bandwidth).
 """
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from published_baseline import published_step  # noqa: E402
+from infvideo.benchmarks.published import published_step  # noqa: E402
 
 from infvideo import LongTermMemory  # noqa: E402
 

@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_flat_memory  # noqa: E402
-import bench_grid  # noqa: E402
 import bench_retention  # noqa: E402
+
+from infvideo.benchmarks import grid  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -52,7 +53,7 @@ def main(argv=None) -> None:
     grid = ["--quick", "--compile", "none"] if args.quick else []
     if cuda and not args.quick:
         grid += ["--budget", "0.1", "--baseline-max-streams", "16"]
-    failed += _attempt("grid", bench_grid.main, common + grid + ["--deadline", str(max(0.0, left - 60))])
+    failed += _attempt("grid", grid.main, common + grid + ["--deadline", str(max(0.0, left - 60))])
     out = Path(args.out)
     parts = [out / f"{args.prefix}{name}.md" for name in ("flat_memory", "retention", "grid")]
     (out / f"{args.prefix}summary.md").write_text("\n\n".join(p.read_text() for p in parts if p.is_file()))

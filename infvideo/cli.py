@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 
 import torch
@@ -92,17 +91,10 @@ def demo(args) -> None:
 
 
 def bench(args) -> None:
-    """Run the benchmark grid of this checkout's bench/ folder (bench_grid.py: every provider side by
-    side; prints a markdown table, writes CSV and a plot; ``--help`` lists its options)."""
-    import runpy
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "bench"
-    script = folder / "bench_grid.py"
-    if not script.is_file():
-        raise SystemExit(f"infvideo bench: {script} not found (the benchmarks live in the source checkout)")
-    sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
+    """Run the benchmark grid (``infvideo.benchmarks.grid``: every op and the step, every provider side
+    by side; prints markdown tables, writes CSV and a plot; ``--help`` lists its options)."""
+    from .benchmarks import grid
+    grid.main(args.rest)
 
 
 def info(_args) -> None:
@@ -156,7 +148,7 @@ def main(argv=None) -> None:
     p_encode.set_defaults(run=encode.run)
     # Every argument after "bench" (options included, --help too) goes to the script: the subparser
     # knows no option prefix, so argparse leaves "--quick" and the like to REMAINDER.
-    p_bench = sub.add_parser("bench", help="the op and step benchmark grid (bench/ of the source checkout)",
+    p_bench = sub.add_parser("bench", help="the op and step benchmark grid (every provider side by side)",
                              prefix_chars="+", add_help=False)
     p_bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
     p_bench.set_defaults(run=bench)

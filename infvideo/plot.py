@@ -101,7 +101,8 @@ def memory_picture(path: str, masses: list[torch.Tensor], samples: list[torch.Te
 def line_charts(path: str, panels: list[dict], suptitle: str | None = None) -> bool:
     """Panels of lines on log axes, side by side; True if written.
 
-    Each panel: ``title``, ``xlabel``, ``ylabel``, ``lines`` {label: (x, y)} (one line per provider),
+    Each panel: ``title``, ``xlabel``, ``ylabel``, ``lines`` {label: (x, y) or (x, y, error bar)} (one
+    line per provider),
     optionally ``floor`` (x, y) drawn dashed (the memory-bandwidth floor), ``log_x`` / ``log_y``
     (default True).
     """
@@ -112,13 +113,13 @@ def line_charts(path: str, panels: list[dict], suptitle: str | None = None) -> b
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), layout="constrained", squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        for label, (x, y) in panel["lines"].items():
-            ax.plot(x, y, marker="o", markersize=4, label=label)
+        for label, (x, y, *err) in panel["lines"].items():
+            ax.errorbar(x, y, yerr=err[0] if err else None, marker="o", markersize=4, capsize=3, label=label)
         if panel.get("floor") is not None:
             ax.plot(*panel["floor"], linestyle="--", color="black", linewidth=1, label="memory-bandwidth floor")
         if panel.get("log_x", True):
             ax.set_xscale("log")
-            xs = sorted({float(v) for x, _ in panel["lines"].values() for v in x})
+            xs = sorted({float(v) for x, *_ in panel["lines"].values() for v in x})
             if 0 < len(xs) <= 8:  # few sizes: tick exactly those, as plain numbers
                 ax.set_xticks(xs, [f"{v:g}" for v in xs])
                 ax.xaxis.set_minor_locator(NullLocator())

@@ -1,6 +1,6 @@
 """pytest-benchmark timings of the benchmarked ops at small sizes on the CPU, with their outputs checked.
 
-Same ops and providers as bench/bench_grid.py (bench/grid_cases.py) at S=2, L=16, N=16: each
+Same ops and providers as the benchmark grid (infvideo/benchmarks/cases.py) at S=2, L=16, N=16: each
 provider's output is compared with the torch reference once, outside the timed part, so a
 benchmark of a wrong op fails. The published-cost baseline is checked against the paper preset,
 whose outputs it reproduces. torch.compile'd providers are left to the grid (compiling takes
@@ -8,21 +8,15 @@ tens of seconds). Run alone with ``python -m pytest tests/test_benchmarks.py --b
 """
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from torch import nn
 
 pytest.importorskip("pytest_benchmark")
 
-from conftest import REPO  # noqa: E402
-
-sys.path.insert(0, str(REPO / "bench"))
-from grid_cases import OPS, PROVIDERS, Case, Inputs, extra_backends, relative_error  # noqa: E402
-from published_baseline import published_step  # noqa: E402
-
 from infvideo import LongTermMemory  # noqa: E402
+from infvideo.benchmarks.cases import OPS, PROVIDERS, Case, Inputs, extra_backends, relative_error  # noqa: E402
+from infvideo.benchmarks.published import published_step  # noqa: E402
 
 CPU = torch.device("cpu")
 PROVIDER_NAMES = ["torch", "baseline", *extra_backends(CPU)]
@@ -70,8 +64,8 @@ def test_published_baseline_reproduces_paper_preset():
 
 
 def test_cli_bench_runs_the_grid(tmp_path, capsys):
-    """``python -m infvideo bench`` passes every argument to bench/bench_grid.py, which prints a
-    markdown table and writes its CSV and plot."""
+    """``python -m infvideo bench`` passes every argument to the grid (infvideo/benchmarks/grid.py),
+    which prints a markdown table and writes its CSV and plot."""
     from infvideo.cli import main
     main(["bench", "--quick", "--bases", "rectangular", "--ops", "sticky_sampling", "attention", "--compile", "none",
           "--budget", "0.01", "--out", str(tmp_path), "--prefix", "t_"])

@@ -1,22 +1,25 @@
-"""Measurement helpers shared by the benchmarks: timing percentiles, peak memory, copy bandwidth,
-the run's metadata, and CSV / markdown output.
+"""What every benchmark shares: timing, percentiles, peak memory, copy bandwidth, the run's
+metadata, and CSV / markdown output.
 
-Times are wall-clock per call, in microseconds. On CUDA the device is synchronised after each
-block of calls (so a call's launch latency counts, as it would in a loop), on the CPU every call
-is timed on its own. Peak memory is what one call allocates above what was allocated before it.
+GPU time comes from ``triton.testing.do_bench`` (CUDA events around each call, the L2 cache
+flushed between calls) or ``do_bench_cudagraph`` (calls replayed from a CUDA graph: no host cost
+at all). A host-bound call shows its host time there too, since the GPU waits for its launches;
+where host cost is the subject, ``host_time`` measures it alone (wall clock per call, no
+synchronisation). On the CPU every call is timed with the wall clock. Times are µs per call.
 """
 from __future__ import annotations
 
 import csv
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def synchronize(device: torch.device) -> None:
@@ -25,36 +28,54 @@ def synchronize(device: torch.device) -> None:
 
 
 def percentiles(times: list[float]) -> tuple[float, float, float]:
-    """(p20, p50, p80) of a list of times (nearest rank)."""
-    ordered = sorted(times)
-    return tuple(ordered[int(q * (len(ordered) - 1))] for q in (0.2, 0.5, 0.8))
+    """(p20, p50, p80) of a list of times (linear interpolation between order statistics)."""
+    if len(times) == 1:
+        return (times[0],) * 3
+    deciles = statistics.quantiles(times, n=10, method="inclusive")
+    return deciles[1], deciles[4], deciles[7]
 
 
-def time_calls(fn, device: torch.device, budget_s: float = 0.3, min_calls: int = 3, max_calls: int = 200,
-               block: int = 5, warmups: int = 2) -> list[float]:
-    """Per-call times (µs) of ``fn()``: ``warmups`` untimed calls, then as many calls as fit ``budget_s``
-    (at least ``min_calls``, at most ``max_calls``), sized by the first call.
+def gpu_time(fn, budget_s: float = 0.1, graph: bool = False) -> list[float]:
+    """GPU time (µs) of each timed call of ``fn()`` on the current CUDA device, from
+    ``triton.testing.do_bench`` (about ``budget_s`` of calls after as long a warm-up) or, with
+    ``graph``, ``do_bench_cudagraph`` (``fn`` must be capturable)."""
+    from triton.testing import do_bench, do_bench_cudagraph
 
-    On CUDA calls run in blocks of ``block`` with one synchronisation per block (each block gives
-    one sample, its mean); on the CPU each call is one sample.
-    """
+    rep_ms = max(1, round(budget_s * 1e3))
+    if graph:
+        ms = do_bench_cudagraph(fn, rep=rep_ms, return_mode="all")
+    else:
+        ms = do_bench(fn, warmup=rep_ms, rep=rep_ms, return_mode="all")
+    return [1e3 * t for t in ms]
+
+
+def host_time(fn, device: torch.device, budget_s: float = 0.1, warmups: int = 2, max_calls: int = 10_000) -> list[float]:
+    """Wall-clock time (µs) of each call of ``fn()`` as the host sees it: nothing is synchronised
+    between calls (on CUDA: what launching costs the CPU while the GPU keeps up; on the CPU: the call).
+    The number of calls is sized so they take about ``budget_s``."""
     for _ in range(warmups):  # the first calls may build caches or pick kernels
         fn()
     synchronize(device)
     start = time.perf_counter()
     fn()
     synchronize(device)
-    first = time.perf_counter() - start
-    per_block = block if device.type == "cuda" else 1
-    count = int(min(max_calls, max(min_calls, budget_s / max(first, 1e-7))))
-    samples = []
-    for _ in range(max(1, count // per_block)):
+    count = int(min(max_calls, max(3, budget_s / max(time.perf_counter() - start, 1e-7))))
+    times = []
+    for _ in range(count):
         start = time.perf_counter()
-        for _ in range(per_block):
-            fn()
-        synchronize(device)
-        samples.append((time.perf_counter() - start) / per_block * 1e6)
-    return samples
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    synchronize(device)
+    return times
+
+
+def time_calls(fn, device: torch.device, budget_s: float = 0.1, warmups: int = 2) -> list[float]:
+    """Per-call times (µs) of ``fn()`` on ``device``: GPU time through ``do_bench`` on CUDA, wall
+    clock on the CPU."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return gpu_time(fn, budget_s)
+    return host_time(fn, device, budget_s, warmups)
 
 
 def peak_bytes(fn, device: torch.device) -> int | None:
@@ -82,12 +103,12 @@ def peak_bytes(fn, device: torch.device) -> int | None:
 
 
 def copy_bandwidth(device: torch.device) -> float:
-    """Bytes moved per second (read + write) by a large device-to-same-device copy, median of 10."""
+    """Bytes moved per second (read + write) by a large device-to-same-device copy, at the median call."""
     numel = (2**29 if device.type == "cuda" else 2**25)  # 1 GiB / 64 MiB of bf16
     src = torch.ones(numel, dtype=torch.bfloat16, device=device)
     dst = torch.empty_like(src)
-    times = time_calls(lambda: dst.copy_(src), device, budget_s=0.0, min_calls=10, max_calls=10, block=1)
-    return 2 * numel * 2 / (percentiles(times)[1] * 1e-6)
+    times = time_calls(lambda: dst.copy_(src), device, budget_s=0.05)
+    return 2 * numel * 2 / (statistics.median(times) * 1e-6)
 
 
 def commit() -> str:

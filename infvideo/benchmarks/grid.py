@@ -1,13 +1,14 @@
 """Per-op and per-step benchmark grid: every provider side by side, with its distance to the memory floor.
 
-    PYTHONPATH=$PWD python bench/bench_grid.py --out DIR [--prefix gpu_] [--streams 1 16 64]
+    python -m infvideo bench --out DIR [--prefix gpu_] [--streams 1 16 64]
         [--frames 64 256] [--basis-counts 64 256] [--bases rectangular gaussian] [--dtypes fp32 bf16]
         [--ops consolidate sticky_sampling attention step] [--compile largest] [--budget 0.2]
 
 Grid: S streams × L frames a chunk × N basis functions × basis (rectangular, or Gaussian with
 T = 1000 quadrature points) × input dtype, e = D = 768, H = 12, Q = 32, M = 512. Providers are
-listed in bench/grid_cases.py (published-cost baseline, torch reference, torch.compile'd
-reference, every built backend). Each row: p20/p50/p80 µs per call, the peak memory one call
+listed in infvideo/benchmarks/cases.py (published-cost baseline, torch reference, torch.compile'd
+reference, every built backend). Each row: p20/p50/p80 µs per call (GPU time from triton.testing.do_bench on CUDA, wall clock on
+the CPU), the peak memory one call
 allocates, the floor (bytes the op must move ÷ the measured copy bandwidth of the device) and
 the relative error of its output against the reference (checked once, outside the timing).
 Writes <prefix>grid.csv, <prefix>grid.md and <prefix>grid.png into --out; prints the tables.
@@ -17,24 +18,20 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-from grid_cases import OPS, PROVIDERS, Case, Inputs, floor_bytes, relative_error  # noqa: E402
-
-from infvideo.line_plot import Series, line_chart, stack  # noqa: E402
-from infvideo.plot import write_png  # noqa: E402
+from ..plot import line_charts
+from . import harness
+from .cases import OPS, PROVIDERS, Case, Inputs, floor_bytes, relative_error
 
 PROVIDER_ORDER = ["baseline", "torch", "torch.compile", "triton", "cuda", "cpu"]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m infvideo bench", description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--out", default=os.environ.get("OUT", "out"))
@@ -50,7 +47,8 @@ def parse_args(argv=None):
                              "the first dtype (compiling costs tens of seconds per case), or everywhere")
     parser.add_argument("--baseline-max-streams", type=int, default=64,
                         help="skip the published-cost baseline above this S (it runs one stream at a time)")
-    parser.add_argument("--budget", type=float, default=0.2, help="seconds of timed calls per row")
+    parser.add_argument("--budget", type=float, default=0.2,
+                        help="seconds of timed calls per row (on CUDA, as long again of warm-up)")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds after which no new case starts (the rows so far are written)")
     parser.add_argument("--quick", action="store_true", help="one case per basis: S=1, L=256, N=256, fp32")
@@ -85,8 +83,7 @@ def measure(provider, device, budget: float, reference_out):
         out = holder["out"] if once else provider.fn()
         if not once:
             peak = harness.peak_bytes(provider.fn, device)
-        times = harness.time_calls(provider.fn, device, budget_s=budget, min_calls=2 if once else 5,
-                                   warmups=0)
+        times = harness.time_calls(provider.fn, device, budget_s=budget, warmups=0 if once else 2)
     error = None if reference_out is None or not provider.comparable else relative_error(out, reference_out)
     p20, p50, p80 = harness.percentiles(times)
     return dict(p20_us=p20, p50_us=p50, p80_us=p80, peak_mib=None if peak is None else peak / 2**20,
@@ -154,27 +151,28 @@ def pivot(rows, metric: str, with_floor: bool) -> str:
     return harness.markdown_table(headers, table)
 
 
-def plot(rows, path: Path, args) -> None:
-    """Step and attention p50 against S for each provider, and the step's peak memory."""
-    panels = []
+def plot(rows, path: Path, args) -> bool:
+    """p50 time per call against S, one line per provider, the memory-bandwidth floor dashed: the
+    rectangular and Gaussian steps and the rectangular attention at the largest L and N, fp32 (or
+    the first dtype measured)."""
     big_l, big_n = max(args.frames), max(args.basis_counts)
-    for op, basis, metric, label in (("step", "rectangular", "p50_us", "p50 µs per call"),
-                                     ("step", "gaussian", "p50_us", "p50 µs per call"),
-                                     ("attention", "rectangular", "p50_us", "p50 µs per call"),
-                                     ("step", "rectangular", "peak_mib", "peak MiB per call")):
+    dtype = "fp32" if any(r["dtype"] == "fp32" for r in rows) else rows[0]["dtype"]
+    panels = []
+    for op, basis in (("step", "rectangular"), ("step", "gaussian"), ("attention", "rectangular")):
         chosen = [r for r in rows if r["op"] == op and r["basis"] == basis and r["N"] == big_n
-                  and r["dtype"] == "fp32" and (r["L"] in (None, big_l))]
+                  and r["dtype"] == dtype and r["L"] in (None, big_l)]
         if not chosen:
             continue
-        series = []
+        lines = {}
         for name in providers_in(chosen):
-            points = sorted((r["S"], r[metric]) for r in chosen if r["provider"] == name)
-            series.append(Series(name, [p[0] for p in points], [p[1] for p in points]))
-        where = f"L={big_l} " if op == "step" else ""
-        panels.append(line_chart(series, f"{op}, {basis}, {where}N={big_n}, fp32 ({args.device})", "streams S",
-                                 label, log_x=True, log_y=True))
-    if panels:
-        write_png(str(path), stack(panels))
+            points = sorted((r["S"], r["p50_us"]) for r in chosen if r["provider"] == name)
+            lines[name] = ([p[0] for p in points], [p[1] for p in points])
+        floor = sorted({(r["S"], r["floor_us"]) for r in chosen})
+        where = f"L={big_l}, " if op == "step" else ""
+        panels.append(dict(title=f"{op}, {basis} basis ({where}N={big_n}, {dtype})", xlabel="streams S",
+                           ylabel="time per call, p50 (µs)", lines=lines,
+                           floor=([f[0] for f in floor], [f[1] for f in floor])))
+    return line_charts(str(path), panels, suptitle=f"infvideo benchmark grid on {args.device}")
 
 
 def read_rows(path: str) -> tuple[list[dict], dict, float]:
@@ -211,8 +209,7 @@ def report(rows, meta, bandwidth, args, out: Path) -> None:
             + pivot(rows, "peak_mib", False) + "\n")
     (out / f"{args.prefix}grid.md").write_text(text)
     print(text)
-    if not args.no_plot:
-        plot(rows, out / f"{args.prefix}grid.png", args)
+    if not args.no_plot and plot(rows, out / f"{args.prefix}grid.png", args):
         print(f"wrote {out / (args.prefix + 'grid.png')}")
 
 

@@ -5,7 +5,7 @@ Ops (one name per op, as in infvideo/ops):
   sticky_sampling  the quantile sampler alone (bin masses → M sample bins)
   attention        continuous attention over projected coefficients K, V with the sticky statistic
   step             one whole LongTermMemory call (consolidate, K/V projections, attention)
-Providers: ``baseline`` (bench/published_baseline.py, float32 only: the published code's cost
+Providers: ``baseline`` (infvideo/benchmarks/published.py, float32 only: the published code's cost
 structure), ``torch`` (the reference), ``torch.compile`` (the reference under torch.compile), and
 every backend of ``infvideo.backends.available_backends()`` that runs on the case's device. Op
 rows of backends other than ``triton`` appear once their op wrappers take a ``backend=`` argument;
@@ -21,17 +21,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import infvideo.ops as ops
-from infvideo import LongTermMemory
-from infvideo.backends import available_backends
-from infvideo.config import MemoryConfig
-from infvideo.reference import sticky
-from infvideo.reference.attention import Quadrature, attention_constants, quadrature_weights, read_values, scores, \
+from .. import ops
+from ..backends import available_backends
+from ..config import MemoryConfig
+from ..memory import LongTermMemory
+from ..reference import sticky
+from ..reference.attention import Quadrature, attention_constants, quadrature_weights, read_values, scores, \
     slot_weights
-from infvideo.reference.fit import consolidation_fit, on_device
-from infvideo.reference.pooling import pool_frames
-from infvideo.reference.step import consolidate_chunk
-from published_baseline import per_stream, published_attention, published_consolidate, published_step
+from ..reference.fit import consolidation_fit, on_device
+from ..reference.pooling import pool_frames
+from ..reference.step import consolidate_chunk
+from .published import per_stream, published_attention, published_consolidate, published_step
 
 WIDTH = MODEL = 768  # e = D (Video-LLaMA)
 HEADS, QUERIES, PAST_SAMPLES, QUAD_POINTS = 12, 32, 512, 1000
