@@ -1,20 +1,19 @@
 """Time the csrc CUDA kernels against the Triton ones, per op and per memory step, on one GPU.
 
-    python bench/bench_cuda_vs_triton.py --out cuda_vs_triton.csv [--streams 1 16 64] [--repeats 200]
+    PYTHONPATH=$PWD python bench/bench_cuda_vs_triton.py --out cuda_vs_triton.csv [--streams 1 16 64] [--budget 0.1]
 
 Sizes are the issue's: L = 256 frames of 32 Video-LLaMA tokens (bf16), N = 256, M = 512,
 e = D = 768, 12 heads, 32 queries. Each row is one (kernel, provider, streams, dtype): p20 /
-p50 / p80 in µs from CUDA events around each call after warm-up, and ``graph_us``, the time per
-call of a CUDA graph of 20 calls replayed (the kernels' own time, without the host's launch
-cost), with the GPU, torch version and commit. Steps run with check_finite=False (no host synchronisation), so they time the kernels and
+p50 / p80 in µs from ``triton.testing.do_bench`` (CUDA events around each call), and ``graph_us``,
+the median time per call from ``do_bench_cudagraph`` (calls replayed from a CUDA graph: the
+kernels' own time, without the host's launch cost), with the GPU, torch version and commit. Steps run with check_finite=False (no host synchronisation), so they time the kernels and
 their launches. Needs a GPU, Triton and the extension built with CUDA.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import os
-import sys
+import statistics
 
 import torch
 from torch import nn
@@ -23,50 +22,10 @@ import infvideo.ops as ops
 from infvideo import LongTermMemory, info
 from infvideo.config import MemoryConfig
 from infvideo.reference import fit as ref_fit
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from infvideo.benchmarks.harness import commit  # noqa: E402
+from infvideo.benchmarks.harness import commit, gpu_time, percentiles
 
 PROVIDERS = ("triton", "cuda")
 LENGTH, TOKENS, BASIS, SAMPLES, WIDTH, HEADS, QUERIES = 256, 32, 256, 512, 768, 12, 32
-
-
-def gpu_percentiles(fn, repeats: int) -> tuple[float, float, float]:
-    """p20 / p50 / p80 of one call in µs, each timed by its own pair of CUDA events."""
-    for _ in range(10):
-        fn()
-    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-    for start, end in pairs:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    times = sorted(1e3 * start.elapsed_time(end) for start, end in pairs)
-    return tuple(times[int(q * (repeats - 1))] for q in (0.2, 0.5, 0.8))
-
-
-def graph_per_call(fn, calls: int = 20, replays: int = 20) -> float:
-    """µs per call of ``fn`` inside a captured CUDA graph of ``calls`` calls (median of ``replays``)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(1e3 * start.elapsed_time(end) / calls)
-    return sorted(times)[len(times) // 2]
 
 
 def op_cases(streams: int, device: torch.device):
@@ -111,7 +70,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="CSV file to write")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--budget", type=float, default=0.1, help="seconds of timed calls per row and mode")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_cuda_vs_triton.py needs a GPU")
@@ -129,8 +88,9 @@ def main(argv=None) -> None:
             for kernel, dtype, make in cases:
                 for provider in PROVIDERS:
                     fn = make(provider)
-                    p20, p50, p80 = gpu_percentiles(fn, args.repeats)
-                    graph = graph_per_call(fn) if kernel != "memory step" else float("nan")
+                    p20, p50, p80 = percentiles(gpu_time(fn, args.budget))
+                    graph = (statistics.median(gpu_time(fn, args.budget, graph=True)) if kernel != "memory step"
+                             else float("nan"))
                     rows.append({"kernel": kernel, "provider": provider, "streams": streams, "dtype": dtype,
                                  "p20_us": f"{p20:.1f}", "p50_us": f"{p50:.1f}", "p80_us": f"{p80:.1f}",
                                  "graph_us": f"{graph:.1f}", **meta})

@@ -106,9 +106,9 @@ def plot(rows, path: Path, device: torch.device, streams: int) -> None:
         dict(title=f"step time ({device.type}, S={streams})", xlabel="frames streamed",
              ylabel="time per step, p50 (µs)", lines=lines("p50_us")),
         dict(title="the memory's state (state_dict)", xlabel="frames streamed", ylabel="state (KiB)",
-             lines=lines("state_kib")),
+             lines=lines("state_kib"), from_zero=True),
         dict(title="process peak memory so far", xlabel="frames streamed", ylabel="peak (MiB)",
-             lines=lines("peak_mib")),
+             lines=lines("peak_mib"), from_zero=True),
     ], suptitle="Memory and step time against video length: both stay flat")
 
 

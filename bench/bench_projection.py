@@ -1,18 +1,25 @@
 """GPU time of the stacked K|V projection: the Triton kernel against F.linear (cuBLAS).
 
-    python bench/bench_projection.py
+    PYTHONPATH=$PWD python bench/bench_projection.py
 
 Rows are S·N coefficient rows (N = 256) of width e = 768 projected to 2·768 with a bias, bf16 and
-float32; µs per call inside a replayed CUDA graph of 20 calls (host cost removed), p50 of 20
-replays. Sets ``infvideo.ops.step.TRITON_PROJECTION_ROWS``: the largest row count where Triton is
+float32; µs per call replayed from a CUDA graph (``triton.testing.do_bench_cudagraph``: host cost
+removed), median. Sets ``infvideo.ops.step.TRITON_PROJECTION_ROWS``: the largest row count where Triton is
 not slower.
 """
 from __future__ import annotations
 
+import statistics
+
 import torch
 
-from bench_cuda_vs_triton import graph_per_call  # this folder is on the path when run as a script
+from infvideo.benchmarks.harness import gpu_time
 from infvideo.kernels import projection
+
+
+def graph_per_call(fn) -> float:
+    """Median GPU time (µs) of one call replayed from a CUDA graph (no host cost)."""
+    return statistics.median(gpu_time(fn, graph=True))
 
 
 def main() -> None:

@@ -179,7 +179,7 @@ def plot(stats, path: Path, window: float) -> None:
                         [s[metric + "_mean"] for s in stats if s["method"] == name],
                         [s[metric + "_std"] for s in stats if s["method"] == name]) for name in METHODS}
         panels.append(dict(title=f"retention: {label}", xlabel="video length (frames)",
-                           ylabel=f"{metric}, mean ± std over videos", lines=lines, log_y=False))
+                           ylabel="mean ± std over videos", lines=lines, log_y=False))
     line_charts(str(path), panels, suptitle="How much of a short event the memory still holds")
 
 

@@ -1,6 +1,6 @@
 """Time one LongTermMemory step on the CPU (the issue's reference configuration).
 
-    python bench/bench_step_cpu.py [--streams 1] [--frames 256] [--repeats 200]
+    PYTHONPATH=$PWD python bench/bench_step_cpu.py [--streams 1] [--frames 256] [--repeats 200]
 
 Prints p20/p50/p80 in milliseconds for pooled frames [S, L, e] and for Video-LLaMA tokens
 [S, L, 32, e] (pooled inside), after warm-up, with gradients off, for the torch reference and,
@@ -11,17 +11,14 @@ this CPU) and the published code's cost structure (infvideo/benchmarks/published
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from infvideo.benchmarks.published import published_step  # noqa: E402
-
-from infvideo import LongTermMemory, available_backends  # noqa: E402
+from infvideo import LongTermMemory, available_backends
+from infvideo.benchmarks.harness import percentiles as p20_p50_p80
+from infvideo.benchmarks.published import published_step
 
 
 def percentiles(rows, repeats: int, rounds: int) -> list[tuple[float, float, float]]:
@@ -38,7 +35,7 @@ def percentiles(rows, repeats: int, rounds: int) -> list[tuple[float, float, flo
                 start = time.perf_counter()
                 fn()
                 row_times.append(time.perf_counter() - start)
-    return [tuple(1e3 * t[int(q * (len(t) - 1))] for q in (0.2, 0.5, 0.8)) for t in map(sorted, times)]
+    return [tuple(1e3 * p for p in p20_p50_p80(t)) for t in times]
 
 
 def main(argv=None) -> None:

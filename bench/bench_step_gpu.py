@@ -1,197 +1,156 @@
-"""GPU benchmark of one LTM step (issue: fused Triton kernels). Writes CSV rows and prints a table.
+"""The README's speed table: one LTM step of one layer on one GPU, every way of running it, against S.
 
-    python bench/bench_step_gpu.py [--out DIR] [--quick]
+    PYTHONPATH=$PWD python bench/bench_step_gpu.py --out DIR [--streams 1 4 16 64] [--budget 0.2]
+    PYTHONPATH=$PWD python bench/bench_step_gpu.py --from-csv DIR/step.csv --out DIR   # table and plot only
 
-Rows: (case, provider, p20/p50/p80 µs). Providers: published-cost baseline (infvideo/benchmarks/published.py),
-torch reference, Triton (host-synchronising finiteness check on / off), Triton in a CUDA graph.
-The S=64 case also gives the time to read the step's inputs once (bytes / measured read bandwidth).
+Step: S streams, L = 256 frames of 32 Video-LLaMA tokens each (bf16, pooled inside), N = 256,
+M = 512, e = D = 768, 12 heads, 32 queries, sticky quantile sampling, bf16 projections; the
+memory is full (two steps before the timing). Providers: the published code's cost structure
+(``infvideo/benchmarks/published.py``, fp32, at S ≤ ``--baseline-max-streams``), the torch
+reference, the Triton step with the NaN/Inf host check (the default), without it
+(``check_finite=False``), with the memory's CUDA graphs (``cuda_graphs=True``), and the step
+captured in a user's CUDA graph. GPU time per call from ``triton.testing.do_bench`` (a host-bound
+step shows its host time: the GPU waits for the launches) or ``do_bench_cudagraph`` (the user's
+graph: kernels only). The floor is the time to read the step's inputs and the memory's state
+once at the measured read bandwidth. Writes step.csv, step.md and step.png into --out.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
-import subprocess
-import sys
-import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from infvideo.benchmarks.published import published_step  # noqa: E402
+from infvideo import LongTermMemory
+from infvideo.benchmarks import harness
+from infvideo.benchmarks.published import published_step
+from infvideo.plot import line_charts
 
-from infvideo import LongTermMemory  # noqa: E402
-
-WIDTH, MODEL, HEADS, QUERIES = 768, 768, 12, 32
-
-
-def wall_per_call(fn, iters: int, warmup: int = 10) -> list[float]:
-    """Per-call wall times (µs) of back-to-back calls, synchronising only around each block of 10."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(max(1, iters // 10)):
-        start = time.perf_counter()
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) / 10 * 1e6)
-    return sorted(times)
+LENGTH, TOKENS, BASIS, SAMPLES, WIDTH, HEADS, QUERIES = 256, 32, 256, 512, 768, 12, 32
+MEMORIES = {  # provider: LongTermMemory options
+    "torch reference": dict(backend="torch"),
+    "Triton (default: host check)": dict(backend="triton"),
+    "Triton, check_finite=False": dict(backend="triton", check_finite=False),
+    "Triton, check_finite=False, cuda_graphs=True": dict(backend="triton", check_finite=False, cuda_graphs=True),
+}
+BASELINE, USER_GRAPH, FLOOR = "published-cost baseline", "Triton in a user's CUDA graph", "input + state read floor"
 
 
-def pct(times):
-    return tuple(times[int(q * (len(times) - 1))] for q in (0.2, 0.5, 0.8))
+def inputs(streams: int):
+    torch.manual_seed(0)
+    pk = nn.Linear(WIDTH, WIDTH).cuda().to(torch.bfloat16)
+    pv = nn.Linear(WIDTH, WIDTH).cuda().to(torch.bfloat16)
+    tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device="cuda", dtype=torch.bfloat16)
+    query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=torch.bfloat16)
+    return pk, pv, tokens, query
 
 
-def graph_per_call(memory, frames, query, pk, pv, iters: int) -> list[float]:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.no_grad():
-        for _ in range(3):
-            memory(frames, query, pk, pv, HEADS)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        memory(frames, query, pk, pv, HEADS)
-    return wall_per_call(graph.replay, iters)
-
-
-def read_floor_us(tensors) -> tuple[float, float]:
-    """(µs to read the tensors once, bytes/s) at the bandwidth of a 2 GiB reduction."""
+def read_bandwidth() -> float:
+    """Bytes/s read by a 2 GiB reduction (median call)."""
     big = torch.empty(2**30, dtype=torch.bfloat16, device="cuda").normal_()
-    times = wall_per_call(lambda: big.sum(dtype=torch.float32), 30, warmup=3)
-    bandwidth = big.numel() * big.element_size() / (pct(times)[1] * 1e-6)
-    nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    return nbytes / bandwidth * 1e6, bandwidth
+    times = harness.gpu_time(lambda: big.sum(dtype=torch.float32), budget_s=0.2)
+    return big.numel() * big.element_size() / (sorted(times)[len(times) // 2] * 1e-6)
 
 
-def make(streams, length, dtype=torch.float32, tokens=None):
-    torch.manual_seed(0)
-    pk = nn.Linear(WIDTH, MODEL).cuda().to(dtype)
-    pv = nn.Linear(WIDTH, MODEL).cuda().to(dtype)
-    shape = (streams, length, tokens, WIDTH) if tokens else (streams, length, WIDTH)
-    frames = torch.randn(shape, device="cuda", dtype=dtype)
-    query = torch.randn(streams, QUERIES, MODEL, device="cuda", dtype=dtype)
-    return pk, pv, frames, query
+def floor_us(streams: int, tensors, bandwidth: float) -> float:
+    """µs to read the step's inputs and the memory's state (coefficients [S, N, e] and the sticky
+    statistic [S, H·⌈Q/16⌉, N], float32) once."""
+    state = streams * (BASIS * WIDTH + HEADS * 2 * BASIS) * 4
+    return (sum(t.numel() * t.element_size() for t in tensors) + state) / bandwidth * 1e6
 
 
-def step_rows(case, streams, length, dtype, tokens, iters, extra=(), baseline=True, **memory_kwargs):
-    pk, pv, frames, query = make(streams, length, dtype, tokens)
+def measure(streams: int, args, bandwidth: float) -> list[dict]:
+    pk, pv, tokens, query = inputs(streams)
     rows = []
+
+    def add(provider, times):
+        p20, p50, p80 = harness.percentiles(times)
+        rows.append(dict(S=streams, provider=provider, p20_us=p20, p50_us=p50, p80_us=p80))
+        print(f"  S={streams:<3d} {provider:46s} p50 {p50:12,.1f} µs", flush=True)
+
     with torch.no_grad():
-        if baseline:
-            pooled = frames.float().mean(2) if tokens else frames.float()
-            past = torch.randn(streams, 256, WIDTH, device="cuda")
-            pkf, pvf = pk.float(), pv.float()
-            times = wall_per_call(lambda: published_step(pooled, past, query.float(), pkf, pvf, HEADS), 5, warmup=1)
-            rows.append((case, "published-cost baseline", *pct(times)))
-        for provider, kwargs in (("torch reference", dict(backend="torch")),
-                                 ("triton", dict(backend="triton")),
-                                 ("triton, check_finite=False, launched from Python",
-                                  dict(backend="triton", check_finite=False, launch_plans=False)),
-                                 ("triton, check_finite=False (C++ launch plan)",
-                                  dict(backend="triton", check_finite=False)),
-                                 ("triton, eager call, cuda_graphs=True",
-                                  dict(backend="triton", check_finite=False, cuda_graphs=True))):
-            memory = LongTermMemory(**memory_kwargs, **kwargs).cuda()
-            times = wall_per_call(lambda: memory(frames, query, pk, pv, HEADS), iters)
-            rows.append((case, provider, *pct(times)))
-    memory = LongTermMemory(**memory_kwargs, backend="triton").cuda()
-    try:
-        rows.append((case, "triton, CUDA graph", *pct(graph_per_call(memory, frames, query, pk, pv, iters))))
-    except RuntimeError as err:  # reported, not fatal: the other rows still count
-        print(f"{case}: CUDA graph capture failed: {err}", flush=True)
-    for row in extra:
-        rows.append((case, *row))
-    for row in rows:
-        print("| %s | %s | %.1f | %.1f | %.1f |" % row, flush=True)
+        if streams <= args.baseline_max_streams:
+            pooled, past = tokens.float().mean(2), torch.randn(streams, BASIS, WIDTH, device="cuda")
+            pkf, pvf, qf = pk.float(), pv.float(), query.float()
+            add(BASELINE, harness.gpu_time(lambda: published_step(pooled, past, qf, pkf, pvf, HEADS), budget_s=0))
+        for provider, options in MEMORIES.items():
+            memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, **options).cuda()
+            for _ in range(2):
+                memory(tokens, query, pk, pv, HEADS)
+            add(provider, harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), args.budget))
+            del memory
+        memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton", check_finite=False).cuda()
+        for _ in range(2):  # eager steps first; the graph then drives the memory alone
+            memory(tokens, query, pk, pv, HEADS)
+        try:
+            add(USER_GRAPH, harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), args.budget / 4,
+                                             graph=True))
+        except RuntimeError as err:  # reported, not fatal: the other rows still count
+            print(f"  S={streams}: CUDA graph capture failed: {err}", flush=True)
+    floor = floor_us(streams, [tokens, query, pk.weight, pv.weight], bandwidth)
+    rows.append(dict(S=streams, provider=FLOOR, p20_us=floor, p50_us=floor, p80_us=floor))
     return rows
 
 
-def quadrature_rows(iters):
-    """Gaussian-basis attention alone at S=16, T=1000: the published quadrature (materialising
-    [S, H, Q, N, T]) against the reference's matmul quadrature and the fused Triton kernel."""
-    import math
-
-    import infvideo.ops as ops
-    from infvideo.config import MemoryConfig
-    from infvideo.reference.attention import attention_constants, quadrature_weights
-    from infvideo.reference.fit import on_device
-    cfg = MemoryConfig(basis="gaussian", quad_points=1000)
-    s, n, d = 16, 256, MODEL // HEADS
-    torch.manual_seed(0)
-    query = torch.randn(s, QUERIES, MODEL, device="cuda")
-    keys = torch.randn(s, n, MODEL, device="cuda") * 0.05
-    values = torch.randn(s, n, MODEL, device="cuda")
-    const = on_device(attention_constants(cfg), torch.device("cuda"), torch.float32)
-    quad = ops.quadrature_constants(cfg, torch.device("cuda"))
-    qh = query.view(s, QUERIES, HEADS, d).transpose(1, 2) / math.sqrt(d)
-    kh = keys.view(s, n, HEADS, d).transpose(1, 2)
-    vh = values.view(s, n, HEADS, d).transpose(1, 2)
-
-    def published():
-        scores = torch.einsum("shqd,shnd,tn->shqt", qh, kh, const.basis)
-        prob = torch.exp(scores) / torch.trapz(torch.exp(scores), quad.grid, dim=-1)[..., None]
-        integrand = prob[:, :, :, None, :] * const.basis.T[None, None, None]
-        return torch.trapz(integrand, quad.grid, dim=-1) @ vh
-
-    def matmul():
-        r, _ = quadrature_weights(qh @ kh.transpose(-1, -2), const)
-        return r @ vh
-
-    def fused():
-        return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)
-
-    case = "S=16 gaussian attention only"
-    rows = []
-    with torch.no_grad():
-        for name, fn, count in (("published quadrature [S,H,Q,N,T]", published, 5), ("torch matmul quadrature", matmul, iters),
-                                ("triton fused quadrature", fused, iters)):
-            rows.append((case, name, *pct(wall_per_call(fn, count, warmup=2))))
-            print("| %s | %s | %.1f | %.1f | %.1f |" % rows[-1], flush=True)
-    return rows
+def report(rows: list[dict], meta: dict, out: Path) -> None:
+    """step.md (one row per provider, one column per S, p50 µs) and step.png."""
+    sizes = sorted({r["S"] for r in rows})
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    cell = {(r["provider"], r["S"]): r["p50_us"] for r in rows}
+    table = harness.markdown_table(["provider", *[f"S={s}" for s in sizes]],
+                                   [[p, *[cell.get((p, s)) for s in sizes]] for p in providers])
+    text = (f"One LTM step, L={LENGTH} bf16 tokens ×{TOKENS} per frame, N={BASIS}, M={SAMPLES}, e=D={WIDTH}, "
+            f"{HEADS} heads, {QUERIES} queries: p50 µs per step on {meta['device']} (torch {meta['torch']}, "
+            f"triton {meta['triton']}, commit {meta['commit']})\n\n{table}\n")
+    (out / "step.md").write_text(text)
+    print(text)
+    lines = {p: ([s for s in sizes if (p, s) in cell], [cell[p, s] for s in sizes if (p, s) in cell])
+             for p in providers if p != FLOOR}
+    floor = ([s for s in sizes if (FLOOR, s) in cell], [cell[FLOOR, s] for s in sizes if (FLOOR, s) in cell])
+    if line_charts(str(out / "step.png"), [dict(
+            title=f"one memory step on {meta['device']}", xlabel="streams S (videos in the batch)",
+            ylabel="GPU time per step, p50 (µs)", lines=lines, floor=floor if floor[0] else None)],
+            suptitle=f"L={LENGTH} bf16 frames, N={BASIS}, M={SAMPLES}, e=D={WIDTH}"):
+        print(f"wrote {out / 'step.png'}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser()
+def read_csv(path: str) -> tuple[list[dict], dict]:
+    with open(path, newline="") as fh:
+        records = list(csv.DictReader(fh))
+    rows = [dict(S=int(r["S"]), provider=r["provider"], **{k: float(r[k]) for k in ("p20_us", "p50_us", "p80_us")})
+            for r in records]
+    return rows, {k: records[0][k] for k in ("device", "torch", "triton", "commit")}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--budget", type=float, default=0.2, help="seconds of timed calls per row")
+    parser.add_argument("--baseline-max-streams", type=int, default=4,
+                        help="the published-cost baseline runs one stream at a time (~70 ms each): skip it above")
+    parser.add_argument("--from-csv", default=None, help="measure nothing: table and plot from a step.csv")
     args = parser.parse_args(argv)
-    iters = 50 if args.quick else 200
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        report(*read_csv(args.from_csv), out)
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_step_gpu.py needs a GPU")
+    device = torch.device("cuda")
+    meta = harness.metadata(device)
+    bandwidth = read_bandwidth()
+    print(f"{meta}; read bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
     rows = []
-    rows += step_rows("S=1 L=256 pooled fp32", 1, 256, torch.float32, None, iters)
-    rows += step_rows("S=1 L=256 tokens bf16", 1, 256, torch.bfloat16, 32, iters, baseline=False)
-    pk, pv, frames, query = make(64, 256, torch.bfloat16, 32)
-    floor, bandwidth = read_floor_us([frames, query, pk.weight, pv.weight])
-    # The step also reads the memory's state: old coefficients [S, N, e] fp32 and the sticky
-    # statistic [S, H·⌈Q/16⌉, N] fp32.
-    state = [torch.empty(64, 256, WIDTH, device="cuda"), torch.empty(64, HEADS * 2, 256, device="cuda")]
-    state_floor = floor + sum(t.numel() * t.element_size() for t in state) / bandwidth * 1e6
-    del frames, state
-    torch.cuda.empty_cache()
-    rows += step_rows("S=64 L=256 tokens bf16", 64, 256, torch.bfloat16, 32, max(20, iters // 4),
-                      extra=[("input read floor (%.0f GB/s)" % (bandwidth / 1e9), floor, floor, floor),
-                             ("input read floor with the memory's state", state_floor, state_floor, state_floor)],
-                      baseline=False)
-    rows += step_rows("S=16 gaussian T=1000", 16, 256, torch.float32, None, max(20, iters // 4), baseline=False,
-                      basis="gaussian", quad_points=1000)
-    rows += quadrature_rows(max(20, iters // 4))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
-                triton=__import__("triton").__version__,
-                commit=os.environ.get("INFVIDEO_COMMIT") or commit or "unknown")  # the device copy may lack .git
-    path = os.path.join(args.out, "bench_step_gpu.csv")
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["case", "provider", "p20_us", "p50_us", "p80_us", *meta])
-        for row in rows:
-            writer.writerow([*row[:2], *("%.1f" % v for v in row[2:]), *meta.values()])
-    print(f"{meta}")
-    print("| case | provider | p20 µs | p50 µs | p80 µs |\n|---|---|---|---|---|")
-    for case, provider, p20, p50, p80 in rows:
-        print(f"| {case} | {provider} | {p20:.1f} | {p50:.1f} | {p80:.1f} |")
+    for streams in args.streams:
+        rows += measure(streams, args, bandwidth)
+        torch.cuda.empty_cache()
+    harness.write_csv(out / "step.csv", rows, meta)
+    report(rows, meta, out)
 
 
 if __name__ == "__main__":

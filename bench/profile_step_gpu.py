@@ -1,25 +1,31 @@
 """Where a step's time goes on the GPU: per-kernel CUDA time (torch.profiler) and host-side Python time.
 
-    python bench/profile_step_gpu.py [--case s1|s64|gauss]
+    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss]
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
-import sys
 
 import torch
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_step_gpu import HEADS, make  # noqa: E402
+from infvideo import LongTermMemory
 
-from infvideo import LongTermMemory  # noqa: E402
-
+WIDTH, HEADS, QUERIES = 768, 12, 32
 CASES = {"s1": (1, 256, torch.bfloat16, 32, {}), "s64": (64, 256, torch.bfloat16, 32, {}),
          "gauss": (16, 256, torch.float32, None, dict(basis="gaussian", quad_points=1000))}
+
+
+def make(streams, length, dtype, tokens):
+    """Projections, frames ([S, L, tokens, e] or pooled [S, L, e]) and query of a case."""
+    torch.manual_seed(0)
+    pk, pv = nn.Linear(WIDTH, WIDTH).cuda().to(dtype), nn.Linear(WIDTH, WIDTH).cuda().to(dtype)
+    shape = (streams, length, tokens, WIDTH) if tokens else (streams, length, WIDTH)
+    frames = torch.randn(shape, device="cuda", dtype=dtype)
+    return pk, pv, frames, torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=dtype)
 
 
 def main():

@@ -104,7 +104,7 @@ def line_charts(path: str, panels: list[dict], suptitle: str | None = None) -> b
     Each panel: ``title``, ``xlabel``, ``ylabel``, ``lines`` {label: (x, y) or (x, y, error bar)} (one
     line per provider),
     optionally ``floor`` (x, y) drawn dashed (the memory-bandwidth floor), ``log_x`` / ``log_y``
-    (default True).
+    (default True), ``from_zero`` (a linear y axis starting at 0, so that flat reads as flat).
     """
     plt = pyplot("the plot")
     if plt is None or not panels:
@@ -123,7 +123,9 @@ def line_charts(path: str, panels: list[dict], suptitle: str | None = None) -> b
             if 0 < len(xs) <= 8:  # few sizes: tick exactly those, as plain numbers
                 ax.set_xticks(xs, [f"{v:g}" for v in xs])
                 ax.xaxis.set_minor_locator(NullLocator())
-        if panel.get("log_y", True):
+        if panel.get("from_zero"):
+            ax.set_ylim(bottom=0, top=1.15 * max(max(y) for _, y, *_ in panel["lines"].values()))
+        elif panel.get("log_y", True):
             ax.set_yscale("log")
         ax.set_title(panel["title"], fontsize=10)
         ax.set_xlabel(panel["xlabel"])
