@@ -146,7 +146,7 @@ setup(
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
         "hf": ["transformers>=4.40"],
-        "plot": ["matplotlib>=3.5"],
+        "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["infvideo=infvideo.cli:main"]},
     ext_modules=ext_modules,

@@ -99,24 +99,30 @@ def memory_picture(path: str, masses: list[torch.Tensor], samples: list[torch.Te
 
 
 def line_charts(path: str, panels: list[dict], suptitle: str | None = None) -> bool:
-    """Panels of lines on log axes, side by side; True if written.
+    """Panels of lines on log axes, side by side, one legend below them; True if written.
 
     Each panel: ``title``, ``xlabel``, ``ylabel``, ``lines`` {label: (x, y) or (x, y, error bar)} (one
-    line per provider),
-    optionally ``floor`` (x, y) drawn dashed (the memory-bandwidth floor), ``log_x`` / ``log_y``
-    (default True), ``from_zero`` (a linear y axis starting at 0, so that flat reads as flat).
+    line per provider, the same colour in every panel), optionally ``floor`` (x, y) drawn dashed
+    (the memory-bandwidth floor), ``log_x`` / ``log_y`` (default True), ``from_zero`` (a linear y
+    axis starting at 0, so that flat reads as flat).
     """
     plt = pyplot("the plot")
     if plt is None or not panels:
         return False
     from matplotlib.ticker import NullLocator
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), layout="constrained", squeeze=False)
+    labels = list(dict.fromkeys(label for panel in panels for label in panel["lines"]))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    alone = len(panels) == 1  # one panel: the legend goes to its right, where there is room
+    fig, axes = plt.subplots(1, len(panels), figsize=(9.5, 4.6) if alone else (5.2 * len(panels), 4.4),
+                             layout="constrained", squeeze=False)
+    handles = {}
     for ax, panel in zip(axes[0], panels):
         for label, (x, y, *err) in panel["lines"].items():
-            ax.errorbar(x, y, yerr=err[0] if err else None, marker="o", markersize=4, capsize=3, label=label)
+            handles[label] = ax.errorbar(x, y, yerr=err[0] if err else None, marker="o", markersize=4, capsize=3,
+                                         color=colours[label], label=label)
         if panel.get("floor") is not None:
-            ax.plot(*panel["floor"], linestyle="--", color="black", linewidth=1, label="memory-bandwidth floor")
+            (handles["memory-bandwidth floor"],) = ax.plot(*panel["floor"], linestyle="--", color="black", linewidth=1)
         if panel.get("log_x", True):
             ax.set_xscale("log")
             xs = sorted({float(v) for x, *_ in panel["lines"].values() for v in x})
@@ -131,8 +137,11 @@ def line_charts(path: str, panels: list[dict], suptitle: str | None = None) -> b
         ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel(panel["ylabel"])
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
-    if suptitle:
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper" if alone else "outside lower center",
+               ncols=1 if alone else min(len(handles), 6), fontsize=9, frameon=False)
+    if suptitle and alone:
+        axes[0][0].set_title(f"{panels[0]['title']}\n{suptitle}", fontsize=10)
+    elif suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
