@@ -15,20 +15,26 @@ from .progress import progress
 
 
 def synthetic_video(frames: int, chunk: int, streams: int, width: int, seed: int = 0):
-    """Yield chunks [S, L, e] of a slowly drifting random signal with a few sharp events."""
+    """(the frames of its few sharp events, an iterator of chunks [S, L, e]) of a slowly drifting
+    random signal."""
     gen = torch.Generator().manual_seed(seed)
     state = torch.randn(streams, width, generator=gen)
     events = {int(t): torch.randn(streams, width, generator=gen) * 4
               for t in torch.randint(0, frames, (4,), generator=gen)}
-    for start in range(0, frames, chunk):
-        length = min(chunk, frames - start)
-        steps = torch.randn(streams, length, width, generator=gen) * 0.05
-        video = state[:, None] + steps.cumsum(1)
-        state = video[:, -1]
-        for t, feature in events.items():
-            if start <= t < start + length:
-                video[:, t - start] += feature
-        yield video
+
+    def chunks():
+        nonlocal state
+        for start in range(0, frames, chunk):
+            length = min(chunk, frames - start)
+            steps = torch.randn(streams, length, width, generator=gen) * 0.05
+            video = state[:, None] + steps.cumsum(1)
+            state = video[:, -1]
+            for t, feature in events.items():
+                if start <= t < start + length:
+                    video[:, t - start] += feature
+            yield video
+
+    return sorted(events), chunks()
 
 
 def _first_memory(model: nn.Module) -> LongTermMemory:
@@ -56,9 +62,10 @@ def demo(args) -> None:
     tokens = 32
     masses, samples, steps = [], [], []
     model.reset()
+    events, chunks = synthetic_video(args.frames, args.chunk, args.streams, 768)
     start = time.perf_counter()
     with torch.no_grad(), progress(args.streams * args.frames, "demo", args.quiet) as bar:
-        for chunk in synthetic_video(args.frames, args.chunk, args.streams, 768):
+        for chunk in chunks:
             # Per-frame image-Q-former outputs: the frame's vector plus token-level noise.
             frames = (chunk[:, :, None, :] + 0.1 * torch.randn(*chunk.shape[:2], tokens, chunk.shape[-1])).to(device)
             tick = time.perf_counter()
@@ -85,8 +92,8 @@ def demo(args) -> None:
           f"whatever the length; output {tuple(embeddings.shape)}, finite={bool(torch.isfinite(embeddings).all())}")
     title = (f"Where the memory's attention lies in the video after each chunk of {args.chunk} frames\n"
              f"(first layer, stream 0, mean over heads and queries; N={cfg.num_basis} bins, M={cfg.past_samples} "
-             f"sticky samples, τ={cfg.tau:g}; synthetic video with 4 sharp events)")
-    if memory_picture(args.png, masses, samples, args.chunk, cfg.tau, args.fps, title):
+             f"sticky samples, τ={cfg.tau:g}; a synthetic video)")
+    if memory_picture(args.png, masses, samples, args.chunk, cfg.tau, args.fps, title, events):
         print(f"  wrote {args.png}: attention over video time after each chunk, and where the sticky samples read")
 
 

@@ -46,13 +46,14 @@ def memory_time_to_frame(t: torch.Tensor, chunk: int, length: int, tau: float) -
 
 
 def memory_picture(path: str, masses: list[torch.Tensor], samples: list[torch.Tensor | None], length: int,
-                   tau: float, fps: float, title: str) -> bool:
+                   tau: float, fps: float, title: str, events: list[int] = ()) -> bool:
     """Draw where the memory's attention lies in the video after each chunk; True if written.
 
     masses: per chunk, the attention mass of each of the N bins [N] (sums to 1); samples: per chunk,
     the bins [M] the next consolidation reads (sticky samples) or None. Rows are chunks, x is video
     time (frames below, seconds at ``fps`` above); a bin's mass is spread over the video frames its
-    memory interval now stands for, so the colour is attention mass per frame.
+    memory interval now stands for, so the colour is attention mass per frame. ``events``: frames
+    to mark with dotted lines (the synthetic video's sharp events).
     """
     plt = pyplot("the demo's picture")
     if plt is None:
@@ -81,6 +82,9 @@ def memory_picture(path: str, masses: list[torch.Tensor], samples: list[torch.Te
             ax.scatter(centres.numpy(), [k + 0.36] * centres.numel(), marker="|", s=14, linewidths=0.5,
                        color="crimson", label="sticky samples: where the next chunk reads the memory"
                        if k == chunks - 1 else None)
+    if len(events):
+        ax.vlines(events, -0.5, chunks - 0.5, colors="orange", linestyles=":", linewidth=1,
+                  label="sharp events in the video")
     ax.set_xlim(0, chunks * length)
     ax.set_ylim(chunks - 0.5, -0.5)
     ax.set_xlabel("video time (frames)")
@@ -90,7 +94,7 @@ def memory_picture(path: str, masses: list[torch.Tensor], samples: list[torch.Te
     seconds = ax.secondary_xaxis("top", functions=(lambda f: f / fps, lambda s: s * fps))
     seconds.set_xlabel(f"video time (s at {fps:g} frames/s)")
     fig.colorbar(mesh, ax=ax, label="attention mass per frame", pad=0.01)
-    if any(s is not None for s in samples):
+    if any(s is not None for s in samples) or len(events):
         ax.legend(loc="upper right", fontsize=8, framealpha=0.9)  # the empty corner: later chunks are not there yet
     ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=110)
