@@ -94,7 +94,7 @@ def table(rows) -> str:
           r["peak_mib"]] for r in rows])
 
 
-def plot(rows, path: Path, device: torch.device, streams: int) -> None:
+def plot(rows, path: Path, device: str, streams: int) -> None:
     """Step time, the memory's state and the process's peak memory against video length, per backend."""
     names = list(dict.fromkeys(r["backend"] for r in rows))
 
@@ -103,7 +103,7 @@ def plot(rows, path: Path, device: torch.device, streams: int) -> None:
                 for n in names}
 
     line_charts(str(path), [
-        dict(title=f"step time ({device.type}, S={streams})", xlabel="frames streamed",
+        dict(title=f"step time on {device}, S={streams}", xlabel="frames streamed",
              ylabel="time per step, p50 (µs)", lines=lines("p50_us")),
         dict(title="the memory's state (state_dict)", xlabel="frames streamed", ylabel="state (KiB)",
              lines=lines("state_kib"), from_zero=True),
@@ -124,10 +124,15 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--basis-count", type=int, default=256)
     parser.add_argument("--past-samples", type=int, default=512)
     parser.add_argument("--backends", nargs="+", default=["auto", "torch"] if cuda else ["torch"])
+    parser.add_argument("--from-csv", default=None, help="measure nothing: redraw the plot from a CSV this script wrote")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        rows, meta = harness.read_csv(args.from_csv)
+        plot(rows, out / f"{args.prefix}flat_memory.png", meta["device"], rows[0]["S"])
+        return rows
     meta = harness.metadata(device)
     print(f"{meta}", flush=True)
     rows = []
@@ -140,7 +145,7 @@ def main(argv=None) -> list[dict]:
             + table(rows) + "\n")
     (out / f"{args.prefix}flat_memory.md").write_text(text)
     print(text)
-    plot(rows, out / f"{args.prefix}flat_memory.png", device, args.streams)
+    plot(rows, out / f"{args.prefix}flat_memory.png", meta["device"], args.streams)
     return rows
 
 

@@ -200,10 +200,15 @@ def main(argv=None):
     parser.add_argument("--past-samples", type=int, default=512)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-csv", default=None, help="measure nothing: redraw the plot from a CSV this script wrote")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        stats = [r for r in harness.read_csv(args.from_csv)[0] if r.get("cosine_mean") is not None]
+        plot(stats, out / f"{args.prefix}retention.png", args.window)
+        return stats
     meta = harness.metadata(device)
     print(f"{meta}", flush=True)
     rows = []

@@ -73,3 +73,9 @@ def test_cli_bench_runs_the_grid(tmp_path, capsys):
     assert "| op | S | L | N | basis | dtype |" in out
     assert (tmp_path / "t_grid.csv").read_text().count("\n") >= 3
     assert (tmp_path / "t_grid.png").read_bytes().startswith(b"\x89PNG")
+    # The tables and plot again from the CSV alone (how committed results are redrawn).
+    main(["bench", "--from-csv", str(tmp_path / "t_grid.csv"), "--out", str(tmp_path), "--prefix", "r_"])
+    redrawn, measured = ((tmp_path / f"{p}_grid.md").read_text().splitlines() for p in ("r", "t"))
+    # The CSV keeps 4 significant digits: the same rows, each starting with the same case.
+    assert [line.split("|")[1:7] for line in redrawn[1:]] == [line.split("|")[1:7] for line in measured[1:]]
+    assert (tmp_path / "r_grid.png").is_file()

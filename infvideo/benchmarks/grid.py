@@ -176,32 +176,6 @@ def plot(rows, path: Path, args) -> bool:
     return line_charts(str(path), panels, suptitle=f"infvideo benchmark grid on {args.device}")
 
 
-def read_rows(path: str) -> tuple[list[dict], dict, float]:
-    """(rows, metadata, bandwidth B/s) of a CSV written by this script."""
-    import csv
-    numbers = {"S", "L", "N", "T", "calls"}
-    with open(path, newline="") as fh:
-        records = list(csv.DictReader(fh))
-    meta_keys = ("device", "torch", "triton", "python", "commit")
-    rows = []
-    for rec in records:
-        row = {}
-        for key, value in rec.items():
-            if key in meta_keys:
-                continue
-            if value == "":
-                row[key] = None
-            elif key in numbers:
-                row[key] = int(value)
-            elif key.endswith(("_us", "_mib", "_err", "_gbs")) or key in ("x_floor", "rel_err"):
-                row[key] = float(value)
-            else:
-                row[key] = value
-        rows.append(row)
-    meta = {k: records[0].get(k, "") for k in meta_keys} if records else {}
-    return rows, meta, (rows[0]["bandwidth_gbs"] * 1e9 if rows else 0.0)
-
-
 def report(rows, meta, bandwidth, args, out: Path) -> None:
     """Markdown tables (printed and written) and the plot."""
     text = (f"Benchmark grid on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit "
@@ -220,7 +194,8 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
-        rows, meta, bandwidth = read_rows(args.from_csv)
+        rows, meta = harness.read_csv(args.from_csv)
+        bandwidth = rows[0]["bandwidth_gbs"] * 1e9 if rows else 0.0
         args.frames = sorted({r["L"] for r in rows if r["L"] is not None}) or args.frames
         args.basis_counts = sorted({r["N"] for r in rows})
         args.device = meta.get("device", args.device)

@@ -164,6 +164,26 @@ def write_csv(path: Path, rows: list[dict], meta: dict) -> None:
             writer.writerow({**meta, **{k: _cell(v) for k, v in row.items()}})
 
 
+def read_csv(path) -> tuple[list[dict], dict]:
+    """(rows, metadata) of a CSV written by ``write_csv``: numbers back as int or float, blanks as None."""
+    with open(path, newline="") as fh:
+        records = list(csv.DictReader(fh))
+    meta_keys = ("device", "torch", "triton", "python", "commit")
+    rows = [{key: _value(text) for key, text in rec.items() if key not in meta_keys} for rec in records]
+    return rows, {k: records[0].get(k, "") for k in meta_keys} if records else {}
+
+
+def _value(text: str):
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _cell(value):
     if isinstance(value, float):
         return f"{value:.4g}"
