@@ -122,3 +122,42 @@ def test_memory_upstream_sampling_runs(basis):
     assert stats.shape[0] == 2 and stats.shape[-1] == 127
     hist = stats.reshape(2, -1)
     torch.testing.assert_close(hist.sum(-1).to(torch.float64), torch.ones(2, dtype=torch.float64))
+
+
+
+def _published_draws(hist: torch.Tensor, count: int) -> None:
+    """The published sampler's calls on the global generator, written out: b ~ Categorical(P of
+    stream 0), then a within-bin offset from a one-category Categorical built on the CPU (M draws,
+    always 0)."""
+    torch.distributions.Categorical(hist[0, 0].to(torch.float32)).sample((count,))
+    torch.distributions.Categorical(torch.ones(1)).sample((count, 1))
+
+
+@pytest.mark.parametrize("seeded", ["generator", "global"])
+def test_upstream_sampler_consumes_the_generator_as_published(seeded):
+    """After each sticky step the CPU generator is where the published sequence of draws leaves it:
+    the memory's own generator, or torch's global one when the memory has none."""
+    count = 20
+    own = torch.Generator().manual_seed(5) if seeded == "generator" else None
+    replay = torch.Generator().manual_seed(5)
+    memory = LongTermMemory(num_basis=16, past_samples=count, preset="paper", sampling="upstream", generator=own)
+    data = torch.Generator().manual_seed(1)
+    pk, pv = random_linear(8, 12, seed=2), random_linear(8, 12, seed=3)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for step in range(4):
+            hist, before = memory.sticky_stats.clone(), torch.get_rng_state()
+            memory(torch.randn(1, 9, 8, generator=data), torch.randn(1, 5, 12, generator=data), pk, pv, 3)
+            if step == 0:  # the first chunk of a video samples nothing
+                assert torch.equal(torch.get_rng_state(), before)
+                continue
+            if seeded == "generator":
+                torch.multinomial(hist[0, 0].double(), count, True, generator=replay)
+                torch.multinomial(torch.ones(1, 1), count, True, generator=replay)
+                assert torch.equal(own.get_state(), replay.get_state()), f"step {step}"
+                assert torch.equal(torch.get_rng_state(), before), "the global generator is not the memory's"
+            else:
+                after = torch.get_rng_state()
+                torch.set_rng_state(before)
+                _published_draws(hist, count)
+                assert torch.equal(after, torch.get_rng_state()), f"step {step}"
