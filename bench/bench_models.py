@@ -58,7 +58,7 @@ def main() -> None:
                                    budget_s=args.budget, min_calls=5, block=1)
             p20, p50, p80 = (t / 1e3 for t in percentiles(times))
             rows.append(dict(model=family, memory=settings, streams=args.streams, frames=args.frames,
-                             device=device.type, p20_ms=round(p20, 3), p50_ms=round(p50, 3), p80_ms=round(p80, 3)))
+                             p20_ms=round(p20, 3), p50_ms=round(p50, 3), p80_ms=round(p80, 3)))
             print(f"{family:10s} {settings:9s} S={args.streams} L={args.frames} {device.type}: "
                   f"{p50:9.2f} ms per chunk (p20 {p20:.2f}, p80 {p80:.2f})", flush=True)
             del model
