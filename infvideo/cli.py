@@ -56,8 +56,9 @@ def demo(args) -> None:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
-    model = VideoLlamaQFormer(alpha=args.alpha, max_frames=args.chunk, num_basis=args.num_basis,
-                              past_samples=args.past_samples).to(device).eval()
+    # The memory's own settings (exact integral, quantile sampling), not the published ones.
+    model = VideoLlamaQFormer(alpha=args.alpha, num_basis=args.num_basis, past_samples=args.past_samples,
+                              preset="exact", sampling="quantile").to(device).eval()
     memory = _first_memory(model)
     tokens = 32
     masses, samples, steps = [], [], []

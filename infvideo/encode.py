@@ -148,9 +148,13 @@ def _build_model(args, device: torch.device, tokens: int, width: int):
 
     torch.manual_seed(args.seed)  # every rank builds the same weights
     memory = dict(num_basis=args.num_basis, past_samples=args.past_samples, backend=args.backend)
+    if not args.published_memory:
+        # The memory's own deterministic settings: each video's embeddings then do not depend on
+        # which videos share its batch or its process (the published sampler couples them).
+        memory.update(preset="exact", sampling="quantile")
     if args.model == "videollama":
-        model = VideoLlamaQFormer(alpha=args.alpha, num_layers=args.num_layers or 2, max_frames=args.chunk,
-                                  tokens_per_frame=tokens, encoder_width=width, **memory)
+        model = VideoLlamaQFormer(alpha=args.alpha, num_layers=args.num_layers or 2, tokens_per_frame=tokens,
+                                  encoder_width=width, **memory)
     else:
         model = VideoChat2QFormer(alpha=args.alpha, num_layers=args.num_layers or 12, tokens_per_frame=tokens,
                                   encoder_width=width, **memory)
@@ -262,6 +266,10 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int) -> None:
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--checkpoint", default=None, help="LAVIS-style checkpoint for the Q-former's weights")
+    parser.add_argument("--published-memory", action="store_true",
+                        help="the published code's memory (paper preset, its sticky sampler from the global "
+                             "generator: videos batched together read stream 0's histogram, as there); "
+                             "default: the exact preset with quantile sampling")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",

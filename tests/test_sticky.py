@@ -122,3 +122,58 @@ def test_memory_upstream_sampling_runs(basis):
     assert stats.shape[0] == 2 and stats.shape[-1] == 127
     hist = stats.reshape(2, -1)
     torch.testing.assert_close(hist.sum(-1).to(torch.float64), torch.ones(2, dtype=torch.float64))
+
+
+
+def _published_draws(hist: torch.Tensor, count: int) -> None:
+    """The published sampler's calls on the global generators, written out: b ~ Categorical(P of
+    stream 0) on the histogram's device, then a within-bin offset from a one-category Categorical
+    built on the CPU (M draws, always 0)."""
+    torch.distributions.Categorical(hist[0, 0].to(torch.float32)).sample((count,))
+    torch.distributions.Categorical(torch.ones(1)).sample((count, 1))
+
+
+def _rng_states(device: torch.device) -> list[torch.Tensor]:
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
+
+
+def _set_rng_states(device: torch.device, states: list[torch.Tensor]) -> None:
+    torch.set_rng_state(states[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[1], device)
+
+
+@pytest.mark.parametrize("seeded,device", [("generator", "cpu"), ("global", "cpu"), ("global", "cuda")])
+def test_upstream_sampler_consumes_the_generator_as_published(seeded, device):
+    """After each sticky step the generators are where the published sequence of draws leaves them:
+    the memory's own CPU generator, or torch's global ones when the memory has none (on CUDA the
+    bins come from the CUDA generator and the offsets from the CPU one, as in the published code)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    device = torch.device(device)
+    count = 20
+    own = torch.Generator().manual_seed(5) if seeded == "generator" else None
+    replay = torch.Generator().manual_seed(5)
+    memory = LongTermMemory(num_basis=16, past_samples=count, preset="paper", sampling="upstream",
+                            generator=own).to(device)
+    data = torch.Generator().manual_seed(1)
+    pk, pv = random_linear(8, 12, seed=2).to(device), random_linear(8, 12, seed=3).to(device)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for step in range(4):
+            hist, before = memory.sticky_stats.clone(), _rng_states(device)
+            frames, query = torch.randn(1, 9, 8, generator=data), torch.randn(1, 5, 12, generator=data)
+            memory(frames.to(device), query.to(device), pk, pv, 3)
+            after = _rng_states(device)
+            if step == 0:  # the first chunk of a video samples nothing
+                assert all(torch.equal(a, b) for a, b in zip(after, before))
+                continue
+            if seeded == "generator":
+                torch.multinomial(hist[0, 0].double(), count, True, generator=replay)
+                torch.multinomial(torch.ones(1, 1), count, True, generator=replay)
+                assert torch.equal(own.get_state(), replay.get_state()), f"step {step}"
+                assert torch.equal(after[0], before[0]), "the global generator is not the memory's"
+            else:
+                _set_rng_states(device, before)
+                _published_draws(hist, count)
+                assert all(torch.equal(a, b) for a, b in zip(after, _rng_states(device))), f"step {step}"

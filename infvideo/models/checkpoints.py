@@ -1,22 +1,31 @@
 """Original (LAVIS-style BERT) Q-former checkpoints → the transformers-based video Q-formers.
 
 Video-LLaMA's ``video_Qformer`` and VideoChat2's ``qformer`` are LAVIS ``BertLMHeadModel``s; their
-weights map one to one onto ``transformers.Blip2QFormerModel`` (the module's ``qformer``):
+weights map one to one onto the module's ``qformer`` (``transformers.Blip2QFormerModel``, or
+``InstructBlipQFormerModel`` for a Q-former with text input):
 
-    {p}bert.embeddings.LayerNorm.{w}                → qformer.layernorm.{w}
+    {p}bert.embeddings.LayerNorm.{w}                → qformer.layernorm.{w}  (with text: qformer.embeddings.layernorm.{w})
     {p}{L}.{a}.self.{query,key,value}.{w}           → qformer.{L}.{a}.attention.{query,key,value}.{w}
     {p}{L}.{a}.output.{dense,LayerNorm}.{w}         → qformer.{L}.{a}.output.{dense,LayerNorm}.{w}
     {p}{L}.intermediate_query.dense.{w}             → qformer.{L}.intermediate_query.dense.{w}
     {p}{L}.output_query.{dense,LayerNorm}.{w}       → qformer.{L}.output_query.{dense,LayerNorm}.{w}
     <query tokens> [1, Q, D]                        → query_tokens
+    <extra query tokens> [1, Q', D]                 → extra_query_tokens  (VideoChat2)
     <frame position embedding> [max_frames, e]      → frame_position_embedding.weight  (Video-LLaMA)
+
+and, for a Q-former with text input (VideoChat2's ``qformer_text_input``):
+
+    {p}bert.embeddings.{word,position}_embeddings.weight → qformer.embeddings.{word,position}_embeddings.weight
+    {p}{L}.intermediate.dense.{w}                   → qformer.{L}.intermediate.dense.{w}
+    {p}{L}.output.{dense,LayerNorm}.{w}             → qformer.{L}.output.{dense,LayerNorm}.{w}
 
 with {p} the Q-former's prefix in the big checkpoint, {L} = ``bert.encoder.layer.{i}`` on the
 left and ``encoder.layer.{i}`` on the right, {a} ∈ {attention, crossattention} and
-{w} ∈ {weight, bias}. The Q-former's text parts (word and position embeddings, ``position_ids``,
-the text feed-forward ``intermediate`` / ``output``, the ``cls`` head) have no counterpart: the
-video Q-formers run queries only; they are reported as unused. Everything outside the prefix and
-the two named tensors (the LLM, the ViT, the image Q-former, projections) is reported as ignored.
+{w} ∈ {weight, bias}. Without text input the Q-former's text parts (word and position
+embeddings, the text feed-forward ``intermediate`` / ``output``) have no counterpart and are
+reported as unused, as are ``position_ids`` and the ``cls`` head always. Everything outside the
+prefix and the named tensors (the LLM, the ViT, the image Q-former, projections) is reported as
+ignored.
 """
 from __future__ import annotations
 
@@ -44,6 +53,13 @@ _QFORMER_MAP = tuple((re.compile(pattern), template) for pattern, template in (
      "encoder.layer.{0}.intermediate_query.dense.{1}"),
     (rf"bert\.encoder\.layer\.(\d+)\.output_query\.(dense|LayerNorm)\.{_W}", "encoder.layer.{0}.output_query.{1}.{2}"),
 ))
+# The text parts, mapped only for a Q-former with text input (InstructBlipQFormerModel's names).
+_TEXT_MAP = tuple((re.compile(pattern), template) for pattern, template in (
+    (rf"bert\.embeddings\.LayerNorm\.{_W}", "embeddings.layernorm.{0}"),
+    (r"bert\.embeddings\.(word|position)_embeddings\.weight", "embeddings.{0}_embeddings.weight"),
+    (rf"bert\.encoder\.layer\.(\d+)\.intermediate\.dense\.{_W}", "encoder.layer.{0}.intermediate.dense.{1}"),
+    (rf"bert\.encoder\.layer\.(\d+)\.output\.(dense|LayerNorm)\.{_W}", "encoder.layer.{0}.output.{1}.{2}"),
+))
 
 
 @dataclass(frozen=True)
@@ -62,8 +78,9 @@ class CheckpointReport:
     ignored: tuple[str, ...]
 
 
-def _qformer_name(name: str) -> str | None:
-    for pattern, template in _QFORMER_MAP:
+def _qformer_name(name: str, text_input: bool) -> str | None:
+    # With text the embeddings' LayerNorm lives in InstructBlip's embeddings: the text map goes first.
+    for pattern, template in (_TEXT_MAP + _QFORMER_MAP if text_input else _QFORMER_MAP):
         match = pattern.fullmatch(name)
         if match:
             return template.format(*match.groups())
@@ -91,6 +108,7 @@ _VIDEO_LLAMA_NAMES = dict(prefix="video_Qformer.", query_tokens="video_query_tok
 def convert_lavis_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str = _VIDEO_LLAMA_NAMES["prefix"],
                              query_tokens: str | None = _VIDEO_LLAMA_NAMES["query_tokens"],
                              frame_positions: str | None = _VIDEO_LLAMA_NAMES["frame_positions"],
+                             extra_query_tokens: str | None = None, text_input: bool = False,
                              ) -> tuple[dict[str, torch.Tensor], CheckpointReport]:
     """Renames a LAVIS-style Q-former state dict to the names of the video Q-former modules.
 
@@ -103,6 +121,10 @@ def convert_lavis_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str
             Video-LLaMA, ``"query_tokens"`` in VideoChat2), or None.
         frame_positions: the full name of the frame position embedding weight (Video-LLaMA's
             ``"video_frame_position_embedding.weight"``), or None.
+        extra_query_tokens: the full name of VideoChat2's extra query tokens [1, Q', D]
+            (``"extra_query_tokens"``), or None.
+        text_input: map the Q-former's text parts too (a module whose ``qformer`` is an
+            ``InstructBlipQFormerModel``); otherwise they are reported as unused.
 
     Returns ``(converted, report)``: the tensors under the module's names (not copied) and a
     ``CheckpointReport``. Missing keys are only known against a module: ``load_lavis_checkpoint``
@@ -110,13 +132,14 @@ def convert_lavis_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: str
     """
     state_dict = _check_state_dict(state_dict, "state_dict")
     named = {name: target for name, target in ((query_tokens, "query_tokens"),
+                                               (extra_query_tokens, "extra_query_tokens"),
                                                (frame_positions, "frame_position_embedding.weight")) if name}
     converted, pairs, unused, ignored = {}, [], [], []
     for key, value in state_dict.items():
         if key in named:
             target = named[key]
         elif key.startswith(prefix):
-            inner = _qformer_name(key[len(prefix):])
+            inner = _qformer_name(key[len(prefix):], text_input)
             if inner is None:
                 unused.append(key)
                 continue
@@ -142,7 +165,8 @@ def _read(path, argument: str) -> Mapping[str, torch.Tensor]:
 
 
 def load_lavis_checkpoint(module: nn.Module, path_or_state_dict, prefix: str | None = None,
-                          query_tokens: str | None = None, frame_positions: str | None = None) -> CheckpointReport:
+                          query_tokens: str | None = None, frame_positions: str | None = None,
+                          extra_query_tokens: str | None = None) -> CheckpointReport:
     """Loads an original Video-LLaMA / VideoChat2 checkpoint into a video Q-former, in place.
 
     Converts with ``convert_lavis_state_dict`` and loads strictly: every Q-former weight of
@@ -153,8 +177,10 @@ def load_lavis_checkpoint(module: nn.Module, path_or_state_dict, prefix: str | N
     Args:
         module: a ``VideoLlamaQFormer`` / ``VideoChat2QFormer`` (or a module with the same names).
         path_or_state_dict: a file for ``torch.load(…, weights_only=True)``, or a state dict.
-        prefix, query_tokens, frame_positions: as in ``convert_lavis_state_dict``; None takes
-            the module's ``lavis_names`` (its original checkpoint's names).
+        prefix, query_tokens, frame_positions, extra_query_tokens: as in
+            ``convert_lavis_state_dict``; None takes the module's ``lavis_names`` (its original
+            checkpoint's names). Extra query tokens are read only into a module that has them,
+            and the text parts only into a module with text input (``module.text_input``).
 
     Returns the ``CheckpointReport`` (what was loaded, unused Q-former keys, ignored keys).
     Raises ValueError when the file is not a checkpoint (naming it), when weights are missing
@@ -164,9 +190,13 @@ def load_lavis_checkpoint(module: nn.Module, path_or_state_dict, prefix: str | N
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     names = dict(getattr(module, "lavis_names", None) or _VIDEO_LLAMA_NAMES)
-    for key, value in (("prefix", prefix), ("query_tokens", query_tokens), ("frame_positions", frame_positions)):
+    for key, value in (("prefix", prefix), ("query_tokens", query_tokens), ("frame_positions", frame_positions),
+                       ("extra_query_tokens", extra_query_tokens)):
         if value is not None:
             names[key] = value
+    if getattr(module, "extra_query_tokens", None) is None:
+        names.pop("extra_query_tokens", None)
+    names["text_input"] = getattr(module, "text_input", False) is True
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         state_dict = _read(path_or_state_dict, "path_or_state_dict")
     else:

@@ -93,8 +93,19 @@ def multinomial_samples(mass: torch.Tensor, count: int,
 
 
 def upstream_samples(hist: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The published sampler: M draws b ~ P of stream 0 (used for every stream), unsorted. → [M]."""
-    return torch.multinomial(_drawable(total_mass(hist)[0]), count, replacement=True, generator=generator)
+    """The published sampler: M draws b ~ P of stream 0 (used for every stream), unsorted. → [M].
+
+    The published code then draws each sample's place inside its bin from a one-category
+    distribution that it builds on the CPU (so the place is always the bin's left edge): M more
+    draws that change nothing but the state of the CPU generator. They are made here too, so that
+    a run seeded as the published one draws the same samples chunk after chunk: from
+    ``generator`` when it is a CPU generator, else from torch's default CPU generator (as the
+    published code does when its histogram, and so its first draw, is on CUDA).
+    """
+    bins = torch.multinomial(_drawable(total_mass(hist)[0]), count, replacement=True, generator=generator)
+    offsets_from = generator if generator is not None and generator.device.type == "cpu" else None
+    torch.multinomial(torch.ones(1, 1), count, replacement=True, generator=offsets_from)
+    return bins
 
 
 def sample_points(idx: torch.Tensor, frac: torch.Tensor, bins: int) -> torch.Tensor:
