@@ -1,6 +1,6 @@
 """Per-chunk time of the two video Q-formers (infvideo.models) at their published sizes.
 
-    python bench/bench_models.py [--device cuda] [--frames 256] [--streams 1] [--out bench/results/models.csv]
+    PYTHONPATH=$PWD python bench/bench_models.py [--device cuda] [--frames 256] [--streams 1] [--out bench/results/models.csv]
 
 One row per (model, memory settings): Video-LLaMA's video Q-former (2 layers, 32 queries, chunks
 [S, L, 32, 768]) and VideoChat2's (12 layers, 6 with cross-attention, 32 + 64 queries and a
@@ -8,21 +8,17 @@ One row per (model, memory settings): Video-LLaMA's video Q-former (2 layers, 32
 upstream sampler: the models' defaults), with the memory's exact preset and quantile sampling,
 and with α = 1 (the Q-former alone: the memory is neither read nor written), float32, eval mode,
 no gradients. The memory consolidates one chunk per call, as in a video. Times per chunk in
-milliseconds (p20/p50/p80) through bench/harness.py.
+milliseconds (p20/p50/p80) through infvideo/benchmarks/harness.py (GPU time from do_bench on CUDA).
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, metadata, percentiles, time_calls, write_csv  # noqa: E402
-
-from infvideo.models import VideoChat2QFormer, VideoLlamaQFormer  # noqa: E402
+from infvideo.benchmarks.harness import REPO, metadata, percentiles, time_calls, write_csv
+from infvideo.models import VideoChat2QFormer, VideoLlamaQFormer
 
 SETTINGS = {"published": {}, "exact": dict(preset="exact", sampling="quantile"), "alpha=1": None}
 
@@ -54,8 +50,7 @@ def main() -> None:
                 instruction_ids=torch.randint(1000, 30000, (1, 12), device=device))
             with torch.no_grad():
                 model.encode_chunk(frames, **text)  # a first chunk; the timed ones consolidate
-                times = time_calls(lambda: model.encode_chunk(frames, **text), device,
-                                   budget_s=args.budget, min_calls=5, block=1)
+                times = time_calls(lambda: model.encode_chunk(frames, **text), device, budget_s=args.budget)
             p20, p50, p80 = (t / 1e3 for t in percentiles(times))
             rows.append(dict(model=family, memory=settings, streams=args.streams, frames=args.frames,
                              p20_ms=round(p20, 3), p50_ms=round(p50, 3), p80_ms=round(p80, 3)))
