@@ -8,8 +8,8 @@ M = 512, e = D = 768, 12 heads, 32 queries, sticky quantile sampling, bf16 proje
 memory is full (two steps before the timing). Providers: the published code's cost structure
 (``infvideo/benchmarks/published.py``, fp32, at S ≤ ``--baseline-max-streams``), the torch
 reference, the Triton step with the NaN/Inf host check (the default), without it
-(``check_finite=False``), with the memory's CUDA graphs (``cuda_graphs=True``), and the step
-captured in a user's CUDA graph. GPU time per call from ``triton.testing.do_bench`` (a host-bound
+(``check_finite=False``) launched from Python (``cuda_graphs=False``) and replayed from the memory's
+CUDA graphs (``cuda_graphs=True``), and the step captured in a user's CUDA graph. GPU time per call from ``triton.testing.do_bench`` (a host-bound
 step shows its host time: the GPU waits for the launches) or ``do_bench_cudagraph`` (the user's
 graph: kernels only). The floor is the time to read the step's inputs and the memory's state
 once at the measured read bandwidth. Writes step.csv, step.md and step.png into --out.
@@ -33,7 +33,7 @@ LENGTH, TOKENS, BASIS, SAMPLES, WIDTH, HEADS, QUERIES = 256, 32, 256, 512, 768, 
 MEMORIES = {  # provider: LongTermMemory options
     "torch reference": dict(backend="torch"),
     "Triton (default: host check)": dict(backend="triton"),
-    "Triton, check_finite=False": dict(backend="triton", check_finite=False),
+    "Triton, check_finite=False, cuda_graphs=False": dict(backend="triton", check_finite=False, cuda_graphs=False),
     "Triton, check_finite=False, cuda_graphs=True": dict(backend="triton", check_finite=False, cuda_graphs=True),
 }
 BASELINE, USER_GRAPH, FLOOR = "published-cost baseline", "Triton in a user's CUDA graph", "input + state read floor"
@@ -82,7 +82,8 @@ def measure(streams: int, args, bandwidth: float) -> list[dict]:
                 memory(tokens, query, pk, pv, HEADS)
             add(provider, harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), args.budget))
             del memory
-        memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton", check_finite=False).cuda()
+        memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton", check_finite=False,
+                                cuda_graphs=False).cuda()  # the user's graph alone
         for _ in range(2):  # eager steps first; the graph then drives the memory alone
             memory(tokens, query, pk, pv, HEADS)
         try:
