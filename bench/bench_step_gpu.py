@@ -9,9 +9,9 @@ memory is full (two steps before the timing). Providers: the published code's co
 (``infvideo/benchmarks/published.py``, fp32, at S ≤ ``--baseline-max-streams``), the torch
 reference, the Triton step with the NaN/Inf host check (the default), without it
 (``check_finite=False``) launched from Python (``cuda_graphs=False``) and replayed from the memory's
-CUDA graphs (``cuda_graphs=True``), and the step captured in a user's CUDA graph. GPU time per call from ``triton.testing.do_bench`` (a host-bound
-step shows its host time: the GPU waits for the launches) or ``do_bench_cudagraph`` (the user's
-graph: kernels only). The floor is the time to read the step's inputs and the memory's state
+CUDA graphs (``cuda_graphs=True``), and the step captured in a user's CUDA graph. GPU time per
+call from ``triton.testing.do_bench`` (a host-bound step shows its host time: the GPU waits for the
+launches) or ``do_bench_cudagraph`` (the user's graph: kernels only). The floor is the time to read the step's inputs and the memory's state
 once at the measured read bandwidth. Writes step.csv, step.md and step.png into --out.
 """
 from __future__ import annotations
