@@ -201,3 +201,24 @@ def test_half_precision_projections(name, dtype, tol, proj):
         assert a.dtype == dtype and torch.isfinite(a).all()
         assert rel_err(a, b) <= tol
     assert rel_err(low.coefficients, same.coefficients) <= 1e-5
+
+
+def test_tau_enters_the_exact_positions_as_written(proj):
+    """τ = 0.7 means 7/10: with L = 24 and N = 64, frame j = 2 of a later chunk sits at
+    7/10 + (3/10)(3/2)/24 = 46/64 exactly, so it belongs to bin 46 (the double nearest 0.7 would put it
+    just below, in bin 45)."""
+    from fractions import Fraction
+
+    from infvideo.reference import positions
+
+    past, length, bins = 8, 24, 64
+    points = positions.consolidation(past, length, 0.7, "exact")
+    assert points.fractions[past + 1] == Fraction(46, 64)
+    memory = LongTermMemory(num_basis=bins, tau=0.7, past_samples=past, sticky=False)
+    zeros = torch.zeros(1, length, E)
+    frames = zeros.clone()
+    frames[0, 1] = 1.0  # frame j = 2 (SPEC counts frames from 1): the only non-zero value
+    query = torch.randn(1, Q, D, generator=torch.Generator().manual_seed(3))
+    _run(memory, [zeros, frames], [query, query], proj)
+    holding = (memory.coefficients[0] != 0).any(1).nonzero().flatten().tolist()
+    assert holding == [46]

@@ -1,7 +1,8 @@
 """Time positions on [0, 1] used by the memory (SPEC sections 4, 6 and 8).
 
 Every set of positions is kept two ways: as exact rationals (``exact`` preset; bins are then
-found with integer arithmetic, so a position on a bin edge lands where the maths says) and as the
+found with integer arithmetic, so a position on a bin edge lands where the maths says; real
+parameters such as τ enter as the decimal the user wrote, see ``as_written``) and as the
 float32 values the published code computes (``paper`` preset; bins are then found by the same
 float32 comparisons it makes). ``values`` is the float64 view used for smooth bases.
 """
@@ -23,6 +24,15 @@ class Positions:
 
     def __len__(self) -> int:
         return self.values.numel()
+
+
+def as_written(value: float) -> Fraction:
+    """The rational a user meant by a float: the shortest decimal that reads back as it (0.7 → 7/10).
+
+    ``Fraction(0.7)`` is the binary double nearest 0.7 (0.6999999999999999555…), which moves points
+    that the maths puts on a bin edge (τ + (1 − τ)·k/L = n/N) into the bin below.
+    """
+    return Fraction(repr(float(value)))
 
 
 def _from_fractions(fracs) -> Positions:
@@ -62,7 +72,7 @@ def consolidation(samples: int, length: int, tau: float, preset: str) -> Positio
         past = torch.arange(1, samples + 1).float() * tau / samples
         new = tau + (1 - tau) * (torch.arange(samples + 1, length + samples + 1).float() - samples) / length
         return _from_float32(torch.cat([past, new]))
-    t = Fraction(tau)
+    t = as_written(tau)
     past = (t * Fraction(2 * i - 1, 2 * samples) for i in range(1, samples + 1))
     new = (t + (1 - t) * Fraction(2 * j - 1, 2 * length) for j in range(1, length + 1))
     return _from_fractions([*past, *new])
