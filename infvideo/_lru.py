@@ -36,6 +36,11 @@ class LRUCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __reduce__(self):
+        # Copies and pickles start empty: the entries are constants rebuilt on first use, and the
+        # lock cannot be copied.
+        return type(self), (self.maxsize,)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
