@@ -105,7 +105,12 @@ def _snapshot(memory: LongTermMemory) -> tuple:
 
 def _restore(memory: LongTermMemory, state: tuple) -> None:
     buffers, fill, generator = state
-    memory._buffers.update(buffers)
+    for name, saved in buffers.items():
+        current = memory._buffers[name]
+        if current.shape == saved.shape and current.dtype == saved.dtype and current.device == saved.device:
+            current.copy_(saved)  # in place: a captured step keeps reading the same buffers
+        else:
+            memory._buffers[name] = saved
     memory._fill = fill
     if generator is not None:
         memory.generator.set_state(generator)

@@ -22,7 +22,8 @@ class Positions:
     values: torch.Tensor
     fractions: tuple | None = None
     # The same exact rationals as int64 numerators and denominators [P], built without a Python
-    # loop; every denominator is below RATIONAL_LIMIT, so that t·N stays exact for N ≤ 2**14.
+    # loop; every denominator is below RATIONAL_LIMIT, so that numerator·N stays within int64 for
+    # N ≤ 2**14 (MAX_NUM_BASIS is 2**12). ``fractions`` is kept only where τ's decimal is too long.
     ratios: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
