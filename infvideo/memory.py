@@ -114,8 +114,7 @@ class LongTermMemory(nn.Module):
     Ranges (checked at construction; beyond them the arithmetic breaks or the constants do not
     fit in memory): 1 ≤ N ≤ 4,096; 1 ≤ M ≤ 65,536; 2 ≤ T ≤ 65,536; τ ∈ (0, 1); λ = 0 (a
     pseudo-inverse) or λ ≥ 1e-6 (smaller ones leave the fit ill-conditioned in float32); every
-    σ ≥ 1e-4 (narrower Gaussians overflow float32); ``check_finite``, ``sticky`` and
-    ``cuda_graphs`` are bools.
+    σ ≥ 1e-4 (narrower Gaussians overflow float32); ``sticky`` and ``cuda_graphs`` are bools.
 
     Threads: one memory holds one state, so it must not be stepped, reset or loaded from two
     threads at once (a step reads the state and replaces it; two at once lose one of them without

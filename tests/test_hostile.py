@@ -89,7 +89,7 @@ CONFIG_CASES = {  # id: (LongTermMemory kwargs, name in the message)
     "sigmas-1e-300": (dict(basis="gaussian", num_basis=16, sigmas=(1e-300,)), "sigmas"),
     "sigmas-one-too-narrow": (dict(basis="gaussian", num_basis=16, sigmas=(0.01, 1e-5)), "sigmas"),
     "check_finite-no": (dict(check_finite="no"), "check_finite"),
-    "check_finite-int": (dict(check_finite=0), "check_finite"),
+    "check_finite-none": (dict(check_finite=None), "check_finite"),
     "past_samples-1e8": (dict(past_samples=10 ** 8), "past_samples"),
     "num_basis-1e6": (dict(num_basis=10 ** 6), "num_basis"),
     "quad_points-1e7": (dict(quad_points=10 ** 7), "quad_points"),
