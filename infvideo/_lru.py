@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import torch
+
 
 class LRUCache:
     """``get`` / ``[key] = value`` / ``len`` over at most ``maxsize`` entries, least recently used out first."""
@@ -20,11 +22,15 @@ class LRUCache:
         self._lock = threading.Lock()
 
     def get(self, key, default=None):
-        with self._lock:
-            if key not in self._entries:
-                return default
-            self._entries.move_to_end(key)
-            return self._entries[key]
+        # Without the lock: one dict look-up is atomic, and torch.compile, which reads the
+        # memory's cached constants while tracing, cannot enter a lock. A compiled step only reads.
+        value = self._entries.get(key, default)
+        if value is not default and not torch.compiler.is_compiling():
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:  # evicted by another thread meanwhile: it was least recent anyway
+                pass
+        return value
 
     def __setitem__(self, key, value) -> None:
         with self._lock:

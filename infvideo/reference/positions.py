@@ -20,14 +20,23 @@ class Positions:
     """Points on the time axis: float64 ``values`` [P] and, when known, exact ``fractions``."""
 
     values: torch.Tensor
-    fractions: tuple | None = None
-    # The same exact rationals as int64 numerators and denominators [P], built without a Python
-    # loop; every denominator is below RATIONAL_LIMIT, so that numerator·N stays within int64 for
-    # N ≤ 2**14 (MAX_NUM_BASIS is 2**12). ``fractions`` is kept only where τ's decimal is too long.
+    # Exact positions are int64 numerators and denominators [P] (``ratios``), built without a
+    # Python loop; every denominator is below RATIONAL_LIMIT, so that numerator·N stays within
+    # int64 for N ≤ 2**14 (MAX_NUM_BASIS is 2**12). Only where τ's decimal is too long for that
+    # are they Fractions (``_fractions``), built one by one.
+    _fractions: tuple | None = None
     ratios: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self.values.numel()
+
+    @property
+    def fractions(self) -> tuple | None:
+        """The exact positions as Fractions (from ``ratios`` on demand: a Python loop), None for
+        float32 positions."""
+        if self.ratios is not None:
+            return tuple(Fraction(n, d) for n, d in zip(*(part.tolist() for part in self.ratios)))
+        return self._fractions
 
 
 def as_written(value: float) -> Fraction:
