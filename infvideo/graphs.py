@@ -68,12 +68,15 @@ MAX_INPUT_BYTES = 64 * 2**20
 
 def eligible(memory: nn.Module, frames: torch.Tensor, proj_key, proj_value) -> bool:
     """Steps worth capturing: CUDA, a fused backend, inputs of at most MAX_INPUT_BYTES, no
-    autograd, no host check, a full memory (every stream holds a video), a sampler without a host
-    generator, and not already inside a compile or capture."""
+    autograd, no host check, a full memory (every stream holds a video), a sampler that draws
+    nothing on the host (multinomial sampling may use a host generator; the upstream sampler always
+    draws the published offsets from the CPU generator, which a replay would skip), and not already
+    inside a compile or capture."""
     return (frames.device.type == "cuda" and frames.numel() * frames.element_size() <= MAX_INPUT_BYTES
             and memory._backends.get(frames.device) in ("triton", "cuda")
             and not memory.check_finite and memory._fill == "full"
-            and memory.config.sampling != "multinomial" and not torch.is_grad_enabled() and not traced(frames.device)
+            and not (memory.config.sticky and memory.config.sampling in ("multinomial", "upstream"))
+            and not torch.is_grad_enabled() and not traced(frames.device)
             and isinstance(proj_key, nn.Module) and isinstance(proj_value, nn.Module))
 
 
