@@ -3,7 +3,8 @@
     python bench/bench_step_gpu.py [--out DIR] [--quick]
 
 Rows: (case, provider, p20/p50/p80 µs). Providers: published-cost baseline (bench/published_baseline),
-torch reference, Triton (host-synchronising finiteness check on / off), Triton in a CUDA graph.
+torch reference, the default memory, Triton launched from Python, Triton and csrc CUDA through the
+memory's own CUDA graphs, and the whole Triton step captured in a CUDA graph by the caller.
 The S=64 case also gives the time to read the step's inputs once (bytes / measured read bandwidth).
 """
 from __future__ import annotations
@@ -88,17 +89,16 @@ def step_rows(case, streams, length, dtype, tokens, iters, extra=(), baseline=Tr
             times = wall_per_call(lambda: published_step(pooled, past, query.float(), pkf, pvf, HEADS), 5, warmup=1)
             rows.append((case, "published-cost baseline", *pct(times)))
         for provider, kwargs in (("torch reference", dict(backend="torch")),
-                                 ("triton", dict(backend="triton")),
-                                 ("triton, check_finite=False, launched from Python",
-                                  dict(backend="triton", check_finite=False, launch_plans=False)),
-                                 ("triton, check_finite=False (C++ launch plan)",
+                                 ("default LongTermMemory() (asynchronous check, CUDA graphs)", dict()),
+                                 ("triton, check_finite=False, cuda_graphs=False (Python launches)",
+                                  dict(backend="triton", check_finite=False, cuda_graphs=False)),
+                                 ("triton, eager call, check_finite=False, cuda_graphs=True",
                                   dict(backend="triton", check_finite=False)),
-                                 ("triton, eager call, cuda_graphs=True",
-                                  dict(backend="triton", check_finite=False, cuda_graphs=True))):
+                                 ("cuda (csrc), eager call, cuda_graphs=True", dict(backend="cuda"))):
             memory = LongTermMemory(**memory_kwargs, **kwargs).cuda()
             times = wall_per_call(lambda: memory(frames, query, pk, pv, HEADS), iters)
             rows.append((case, provider, *pct(times)))
-    memory = LongTermMemory(**memory_kwargs, backend="triton").cuda()
+    memory = LongTermMemory(**memory_kwargs, backend="triton", cuda_graphs=False).cuda()
     try:
         rows.append((case, "triton, CUDA graph", *pct(graph_per_call(memory, frames, query, pk, pv, iters))))
     except RuntimeError as err:  # reported, not fatal: the other rows still count

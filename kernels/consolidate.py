@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._launch import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -98,8 +98,6 @@ CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "num_war
           "num_stages": 2}
 
 
-_launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
-
 
 @on_input_device
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
@@ -126,8 +124,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
     block_t = CONFIG["block_rows"] if frame_rows else min(32, next_power_of_2(tokens))
     grid = (n, s, cdiv(e, block_e))
-    _launch_rect_consolidate(
-        grid,
+    _rect_consolidate_kernel[grid](
         frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
         past_idx, past_start, frame_idx, frame_start, scale,
         e, tokens, 1.0 / tokens,

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._launch import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -96,13 +96,13 @@ def _quadrature_rows_kernel(
                      mask=mask_g[:, None] & mask_t[None, :])
 
 
-# Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them. block_q is
-# the density's query group (16: the fake kernel and the samplers rely on it), block_m the rows
-# of a program.
-CONFIG = {"block_q": 16, "block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3"}
+# The density is summed over groups of this many queries per head: the op's output shape
+# (infvideo.ops: G = H·⌈Q/16⌉), not a tile to tune.
+QUERY_GROUP = 16
+# Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them (block_m,
+# the rows of a program, is a multiple of QUERY_GROUP).
+CONFIG = {"block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3"}
 
-
-_launch_quadrature_rows = CachedLaunch(_quadrature_rows_kernel)
 
 
 @on_input_device
@@ -119,7 +119,7 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     n = keys.shape[1]
     t = grid.numel()
     d = model // num_heads
-    group = CONFIG["block_q"]
+    group = QUERY_GROUP
     padded = cdiv(q_len, group) * group
     qh = query.reshape(s, q_len, num_heads, d).transpose(1, 2).to(torch.float32)
     kh = keys.reshape(s, n, num_heads, d).transpose(1, 2).to(torch.float32)
@@ -135,8 +135,7 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.
     block_m = max(group, min(CONFIG["block_m"], 8192 // block_n))
     block_t = CONFIG["block_t"]
-    _launch_quadrature_rows(
-        (cdiv(rows, block_m),),
+    _quadrature_rows_kernel[(cdiv(rows, block_m),)](
         a, mu, sigma, grid, log_weight, r, density,
         rows, n, t, q_len, padded, a.stride(2), r.stride(2), density.stride(1),
         # The CPU interpreter has no tensor cores to emulate: plain float32 there.

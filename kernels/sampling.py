@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._launch import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -58,8 +58,6 @@ def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride
 PROGRAMS_WANTED = 264
 
 
-_launch_quantile_bins = CachedLaunch(_quantile_bins_kernel)
-
 
 @on_input_device
 def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -72,8 +70,7 @@ def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     blocks = cdiv(num_samples, block_m)
     # Enough programs to fill the GPU, and no more: each one rebuilds its stream's CDF.
     per_program = cdiv(blocks, min(blocks, cdiv(PROGRAMS_WANTED, s)))
-    _launch_quantile_bins(
-        (s, cdiv(blocks, per_program)),
+    _quantile_bins_kernel[(s, cdiv(blocks, per_program))](
         mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
         BLOCK_G=min(64, next_power_of_2(g)), BLOCK_K=block_k, BLOCK_M=block_m, SEARCH_STEPS=steps, num_warps=8)
     return out
