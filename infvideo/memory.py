@@ -63,8 +63,10 @@ class _DeviceCheck:
         """The input named by a flag the host has seen fall (and clears it), else None."""
         if self.seen_view.all():
             return None
+        torch.cuda.synchronize(self.ok.device)  # every copy of the flag still queued has landed
         name = self.NAMES[int(self.seen_view.argmin())]
         self.ok.fill_(True)
+        self.sums.zero_()
         self.seen.fill_(True)
         return name
 
