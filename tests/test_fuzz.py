@@ -41,7 +41,7 @@ from conftest import random_linear
 from infvideo import LongTermMemory
 from infvideo.backends import available_backends
 from infvideo.config import MemoryConfig
-from infvideo.ops import _triton
+from infvideo.backends import triton_runs_on
 from infvideo.reference.fit import SegmentedFit, consolidation_fit
 
 CUDA = torch.cuda.is_available()
@@ -139,7 +139,7 @@ def test_paper_past_sample_between_bins():
     gen = torch.Generator().manual_seed(0)
     pk, pv = random_linear(4, 4, 1), random_linear(4, 4, 2)
     chunks = [(torch.randn(1, 1, 4, generator=gen), torch.randn(1, 2, 4, generator=gen)) for _ in range(2)]
-    backends = ["torch"] + (["triton"] if _triton.usable("cpu") else [])
+    backends = ["torch"] + (["triton"] if triton_runs_on(torch.device("cpu")) else [])
     outs = []
     for name in backends:
         memory = LongTermMemory(backend=name, **cfg)

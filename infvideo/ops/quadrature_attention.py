@@ -65,7 +65,7 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
     r_n = Σ_j ω_j p(t_j) ψ_n(t_j) (trapezoid on ``grid`` [T] with log-weights ``log_weight``),
     a = q·K/√d, c = Σ_n r_n V_n. query [S, Q, D], keys/values [S, N, D], mu/sigma [N].
     Returns context [S, Q, D] and Σ_q p(t_j) per head and group of 16 queries, [S, G, T] (float32;
-    [S, G, 1] unused if not write_density).
+    [S, G, 1] zeros if not write_density).
 
     query / keys / values are float32, float16 or bfloat16 on one device, any strides; the
     constants any float dtype (cast to float32 on the query's device).
