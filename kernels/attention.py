@@ -3,8 +3,8 @@
 r_n = exp(a_n + log w_n) / (Σ_k exp(a_k + log w_k) + exp(log m_∅)), a = q·K_n/√d, is the exact
 integral of the Gibbs density over the bins (SPEC section 8); the optional null slot (score 0,
 weight m_∅) is the paper preset's trapezoid mass outside every bin. One program per (stream, head,
-block of 16 queries) — for one stream, 12 programs per head-only grid left the step waiting on
-7 µs of this kernel on the H100: pass 1 finds the running max and normaliser over N tiles, pass 2
+block of 16 queries) — for one stream, a head-only grid of 12 programs left the step waiting on
+this kernel: pass 1 finds the running max and normaliser over N tiles, pass 2
 forms the probabilities, accumulates the context Σ_n r_n V_n and writes each bin's attention mass
 summed over the block's queries, [S, H·QB, N], for the next sticky step (the samplers add groups). N is small (≤ a few thousand), so reading
 K twice costs less than holding the context rescaling of a one-pass online softmax.
@@ -145,7 +145,7 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
     block_d = max(16, next_power_of_2(d))
     # With many streams a program takes two blocks of queries, so each head's K and V are read
-    # half as often (H100, S = 64, bf16 K/V: 47.9 -> 31.0 µs; fp32: 168 -> 137); few streams keep
+    # half as often (H100, S = 64: about a third less time with bf16 K/V, a fifth with fp32); few streams keep
     # one block per program for more programs (S = 16 measured the same either way).
     groups = 2 if s >= 16 and blocks > 1 else 1
     warps = 4 * groups

@@ -120,8 +120,8 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tenso
 
 
 # The fused quadrature kernel (ops.quadrature_attention) keeps no [S, H, Q, T] tensor but, measured
-# on an H200 at S = 16, N = 256, T = 1000, it took 0.92 ms (tf32x3 dots) against 0.30 ms for the
-# reference's quadrature, two cuBLAS products; the step keeps the faster one.
+# at S = 16, N = 256, T = 1000, takes about 3x the GPU time of the reference's quadrature (two
+# cuBLAS products; bench/bench_step_gpu.py, "gaussian attention only"); the step keeps the faster one.
 QUADRATURE_KERNEL = False
 
 
