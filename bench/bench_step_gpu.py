@@ -22,7 +22,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from published_baseline import published_step  # noqa: E402
 
-from infvideo import LongTermMemory  # noqa: E402
+from infvideo import LongTermMemory, available_backends  # noqa: E402
 
 WIDTH, MODEL, HEADS, QUERIES = 768, 768, 12, 32
 
@@ -94,7 +94,8 @@ def step_rows(case, streams, length, dtype, tokens, iters, extra=(), baseline=Tr
                                   dict(backend="triton", check_finite=False, cuda_graphs=False)),
                                  ("triton, eager call, check_finite=False, cuda_graphs=True",
                                   dict(backend="triton", check_finite=False)),
-                                 ("cuda (csrc), eager call, cuda_graphs=True", dict(backend="cuda"))):
+                                 *((("cuda (csrc), eager call, cuda_graphs=True", dict(backend="cuda")),)
+                                   if "cuda" in available_backends() else ())):
             memory = LongTermMemory(**memory_kwargs, **kwargs).cuda()
             times = wall_per_call(lambda: memory(frames, query, pk, pv, HEADS), iters)
             rows.append((case, provider, *pct(times)))
