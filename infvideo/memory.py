@@ -35,7 +35,7 @@ def _drops_frames(cfg: MemoryConfig, length: int, first: bool, later: bool) -> b
 
 
 class _DeviceCheck:
-    """The asynchronous finiteness check of a memory on one CUDA device.
+    """The asynchronous finiteness check of a memory on one device (CUDA, or any with "async").
 
     ``ok`` [3] (device, bool): the new coefficients (frames), the query and the frames left out of
     the fit of every step since the last error were finite; a step commits only while all hold.
@@ -47,14 +47,14 @@ class _DeviceCheck:
         self.ok = torch.ones(3, dtype=torch.bool, device=device)
         self.sums = torch.zeros(3, device=device)  # unused entries stay 0
         self.commit = torch.ones((), dtype=torch.bool, device=device)
-        self.seen = torch.ones(3, dtype=torch.bool, pin_memory=True)
+        self.seen = torch.ones(3, dtype=torch.bool, pin_memory=device.type == "cuda")
         self.seen_view = self.seen.numpy()
 
     def update(self, named: list) -> torch.Tensor:
         """Folds a step's inputs (``named``, in NAMES' order) in; returns the device flag: commit."""
         for index, (_, value) in enumerate(named):
             # NaN and Inf survive a sum (only a float32 overflow, entries near 1e38, would be reported too).
-            torch.sum(value, dtype=torch.float32, out=self.sums[index])
+            torch.sum(value, dim=tuple(range(value.dim())), dtype=torch.float32, out=self.sums[index])
         self.ok.logical_and_(torch.isfinite(self.sums))
         self.seen.copy_(self.ok, non_blocking=True)
         return torch.all(self.ok, out=self.commit)
@@ -63,7 +63,8 @@ class _DeviceCheck:
         """The input named by a flag the host has seen fall (and clears it), else None."""
         if self.seen_view.all():
             return None
-        torch.cuda.synchronize(self.ok.device)  # every copy of the flag still queued has landed
+        if self.ok.is_cuda:
+            torch.cuda.synchronize(self.ok.device)  # every copy of the flag still queued has landed
         name = self.NAMES[int(self.seen_view.argmin())]
         self.ok.fill_(True)
         self.sums.zero_()
@@ -100,7 +101,8 @@ class LongTermMemory(nn.Module):
         density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
             softmax moments; Gaussian basis only).
         generator: torch.Generator for ``multinomial`` / ``upstream`` sampling.
-        check_finite: refuse NaN/Inf in frames or query (below). Skipped under torch.compile.
+        check_finite: refuse NaN/Inf in frames or query (below): ``True``, ``"async"`` (the
+            device-flag form on every device, CPU included) or ``False``. Skipped under torch.compile.
         cuda_graphs: replay eager CUDA steps from CUDA graphs the memory captures itself
             (``infvideo.graphs``), which removes most of a small step's host cost: after an eager
             step at a signature (shapes, dtypes, device, projection weights) with every stream
@@ -111,8 +113,8 @@ class LongTermMemory(nn.Module):
             than it saves); other calls run eagerly.
 
     The finiteness check. On CPU tensors it is synchronous: a step whose frames or query hold NaN
-    or Inf raises ``ValueError`` before anything changes. On CUDA tensors it does not wait for the
-    device (so a step can be replayed from a graph): the step computes, and commits its
+    or Inf raises ``ValueError`` before anything changes. On CUDA tensors (and everywhere with
+    ``check_finite="async"``) it does not wait for the device (so a step can be replayed from a graph): the step computes, and commits its
     coefficients, statistic and fill state through a device flag (``torch.where``), so a step
     with a non-finite input, and every step after it until the error is raised, leaves the state
     as it was before that step; its context is returned as computed. The error (``ValueError``
@@ -135,7 +137,8 @@ class LongTermMemory(nn.Module):
                  ridge: float = 0.5, basis: str = "rectangular", sigmas=(0.005, 0.01),
                  sticky: bool = True, sampling: str = "quantile", preset: str = "exact",
                  quad_points: int = 1000, backend: str = "auto", *, density: str = "gibbs",
-                 generator: torch.Generator | None = None, check_finite: bool = True, cuda_graphs: bool = True):
+                 generator: torch.Generator | None = None, check_finite: bool | str = True,
+                 cuda_graphs: bool = True):
         super().__init__()
         self.config = MemoryConfig(num_basis, tau, past_samples, ridge, basis, tuple(sigmas)
                                    if isinstance(sigmas, (list, tuple)) else sigmas, sticky,
@@ -144,7 +147,9 @@ class LongTermMemory(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
-        self.check_finite = bool(check_finite)
+        if check_finite not in (True, False, "async"):
+            raise ValueError(f"check_finite must be True, False or 'async', got {check_finite!r}")
+        self.check_finite = check_finite
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
         self._graphs = StepGraphs() if cuda_graphs else None
@@ -196,7 +201,8 @@ class LongTermMemory(nn.Module):
     def synchronize(self) -> None:
         """Waits for this memory's CUDA steps and raises the error of one whose input was not finite."""
         for device in self._device_checks:
-            torch.cuda.synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         self.raise_failed_check()
 
     def raise_failed_check(self) -> None:
@@ -325,7 +331,7 @@ class LongTermMemory(nn.Module):
             named = [("frames", coef), ("query", query)]
             if _drops_frames(self.config, frames.shape[1], self._fill != "full", self._fill != "empty"):
                 named.append(("frames", frames))
-            if device.type != "cuda":
+            if device.type != "cuda" and self.check_finite != "async":
                 _checks.finite(named)
             else:
                 coef, stats, filled = self._commit_if_finite(named, coef, stats, filled, in_place)

@@ -74,7 +74,7 @@ def test_replayed_output_is_a_copy():
     assert torch.equal(outs[3], kept) and not torch.equal(outs[3], outs[4])
 
 
-def test_cpu_steps_run_eagerly_and_flag_is_checked():
+def test_cpu_steps_run_eagerly_and_flags_are_checked():
     pk, pv = random_linear(E, D, seed=1), random_linear(E, D, seed=2)
     plain = LongTermMemory(num_basis=20, past_samples=30, backend="torch")
     graphed = LongTermMemory(num_basis=20, past_samples=30, backend="torch")
@@ -85,18 +85,25 @@ def test_cpu_steps_run_eagerly_and_flag_is_checked():
     assert not graphed._graphs.steps
     with pytest.raises(TypeError, match="cuda_graphs must be a bool"):
         LongTermMemory(cuda_graphs="yes")
+    with pytest.raises(ValueError, match="check_finite must be True, False or 'async'"):
+        LongTermMemory(check_finite="later")
 
 
-@cuda
-@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
+# CUDA steps check asynchronously by default; check_finite="async" runs the same device-flag
+# commit on the CPU.
+ASYNC_CASES = [("cpu", "async", False)] + ([("cuda", True, True), ("cuda", True, False)] if torch.cuda.is_available()
+                                            else [])
+
+
+@pytest.mark.parametrize("device,check,graphs", ASYNC_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("bad", ["frames", "query"])
-def test_non_finite_input_is_never_committed_and_raised_later(graphs, bad):
+def test_non_finite_input_is_never_committed_and_raised_later(device, check, graphs, bad):
     """A non-finite step (and the steps after it, until the error) leaves the state of before it;
     the error comes from a later call or synchronize(), and the memory then goes on from there."""
-    pk, pv = random_linear(E, D, seed=1).cuda(), random_linear(E, D, seed=2).cuda()
-    plain = LongTermMemory(num_basis=20, past_samples=30, cuda_graphs=False).cuda()
-    checked = LongTermMemory(num_basis=20, past_samples=30, cuda_graphs=graphs).cuda()
-    frames, queries = _inputs(8)
+    pk, pv = random_linear(E, D, seed=1).to(device), random_linear(E, D, seed=2).to(device)
+    plain = LongTermMemory(num_basis=20, past_samples=30, cuda_graphs=False).to(device)
+    checked = LongTermMemory(num_basis=20, past_samples=30, check_finite=check, cuda_graphs=graphs).to(device)
+    frames, queries = _inputs(8, device=device)
     with torch.no_grad():
         for f, q in zip(frames[:4], queries[:4]):  # graphs: the fourth step replays
             plain(f, q, pk, pv, H)
