@@ -36,9 +36,8 @@ def select_kernels(name: str, triton_kernel) -> None:
         # Defaults of arguments the caller left out, so every kernel sees the whole argument list.
         args = (*args, *(kwargs.get(a.name, a.default_value) for a in arguments[len(args):]))
         device = args[0].device
-        if device.type not in ("cpu", "cuda"):  # meta tensors: the fake
-            key = getattr(DispatchKey, torch._C._dispatch_key_for_device(device.type))
-            return overload.redispatch(DispatchKeySet(key), *args)
+        if device.type == "meta":  # the fake
+            return overload.redispatch(DispatchKeySet(DispatchKey.Meta), *args)
         backend = backends.op_backend(qualified, args[-1], device)
         if backend == "triton":
             return triton_kernel(*args[:-1])
