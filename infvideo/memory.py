@@ -104,10 +104,10 @@ class LongTermMemory(nn.Module):
         check_finite: refuse NaN/Inf in frames or query (below): ``True``, ``"async"`` (the
             device-flag form on every device, CPU included) or ``False``. Skipped under torch.compile.
         cuda_graphs: replay eager CUDA steps from CUDA graphs the memory captures itself
-            (``infvideo.graphs``), which removes most of a small step's host cost: after an eager
-            step at a signature (shapes, dtypes, device, projection weights) with every stream
-            filled, the memory captures the next one, and later calls there copy the inputs into
-            the graph, replay it and return a copy of its output. Used for fused backends, no
+            (``infvideo.graphs``, the default), which removes most of a small step's host cost: an
+            eager step that starts and ends with every stream filled is captured once at its
+            signature (shapes, dtypes, device, projection weights), and later calls there copy the
+            inputs into the graph, replay it and return a copy of its output. Used for fused backends, no
             autograd, every stream filled, a sampler without a host generator and chunks of at
             most 64 MiB (larger steps are bound by the GPU, and the input copy would cost more
             than it saves); other calls run eagerly.
