@@ -1,27 +1,17 @@
 """`LongTermMemory`: the ∞-Video continuous-time memory of S video streams as an nn.Module."""
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 from . import _checks
-from .backends import backend_for, resolve_backend
+from .backends import FUSED, backend_for, resolve_backend
 from .config import MemoryConfig
-from .graphs import StepGraphs, signature
-from .graphs import capturing as _capturing
-from .graphs import eligible as graphs_eligible
-from .graphs import traced as _traced
-from .launch_plans import StepPlans
+from .graphs import StepGraphs, traced
 from .ops import fused_step, step_constants
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
 from .reference.step import attend, consolidate_chunk
-
-
-# Backends whose steps run on fused ops (infvideo.ops.fused_step); "torch" is the reference.
-FUSED_BACKENDS = ("triton", "cuda", "cpu")
 
 
 def _needs_grad(*inputs) -> bool:
@@ -44,14 +34,42 @@ def _drops_frames(cfg: MemoryConfig, length: int, first: bool, later: bool) -> b
     return any(isinstance(fit, SegmentedFit) and fit.frame_keep is not None for fit in fits)
 
 
-def _store(buffers: dict, name: str, value: torch.Tensor, traced: bool) -> None:
-    current = buffers[name]
-    if value is current:
-        return
-    if traced and current.shape == value.shape and current.dtype == value.dtype:
-        current.copy_(value)
-    else:
-        buffers[name] = value
+class _DeviceCheck:
+    """The asynchronous finiteness check of a memory on one device (CUDA, or any with "async").
+
+    ``ok`` [3] (device, bool): the new coefficients (frames), the query and the frames left out of
+    the fit of every step since the last error were finite; a step commits only while all hold.
+    ``seen`` (pinned host memory): ``ok`` as the device last copied it, read without waiting."""
+
+    NAMES = ("frames", "query", "frames")
+
+    def __init__(self, device: torch.device):
+        self.ok = torch.ones(3, dtype=torch.bool, device=device)
+        self.sums = torch.zeros(3, device=device)  # unused entries stay 0
+        self.commit = torch.ones((), dtype=torch.bool, device=device)
+        self.seen = torch.ones(3, dtype=torch.bool, pin_memory=device.type == "cuda")
+        self.seen_view = self.seen.numpy()
+
+    def update(self, named: list) -> torch.Tensor:
+        """Folds a step's inputs (``named``, in NAMES' order) in; returns the device flag: commit."""
+        for index, (_, value) in enumerate(named):
+            # NaN and Inf survive a sum (only a float32 overflow, entries near 1e38, would be reported too).
+            torch.sum(value, dim=tuple(range(value.dim())), dtype=torch.float32, out=self.sums[index])
+        self.ok.logical_and_(torch.isfinite(self.sums))
+        self.seen.copy_(self.ok, non_blocking=True)
+        return torch.all(self.ok, out=self.commit)
+
+    def failed(self) -> str | None:
+        """The input named by a flag the host has seen fall (and clears it), else None."""
+        if self.seen_view.all():
+            return None
+        if self.ok.is_cuda:
+            torch.cuda.synchronize(self.ok.device)  # every copy of the flag still queued has landed
+        name = self.NAMES[int(self.seen_view.argmin())]
+        self.ok.fill_(True)
+        self.sums.zero_()
+        self.seen.fill_(True)
+        return name
 
 
 class LongTermMemory(nn.Module):
@@ -74,31 +92,37 @@ class LongTermMemory(nn.Module):
         preset: ``"exact"`` (exact integrals and positions) or ``"paper"`` (bit-level behaviour of
             the published code: trapezoid on its grid, float32 positions and bin bounds).
         quad_points: T ≥ 2, trapezoid points for smooth bases (and the paper preset's grid).
-        backend: ``"auto"`` (Triton on CUDA tensors, the C++ kernels on CPU tensors where the
-            extension is built, else the torch reference), ``"torch"``, ``"triton"``, ``"cuda"``
-            or ``"cpu"`` (the csrc kernels); INFVIDEO_BACKEND overrides ``"auto"``. The fused
-            backends are forward-only: a step that autograd must see (grad enabled and an input or
-            projection that requires grad) runs on the differentiable reference.
+        backend: a name of ``infvideo.backends`` (``"auto"``, ``"torch"``, ``"triton"``,
+            ``"cuda"``, ``"cpu"``); ``"auto"`` picks per device (Triton on CUDA tensors, the C++
+            kernels on CPU tensors where the extension is built, else the torch reference) and
+            INFVIDEO_BACKEND overrides it. The fused backends are forward-only: a step that
+            autograd must see (grad enabled and an input or projection that requires grad) runs on
+            the differentiable reference.
         density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
             softmax moments; Gaussian basis only).
         generator: torch.Generator for ``multinomial`` / ``upstream`` sampling.
-        check_finite: raise on NaN/Inf in frames or query (one host synchronisation per step;
-            skipped under torch.compile and while a CUDA graph is captured). Turn off to keep the
-            host asynchronous.
+        check_finite: refuse NaN/Inf in frames or query (below): ``True``, ``"async"`` (the
+            device-flag form on every device, CPU included) or ``False``. Skipped under torch.compile.
         cuda_graphs: replay eager CUDA steps from CUDA graphs the memory captures itself
-            (``infvideo.graphs``): after two eager steps at a signature (shapes, dtypes, device,
-            projection weights), later calls there copy the inputs into the graph, replay it and
-            return a copy of its output, which removes most of a small step's host cost. Used
-            for fused backends, with ``check_finite=False``, no autograd, every stream filled and
-            chunks of at most 64 MiB (a few streams: larger steps are bound by the GPU, and the
-            input copy would cost more than it saves); other calls run eagerly.
-        launch_plans: launch eager CUDA steps from C++ (``infvideo.launch_plans``): at the second
-            full step of a signature the memory records the step's kernel launches and K/V
-            product, and later calls there launch the same kernels with the new tensors from C++,
-            without Python per kernel (bit-identical results, no copies, any size). Used for the
-            Triton backend with rectangular bins, the exact preset and the quantile or uniform
-            sampler, no autograd and every stream filled, where the extension is built with
-            CUDA; other calls run from Python.
+            (``infvideo.graphs``, the default), which removes most of a small step's host cost: an
+            eager step that starts and ends with every stream filled is captured once at its
+            signature (shapes, dtypes, device, projection weights), and later calls there copy the
+            inputs into the graph, replay it and return a copy of its output. Used for fused backends, no
+            autograd, every stream filled, a sampler without a host generator and chunks of at
+            most 64 MiB (larger steps are bound by the GPU, and the input copy would cost more
+            than it saves); other calls run eagerly.
+
+    The finiteness check. On CPU tensors it is synchronous: a step whose frames or query hold NaN
+    or Inf raises ``ValueError`` before anything changes. On CUDA tensors (and everywhere with
+    ``check_finite="async"``) it does not wait for the device (so a step can be replayed from a graph): the step computes, and commits its
+    coefficients, statistic and fill state through a device flag (``torch.where``), so a step
+    with a non-finite input, and every step after it until the error is raised, leaves the state
+    as it was before that step; its context is returned as computed. The error (``ValueError``
+    naming frames or query) is raised by the first call that finds the flag down (normally the
+    next one, as the device copies the flag to the host after each step) and by
+    :meth:`synchronize`, which waits for the device; raising clears the flag, and the memory
+    then continues from the state before the failed step. Call ``synchronize()`` where an error
+    must surface at once (e.g. before saving a ``state_dict``).
 
     Compiling (``torch.compile(memory, fullgraph=True)``) and capturing a CUDA graph both need one
     eager step first (it puts the constants on the device), and then drive the memory only
@@ -113,8 +137,8 @@ class LongTermMemory(nn.Module):
                  ridge: float = 0.5, basis: str = "rectangular", sigmas=(0.005, 0.01),
                  sticky: bool = True, sampling: str = "quantile", preset: str = "exact",
                  quad_points: int = 1000, backend: str = "auto", *, density: str = "gibbs",
-                 generator: torch.Generator | None = None, check_finite: bool = True, cuda_graphs: bool = False,
-                 launch_plans: bool = True):
+                 generator: torch.Generator | None = None, check_finite: bool | str = True,
+                 cuda_graphs: bool = True):
         super().__init__()
         self.config = MemoryConfig(num_basis, tau, past_samples, ridge, basis, tuple(sigmas)
                                    if isinstance(sigmas, (list, tuple)) else sigmas, sticky,
@@ -123,25 +147,21 @@ class LongTermMemory(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
-        self.check_finite = bool(check_finite)
+        if check_finite not in (True, False, "async"):
+            raise ValueError(f"check_finite must be True, False or 'async', got {check_finite!r}")
+        self.check_finite = check_finite
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
         self._graphs = StepGraphs() if cuda_graphs else None
-        if not isinstance(launch_plans, bool):
-            raise TypeError(f"launch_plans must be a bool, got {type(launch_plans).__name__}")
-        # Only steps of rectangular bins with the exact preset and a deterministic sampler run
-        # the fused kernels alone (the recorder would refuse the others); other memories skip
-        # the plans' per-call signature.
-        plannable = (self.config.basis == "rectangular" and self.config.preset == "exact"
-                     and (not self.config.sticky or self.config.sampling == "quantile"))
-        self._plans = StepPlans() if launch_plans and plannable else None
         # Host-side mirror of `filled` ("empty", "full" or "mixed") so a step never reads the
         # device to know which streams hold a video.
         self._fill = "empty"
-        # Per device: the backend a call there uses, and the fused step's constants per chunk
-        # length. Filled by eager calls; a compiled or captured step only reads them.
+        # Per device: the backend a call there uses, the fused step's constants per chunk length,
+        # and the asynchronous finiteness check. Filled by eager calls; a compiled or captured
+        # step only reads them.
         self._backends: dict = {}
         self._step_constants: dict = {}
+        self._device_checks: dict = {}
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
@@ -162,9 +182,38 @@ class LongTermMemory(nn.Module):
         """The current coefficients B [S, N, e] (rows of empty streams are zero); None while empty."""
         return None if self._fill == "empty" else self.coef
 
+    @property
+    def is_full(self) -> bool:
+        """Every stream holds a video (known on the host, without reading the device)."""
+        return self._fill == "full"
+
+    def backend_on(self, device: torch.device) -> str:
+        """The concrete backend of this memory's steps on ``device`` tensors (``infvideo.backends``)."""
+        backend = self._backends.get(device)
+        if backend is None:
+            backend = self._backends[device] = backend_for(self.backend, device)
+        return backend
+
     def _sync_fill(self) -> None:
         filled = self.filled
         self._fill = ("empty" if not bool(filled.any()) else "full" if bool(filled.all()) else "mixed")
+
+    def synchronize(self) -> None:
+        """Waits for this memory's CUDA steps and raises the error of one whose input was not finite."""
+        for device in self._device_checks:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        self.raise_failed_check()
+
+    def raise_failed_check(self) -> None:
+        """Raises the error of an earlier CUDA step whose input the device found non-finite, as far
+        as the host has seen it (without waiting: :meth:`synchronize` waits)."""
+        for check in self._device_checks.values():
+            name = check.failed()
+            if name is not None:
+                self._sync_fill()
+                raise ValueError(f"{name} contains NaN or Inf (a step since the last check; the memory kept its state "
+                                 "from before that step)")
 
     def reset(self, streams=None) -> None:
         """Empty the memory (a new video); ``streams`` (indices or a bool mask) empties only those."""
@@ -192,7 +241,11 @@ class LongTermMemory(nn.Module):
         self.sticky_stats[index] = 0
         self._sync_fill()
 
-    def _check(self, frames, query, proj_key, proj_value, num_heads):
+    def check(self, frames, query, proj_key, proj_value, num_heads):
+        """Checks a step's inputs against each other and the memory (host metadata only), and raises
+        the error of an earlier step whose input the device found non-finite; returns frames, query."""
+        if self._device_checks:
+            self.raise_failed_check()
         frames = _checks.tensor("frames", frames, (3, 4, 5))
         query = _checks.tensor("query", query, (3,))
         if query.device != frames.device:
@@ -226,90 +279,96 @@ class LongTermMemory(nn.Module):
         proj_value: the Q-former's key/value Linear layers (e → D); num_heads: H, D % H == 0.
         Returns the LTM context [S, Q, D] in the query's dtype.
         """
-        graphs, plans = self._graphs, self._plans
-        key = plan_key = None
-        if isinstance(frames, torch.Tensor) and isinstance(query, torch.Tensor):
-            if graphs is not None:
-                key = signature(frames, query, proj_key, proj_value, num_heads)
-                context = graphs.replay(self, key, frames, query)
-                if context is not None:
-                    return context
-            if plans is not None and frames.is_cuda and not torch.compiler.is_compiling():
-                plan_key = (key or signature(frames, query, proj_key, proj_value, num_heads),
-                            frames.data_ptr() & 15, query.data_ptr() & 15)
-                context = plans.run(self, plan_key, frames, query)
-                if context is not None:
-                    return context
-        was_full = self._fill == "full"
-        frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
-        if plan_key is not None and was_full and plans.wants(self, plan_key, frames):
-            step = functools.partial(self._compute, frames, query, proj_key, proj_value, num_heads)
-            context = plans.record(self, plan_key, step, frames, query)
-        else:
-            context = self._step(frames, query, proj_key, proj_value, num_heads)
-        # Captured after an eager step of the same kind (memory full before and after), so that
-        # every kernel the graph records has been compiled and run once already.
-        if graphs is not None and was_full and graphs_eligible(self, frames, proj_key, proj_value):
-            graphs.capture(self, key, frames, query, proj_key, proj_value, num_heads)
-        return context
+        graphs = self._graphs
+        if graphs is not None:  # a step captured at these inputs' signature (checked when captured)
+            context = graphs.replay(self, frames, query, proj_key, proj_value, num_heads)
+            if context is not None:
+                return context
+        was_full = self.is_full
+        frames, query = self.check(frames, query, proj_key, proj_value, num_heads)
+        context, coef, stats = self.compute(frames, query, proj_key, proj_value, num_heads)
+        self.commit(frames, query, coef, stats)
+        if graphs is not None and was_full:
+            # Captured after an eager step of the same kind (memory full before and after), so
+            # that every kernel the graph records has been compiled and run once already.
+            graphs.capture(self, frames, query, proj_key, proj_value, num_heads)
+        return context if context.dtype == query.dtype else context.to(query.dtype)
 
-    def _step(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int) -> torch.Tensor:
-        """One step on checked inputs (the body of ``forward``, and what a captured graph records)."""
-        fill = self._fill
-        context, coef, stats = self._compute(frames, query, proj_key, proj_value, num_heads)
-        return self._finish(frames, query, context, coef, stats, fill, _traced(frames.device))
-
-    def _compute(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int):
-        """(context, new coefficients, new statistic) of a step on checked inputs; changes nothing
-        (what a launch plan records)."""
-        backend = self._backends.get(frames.device)
-        if backend is None:
-            backend = self._backends[frames.device] = backend_for(self.backend, frames.device)
+    def compute(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int):
+        """(context, new coefficients, new statistic or None) of a step on checked inputs; changes nothing."""
+        backend = self.backend_on(frames.device)
         dtype = torch.float64 if torch.float64 in (frames.dtype, query.dtype) else torch.float32
         past = None if self._fill == "empty" else self.coef
         filled = self.filled if self._fill == "mixed" else None
         stats = None if self._fill == "empty" else self.sticky_stats
-        if backend in FUSED_BACKENDS and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
+        if backend in FUSED and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
             key = (frames.shape[1], frames.device)
             consts = self._step_constants.get(key)
             if consts is None:
                 consts = self._step_constants[key] = step_constants(self.config, *key)
             return fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads, past, filled, stats,
-                              self.generator, keep_stats=self.config.sticky, stats_in_place=_capturing(frames.device),
-                              backend=backend)
+                              self.generator, keep_stats=self.config.sticky, backend=backend)
         coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
         context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
                                 keep_stats=self.config.sticky)
         return context, coef, stats
 
-    def _finish(self, frames: torch.Tensor, query: torch.Tensor, context: torch.Tensor, coef: torch.Tensor,
-                stats: torch.Tensor | None, fill: str, traced: bool) -> torch.Tensor:
-        """Checks a computed step (``fill``: the memory's fill state it started from; ``traced``:
-        inside torch.compile or a capture) and commits it; returns the context in the query's dtype."""
-        if self.check_finite and not traced:
-            # Non-finite frames reach the new coefficients, so one small reduction (and one host
-            # synchronisation) covers them and the query, before any state changes; only frames
-            # that a fit leaves out (paper preset) need a look of their own.
-            named = [("frames", coef), ("query", query)]
-            if _drops_frames(self.config, frames.shape[1], fill != "full", fill != "empty"):
-                named.append(("frames", frames))
-            _checks.finite(named)
-        self._commit(coef.detach(), stats, traced)
-        return context if context.dtype == query.dtype else context.to(query.dtype)
+    def commit(self, frames: torch.Tensor, query: torch.Tensor, coef: torch.Tensor, stats: torch.Tensor | None) -> None:
+        """Makes a computed step the memory's state, after the finiteness check (class docstring).
 
-    def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None, traced: bool) -> None:
-        # Eager steps swap the new tensors in. Under capture or compilation (``traced``) they are
-        # copied into the existing buffers instead, so each replay updates the memory the next
-        # replay reads. nn.Module.__setattr__ is bypassed: it costs more than the rest of a small step.
-        buffers = self._buffers
-        _store(buffers, "coef", coef, traced)
-        if self._fill != "full":
-            buffers["filled"] = torch.ones(coef.shape[0], dtype=torch.bool, device=coef.device)
-            self._fill = "full"
+        Eager steps swap the new tensors in; inside torch.compile or a CUDA graph capture they are
+        copied into the existing buffers, so each replay updates the memory the next one reads."""
+        coef = coef.detach()
+        streams, device = coef.shape[0], coef.device
+        in_place = traced(device)
+        if stats is None and self.sticky_stats.shape[0] != streams:
+            stats = torch.zeros(streams, 1, self.config.sticky_bins, device=device)
+        # A full memory stays full whatever this step does: only a first (or partial) fill writes `filled`.
+        filled = None if self._fill == "full" else torch.ones(streams, dtype=torch.bool, device=device)
+        if self.check_finite and not torch.compiler.is_compiling():
+            # Non-finite frames reach the new coefficients, so one small reduction covers them and
+            # the query; only frames that a fit leaves out (paper preset) need a look of their own.
+            named = [("frames", coef), ("query", query)]
+            if _drops_frames(self.config, frames.shape[1], self._fill != "full", self._fill != "empty"):
+                named.append(("frames", frames))
+            if device.type != "cuda" and self.check_finite != "async":
+                _checks.finite(named)
+            else:
+                coef, stats, filled = self._commit_if_finite(named, coef, stats, filled, in_place)
+        self._store("coef", coef, in_place)
         if stats is not None:
-            _store(buffers, "sticky_stats", stats, traced)
-        elif buffers["sticky_stats"].shape[0] != coef.shape[0]:
-            buffers["sticky_stats"] = torch.zeros(coef.shape[0], 1, self.config.sticky_bins, device=coef.device)
+            self._store("sticky_stats", stats, in_place)
+        if filled is not None:
+            self._store("filled", filled, in_place)
+            self._fill = "full"
+
+    def _commit_if_finite(self, named, coef, stats, filled, in_place: bool):
+        """The CUDA step's new state where its inputs are finite, else the current one (a device
+        select; ``in_place``: written into the current buffers)."""
+        check = self._device_checks.get(coef.device)
+        if check is None:
+            check = self._device_checks[coef.device] = _DeviceCheck(coef.device)
+        ok = check.update(named)
+        chosen = []
+        for name, new in (("coef", coef), ("sticky_stats", stats), ("filled", filled)):
+            current = self._buffers[name]
+            if new is None:
+                chosen.append(None)
+            elif self._fill == "empty" or current.shape != new.shape:
+                chosen.append(torch.where(ok, new, torch.zeros_like(new)))  # nothing committed before
+            else:
+                chosen.append(torch.where(ok, new, current, out=current) if in_place else torch.where(ok, new, current))
+        return chosen
+
+    def _store(self, name: str, value: torch.Tensor, in_place: bool) -> None:
+        # nn.Module.__setattr__ is bypassed: it costs more than the rest of a small step.
+        current = self._buffers[name]
+        if value is current:
+            return
+        if in_place and current.shape == value.shape and current.dtype == value.dtype:
+            current.copy_(value)
+        else:
+            self._buffers[name] = value
 
     # The multinomial / upstream samplers' generator travels with the buffers as nn.Module's extra
     # state, so that a resumed memory draws exactly what the original would have drawn. A memory

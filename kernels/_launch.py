@@ -1,32 +1,9 @@
-"""Launch a Triton kernel through its compiled form once one call has compiled it.
-
-Triton's launch path (``kernel[grid](...)``) binds, specialises and hashes every argument on each
-call. On the GPU machines' hosts (triton 3.6) the three launches of a one-stream step took 34-91 µs
-each with their Python wrappers before this cache, 22-37 µs with it (bench/bench_host_cost.py;
-different hosts, so only roughly comparable), against 24 µs of GPU time for the whole step. A launch here
-computes a cheaper key that captures everything Triton specialises a compilation on (each
-tensor's dtype and 16-byte alignment, the other arguments' values, the constexprs and launch
-options); the first call of a key goes through Triton and keeps the
-compiled kernel, later calls hand the arguments straight to that kernel's launcher.
-
-Under the CPU interpreter (TRITON_INTERPRET=1) there is no compiled kernel: every call goes
-through Triton.
-"""
+"""Host-side helpers of the Triton launchers."""
 from __future__ import annotations
-
-import os
-
-import torch
-
-try:  # the driver and knobs of the Triton that compiled the kernels (absent: no fast path)
-    from triton import knobs as _knobs
-    from triton.runtime import driver as _driver
-except ImportError:  # pragma: no cover - Triton releases without them take Triton's own launch path
-    _knobs = _driver = None
 
 
 # triton.cdiv and triton.next_power_of_2 are constexpr functions: called from host code each
-# costs microseconds of argument unwrapping, several times per launch.
+# unwraps its arguments, several times per launch.
 def cdiv(a: int, b: int) -> int:
     """⌈a / b⌉ for positive integers."""
     return -(-a // b)
@@ -35,84 +12,3 @@ def cdiv(a: int, b: int) -> int:
 def next_power_of_2(n: int) -> int:
     """The smallest power of 2 that is ≥ n (1 for n ≤ 1)."""
     return 1 << max(0, n - 1).bit_length()
-
-
-def specialization_key(args, meta: dict) -> tuple:
-    """The cache key of one launch: each tensor's dtype and 16-byte alignment, every other runtime
-    argument by value (more specific than Triton's classes of integers: never less), then the
-    constexprs and launch options."""
-    return (*[(a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor) else a for a in args], *meta.items())
-
-
-# While set, every launch on a GPU is also reported here as (compiled kernel, grid (x, y, z), the
-# kernel's arguments in declaration order): infvideo/launch_plans.py records a step's launches so
-# that C++ can replay them.
-_recorder = None
-
-
-def set_recorder(recorder):
-    """Report launches to ``recorder`` (None: stop); returns the previous one."""
-    global _recorder
-    previous, _recorder = _recorder, recorder
-    return previous
-
-
-# Keys are per shape; a program that sees ever new shapes should not grow the cache without end.
-MAX_CACHED = 512
-
-
-class CachedLaunch:
-    """``launch(grid, *args, **meta)`` runs ``kernel[grid](*args, **meta)``, faster after the first call.
-
-    ``args``: the kernel's runtime arguments, positionally and in order, and nothing else; ``meta``:
-    its constexpr arguments by name and the launch options (num_warps, num_stages). The
-    compiled kernels are kept per device and key.
-    """
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.names = list(kernel.arg_names)
-        self.compiled: dict = {}
-
-    def _ordered(self, args, meta: dict) -> list:
-        # The compiled launcher takes every parameter (constexprs too), in declaration order.
-        values = list(args)
-        values.extend(meta[name] for name in self.names[len(args):])
-        return values
-
-    def __call__(self, grid, *args, **meta):
-        device = args[0].device
-        if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
-            self.kernel[grid](*args, **meta)
-            return
-        key = (device.index, specialization_key(args, meta))
-        compiled = self.compiled.get(key)
-        grid = tuple(grid) + (1,) * (3 - len(grid))
-        if compiled is None:
-            compiled = self.kernel[grid](*args, **meta)
-            if all(hasattr(compiled, name) for name in ("__getitem__", "run", "function", "packed_metadata")):
-                if len(self.compiled) >= MAX_CACHED:
-                    self.compiled.clear()
-                self.compiled[key] = compiled
-        elif not _hooks_idle():
-            compiled[grid](*self._ordered(args, meta))  # the launch hooks see it as usual
-        else:
-            stream = _driver.active.get_current_stream(device.index)
-            compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None,
-                         *self._ordered(args, meta))
-        if _recorder is not None:
-            _recorder(compiled, grid, self._ordered(args, meta))
-
-
-def _hooks_idle() -> bool:
-    """No launch hook is registered (profilers such as proton add them).
-
-    Triton 3.6 keeps its launch hooks in chains that are never None, so its own path builds the
-    hooks' metadata and calls both (empty) chains from C on every launch; with no hook there is
-    nothing to build or call. Measured on the H100 host, one-stream eager step: 173-175 µs against
-    182-185 µs through ``compiled[grid]`` (same run, alternating).
-    """
-    if _knobs is None or _driver is None:
-        return False
-    hooks = (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook)
-    return all(hook is None or getattr(hook, "calls", None) == [] for hook in hooks)
