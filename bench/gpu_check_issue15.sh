@@ -21,7 +21,7 @@ build() {
         git rev-parse --short HEAD 2>/dev/null || true
     } > "$OUT/environment.txt" 2>&1
     CXX=/usr/bin/g++ INFVIDEO_CUDA_ARCHS=9.0 INFVIDEO_FORCE_EXTENSION=1 \
-        pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+        python -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
     echo "build exit $?" | tee -a "$OUT/build.log"
     tail -n 5 "$OUT/build.log"
 }
@@ -39,7 +39,7 @@ ensure_built() {
 
 run_tests() {
     # -rs lists every skip: on the GPU machine none should be for a missing build or device.
-    python -m pytest tests -q -rs -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+    python -m pytest tests -q -rs -p no:cacheprovider ${PYTEST_ARGS:-} > "$OUT/pytest.log" 2>&1
     echo "pytest exit $?" | tee -a "$OUT/pytest.log"
     grep -E "^SKIPPED|passed|failed|error" "$OUT/pytest.log" | tail -n 30
 }

@@ -63,11 +63,14 @@ MAX_INPUT_BYTES = 64 * 2**20
 
 def eligible(memory, frames: torch.Tensor, proj_key, proj_value) -> bool:
     """Steps worth capturing: CUDA, a fused backend, inputs of at most MAX_INPUT_BYTES, no
-    autograd, a full memory (every stream holds a video), a sampler without a host generator, and
-    not already inside a compile or capture."""
+    autograd, a full memory (every stream holds a video), a sampler that draws nothing on the host
+    (multinomial sampling may use a host generator; the upstream sampler always draws from the CPU
+    generator, as the published code does, which a replay would skip), and not already inside a
+    compile or capture."""
     return (frames.device.type == "cuda" and frames.numel() * frames.element_size() <= MAX_INPUT_BYTES
             and memory.is_full and memory.backend_on(frames.device) in ("triton", "cuda")
-            and memory.config.sampling != "multinomial" and not torch.is_grad_enabled()
+            and not (memory.config.sticky and memory.config.sampling in ("multinomial", "upstream"))
+            and not torch.is_grad_enabled()
             and not traced(frames.device) and isinstance(proj_key, nn.Module) and isinstance(proj_value, nn.Module))
 
 
