@@ -15,6 +15,7 @@ records), ``is_full``, ``backend_on``, ``raise_failed_check`` and the buffers
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,11 @@ class CapturedStep:
 # Beyond this many bytes of frames, copying them into the graph's input buffer costs more GPU time
 # than the launches a replay saves (a 64-stream bf16 chunk of 805 MB doubled the step).
 MAX_INPUT_BYTES = 64 * 2**20
+
+# One capture at a time in the process: captures begun together in two threads clash over the CUDA
+# generator's graph state. Each records in "thread_local" mode, so that memories stepped eagerly by
+# other threads meanwhile (allowed: one memory per thread) do not invalidate it.
+_CAPTURE_LOCK = threading.Lock()
 
 
 def eligible(memory, frames: torch.Tensor, proj_key, proj_value) -> bool:
@@ -108,7 +114,7 @@ class StepGraphs:
             self.steps.pop(next(iter(self.steps)))
         static_frames, static_query = frames.clone(), query.clone()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with _CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
             context, coef, stats = memory.compute(static_frames, static_query, proj_key, proj_value, num_heads)
             memory.commit(static_frames, static_query, coef, stats)
             context = context if context.dtype == query.dtype else context.to(query.dtype)

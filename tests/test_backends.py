@@ -88,13 +88,15 @@ def test_deterministic(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", [k for k in OP_KERNELS if k[1] == "triton"], ids=kernel_id)
-@pytest.mark.parametrize("config", [dict(), dict(preset="paper"), dict(sticky=False)], ids=config_id)
+@pytest.mark.parametrize("config", [dict(), dict(preset="paper"), dict(sticky=False), dict(check_finite="async")],
+                         ids=config_id)
 def test_compiled_step_fullgraph_matches_reference(device, backend, config):
     """torch.compile(fullgraph=True) traces the fused step whole (inductor on CUDA; dynamo alone on the CPU)."""
     torch.manual_seed(0)
     pk, pv = nn.Linear(24, 16).to(device), nn.Linear(24, 16).to(device)
     fused = LongTermMemory(num_basis=12, past_samples=20, backend=backend, cuda_graphs=False, **config).to(device)
-    reference = LongTermMemory(num_basis=12, past_samples=20, backend="torch", **config).to(device)
+    reference = LongTermMemory(num_basis=12, past_samples=20, backend="torch",
+                               **{**config, "check_finite": True}).to(device)
     gen = torch.Generator().manual_seed(2)
     query = torch.randn(2, 5, 16, generator=gen).to(device)
     with torch.no_grad():
