@@ -15,6 +15,8 @@ def tensor(name: str, value, dims: tuple[int, ...]) -> torch.Tensor:
         raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(value.shape)}")
     if value.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(value.shape)})")
+    if value.is_meta:
+        raise ValueError(f"{name} is a meta tensor (a shape without values); the memory needs real values")
     return value
 
 
@@ -50,4 +52,32 @@ def projection(name: str, proj, width: int, device: torch.device) -> int | None:
         if proj.weight.device != device:
             raise ValueError(f"{name} is on {proj.weight.device}, frames are on {device}")
         return proj.out_features
-    return None
+    return _probed_width(proj, width)
+
+
+def _probed_width(proj, width: int) -> int | None:
+    """The output width of a plain callable, from one call on a meta tensor [1, 1, e] (no data, no
+    kernel); None when it cannot say (it rejects meta tensors, or does not return one tensor)."""
+    try:
+        out = proj(torch.empty(1, 1, width, device="meta"))
+    except Exception:  # noqa: BLE001 - any failure only means the width stays unknown here
+        return None
+    return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 3 else None
+
+
+def device_option(option: str, text: str) -> torch.device:
+    """A command line's device option: a device that holds values and exists here (checked before
+    anything is allocated on it)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{option} {text!r} is not a device ({err})") from None
+    if device.type == "meta":
+        raise ValueError(f"{option} meta: meta tensors hold no values to compute with; use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{option} {text}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{option} {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{option} {text}: only cpu and cuda devices are supported")
+    return device

@@ -9,6 +9,7 @@ import time
 import torch
 from torch import nn
 
+from . import _checks
 from .backends import available_backends
 from .memory import LongTermMemory
 from .progress import progress
@@ -48,13 +49,23 @@ def _peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB resident"
 
 
+# The demo holds one chunk of frame tokens (S × L × 32 × 768 float32) at a time: refuse a chunk
+# that cannot fit before allocating it.
+_DEMO_CHUNK_BYTES = 8 << 30
+
+
 def demo(args) -> None:
     """Stream a long synthetic video through the Video-LLaMA-style video Q-former with the memory on."""
     from .models import VideoLlamaQFormer
     from .plot import memory_picture
     from .reference.sticky import quantile_bins
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _checks.device_option("--device", args.device) if args.device else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    chunk_bytes = args.streams * min(args.chunk, args.frames) * 32 * 768 * 4
+    if chunk_bytes > _DEMO_CHUNK_BYTES:
+        raise ValueError(f"--chunk {args.chunk} (with --streams {args.streams}): one chunk of frame tokens would "
+                         f"take {chunk_bytes / 2**30:,.0f} GiB, more than the demo's {_DEMO_CHUNK_BYTES >> 30} GiB")
     torch.manual_seed(0)
     # The memory's own settings (exact integral, quantile sampling), not the published ones.
     model = VideoLlamaQFormer(alpha=args.alpha, num_basis=args.num_basis, past_samples=args.past_samples,

@@ -14,11 +14,13 @@ PRESETS = ("exact", "paper")
 DENSITIES = ("gibbs", "gaussian")
 
 
-def _check_int(name: str, value, minimum: int) -> int:
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum:,} (its constants would not fit in memory), got {value:,}")
     return value
 
 
@@ -37,6 +39,19 @@ def _check_real(name: str, value) -> float:
     return value
 
 
+# Ranges that keep the arithmetic sound and the constants within memory (stated in
+# LongTermMemory's docstring). The dense constants are [P, N] and [T, N] float64 matrices, so the
+# upper bounds keep each under 2 GiB (4,096 × 65,536 × 8 bytes) instead of letting a typo hang
+# the process building them.
+MAX_NUM_BASIS = 4096
+MAX_PAST_SAMPLES = 65536
+MAX_QUAD_POINTS = 65536
+# A positive ridge below this makes 1/λ (empty bins) and the Gaussian system's inverse overflow
+# or lose every digit in float32; λ = 0 (a pseudo-inverse, empty bins read as zero) stays allowed.
+MIN_RIDGE = 1e-6
+# ψ's height is 1/(σ√2π): below this ψ² and the scores leave float32's range.
+MIN_SIGMA = 1e-4
+
 @dataclass(frozen=True)
 class MemoryConfig:
     """Everything that fixes the memory's constants; see ``LongTermMemory`` for the meaning."""
@@ -54,15 +69,16 @@ class MemoryConfig:
     density: str = "gibbs"
 
     def __post_init__(self):
-        _check_int("num_basis", self.num_basis, 1)
-        _check_int("past_samples", self.past_samples, 1)
-        _check_int("quad_points", self.quad_points, 2)
+        _check_int("num_basis", self.num_basis, 1, MAX_NUM_BASIS)
+        _check_int("past_samples", self.past_samples, 1, MAX_PAST_SAMPLES)
+        _check_int("quad_points", self.quad_points, 2, MAX_QUAD_POINTS)
         tau = _check_real("tau", self.tau)
         if not 0.0 < tau < 1.0:
             raise ValueError(f"tau must lie in (0, 1), got {tau}")
         ridge = _check_real("ridge", self.ridge)
-        if ridge < 0.0:
-            raise ValueError(f"ridge must be >= 0, got {ridge}")
+        if ridge != 0.0 and not ridge >= MIN_RIDGE:
+            raise ValueError(f"ridge must be 0 or >= {MIN_RIDGE:g} (a smaller penalty leaves the fit "
+                             f"ill-conditioned in float32), got {ridge}")
         object.__setattr__(self, "tau", tau)
         object.__setattr__(self, "ridge", ridge)
         _check_choice("basis", self.basis, BASES)
@@ -77,6 +93,9 @@ class MemoryConfig:
             raise TypeError(f"sigmas must be a sequence of positive numbers ({err})") from None
         if not sigmas or any(s <= 0.0 for s in sigmas):
             raise ValueError(f"sigmas must be a non-empty sequence of positive numbers, got {self.sigmas}")
+        if any(s < MIN_SIGMA for s in sigmas):
+            raise ValueError(f"sigmas must each be >= {MIN_SIGMA:g} (a narrower Gaussian overflows float32), "
+                             f"got {self.sigmas}")
         object.__setattr__(self, "sigmas", sigmas)
         if self.basis == "gaussian" and self.num_basis % len(sigmas):
             raise ValueError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,22 +48,39 @@ def synthetic_videos(count: int, frames: int, seed: int) -> list[Video]:
 
 
 def feature_videos(folder: Path) -> list[Video]:
-    """The ``*.pt`` feature files of ``folder`` in name order, each one tensor [frames, tokens, width]."""
+    """The ``*.pt`` feature files of ``folder`` in name order, each one tensor [frames, tokens, width],
+    all with the same tokens and width (checked here, before any model is built)."""
+    if not Path(folder).is_dir():
+        raise ValueError(f"--features: {folder} is not a folder")
     paths = sorted(Path(folder).glob("*.pt"))
     if not paths:
         raise ValueError(f"--features: no *.pt files in {folder}")
-    videos = []
+    videos, first = [], None
     for i, path in enumerate(paths):
         shape = _feature_tensor(path, mmap=True).shape
+        if first is None:
+            first = (path, shape[1:])
+        elif shape[1:] != first[1]:
+            raise ValueError(f"--features: {path} holds [frames, tokens, width] = {list(shape)}, but {first[0]} has "
+                             f"tokens and width {list(first[1])}; every file of a run must match")
         videos.append(Video(i, path.stem, shape[0], path=path))
     return videos
 
 
 def _feature_tensor(path: Path, mmap: bool = False) -> torch.Tensor:
-    tensor = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
-    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3 or tensor.shape[0] < 1:
-        raise ValueError(f"--features: {path} must hold one tensor [frames, tokens, width], got "
+    # Only regular files are read: a FIFO or device named *.pt would block the load forever.
+    if not path.is_file():
+        raise ValueError(f"--features: {path} is not a regular file")
+    try:
+        tensor = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError) as err:
+        raise ValueError(f"--features: {path} is not a tensor file written by torch.save (zip format, tensors "
+                         f"only): {str(err).splitlines()[0][:300]}") from None
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3 or min(tensor.shape) < 1:
+        raise ValueError(f"--features: {path} must hold one tensor [frames, tokens, width] with each at least 1, got "
                          f"{tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__}")
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32)):
+        raise ValueError(f"--features: {path} holds a {tensor.dtype} tensor; features must be real numbers")
     return tensor
 
 
@@ -80,7 +98,11 @@ def _synthetic_chunks(video: Video, chunk: int, tokens: int, width: int, device:
 def _file_chunks(video: Video, chunk: int, device: torch.device):
     features = _feature_tensor(video.path, mmap=True)
     for start in range(0, video.frames, chunk):
-        yield features[start:start + chunk].to(device, torch.float32, non_blocking=True)
+        piece = features[start:start + chunk].to(device, torch.float32, non_blocking=True)
+        if not bool(torch.isfinite(piece).all()):
+            raise ValueError(f"--features: {video.path} holds NaN or Inf in frames {start} to "
+                             f"{start + piece.shape[0] - 1}")
+        yield piece
 
 
 def video_chunks(video: Video, chunk: int, tokens: int, width: int, device: torch.device):
@@ -125,7 +147,8 @@ def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_arg:
-        device = torch.device(device_arg)
+        from ._checks import device_option
+        device = device_option("--device", device_arg)
     elif torch.cuda.is_available():
         device = torch.device("cuda", local % torch.cuda.device_count())
     else:

@@ -131,6 +131,19 @@ class LongTermMemory(nn.Module):
 
     State (buffers, saved by ``state_dict()``): ``coef`` [S, N, e], ``filled`` [S] (streams holding
     a video), ``sticky_stats`` [S, G, K] (attention mass per bin from the last step, per group).
+    ``load_state_dict`` checks all of it first (``infvideo.state_checks``: shapes against the
+    configuration, finite values, non-negative statistics with mass in every filled stream, the
+    basis it was saved with) and raises naming the key, leaving the memory unchanged.
+
+    Ranges (checked at construction; beyond them the arithmetic breaks or the constants do not
+    fit in memory): 1 ≤ N ≤ 4,096; 1 ≤ M ≤ 65,536; 2 ≤ T ≤ 65,536; τ ∈ (0, 1); λ = 0 (a
+    pseudo-inverse) or λ ≥ 1e-6 (smaller ones leave the fit ill-conditioned in float32); every
+    σ ≥ 1e-4 (narrower Gaussians overflow float32); ``sticky`` and ``cuda_graphs`` are bools.
+
+    Threads: one memory holds one state, so it must not be stepped, reset or loaded from two
+    threads at once (a step reads the state and replaces it; two at once lose one of them without
+    an error). Different memories, and the cached constants they share, may be used from
+    different threads.
     """
 
     def __init__(self, num_basis: int = 256, tau: float = 0.75, past_samples: int = 512,
@@ -147,7 +160,7 @@ class LongTermMemory(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
-        if check_finite not in (True, False, "async"):
+        if not (isinstance(check_finite, bool) or check_finite == "async"):
             raise ValueError(f"check_finite must be True, False or 'async', got {check_finite!r}")
         self.check_finite = check_finite
         if not isinstance(cuda_graphs, bool):
@@ -165,6 +178,9 @@ class LongTermMemory(nn.Module):
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
+        # The fused step's constants are kept for the 64 most recent chunk lengths (per device).
+        from ._lru import LRUCache
+        self._step_constants = LRUCache(64)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -227,6 +243,8 @@ class LongTermMemory(nn.Module):
             index = torch.as_tensor(streams, device=self.filled.device)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"streams must be integer indices or a bool mask, got {streams!r}") from None
+        if index.numel() == 0:
+            return  # no stream named: nothing to empty
         if index.dtype == torch.bool:
             if index.shape != self.filled.shape:
                 raise ValueError(f"streams: a mask must have shape {tuple(self.filled.shape)}, got {tuple(index.shape)}")
@@ -385,7 +403,8 @@ class LongTermMemory(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         """Restores a generator saved by :meth:`get_extra_state` into ``generator``, creating one on
         the saved device when this memory has none (a generator's state is specific to its device type)."""
-        problem = self._extra_state_problem(state)
+        from . import state_checks  # only state loading needs it
+        problem = state_checks.extra_state_problem(state, self.generator)
         if problem is not None:
             raise ValueError(problem)
         if state:
@@ -393,80 +412,25 @@ class LongTermMemory(nn.Module):
                 self.generator = torch.Generator(device=state["generator_device"])
             self.generator.set_state(state["generator_state"])
 
-    def _extra_state_problem(self, state) -> str | None:
-        keys = ("generator_state", "generator_device")
-        if not isinstance(state, dict) or (state and set(state) != set(keys)):
-            return f"_extra_state must be {{}} or a dict with keys {keys}, got {state!r:.200}"
-        if not state:
-            return None
-        saved, device = state["generator_state"], state["generator_device"]
-        if not isinstance(saved, torch.Tensor) or saved.dtype != torch.uint8 or saved.dim() != 1:
-            return (f"_extra_state: generator_state must be a 1-d uint8 tensor (Generator.get_state()), "
-                    f"got {saved!r:.200}")
-        try:
-            device = torch.device(device)
-            probe = torch.Generator(device=device)
-        except (TypeError, RuntimeError) as err:
-            return f"_extra_state: the saved generator's device {device!r} is not usable here ({err})"
-        if self.generator is not None and self.generator.device.type != device.type:
-            return (f"_extra_state: the saved state is of a {device} generator, but this memory's generator is on "
-                    f"{self.generator.device}")
-        try:
-            probe.set_state(saved)
-        except RuntimeError as err:
-            return f"_extra_state: generator_state does not fit a {device} generator ({err})"
-        return None
-
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.generator is None:
             destination.pop(prefix + "_extra_state", None)
-
-    def _state_problems(self, state_dict, prefix) -> list[str]:
-        """Why loading ``state_dict`` would leave an unusable memory (checked before anything changes)."""
-        new = {name: state_dict.get(prefix + name, self._buffers[name]) for name in ("coef", "filled", "sticky_stats")}
-        if not all(isinstance(value, torch.Tensor) for value in new.values()):
-            return [f"{prefix}{name}: expected a tensor, got {type(value).__name__}"
-                    for name, value in new.items() if not isinstance(value, torch.Tensor)]
-        coef, filled, stats = new["coef"], new["filled"], new["sticky_stats"]
-        problems = []
-        n, k = self.config.num_basis, self.config.sticky_bins
-        if coef.dim() != 3 or not coef.is_floating_point() or coef.shape[1] != n:
-            problems.append(f"{prefix}coef: expected a floating tensor [S, N={n}, e], got {coef.dtype} of shape "
-                            f"{tuple(coef.shape)} (saved with another num_basis?)")
-        if filled.dim() != 1 or filled.dtype != torch.bool:
-            problems.append(f"{prefix}filled: expected a bool tensor [S], got {filled.dtype} of shape "
-                            f"{tuple(filled.shape)}")
-        if stats.dim() != 3 or not stats.is_floating_point() or stats.shape[1] < 1 or stats.shape[2] != k:
-            problems.append(f"{prefix}sticky_stats: expected a floating tensor [S, G, K={k}], got {stats.dtype} of "
-                            f"shape {tuple(stats.shape)} (saved with another basis, num_basis, quad_points or "
-                            "sampling?)")
-        if problems:
-            return problems
-        if not coef.shape[0] == filled.shape[0] == stats.shape[0]:
-            return [f"{prefix}coef, filled and sticky_stats hold different stream counts: {coef.shape[0]}, "
-                    f"{filled.shape[0]} and {stats.shape[0]}"]
-        if coef.shape[2] == 0 and bool(filled.any()):
-            problems.append(f"{prefix}coef: streams are marked filled but the coefficients have width 0")
-        for name, value in (("coef", coef), ("sticky_stats", stats)):
-            if not bool(torch.isfinite(value).all()):
-                problems.append(f"{prefix}{name} contains NaN or Inf")
-        extra = state_dict.get(prefix + "_extra_state")
-        if prefix + "_extra_state" in state_dict:
-            problem = self._extra_state_problem(extra)
-            if problem is not None:
-                problems.append(prefix + problem)
-        return problems
+        from . import state_checks
+        state_checks.stamp(destination, prefix, self.config)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # Everything is checked first, so a state that does not fit leaves the memory as it was.
-        names = ("coef", "filled", "sticky_stats")
+        # Everything is checked first (infvideo.state_checks), so a state that does not fit leaves
+        # the memory as it was.
+        from . import state_checks
+        names = state_checks.BUFFERS
         missing = [prefix + name for name in names if prefix + name not in state_dict]
         if strict and missing:
             missing_keys.extend(missing)
             return
-        problems = self._state_problems(state_dict, prefix)
+        problems = state_checks.state_problems(self.config, self.generator, self._buffers, state_dict, prefix,
+                                               local_metadata)
         if problems:
             error_msgs.extend(problems)
             return

@@ -46,6 +46,7 @@ class _MemoryMix:
         self.hidden_at = hidden_at
         self.encoder_at = encoder_at
         self.handle = None
+        self.guard = None  # the model's _AllOrNone, kept by the first patched layer
 
     def __call__(self, attention: nn.Module, args: tuple, kwargs: dict, output):
         if self.alpha == 1.0:
@@ -69,6 +70,68 @@ class _MemoryMix:
         mixed = self.alpha * context + (1.0 - self.alpha) * memory
         # Attention weights (5.x) or cached keys/values (4.4x) after the context stay the STM's.
         return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
+
+
+class _AllOrNone:
+    """Makes one forward of the patched Q-former commit every layer's memory or none.
+
+    A pre-hook on the module that runs all patched layers saves each memory's state (buffers,
+    fill state and generator); an always-called forward hook there gets no output when the
+    forward raised, and then puts every saved state back, so a layer that fails after earlier
+    layers consolidated the chunk leaves no memory ahead of the others. Copies, not references:
+    a captured or compiled step updates the buffers in place.
+    """
+
+    def __init__(self, memories: list[LongTermMemory]):
+        self.memories = memories
+        self.saved = None
+        self.handles = []
+
+    def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.saved = [_snapshot(memory) for memory in self.memories]
+
+    def after(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        saved, self.saved = self.saved, None
+        if output is None and saved is not None:  # the forward raised
+            for memory, state in zip(self.memories, saved):
+                _restore(memory, state)
+
+
+def _snapshot(memory: LongTermMemory) -> tuple:
+    buffers = {name: memory._buffers[name].clone() for name in ("coef", "filled", "sticky_stats")}
+    generator = None if memory.generator is None else memory.generator.get_state()
+    return buffers, memory._fill, generator
+
+
+def _restore(memory: LongTermMemory, state: tuple) -> None:
+    buffers, fill, generator = state
+    for name, saved in buffers.items():
+        current = memory._buffers[name]
+        if current.shape == saved.shape and current.dtype == saved.dtype and current.device == saved.device:
+            current.copy_(saved)  # in place: a captured step keeps reading the same buffers
+        else:
+            memory._buffers[name] = saved
+    memory._fill = fill
+    if generator is not None:
+        memory.generator.set_state(generator)
+
+
+def _runner(model: nn.Module, attentions: list[nn.Module]) -> nn.Module:
+    """The innermost module of ``model`` whose forward runs every one of ``attentions`` (a container
+    such as ``encoder.layer`` is never called itself, so its caller is taken)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    paths = [names[id(attention)].split(".") if names[id(attention)] else [] for attention in attentions]
+    common = []
+    for parts in zip(*paths):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    while common:
+        module = model.get_submodule(".".join(common))
+        if module is not attentions[0] and not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            return module
+        common.pop()
+    return model
 
 
 def _argument(args: tuple, kwargs: dict, name: str, position: int | None):
@@ -146,6 +209,9 @@ def apply_infvideo(model: nn.Module, alpha: float = 0.9, tokens_per_frame: int =
         **memory_kwargs: ``LongTermMemory`` arguments (num_basis, tau, past_samples, …), the
             same for every layer.
 
+    One forward commits every layer's memory or none: when it raises part-way (say a later layer
+    finds a non-finite query), every memory is put back as it was before the call.
+
     Returns the model. Applying to a model that is already patched raises (not idempotent:
     a second call would otherwise silently drop or double the memories); call
     ``remove_infvideo`` first to change the settings.
@@ -170,6 +236,11 @@ def apply_infvideo(model: nn.Module, alpha: float = 0.9, tokens_per_frame: int =
         attention.add_module("ltm", memory)
         mix.handle = attention.register_forward_hook(mix, with_kwargs=True)
         attention._infvideo_mix = mix
+    if float(alpha) != 1.0:
+        runner, guard = _runner(model, attentions), _AllOrNone([memory for _, memory, _ in plans])
+        guard.handles = [runner.register_forward_pre_hook(guard.before, with_kwargs=True),
+                         runner.register_forward_hook(guard.after, with_kwargs=True, always_call=True)]
+        attentions[0]._infvideo_mix.guard = guard
     return model
 
 
@@ -181,6 +252,8 @@ def remove_infvideo(model: nn.Module) -> nn.Module:
         raise ValueError(f"model ({type(model).__name__}) is not patched by apply_infvideo")
     for attention in attentions:
         attention._infvideo_mix.handle.remove()
+        for handle in attention._infvideo_mix.guard.handles if attention._infvideo_mix.guard else ():
+            handle.remove()
         del attention._infvideo_mix
         del attention.ltm
     return model

@@ -107,6 +107,13 @@ class _VideoQFormer(nn.Module):
     def _frame_tokens(self, frames: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         """Checks one chunk [S, L, *tokens, e] and returns it as [S, L, T, e]."""
         frames = _checks.tensor("frames", frames, dims)
+        weights = self.query_tokens
+        if weights.is_meta:
+            raise ValueError(f"this {type(self).__name__}'s weights are meta tensors (shapes without values): "
+                             "build it on a real device or load its weights before encoding frames")
+        if frames.device != weights.device:
+            raise ValueError(f"frames are on {frames.device}, but this {type(self).__name__} is on {weights.device}; "
+                             f"move one of them (frames.to({str(weights.device)!r}) or model.to(...))")
         tokens = math.prod(frames.shape[2:-1])
         if tokens != self.tokens_per_frame or frames.shape[-1] != self.encoder_width:
             raise ValueError(f"frames must be [S, L, {self.tokens_per_frame} tokens, {self.encoder_width}] "

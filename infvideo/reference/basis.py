@@ -25,16 +25,40 @@ def rectangular_membership(points: Positions, num_basis: int) -> torch.Tensor:
     With exact fractions the bin is min(⌊tN⌋, N-1) for t ∈ [0, 1] (integer arithmetic);
     otherwise the float32 rule lo_n ≤ t < hi_n of the paper preset, which can leave t = 1 in no bin.
     """
-    size = len(points)
-    member = torch.zeros(size, num_basis, dtype=torch.bool)
+    if points.ratios is None and points.fractions is None:
+        lo, hi = paper_bin_bounds(num_basis)
+        t = points.values.to(torch.float32)[:, None]
+        return (t >= lo) & (t < hi)
+    bins = rectangular_bins(points, num_basis)
+    member = torch.zeros(len(points), num_basis + 1, dtype=torch.bool)
+    member[torch.arange(len(points)), bins] = True  # bin -1 marks the extra last column
+    return member[:, :num_basis]
+
+
+def rectangular_bins(points: Positions, num_basis: int) -> torch.Tensor | None:
+    """The bin of each point (-1 for none) without a [P, N] matrix, or None if a point lies in two.
+
+    Exact positions: min(⌊tN⌋, N-1) for t ∈ [0, 1] in int64 (``Positions.ratios``) or Fractions.
+    Float32 positions (paper preset): the bins n with lo_n ≤ t < hi_n form the run between the
+    first n with hi_n > t and the last with lo_n ≤ t (both bounds ascend), found by two searches.
+    """
+    if points.ratios is not None:
+        num, den = points.ratios
+        inside = (num >= 0) & (num <= den)
+        return torch.where(inside, torch.minimum(num * num_basis // den, torch.tensor(num_basis - 1)), -1)
     if points.fractions is not None:
-        for row, t in enumerate(points.fractions):
-            if 0 <= t <= 1:
-                member[row, min(t.numerator * num_basis // t.denominator, num_basis - 1)] = True
-        return member
+        return torch.tensor([min(t.numerator * num_basis // t.denominator, num_basis - 1) if 0 <= t <= 1 else -1
+                             for t in points.fractions], dtype=torch.int64)
     lo, hi = paper_bin_bounds(num_basis)
-    t = points.values.to(torch.float32)[:, None]
-    return (t >= lo) & (t < hi)
+    if bool((lo.diff() < 0).any() or (hi.diff() < 0).any()):
+        return single_bins(rectangular_membership(points, num_basis))
+    t = points.values.to(torch.float32)
+    last = torch.searchsorted(lo, t, right=True) - 1
+    first = torch.searchsorted(hi, t, right=True)
+    count = last - first + 1
+    if bool((count > 1).any()):
+        return None
+    return torch.where(count == 1, first, -1)
 
 
 def single_bins(member: torch.Tensor) -> torch.Tensor | None:

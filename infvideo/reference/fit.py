@@ -5,15 +5,15 @@ built once (float64 on the CPU) and cached; :func:`on_device` keeps one copy per
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, fields, is_dataclass
 from functools import lru_cache
 
 import torch
 
+from .._lru import LRUCache
 from ..config import MemoryConfig
 from . import positions as pos
-from .basis import gaussian_parameters, gaussian_values, rectangular_membership, single_bins
+from .basis import gaussian_parameters, gaussian_values, rectangular_bins, rectangular_membership
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,7 @@ def ridge_matrix(design: torch.Tensor, pads: torch.Tensor | None, ridge: float) 
 def _fit_from_positions(cfg: MemoryConfig, points: pos.Positions, past: int):
     n = cfg.num_basis
     if cfg.basis == "rectangular":
-        member = rectangular_membership(points, n)
-        bins = single_bins(member)
+        bins = rectangular_bins(points, n)
         if bins is not None:
             counts = torch.bincount(bins[bins >= 0], minlength=n).to(torch.float64)
             denom = counts + cfg.ridge
@@ -85,7 +84,7 @@ def _fit_from_positions(cfg: MemoryConfig, points: pos.Positions, past: int):
             frame_bins, past_bins = bins[past:], (bins[:past] if past else None)
             return SegmentedFit(past_bins, frame_bins, kept(frame_bins), scale,
                                 None if past_bins is None else kept(past_bins))
-        g = ridge_matrix(member.to(torch.float64), None, cfg.ridge)
+        g = ridge_matrix(rectangular_membership(points, n).to(torch.float64), None, cfg.ridge)
     else:
         mu, sigma = gaussian_parameters(n, cfg.sigmas)
         g = ridge_matrix(gaussian_values(points.values, mu, sigma),
@@ -106,8 +105,9 @@ def consolidation_fit(cfg: MemoryConfig, length: int):
     return _fit_from_positions(cfg, points, cfg.past_samples)
 
 
-_device_cache: dict = {}
-_device_lock = threading.Lock()
+# Keyed by the constants' identity (they are cached per configuration and chunk length above),
+# so bounded like them: a cache that outlived its keys would keep every length ever seen.
+_device_cache = LRUCache(1024)
 
 
 def on_device(constants, device: torch.device, dtype: torch.dtype):
@@ -127,6 +127,5 @@ def on_device(constants, device: torch.device, dtype: torch.dtype):
         return value.to(device=device)
 
     moved = type(constants)(**{f.name: move(getattr(constants, f.name)) for f in fields(constants)})
-    with _device_lock:
-        _device_cache[key] = (constants, moved)
+    _device_cache[key] = (constants, moved)
     return moved

@@ -20,10 +20,32 @@ class Positions:
     """Points on the time axis: float64 ``values`` [P] and, when known, exact ``fractions``."""
 
     values: torch.Tensor
-    fractions: tuple | None = None
+    # Exact positions are int64 numerators and denominators [P] (``ratios``), built without a
+    # Python loop; every denominator is below RATIONAL_LIMIT, so that numerator·N stays within
+    # int64 for N ≤ 2**14 (MAX_NUM_BASIS is 2**12). Only where τ's decimal is too long for that
+    # are they Fractions (``_fractions``), built one by one.
+    _fractions: tuple | None = None
+    ratios: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self.values.numel()
+
+    @property
+    def fractions(self) -> tuple | None:
+        """The exact positions as Fractions (from ``ratios`` on demand: a Python loop), None for
+        float32 positions."""
+        if self.ratios is not None:
+            return tuple(Fraction(n, d) for n, d in zip(*(part.tolist() for part in self.ratios)))
+        return self._fractions
+
+
+def as_written(value: float) -> Fraction:
+    """The rational a user meant by a float: the shortest decimal that reads back as it (0.7 → 7/10).
+
+    ``Fraction(0.7)`` is the binary double nearest 0.7 (0.6999999999999999555…), which moves points
+    that the maths puts on a bin edge (τ + (1 − τ)·k/L = n/N) into the bin below.
+    """
+    return Fraction(repr(float(value)))
 
 
 def as_written(value: float) -> Fraction:
@@ -38,6 +60,22 @@ def as_written(value: float) -> Fraction:
 def _from_fractions(fracs) -> Positions:
     fracs = tuple(fracs)
     return Positions(torch.tensor([float(f) for f in fracs], dtype=torch.float64), fracs)
+
+
+RATIONAL_LIMIT = 2 ** 48
+
+
+def _from_ratios(numerators: torch.Tensor, denominators: torch.Tensor) -> Positions:
+    """Exact positions n_j / d_j from int64 tensors (d_j < RATIONAL_LIMIT, so the float64 quotient is
+    the correctly rounded value, as ``float(Fraction)`` gives)."""
+    return Positions(numerators.double() / denominators.double(), None, (numerators, denominators))
+
+
+def _ratio_segments(*segments) -> Positions:
+    """Positions from (numerators, denominator) pairs, one common denominator per segment."""
+    nums = torch.cat([num for num, _ in segments])
+    dens = torch.cat([torch.full_like(num, den) for num, den in segments])
+    return _from_ratios(nums, dens)
 
 
 def _from_float32(values: torch.Tensor) -> Positions:
@@ -62,12 +100,15 @@ def first_chunk(length: int, preset: str) -> Positions:
     """Positions of the first chunk's frames: (j + 1/2) / L, j = 0 … L-1."""
     if preset == "paper":
         return _from_float32(_paper_first_chunk(length))
-    return _from_fractions(Fraction(2 * j + 1, 2 * length) for j in range(length))
+    return _ratio_segments((torch.arange(1, 2 * length, 2), 2 * length))
 
 
 @lru_cache(maxsize=256)
 def consolidation(samples: int, length: int, tau: float, preset: str) -> Positions:
     """Positions of M past samples squeezed into [0, τ] followed by L frames in [τ, 1]."""
+    fast = _exact_consolidation(samples, length, tau) if preset == "exact" else None
+    if fast is not None:
+        return fast
     if preset == "paper":
         past = torch.arange(1, samples + 1).float() * tau / samples
         new = tau + (1 - tau) * (torch.arange(samples + 1, length + samples + 1).float() - samples) / length
@@ -78,12 +119,23 @@ def consolidation(samples: int, length: int, tau: float, preset: str) -> Positio
     return _from_fractions([*past, *new])
 
 
+def _exact_consolidation(samples: int, length: int, tau: float) -> Positions | None:
+    """τ(2i − 1)/(2M) and τ + (1 − τ)(2j − 1)/(2L) as int64 ratios; None when τ's denominator is too
+    large for them (then the Fraction path below builds them one by one)."""
+    t = as_written(tau)
+    p, q = t.numerator, t.denominator
+    if 2 * max(samples, length) * q >= RATIONAL_LIMIT:
+        return None
+    odd_past, odd_new = torch.arange(1, 2 * samples, 2), torch.arange(1, 2 * length, 2)
+    return _ratio_segments((p * odd_past, 2 * samples * q), (2 * p * length + (q - p) * odd_new, 2 * length * q))
+
+
 @lru_cache(maxsize=64)
 def uniform_samples(samples: int, tau: float, preset: str) -> Positions:
     """Where the old signal is read when sampling is uniform (sticky off)."""
     if preset == "paper":
         return _from_float32((torch.arange(1, samples + 1).float() * tau / samples) / tau)
-    return _from_fractions(Fraction(2 * i - 1, 2 * samples) for i in range(1, samples + 1))
+    return _ratio_segments((torch.arange(1, 2 * samples, 2), 2 * samples))
 
 
 @lru_cache(maxsize=64)
@@ -92,7 +144,7 @@ def quadrature_grid(points: int, preset: str) -> tuple[Positions, torch.Tensor]:
     if preset == "paper":
         grid = _from_float32(torch.linspace(0, 1, points))
     else:
-        grid = _from_fractions(Fraction(j, points - 1) for j in range(points))
+        grid = _ratio_segments((torch.arange(points), points - 1))
     gaps = grid.values.diff()
     weights = torch.zeros(points, dtype=torch.float64)
     weights[:-1] += gaps / 2

@@ -15,7 +15,7 @@ from . import positions as pos
 from . import sticky
 from .attention import (GaussianDensity, Quadrature, attention_constants, gaussian_density_weights,
                         quadrature_weights, read_values, scores, slot_weights)
-from .basis import gaussian_basis, gaussian_parameters, gaussian_values, rectangular_membership, single_bins
+from .basis import gaussian_basis, gaussian_parameters, gaussian_values, rectangular_bins, rectangular_membership
 from .consolidate import consolidate_dense, consolidate_segmented
 from .fit import DenseFit, SegmentedFit, consolidation_fit, first_fit, on_device
 
@@ -43,8 +43,8 @@ class PastSamples:
 
 def _point_basis(cfg: MemoryConfig, points: pos.Positions) -> PointBasis:
     if cfg.basis == "rectangular":
+        bins = rectangular_bins(points, cfg.num_basis)
         member = rectangular_membership(points, cfg.num_basis)
-        bins = single_bins(member)
         return PointBasis(bins, member.to(torch.float64), bins is not None and bool((bins >= 0).all()))
     mu, sigma = gaussian_parameters(cfg.num_basis, cfg.sigmas)
     return PointBasis(None, gaussian_values(points.values, mu, sigma))
