@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from ._lru import LRUCache
 from .backends import FUSED, backend_for, resolve_backend
 from .config import MemoryConfig
 from .graphs import StepGraphs, traced
@@ -173,14 +174,11 @@ class LongTermMemory(nn.Module):
         # and the asynchronous finiteness check. Filled by eager calls; a compiled or captured
         # step only reads them.
         self._backends: dict = {}
-        self._step_constants: dict = {}
+        self._step_constants = LRUCache(64)  # the 64 most recent (chunk length, device) keys
         self._device_checks: dict = {}
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
-        # The fused step's constants are kept for the 64 most recent chunk lengths (per device).
-        from ._lru import LRUCache
-        self._step_constants = LRUCache(64)
 
     def extra_repr(self) -> str:
         c = self.config
