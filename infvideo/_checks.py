@@ -20,18 +20,41 @@ def tensor(name: str, value, dims: tuple[int, ...]) -> torch.Tensor:
     return value
 
 
-def finite(named: list[tuple[str, torch.Tensor]]) -> None:
-    """Raise naming the first tensor holding NaN or Inf, with one host synchronisation for all.
+def nonfinite(tensors: list[torch.Tensor]) -> int | None:
+    """The index of the first tensor holding NaN or Inf (None: all finite), with one host
+    synchronisation for all.
 
     NaN and Inf survive a sum, which is one fast reduction per tensor; only a finite overflow of
     the float32 sum (entries near 1e38, unusable anyway) would be reported too. (A float64 sum of
     float32 input costs 3× as much on the CPU.)
     """
-    sums = torch.stack([value.sum(dtype=torch.float64 if value.dtype == torch.float64 else torch.float32)
-                        for _, value in named])
-    for (name, _), ok in zip(named, torch.isfinite(sums).tolist()):
-        if not ok:
-            raise ValueError(f"{name} contains NaN or Inf")
+    sums = torch.stack([value.detach().sum(dtype=torch.float64 if value.dtype == torch.float64 else torch.float32)
+                        for value in tensors])
+    return next((i for i, ok in enumerate(torch.isfinite(sums).tolist()) if not ok), None)
+
+
+def finite(named: list[tuple[str, torch.Tensor]]) -> None:
+    """Raise naming the first tensor holding NaN or Inf, with one host synchronisation for all."""
+    bad = nonfinite([value for _, value in named])
+    if bad is not None:
+        raise ValueError(f"{named[bad][0]} contains NaN or Inf")
+
+
+def parameters_finite(named_modules: list[tuple[str, object]]) -> None:
+    """Raise naming the first parameter of the named modules (projections) holding NaN or Inf,
+    e.g. "proj_key's weight contains NaN or Inf"; plain callables have none to look at."""
+    named = [(f"{name}'s {param_name}", param) for name, module in named_modules if isinstance(module, nn.Module)
+             for param_name, param in module.named_parameters()]
+    if named:
+        finite(named)
+
+
+def projection_dtypes(proj_key, proj_value) -> None:
+    """Key and value projections whose weights share one dtype (the fused steps stack them)."""
+    key, value = (getattr(proj, "weight", None) for proj in (proj_key, proj_value))
+    if isinstance(key, torch.Tensor) and isinstance(value, torch.Tensor) and key.dtype != value.dtype:
+        raise ValueError(f"proj_value's weight is {value.dtype} but proj_key's is {key.dtype}: "
+                         "the key and value projections must share one dtype")
 
 
 def heads(value, model: int) -> int:

@@ -281,8 +281,10 @@ class StepPlans:
         self.seen: set = set()
         self.refused: dict[tuple, str] = {}
 
-    def run(self, memory: nn.Module, key: tuple, frames: torch.Tensor, query: torch.Tensor) -> torch.Tensor | None:
-        """The step's context from its plan (the memory's state updated), or None without a plan."""
+    def run(self, memory: nn.Module, key: tuple, frames: torch.Tensor, query: torch.Tensor,
+            projections: tuple = ()) -> torch.Tensor | None:
+        """The step's context from its plan (the memory's state updated), or None without a plan
+        (``projections``: (proj_key, proj_value), for the memory's check to name)."""
         plan = self.plans.get(key)
         if plan is None or not eligible(memory, frames):
             return None
@@ -303,7 +305,8 @@ class StepPlans:
             return None
         context, coef, *stats = outputs  # no statistic without sticky sampling
         # (eligible() has ruled out a compile or capture: the commit need not ask again)
-        return memory._finish(frames, query, context, coef, stats[0] if stats else None, "full", traced=False)
+        return memory._finish(frames, query, context, coef, stats[0] if stats else None, "full", traced=False,
+                              projections=projections)
 
     def wants(self, memory: nn.Module, key: tuple, frames: torch.Tensor) -> bool:
         """Whether this step (checked, about to run) should be recorded."""
@@ -314,8 +317,8 @@ class StepPlans:
             return False
         return True
 
-    def record(self, memory: nn.Module, key: tuple, compute, frames: torch.Tensor, query: torch.Tensor
-               ) -> torch.Tensor:
+    def record(self, memory: nn.Module, key: tuple, compute, frames: torch.Tensor, query: torch.Tensor,
+               projections: tuple = ()) -> torch.Tensor:
         """Runs ``compute()`` (the memory's step on these inputs, without its check and commit)
         under the recorder, keeps the plan, then checks and commits the step as usual."""
         buffers = memory._buffers
@@ -329,4 +332,4 @@ class StepPlans:
             if len(self.plans) >= self.limit:
                 self.plans.pop(next(iter(self.plans)))
             self.plans[key] = plan
-        return memory._finish(frames, query, context, coef, stats, "full", traced=False)
+        return memory._finish(frames, query, context, coef, stats, "full", traced=False, projections=projections)

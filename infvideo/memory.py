@@ -81,10 +81,14 @@ class LongTermMemory(nn.Module):
             projection that requires grad) runs on the differentiable reference.
         density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
             softmax moments; Gaussian basis only).
-        generator: torch.Generator for ``multinomial`` / ``upstream`` sampling.
-        check_finite: raise on NaN/Inf in frames or query (one host synchronisation per step;
-            skipped under torch.compile and while a CUDA graph is captured). Turn off to keep the
-            host asynchronous.
+        generator: torch.Generator for ``multinomial`` / ``upstream`` sampling (without one they
+            draw from torch's default generators). A step that raises leaves every generator it
+            draws from as it was.
+        check_finite: commit a step only when it is finite: raise on NaN/Inf in frames, query
+            or a projection's parameters (named as such), and on a context or sticky statistic
+            that overflows from finite inputs, leaving the memory as it was (one host
+            synchronisation per step; skipped under torch.compile and while a CUDA graph is
+            captured). Turn off to keep the host asynchronous.
         cuda_graphs: replay eager CUDA steps from CUDA graphs the memory captures itself
             (``infvideo.graphs``): after two eager steps at a signature (shapes, dtypes, device,
             projection weights), later calls there copy the inputs into the graph, replay it and
@@ -225,8 +229,10 @@ class LongTermMemory(nn.Module):
         if key_width is not None and key_width != model:
             raise ValueError(f"proj_key produces width {key_width}, but query has width {model}")
         value_width = _checks.projection("proj_value", proj_value, width, frames.device)
-        if value_width is not None and value_width % num_heads:
-            raise ValueError(f"proj_value's width {value_width} is not divisible by num_heads={num_heads}")
+        if value_width is not None and value_width != model:
+            raise ValueError(f"proj_value produces width {value_width}, but query has width {model} "
+                             "(the context is [S, Q, D], D the query's width)")
+        _checks.projection_dtypes(proj_key, proj_value)
         if self._fill != "empty":
             if self.coef.device != frames.device:
                 raise ValueError(f"frames are on {frames.device}, but the memory holds its streams on "
@@ -257,16 +263,24 @@ class LongTermMemory(nn.Module):
             if plans is not None and frames.is_cuda and not torch.compiler.is_compiling():
                 plan_key = (key or signature(frames, query, proj_key, proj_value, num_heads),
                             frames.data_ptr() & 15, query.data_ptr() & 15)
-                context = plans.run(self, plan_key, frames, query)
+                context = plans.run(self, plan_key, frames, query, (proj_key, proj_value))
                 if context is not None:
                     return context
         was_full = self._fill == "full"
         frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
-        if plan_key is not None and was_full and plans.wants(self, plan_key, frames):
-            step = functools.partial(self._compute, frames, query, proj_key, proj_value, num_heads)
-            context = plans.record(self, plan_key, step, frames, query)
-        else:
-            context = self._step(frames, query, proj_key, proj_value, num_heads)
+        # A rejected step leaves the samplers' generators as they were, so that the next good
+        # step draws what it would have drawn without the bad call.
+        draws = [(generator, generator.get_state()) for generator in self._sampling_generators(frames.device)]
+        try:
+            if plan_key is not None and was_full and plans.wants(self, plan_key, frames):
+                step = functools.partial(self._compute, frames, query, proj_key, proj_value, num_heads)
+                context = plans.record(self, plan_key, step, frames, query, (proj_key, proj_value))
+            else:
+                context = self._step(frames, query, proj_key, proj_value, num_heads)
+        except BaseException:
+            for generator, state in draws:
+                generator.set_state(state)
+            raise
         # Captured after an eager step of the same kind (memory full before and after), so that
         # every kernel the graph records has been compiled and run once already.
         if graphs is not None and was_full and graphs_eligible(self, frames, proj_key, proj_value):
@@ -277,7 +291,29 @@ class LongTermMemory(nn.Module):
         """One step on checked inputs (the body of ``forward``, and what a captured graph records)."""
         fill = self._fill
         context, coef, stats = self._compute(frames, query, proj_key, proj_value, num_heads)
-        return self._finish(frames, query, context, coef, stats, fill, _traced(frames.device))
+        return self._finish(frames, query, context, coef, stats, fill, _traced(frames.device), (proj_key, proj_value))
+
+    def _sampling_generators(self, device: torch.device) -> list[torch.Generator]:
+        """The generators a step on ``device`` may draw from: none unless the memory holds a video
+        and samples its past at random (outside torch.compile and CUDA graph captures, which do
+        not replay such steps); else its own generator or torch's default one for ``device``, and
+        for the upstream sampler also torch's default CPU generator (``sticky.upstream_samples``)."""
+        cfg = self.config
+        if not cfg.sticky or cfg.sampling not in ("multinomial", "upstream") or self._fill == "empty" \
+                or _traced(device):
+            return []
+        own = self.generator
+        if own is not None:
+            used = [own]
+        elif device.type == "cuda":
+            used = [torch.cuda.default_generators[device.index if device.index is not None
+                                                  else torch.cuda.current_device()]]
+        else:
+            used = [torch.default_generator]
+        if cfg.sampling == "upstream" and (own is None or own.device.type != "cpu") \
+                and torch.default_generator not in used:
+            used.append(torch.default_generator)
+        return used
 
     def _compute(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int):
         """(context, new coefficients, new statistic) of a step on checked inputs; changes nothing
@@ -303,17 +339,32 @@ class LongTermMemory(nn.Module):
         return context, coef, stats
 
     def _finish(self, frames: torch.Tensor, query: torch.Tensor, context: torch.Tensor, coef: torch.Tensor,
-                stats: torch.Tensor | None, fill: str, traced: bool) -> torch.Tensor:
+                stats: torch.Tensor | None, fill: str, traced: bool, projections: tuple = ()) -> torch.Tensor:
         """Checks a computed step (``fill``: the memory's fill state it started from; ``traced``:
-        inside torch.compile or a capture) and commits it; returns the context in the query's dtype."""
+        inside torch.compile or a capture; ``projections``: (proj_key, proj_value), named when
+        their parameters are what made the step non-finite) and commits it; returns the context
+        in the query's dtype."""
         if self.check_finite and not traced:
-            # Non-finite frames reach the new coefficients, so one small reduction (and one host
-            # synchronisation) covers them and the query, before any state changes; only frames
-            # that a fit leaves out (paper preset) need a look of their own.
+            # Non-finite frames reach the new coefficients, so one small reduction each (and one
+            # host synchronisation for all) covers them, the query, and what the step commits or
+            # returns besides the coefficients, before any state changes; only frames that a fit
+            # leaves out (paper preset) need a look of their own.
             named = [("frames", coef), ("query", query)]
             if _drops_frames(self.config, frames.shape[1], fill != "full", fill != "empty"):
                 named.append(("frames", frames))
-            _checks.finite(named)
+            named.append((None, context))
+            if stats is not None:
+                named.append((None, stats))
+            bad = _checks.nonfinite([value for _, value in named])
+            if bad is not None:
+                if named[bad][0] is not None:
+                    raise ValueError(f"{named[bad][0]} contains NaN or Inf")
+                # Finite inputs, non-finite outcome: a projection's parameters (looked at only
+                # now, so a good step never reads them), else the scores overflowed.
+                _checks.parameters_finite(list(zip(("proj_key", "proj_value"), projections)))
+                raise ValueError("frames and query are finite but the step's context or sticky statistics are "
+                                 "not (NaN or Inf): their values are too large and the attention scores overflow, "
+                                 "or a projection returns NaN or Inf; the memory is unchanged")
         self._commit(coef.detach(), stats, traced)
         return context if context.dtype == query.dtype else context.to(query.dtype)
 

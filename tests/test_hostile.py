@@ -2,10 +2,11 @@
 
 One case per reproduction, grouped by class (the test's name and the case id's prefix):
 configuration, positions, caches, state loading, reset, the transformers patch, the memory's
-boundary, the video Q-formers and the command line. Each case either raises TypeError /
-ValueError (RuntimeError from ``load_state_dict``, torch's convention) naming the argument,
-option, key or file, and leaves the state as it was, or is handled correctly. The cases of the
-step itself that phase 2 fixes are ``xfail(strict=True)`` at the end, so they show until then.
+boundary, the video Q-formers, the command line and the step itself (non-finite projections,
+score overflow, generators, odd projections). Each case either raises TypeError / ValueError
+(RuntimeError from ``load_state_dict``, torch's convention) naming the argument, option, key or
+file, and leaves the state (the samplers' generators included) as it was, or is handled
+correctly.
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ from infvideo.reference import fit, positions
 
 ERRORS = (TypeError, ValueError)
 S, L, E, D, H, Q = 2, 8, 16, 16, 4, 5
-PHASE2 = pytest.mark.xfail(strict=True, reason="phase 2: issue 21 items 1-3")
 
 
 def _inputs(seed=0, streams=S, length=L):
@@ -325,6 +325,24 @@ def test_patched_model_commits_every_layer_or_none(sampling):
     assert torch.equal(_qformer_step(model, 2), _qformer_step(twin, 2))
 
 
+def test_patched_model_without_generators_leaves_the_default_one():
+    """Memories without a generator draw from torch's default one: a forward that fails in layer 1,
+    after layer 0 drew, leaves it where it was."""
+    model = _patched_qformer(sampling="multinomial")
+    _qformer_step(model, 0)
+    twin = copy.deepcopy(model)
+    hook = model.encoder.layer[0].output_query.dense.register_forward_hook(lambda mod, args, out: out * math.nan)
+    with torch.random.fork_rng(devices=[]):
+        state = torch.manual_seed(5).get_state()
+        with pytest.raises(ValueError, match="query"):
+            _qformer_step(model, 1)
+        assert torch.equal(torch.get_rng_state(), state)
+        hook.remove()
+        out = _qformer_step(model, 2)
+        torch.manual_seed(5)
+        assert torch.equal(out, _qformer_step(twin, 2))
+
+
 def test_removing_the_patch_removes_its_hooks():
     from infvideo.integrations.transformers import remove_infvideo
     model = _patched_qformer()
@@ -450,9 +468,10 @@ def test_command_line_refused_before_allocating(case, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Phase 2 (the step, rewritten by issue 15): reproductions that must fail until then.
+# The step: it commits only what is finite (coefficients, statistics, generators), and every
+# backend accepts and refuses the same projections.
 
-def _phase2_refused(memory, twin, frames, query, pk, pv, name):
+def _refused(memory, twin, frames, query, pk, pv, name):
     before = snapshot(memory)
     generator = None if memory.generator is None else memory.generator.get_state()
     with pytest.raises(ERRORS) as info, torch.no_grad():
@@ -462,30 +481,85 @@ def _phase2_refused(memory, twin, frames, query, pk, pv, name):
     if generator is not None:
         assert torch.equal(memory.generator.get_state(), generator)
     _same_next_step(memory, twin)
+    return str(info.value)
 
 
-@PHASE2
-def test_phase2_nan_weight_is_refused():
-    memory, twin = _held()
+def _poisoned(which, name, value=math.nan):
     pk, pv = _projections()
     with torch.no_grad():
-        pk.weight[0, 0] = math.nan
-    _phase2_refused(memory, twin, *_inputs(5), pk, pv, "proj_key")
+        getattr({"proj_key": pk, "proj_value": pv}[which], name).view(-1)[3] = value
+    return pk, pv
 
 
-@PHASE2
-def test_phase2_score_overflow_is_refused():
-    memory, twin = _held()
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("sampling", ["quantile", "multinomial"])
+@pytest.mark.parametrize("which,name,value", [("proj_key", "weight", math.nan), ("proj_value", "weight", math.inf),
+                                              ("proj_key", "bias", -math.inf), ("proj_value", "bias", math.nan)])
+def test_non_finite_projection_refused_by_name(which, name, value, sampling, backend):
+    memory, twin = _held(backend=backend, sampling=sampling, generator=torch.Generator().manual_seed(4))
+    message = _refused(memory, twin, *_inputs(5), *_poisoned(which, name, value), which)
+    assert message == f"{which}'s {name} contains NaN or Inf"
+
+
+def test_non_finite_projection_refused_on_the_first_step():
+    memory = LongTermMemory(num_basis=16, past_samples=32)
+    with pytest.raises(ValueError, match="proj_key's weight contains NaN or Inf"), torch.no_grad():
+        memory(*_inputs(5), *_poisoned("proj_key", "weight"), H)
+    assert memory.num_streams == 0 and memory.coefficients is None
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("config", [{}, dict(basis="gaussian", sigmas=(0.05, 0.1), quad_points=50),
+                                    dict(sampling="multinomial", generator=torch.Generator().manual_seed(4))],
+                         ids=["rectangular", "gaussian", "multinomial"])
+def test_score_overflow_refused(config, backend):
+    memory, twin = _held(backend=backend, **config)
     frames, query = _inputs(5)
-    _phase2_refused(memory, twin, frames * 1e20, query * 1e20, *_projections(), "frames")
+    _refused(memory, twin, frames * 1e20, query * 1e20, *_projections(), "frames")
 
 
-@PHASE2
-def test_phase2_rejected_call_leaves_the_generator():
-    memory, twin = _held(sampling="multinomial", generator=torch.Generator().manual_seed(4))
+def test_check_finite_off_skips_the_check():
+    memory = LongTermMemory(num_basis=16, past_samples=32, check_finite=False)
+    with torch.no_grad():
+        out = memory(*_inputs(5), *_poisoned("proj_key", "weight"), H)
+    assert not bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("sampling", ["multinomial", "upstream"])
+def test_rejected_call_leaves_the_generator(sampling):
+    memory, twin = _held(sampling=sampling, generator=torch.Generator().manual_seed(4))
     frames, query = _inputs(5)
     frames[0, 0, 0] = math.nan
-    _phase2_refused(memory, twin, frames, query, *_projections(), "frames")
+    _refused(memory, twin, frames, query, *_projections(), "frames")
+
+
+@pytest.mark.parametrize("sampling", ["multinomial", "upstream"])
+def test_rejected_call_leaves_the_default_generators(sampling):
+    """Without a generator of their own the samplers draw from torch's default CPU generator: a
+    rejected call leaves it where it was, so the next good step draws what a memory that never
+    saw the bad call draws."""
+    memory, twin = _held(sampling=sampling)
+    frames, query = _inputs(5)
+    bad, (pk, pv) = _poisoned("proj_value", "weight"), _projections()  # nn.Linear() draws: before seeding
+    before = snapshot(memory)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        with pytest.raises(ValueError, match="proj_value"), torch.no_grad():
+            memory(frames, query, *bad, H)
+        assert torch.equal(torch.get_rng_state(), torch.manual_seed(11).get_state())
+        assert_unchanged(memory, before)
+        with torch.no_grad():
+            torch.manual_seed(12)
+            out = memory(*_inputs(9), pk, pv, H)
+            torch.manual_seed(12)
+            ref = twin(*_inputs(9), pk, pv, H)
+    assert torch.equal(out, ref) and torch.equal(memory.sticky_stats, twin.sticky_stats)
+
+
+@pytest.mark.parametrize("config", [dict(sampling="quantile"), dict(sticky=False, sampling="multinomial")])
+def test_deterministic_steps_keep_no_generator_state(config):
+    memory, _ = _held(generator=torch.Generator(), **config)
+    assert memory._sampling_generators(memory.coef.device) == []
 
 
 FUSED = [backend for backend in ("cpu", "triton", "cuda") if backend in available_backends()]
@@ -503,17 +577,33 @@ def _backend_outcomes(backend, pk, pv):
     return outcomes
 
 
-@pytest.mark.skipif(not FUSED, reason="no fused backend to compare with the reference")
-@pytest.mark.parametrize("backend", FUSED[:1])
-@PHASE2
-def test_phase2_backends_agree_on_a_wider_value_projection(backend):
-    a, b = _backend_outcomes(backend, random_linear(E, D, 1), random_linear(E, D + 4, 2))
-    assert type(a) is type(b) and (a == b if isinstance(a, str) else torch.allclose(a, b, atol=1e-5))
+ODD_PROJECTIONS = {  # id: (proj_key, proj_value), refused naming proj_value
+    "value-wider": lambda: (random_linear(E, D, 1), random_linear(E, D + 4, 2)),
+    "value-narrower": lambda: (random_linear(E, D, 1), random_linear(E, D - 4, 2)),
+    "value-float64": lambda: (random_linear(E, D, 1), random_linear(E, D, 2, dtype=torch.float64)),
+    "key-float64": lambda: (random_linear(E, D, 1, dtype=torch.float64), random_linear(E, D, 2)),
+    "value-bfloat16": lambda: (random_linear(E, D, 1), random_linear(E, D, 2, dtype=torch.bfloat16)),
+}
+
+
+@pytest.mark.parametrize("backend", ["torch", *FUSED])
+@pytest.mark.parametrize("case", ODD_PROJECTIONS)
+def test_odd_projections_refused_by_every_backend(case, backend):
+    memory, twin = _held(backend=backend)
+    _refused(memory, twin, *_inputs(5), *ODD_PROJECTIONS[case](), "proj_value")
 
 
 @pytest.mark.skipif(not FUSED, reason="no fused backend to compare with the reference")
-@pytest.mark.parametrize("backend", FUSED[:1])
-@PHASE2
-def test_phase2_backends_agree_on_projections_of_two_dtypes(backend):
-    a, b = _backend_outcomes(backend, random_linear(E, D, 1), random_linear(E, D, 2, dtype=torch.float64))
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("case", ODD_PROJECTIONS)
+def test_backends_agree_on_odd_projections(case, backend):
+    a, b = _backend_outcomes(backend, *ODD_PROJECTIONS[case]())
+    assert isinstance(a, str) and a == b
+
+
+@pytest.mark.skipif(not FUSED, reason="no fused backend to compare with the reference")
+@pytest.mark.parametrize("backend", FUSED)
+def test_backends_agree_on_projections_of_one_other_dtype(backend):
+    a, b = _backend_outcomes(backend, random_linear(E, D, 1, dtype=torch.float64),
+                             random_linear(E, D, 2, dtype=torch.float64))
     assert type(a) is type(b) and (a == b if isinstance(a, str) else torch.allclose(a, b.to(a.dtype), atol=1e-5))

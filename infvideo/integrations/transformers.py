@@ -76,10 +76,10 @@ class _AllOrNone:
     """Makes one forward of the patched Q-former commit every layer's memory or none.
 
     A pre-hook on the module that runs all patched layers saves each memory's state (buffers,
-    fill state and generator); an always-called forward hook there gets no output when the
-    forward raised, and then puts every saved state back, so a layer that fails after earlier
-    layers consolidated the chunk leaves no memory ahead of the others. Copies, not references:
-    a captured or compiled step updates the buffers in place.
+    fill state and the generators its sampler draws from); an always-called forward hook there
+    gets no output when the forward raised, and then puts every saved state back, so a layer
+    that fails after earlier layers consolidated the chunk leaves no memory ahead of the others.
+    Copies, not references: a captured or compiled step updates the buffers in place.
     """
 
     def __init__(self, memories: list[LongTermMemory]):
@@ -99,12 +99,12 @@ class _AllOrNone:
 
 def _snapshot(memory: LongTermMemory) -> tuple:
     buffers = {name: memory._buffers[name].clone() for name in ("coef", "filled", "sticky_stats")}
-    generator = None if memory.generator is None else memory.generator.get_state()
-    return buffers, memory._fill, generator
+    generators = [(generator, generator.get_state()) for generator in memory._sampling_generators(memory.coef.device)]
+    return buffers, memory._fill, generators
 
 
 def _restore(memory: LongTermMemory, state: tuple) -> None:
-    buffers, fill, generator = state
+    buffers, fill, generators = state
     for name, saved in buffers.items():
         current = memory._buffers[name]
         if current.shape == saved.shape and current.dtype == saved.dtype and current.device == saved.device:
@@ -112,8 +112,8 @@ def _restore(memory: LongTermMemory, state: tuple) -> None:
         else:
             memory._buffers[name] = saved
     memory._fill = fill
-    if generator is not None:
-        memory.generator.set_state(generator)
+    for generator, saved in generators:
+        generator.set_state(saved)
 
 
 def _runner(model: nn.Module, attentions: list[nn.Module]) -> nn.Module:
