@@ -81,15 +81,14 @@ def test_gaussian_update_matches_quadrature():
     memory = ContinuousHopfield(n, basis="gaussian", beta=beta, ridge=ridge, sigmas=sigmas,
                                 quad_points=4001, backend="torch")
     memory.store(x)
-    coef = memory.coefficients
-    # The fit: B minimises Σ_j ‖Bᵀψ(t_j) − x_j‖² + pads + λ‖B‖², so its gradient vanishes there.
+    # The fit, from SPEC section 5: B = (ΨᵀΨ + Ψ_padᵀΨ_pad + λI)⁻¹ Ψᵀ X, zero-valued pads continuing
+    # the grid's spacing out to [-0.5, 1.5].
     t = (torch.arange(10, dtype=torch.float64) + 0.5) / 10
-    step = 0.1
-    pads = torch.cat([t[0] - step * torch.arange(int((t[0] + 0.5) / step), 0, -1),
-                      t[-1] + step * torch.arange(1, int((1.5 - t[-1]) / step) + 1)])
+    pads = torch.cat([t[0] - 0.1 * torch.arange(5, 0, -1), t[-1] + 0.1 * torch.arange(1, 6)])
     psi, psi_pad = gaussian_basis_values(t, n, sigmas), gaussian_basis_values(pads, n, sigmas)
-    grad = psi.T @ (psi @ coef - x) + psi_pad.T @ (psi_pad @ coef) + ridge * coef
-    assert float(grad.abs().max()) < 1e-9 * float(x.abs().max() * psi.max() ** 2)
+    system = psi.T @ psi + psi_pad.T @ psi_pad + ridge * torch.eye(n, dtype=torch.float64)
+    coef = torch.linalg.solve(system, psi.T @ x)
+    assert rel_err(memory.coefficients, coef) < 1e-6
     grid = torch.linspace(0, 1, 4001, dtype=torch.float64)
     w = torch.full_like(grid, 1.0 / 4000)
     w[[0, -1]] /= 2
