@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import infvideo
 from conftest import gaussian_basis_values, rel_err
 from infvideo.backends import available_backends
 from infvideo.hopfield import ContinuousHopfield, DiscreteHopfield
@@ -177,3 +178,8 @@ def test_kernel_backends_refuse_float64(backend):
     memory.store(torch.ones(5, 3, dtype=torch.float64))
     with pytest.raises(TypeError, match="float32"):
         memory.retrieve(torch.ones(2, 3, dtype=torch.float64))
+
+
+def test_exported_lazily():
+    assert infvideo.ContinuousHopfield is ContinuousHopfield and infvideo.DiscreteHopfield is DiscreteHopfield
+    assert {"ContinuousHopfield", "DiscreteHopfield", "LongTermMemory"} <= set(infvideo.__all__)
