@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from . import _checks
+from . import _checks, ops
 from .backends import backend_for, resolve_backend
 from .config import MemoryConfig, _check_int, _check_real
 from .reference import attention as ref_attention
@@ -130,8 +130,6 @@ class ContinuousHopfield:
         """One step q ← Bᵀ r(β qᵀBᵀψ) on [S, Q, d] queries."""
         cfg = self.config
         if backend != "torch" and (cfg.basis == "rectangular" or backend == "triton"):
-            from . import ops
-
             scaled = q * (self.beta * math.sqrt(q.shape[-1]))  # the ops divide the scores by √d
             if cfg.basis == "rectangular":
                 return ops.slot_attention(scaled, coef, coef, 1, backend=backend)[0]
