@@ -4,10 +4,11 @@ from .config import MemoryConfig
 from .memory import LongTermMemory
 
 __version__ = "0.1.0"
-__all__ = ["LongTermMemory", "MemoryConfig", "apply_infvideo", "available_backends", "info", "reset_memory",
-           "__version__"]
+__all__ = ["ContinuousHopfield", "DiscreteHopfield", "LongTermMemory", "MemoryConfig", "apply_infvideo",
+           "available_backends", "info", "reset_memory", "__version__"]
 
 _INTEGRATION = ("apply_infvideo", "reset_memory")
+_HOPFIELD = ("ContinuousHopfield", "DiscreteHopfield")
 
 
 def __getattr__(name: str):
@@ -16,4 +17,7 @@ def __getattr__(name: str):
     if name in _INTEGRATION:
         from .integrations import transformers as integration
         return getattr(integration, name)
+    if name in _HOPFIELD:
+        from . import hopfield
+        return getattr(hopfield, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
