@@ -6,7 +6,8 @@ import functools
 import torch
 from torch import nn
 
-from . import _checks
+from . import _checks, state_checks
+from ._lru import LRUCache
 from .backends import backend_for, resolve_backend
 from .config import MemoryConfig
 from .graphs import StepGraphs, signature
@@ -160,13 +161,10 @@ class LongTermMemory(nn.Module):
         # Per device: the backend a call there uses, and the fused step's constants per chunk
         # length. Filled by eager calls; a compiled or captured step only reads them.
         self._backends: dict = {}
-        self._step_constants: dict = {}
+        self._step_constants = LRUCache(64)  # the 64 most recent (chunk length, device) keys
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
-        # The fused step's constants are kept for the 64 most recent chunk lengths (per device).
-        from ._lru import LRUCache
-        self._step_constants = LRUCache(64)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -293,6 +291,28 @@ class LongTermMemory(nn.Module):
         context, coef, stats = self._compute(frames, query, proj_key, proj_value, num_heads)
         return self._finish(frames, query, context, coef, stats, fill, _traced(frames.device), (proj_key, proj_value))
 
+    def snapshot(self) -> tuple:
+        """A copy of everything a step changes (the buffers, the fill state and the generators the
+        sampler draws from), for :meth:`restore`: a caller that runs several steps as one (a
+        patched model's layers) can put every memory back when a later one fails."""
+        buffers = {name: self._buffers[name].clone() for name in state_checks.BUFFERS}
+        generators = [(generator, generator.get_state()) for generator in self._sampling_generators(self.coef.device)]
+        return buffers, self._fill, generators
+
+    def restore(self, snapshot: tuple) -> None:
+        """Puts back the state :meth:`snapshot` copied. Buffers are written in place where they
+        keep their shape, so a step captured in a CUDA graph keeps reading the same ones."""
+        buffers, fill, generators = snapshot
+        for name, saved in buffers.items():
+            current = self._buffers[name]
+            if current.shape == saved.shape and current.dtype == saved.dtype and current.device == saved.device:
+                current.copy_(saved)
+            else:
+                self._buffers[name] = saved
+        self._fill = fill
+        for generator, state in generators:
+            generator.set_state(state)
+
     def _sampling_generators(self, device: torch.device) -> list[torch.Generator]:
         """The generators a step on ``device`` may draw from: none unless the memory holds a video
         and samples its past at random (outside torch.compile and CUDA graph captures, which do
@@ -396,7 +416,6 @@ class LongTermMemory(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         """Restores a generator saved by :meth:`get_extra_state` into ``generator``, creating one on
         the saved device when this memory has none (a generator's state is specific to its device type)."""
-        from . import state_checks  # only state loading needs it
         problem = state_checks.extra_state_problem(state, self.generator)
         if problem is not None:
             raise ValueError(problem)
@@ -409,14 +428,12 @@ class LongTermMemory(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.generator is None:
             destination.pop(prefix + "_extra_state", None)
-        from . import state_checks
         state_checks.stamp(destination, prefix, self.config)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # Everything is checked first (infvideo.state_checks), so a state that does not fit leaves
         # the memory as it was.
-        from . import state_checks
         names = state_checks.BUFFERS
         missing = [prefix + name for name in names if prefix + name not in state_dict]
         if strict and missing:

@@ -88,32 +88,13 @@ class _AllOrNone:
         self.handles = []
 
     def before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.saved = [_snapshot(memory) for memory in self.memories]
+        self.saved = [memory.snapshot() for memory in self.memories]
 
     def after(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
         saved, self.saved = self.saved, None
         if output is None and saved is not None:  # the forward raised
             for memory, state in zip(self.memories, saved):
-                _restore(memory, state)
-
-
-def _snapshot(memory: LongTermMemory) -> tuple:
-    buffers = {name: memory._buffers[name].clone() for name in ("coef", "filled", "sticky_stats")}
-    generators = [(generator, generator.get_state()) for generator in memory._sampling_generators(memory.coef.device)]
-    return buffers, memory._fill, generators
-
-
-def _restore(memory: LongTermMemory, state: tuple) -> None:
-    buffers, fill, generators = state
-    for name, saved in buffers.items():
-        current = memory._buffers[name]
-        if current.shape == saved.shape and current.dtype == saved.dtype and current.device == saved.device:
-            current.copy_(saved)  # in place: a captured step keeps reading the same buffers
-        else:
-            memory._buffers[name] = saved
-    memory._fill = fill
-    for generator, saved in generators:
-        generator.set_state(saved)
+                memory.restore(state)
 
 
 def _runner(model: nn.Module, attentions: list[nn.Module]) -> nn.Module:

@@ -48,15 +48,6 @@ def as_written(value: float) -> Fraction:
     return Fraction(repr(float(value)))
 
 
-def as_written(value: float) -> Fraction:
-    """The rational a user meant by a float: the shortest decimal that reads back as it (0.7 → 7/10).
-
-    ``Fraction(0.7)`` is the binary double nearest 0.7 (0.6999999999999999555…), which moves points
-    that the maths puts on a bin edge (τ + (1 − τ)·k/L = n/N) into the bin below.
-    """
-    return Fraction(repr(float(value)))
-
-
 def _from_fractions(fracs) -> Positions:
     fracs = tuple(fracs)
     return Positions(torch.tensor([float(f) for f in fracs], dtype=torch.float64), fracs)
