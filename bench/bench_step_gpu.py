@@ -7,9 +7,10 @@ Step: S streams, L = 256 frames of 32 Video-LLaMA tokens each (bf16, pooled insi
 M = 512, e = D = 768, 12 heads, 32 queries, sticky quantile sampling, bf16 projections; the
 memory is full (two steps before the timing). Providers: the published code's cost structure
 (``infvideo/benchmarks/published.py``, fp32, at S ≤ ``--baseline-max-streams``), the torch
-reference, the Triton step with the NaN/Inf host check (the default), without it
-(``check_finite=False``) launched from Python (``cuda_graphs=False``) and replayed from the memory's
-CUDA graphs (``cuda_graphs=True``), and the step captured in a user's CUDA graph. GPU time per
+reference, the default ``LongTermMemory()`` (Triton replayed from the memory's CUDA graphs, the
+NaN/Inf check asynchronous), Triton launched from Python (``cuda_graphs=False``), the csrc CUDA
+kernels from the memory's graphs (where the extension has them), and the step captured in a user's
+CUDA graph. GPU time per
 call from ``triton.testing.do_bench`` (a host-bound step shows its host time: the GPU waits for the
 launches) or ``do_bench_cudagraph`` (the user's graph: kernels only). The floor is the time to read the step's inputs and the memory's state
 once at the measured read bandwidth. Writes step.csv, step.md and step.png into --out.
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infvideo import LongTermMemory
+from infvideo import LongTermMemory, available_backends
 from infvideo.benchmarks import harness
 from infvideo.benchmarks.published import published_step
 from infvideo.plot import line_charts
@@ -32,9 +33,9 @@ from infvideo.plot import line_charts
 LENGTH, TOKENS, BASIS, SAMPLES, WIDTH, HEADS, QUERIES = 256, 32, 256, 512, 768, 12, 32
 MEMORIES = {  # provider: LongTermMemory options
     "torch reference": dict(backend="torch"),
-    "Triton (default: host check)": dict(backend="triton"),
-    "Triton, check_finite=False, cuda_graphs=False": dict(backend="triton", check_finite=False, cuda_graphs=False),
-    "Triton, check_finite=False, cuda_graphs=True": dict(backend="triton", check_finite=False, cuda_graphs=True),
+    "LongTermMemory() (default)": {},
+    "Triton, Python launches (cuda_graphs=False)": dict(backend="triton", cuda_graphs=False),
+    "csrc CUDA, memory's CUDA graphs": dict(backend="cuda"),
 }
 BASELINE, USER_GRAPH, FLOOR = "published-cost baseline", "Triton in a user's CUDA graph", "input + state read floor"
 
@@ -77,6 +78,8 @@ def measure(streams: int, args, bandwidth: float) -> list[dict]:
             pkf, pvf, qf = pk.float(), pv.float(), query.float()
             add(BASELINE, harness.gpu_time(lambda: published_step(pooled, past, qf, pkf, pvf, HEADS), budget_s=0))
         for provider, options in MEMORIES.items():
+            if options.get("backend", "auto") not in ("auto", *available_backends()):
+                continue
             memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, **options).cuda()
             for _ in range(2):
                 memory(tokens, query, pk, pv, HEADS)
