@@ -54,7 +54,8 @@ def step_case(streams: int, device: torch.device, provider: str, weight_dtype: t
     torch.manual_seed(0)
     proj_key = nn.Linear(WIDTH, WIDTH).to(device, weight_dtype)
     proj_value = nn.Linear(WIDTH, WIDTH).to(device, weight_dtype)
-    memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend=provider, check_finite=False).to(device)
+    memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend=provider, check_finite=False,
+                            cuda_graphs=False).to(device)
     tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device=device).to(torch.bfloat16)
     query = torch.randn(streams, QUERIES, WIDTH, device=device)
 

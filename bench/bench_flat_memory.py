@@ -75,7 +75,7 @@ def stream(backend: str, args, device: torch.device) -> list[dict]:
             while marks and seen >= marks[0]:
                 window = times[-min(since, WINDOW):]
                 p20, p50, p80 = harness.percentiles(window)
-                rows.append(dict(backend=memory._backends.get(frames.device, backend), frames=marks.pop(0),
+                rows.append(dict(backend=memory.backend_on(frames.device), frames=marks.pop(0),
                                  steps=len(times),
                                  S=args.streams, L=args.chunk, N=args.basis_count, p20_us=p20, p50_us=p50,
                                  p80_us=p80, state_kib=state_bytes(memory) / 1024,

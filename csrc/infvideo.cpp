@@ -1,14 +1,21 @@
-// The C++ entry points of csrc/infvideo.h: typed calls through the dispatcher.
+// The C++ entry points of csrc/infvideo.h: the kernel of the tensors' device, called directly
+// (the ops' schemas live in Python, so a libtorch program has no dispatcher entry for them).
 #include "infvideo.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
+#include "attention/slot_attention.h"
+#include "consolidate/rect_consolidate.h"
+#include "sampling/quantile_bins.h"
 
 namespace infvideo {
 namespace {
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+bool on_cuda(const at::Tensor& t) {
+#ifdef INFVIDEO_WITH_CUDA
+  return t.is_cuda();
+#else
+  TORCH_CHECK(!t.is_cuda(), "infvideo: this build has no CUDA kernels (configure with -DINFVIDEO_WITH_CUDA=ON)");
+  return false;
+#endif
 }
 
 }  // namespace
@@ -19,28 +26,38 @@ std::tuple<at::Tensor, at::Tensor> rect_consolidate(const at::Tensor& frames, co
                                                     const at::Tensor& frame_idx, const at::Tensor& frame_start,
                                                     const at::Tensor& scale,
                                                     std::optional<at::ScalarType> cast_dtype) {
-  static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
-      const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, c10::SymInt,
-      std::optional<at::ScalarType>)>("infvideo::rect_consolidate_csrc");
-  return handle.call(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, false,
-                     c10::SymInt(1), cast_dtype);
+#ifdef INFVIDEO_WITH_CUDA
+  if (on_cuda(frames)) {
+    return rect_consolidate_cuda(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale,
+                                 false, 1, cast_dtype);
+  }
+#endif
+  on_cuda(frames);
+  return rect_consolidate_cpu(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, false,
+                              1, cast_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> slot_attention(const at::Tensor& query, const at::Tensor& keys,
                                                   const at::Tensor& values, int64_t num_heads,
                                                   const std::optional<at::Tensor>& slot_log_weight,
                                                   std::optional<double> null_log_weight) {
-  static const auto handle =
-      op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt,
-                                            const std::optional<at::Tensor>&, std::optional<double>)>(
-          "infvideo::slot_attention_csrc");
-  return handle.call(query, keys, values, c10::SymInt(num_heads), slot_log_weight, null_log_weight);
+#ifdef INFVIDEO_WITH_CUDA
+  if (on_cuda(query)) {
+    return slot_attention_cuda(query, keys, values, num_heads, slot_log_weight, null_log_weight);
+  }
+#endif
+  on_cuda(query);
+  return slot_attention_cpu(query, keys, values, num_heads, slot_log_weight, null_log_weight);
 }
 
 at::Tensor quantile_bins(const at::Tensor& mass, int64_t num_samples) {
-  static const auto handle = op<at::Tensor(const at::Tensor&, c10::SymInt)>("infvideo::quantile_bins_csrc");
-  return handle.call(mass, c10::SymInt(num_samples));
+#ifdef INFVIDEO_WITH_CUDA
+  if (on_cuda(mass)) {
+    return quantile_bins_cuda(mass, num_samples);
+  }
+#endif
+  on_cuda(mass);
+  return quantile_bins_cpu(mass, num_samples);
 }
 
 }  // namespace infvideo

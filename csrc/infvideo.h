@@ -1,7 +1,6 @@
 // C++ entry points of the infvideo ops for libtorch users (link the `infvideo` library that
-// CMakeLists.txt builds). Each calls torch.ops.infvideo.<op>_csrc through the dispatcher, so
-// the tensors' device picks the CPU or CUDA kernel; shapes and math are those of the Python
-// wrappers in infvideo/ops/ (SPEC sections 6-8).
+// CMakeLists.txt builds). Each runs the C++ kernel of the tensors' device (CPU, or CUDA in a
+// CUDA build); shapes and math are those of the ops in infvideo/ops/ (SPEC sections 6-8).
 #pragma once
 
 #include <ATen/core/Tensor.h>

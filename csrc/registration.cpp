@@ -1,15 +1,13 @@
-// The schemas of the csrc ops: one TORCH_LIBRARY for the `infvideo` namespace.
-//
-// Each op repeats the schema of its Triton twin in infvideo/ops/ (registered from Python with
-// torch.library.custom_op in the same namespace, as a FRAGMENT) under the name `<op>_csrc`: on a
-// CUDA tensor both a Triton and a CUDA kernel exist, and one schema can hold only one kernel per
-// device, so the Python wrappers pick the op by backend. The CPU and CUDA kernels are registered
-// next to their code with TORCH_LIBRARY_IMPL; fake (meta) kernels are registered from Python.
+// The `infvideo` library of the extension. The ops' schemas are defined once, in Python
+// (infvideo/ops/<op>.py, torch.library.custom_op, as FRAGMENTs of this namespace), so they exist
+// with or without this library; its C++ and CUDA kernels register for the ops' CPU and CUDA
+// dispatch keys next to their code (TORCH_LIBRARY_IMPL), and the op's `backend` argument picks
+// between them and Triton (infvideo/ops/_library.py). The one schema here is the build's own.
 #include <torch/library.h>
 
 namespace infvideo {
 
-// Whether this build holds the CUDA kernels (`infvideo.info()` and the backend choice ask).
+// Whether this build holds the CUDA kernels (infvideo.backends asks).
 bool csrc_has_cuda() {
 #ifdef INFVIDEO_WITH_CUDA
   return true;
@@ -20,18 +18,4 @@ bool csrc_has_cuda() {
 
 }  // namespace infvideo
 
-TORCH_LIBRARY(infvideo, m) {
-  m.def(
-      "rect_consolidate_csrc(Tensor frames, Tensor? past, Tensor? sample_bins, Tensor past_idx, "
-      "Tensor past_start, Tensor frame_idx, Tensor frame_start, Tensor scale, bool frames_in_order=False, "
-      "SymInt max_per_bin=1, ScalarType? cast_dtype=None) -> (Tensor, Tensor)");
-  m.def(
-      "slot_attention_csrc(Tensor query, Tensor keys, Tensor values, SymInt num_heads, "
-      "Tensor? slot_log_weight, float? null_log_weight) -> (Tensor, Tensor)");
-  // CPU only: the CPU step's attention with the projections folded into the queries.
-  m.def(
-      "factored_slot_attention_csrc(Tensor query, Tensor coef, Tensor w_key, Tensor w_value, Tensor? b_value, "
-      "SymInt num_heads, Tensor? slot_log_weight) -> (Tensor, Tensor)");
-  m.def("quantile_bins_csrc(Tensor mass, SymInt num_samples) -> Tensor");
-  m.def("csrc_has_cuda() -> bool", &infvideo::csrc_has_cuda);
-}
+TORCH_LIBRARY(infvideo, m) { m.def("csrc_has_cuda() -> bool", &infvideo::csrc_has_cuda); }

@@ -95,7 +95,7 @@ def demo(args) -> None:
     cfg = memory.config
     print(f"infvideo demo on {device}: Video-LLaMA-style video Q-former (2 layers, 32 queries), memory on every "
           f"cross-attention (alpha={args.alpha}, N={cfg.num_basis}, M={cfg.past_samples}, backend "
-          f"{memory._backends.get(device, memory.backend)})")
+          f"{memory.backend_on(device)})")
     print(f"  {args.streams} stream(s) x {args.frames} frames in {len(steps)} chunks of {args.chunk}: "
           f"{frames_seen / sum(steps):,.0f} frames/s through the Q-former "
           f"({frames_seen / total:,.0f} frames/s with the synthetic video); chunk p50 "
@@ -131,8 +131,6 @@ def info(_args) -> None:
           + (f" (kernels: {', '.join(built['built'])})" if built["built"] else ""))
     auto = ", ".join(f"{device} tensors -> {backend}" for device, backend in built["auto"].items())
     print(f"backends: {', '.join(available_backends())} (auto: {auto})")
-    plans = "yes" if built["launch_plans"] else "no (needs the extension built with CUDA)"
-    print(f"C++ launch plans for eager CUDA steps: {plans}")
 
 
 def _positive_int(text: str) -> int:

@@ -12,7 +12,6 @@ BASES = ("rectangular", "gaussian")
 SAMPLINGS = ("quantile", "multinomial", "upstream")
 PRESETS = ("exact", "paper")
 DENSITIES = ("gibbs", "gaussian")
-BACKENDS = ("auto", "torch", "triton", "cuda", "cpu")
 
 
 def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Eager steps replayed from CUDA graphs that the memory captures itself (``cuda_graphs=True``).
+"""Eager CUDA steps replayed from CUDA graphs that the memory captures itself (``cuda_graphs=True``).
 
 A one-stream step is a handful of small kernels; launched from Python each costs more host time
 than GPU time. Once an eager step has run at a given signature (shapes, dtypes, devices, weights),
@@ -8,9 +8,14 @@ its output. The state stays in the memory's own buffers, which the graph reads a
 place, so replays and eager steps interleave freely; a graph is dropped when it would go stale
 (the buffers were replaced by ``reset``, ``load_state_dict``, ``.to()`` or a step of another
 signature, or the projections' weights were replaced or changed in place).
+
+Only the memory's public surface is used: ``check`` / ``compute`` / ``commit`` (what a graph
+records), ``is_full``, ``backend_on``, ``raise_failed_check`` and the buffers
+``coef`` and ``sticky_stats``.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +27,8 @@ def _weight_versions(*layers) -> tuple:
     or written in place, either of which a graph (holding the stacked K|V weight) must not miss."""
     out = []
     for layer in layers:
-        # A module's parameters straight from its dict: nn.Module.__getattr__ costs about a
-        # microsecond a lookup, on every step of a signature.
+        # A module's parameters straight from its dict: nn.Module.__getattr__ costs a lookup per
+        # name, on every step of a signature.
         params = getattr(layer, "_parameters", None) if isinstance(layer, nn.Module) else None
         for name in ("weight", "bias"):
             p = params[name] if params is not None and name in params else getattr(layer, name, None)
@@ -37,18 +42,9 @@ def signature(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, n
             id(proj_key), id(proj_value), num_heads, _weight_versions(proj_key, proj_value))
 
 
-def _stream_capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def traced(device: torch.device) -> bool:
     """Inside torch.compile or a CUDA graph capture: no host synchronisation, state updated in place."""
-    return torch.compiler.is_compiling() or _stream_capturing(device)
-
-
-def capturing(device: torch.device) -> bool:
-    """Inside a CUDA graph capture of eager code (not torch.compile, whose graph is functional)."""
-    return not torch.compiler.is_compiling() and _stream_capturing(device)
+    return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 @dataclass
@@ -62,22 +58,27 @@ class CapturedStep:
 
 
 # Beyond this many bytes of frames, copying them into the graph's input buffer costs more GPU time
-# than the launches a replay saves (H100: a 64-stream bf16 chunk, 805 MB, doubled the step).
+# than the launches a replay saves (a 64-stream bf16 chunk of 805 MB doubled the step).
 MAX_INPUT_BYTES = 64 * 2**20
 
+# One capture at a time in the process: captures begun together in two threads clash over the CUDA
+# generator's graph state. Each records in "thread_local" mode, so that memories stepped eagerly by
+# other threads meanwhile (allowed: one memory per thread) do not invalidate it. Work that must not
+# overlap another thread's capture (a device-wide synchronisation) takes the lock too.
+CAPTURE_LOCK = threading.Lock()
 
-def eligible(memory: nn.Module, frames: torch.Tensor, proj_key, proj_value) -> bool:
+
+def eligible(memory, frames: torch.Tensor, proj_key, proj_value) -> bool:
     """Steps worth capturing: CUDA, a fused backend, inputs of at most MAX_INPUT_BYTES, no
-    autograd, no host check, a full memory (every stream holds a video), a sampler that draws
-    nothing on the host (multinomial sampling may use a host generator; the upstream sampler always
-    draws the published offsets from the CPU generator, which a replay would skip), and not already
-    inside a compile or capture."""
+    autograd, a full memory (every stream holds a video), a sampler that draws nothing on the host
+    (multinomial sampling may use a host generator; the upstream sampler always draws from the CPU
+    generator, as the published code does, which a replay would skip), and not already inside a
+    compile or capture."""
     return (frames.device.type == "cuda" and frames.numel() * frames.element_size() <= MAX_INPUT_BYTES
-            and memory._backends.get(frames.device) in ("triton", "cuda")
-            and not memory.check_finite and memory._fill == "full"
+            and memory.is_full and memory.backend_on(frames.device) in ("triton", "cuda")
             and not (memory.config.sticky and memory.config.sampling in ("multinomial", "upstream"))
-            and not torch.is_grad_enabled() and not traced(frames.device)
-            and isinstance(proj_key, nn.Module) and isinstance(proj_value, nn.Module))
+            and not torch.is_grad_enabled()
+            and not traced(frames.device) and isinstance(proj_key, nn.Module) and isinstance(proj_value, nn.Module))
 
 
 class StepGraphs:
@@ -87,29 +88,36 @@ class StepGraphs:
         self.limit = limit
         self.steps: dict[tuple, CapturedStep] = {}
 
-    def replay(self, memory: nn.Module, key: tuple, frames: torch.Tensor, query: torch.Tensor):
-        """The step's context from its graph, or None when there is no valid graph for ``key``."""
+    def replay(self, memory, frames, query, proj_key, proj_value, num_heads: int):
+        """The step's context from its graph, or None when there is no valid graph for these inputs."""
+        if not self.steps or not isinstance(frames, torch.Tensor) or not isinstance(query, torch.Tensor):
+            return None
+        key = signature(frames, query, proj_key, proj_value, num_heads)
         step = self.steps.get(key)
         if step is None:
             return None
-        buffers = memory._buffers
-        if memory._fill != "full" or buffers["coef"] is not step.coef or buffers["sticky_stats"] is not step.stats:
+        if not memory.is_full or memory.coef is not step.coef or memory.sticky_stats is not step.stats:
             del self.steps[key]
             return None
+        memory.raise_failed_check((proj_key, proj_value))
         step.frames.copy_(frames)
         step.query.copy_(query)
         step.graph.replay()
         return step.context.clone()
 
-    def capture(self, memory: nn.Module, key: tuple, frames: torch.Tensor, query: torch.Tensor, proj_key,
-                proj_value, num_heads: int) -> None:
-        """Records one step at this signature (recording runs nothing: the state is unchanged)."""
+    def capture(self, memory, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value,
+                num_heads: int) -> None:
+        """Records one step at this signature where :func:`eligible` (recording runs nothing: the
+        state is unchanged)."""
+        if not eligible(memory, frames, proj_key, proj_value):
+            return
         if len(self.steps) >= self.limit:
             self.steps.pop(next(iter(self.steps)))
         static_frames, static_query = frames.clone(), query.clone()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            context = memory._step(static_frames, static_query, proj_key, proj_value, num_heads)
-        buffers = memory._buffers
-        self.steps[key] = CapturedStep(graph, static_frames, static_query, context, buffers["coef"],
-                                       buffers["sticky_stats"])
+        with CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            context, coef, stats = memory.compute(static_frames, static_query, proj_key, proj_value, num_heads)
+            memory.commit(static_frames, static_query, context, coef, stats)
+            context = context if context.dtype == query.dtype else context.to(query.dtype)
+        self.steps[signature(frames, query, proj_key, proj_value, num_heads)] = CapturedStep(
+            graph, static_frames, static_query, context, memory.coef, memory.sticky_stats)

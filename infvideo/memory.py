@@ -1,28 +1,23 @@
 """`LongTermMemory`: the ∞-Video continuous-time memory of S video streams as an nn.Module."""
 from __future__ import annotations
 
-import functools
+import warnings
 
 import torch
 from torch import nn
 
 from . import _checks, state_checks
 from ._lru import LRUCache
-from .backends import backend_for, resolve_backend
+from .backends import FUSED, backend_for, resolve_backend
 from .config import MemoryConfig
-from .graphs import StepGraphs, signature
-from .graphs import capturing as _capturing
-from .graphs import eligible as graphs_eligible
-from .graphs import traced as _traced
-from .launch_plans import StepPlans
+from .finite_check import NAMES, OUTCOME, DeviceCheck
+from .finite_check import FRAMES as FRAMES_FLAG
+from .finite_check import QUERY as QUERY_FLAG
+from .graphs import StepGraphs, traced
 from .ops import fused_step, step_constants
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
 from .reference.step import attend, consolidate_chunk
-
-
-# Backends whose steps run on fused ops (infvideo.ops.fused_step); "torch" is the reference.
-FUSED_BACKENDS = ("triton", "cuda", "cpu")
 
 
 def _needs_grad(*inputs) -> bool:
@@ -45,14 +40,14 @@ def _drops_frames(cfg: MemoryConfig, length: int, first: bool, later: bool) -> b
     return any(isinstance(fit, SegmentedFit) and fit.frame_keep is not None for fit in fits)
 
 
-def _store(buffers: dict, name: str, value: torch.Tensor, traced: bool) -> None:
-    current = buffers[name]
-    if value is current:
-        return
-    if traced and current.shape == value.shape and current.dtype == value.dtype:
-        current.copy_(value)
-    else:
-        buffers[name] = value
+def _outcome_error(projections: tuple, when: str) -> None:
+    """Raises for a step whose frames and query were finite but whose context or sticky statistic
+    was not: names a projection parameter holding NaN or Inf (looked at only now, so a good step
+    never reads them), else the overflowing scores."""
+    _checks.parameters_finite(list(zip(("proj_key", "proj_value"), projections)))
+    raise ValueError(f"frames and query are finite but the step's context or sticky statistics are not (NaN or "
+                     f"Inf){when}: their values are too large and the attention scores overflow, or a projection "
+                     "returns NaN or Inf; the memory is unchanged")
 
 
 class LongTermMemory(nn.Module):
@@ -75,35 +70,46 @@ class LongTermMemory(nn.Module):
         preset: ``"exact"`` (exact integrals and positions) or ``"paper"`` (bit-level behaviour of
             the published code: trapezoid on its grid, float32 positions and bin bounds).
         quad_points: T ≥ 2, trapezoid points for smooth bases (and the paper preset's grid).
-        backend: ``"auto"`` (Triton on CUDA tensors, the C++ kernels on CPU tensors where the
-            extension is built, else the torch reference), ``"torch"``, ``"triton"``, ``"cuda"``
-            or ``"cpu"`` (the csrc kernels); INFVIDEO_BACKEND overrides ``"auto"``. The fused
-            backends are forward-only: a step that autograd must see (grad enabled and an input or
-            projection that requires grad) runs on the differentiable reference.
+        backend: a name of ``infvideo.backends`` (``"auto"``, ``"torch"``, ``"triton"``,
+            ``"cuda"``, ``"cpu"``); ``"auto"`` picks per device (Triton on CUDA tensors, the C++
+            kernels on CPU tensors where the extension is built, else the torch reference) and
+            INFVIDEO_BACKEND overrides it. The fused backends are forward-only: a step that
+            autograd must see (grad enabled and an input or projection that requires grad) runs on
+            the differentiable reference.
         density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
             softmax moments; Gaussian basis only).
         generator: torch.Generator for ``multinomial`` / ``upstream`` sampling (without one they
             draw from torch's default generators). A step that raises leaves every generator it
             draws from as it was.
-        check_finite: commit a step only when it is finite: raise on NaN/Inf in frames, query
-            or a projection's parameters (named as such), and on a context or sticky statistic
-            that overflows from finite inputs, leaving the memory as it was (one host
-            synchronisation per step; skipped under torch.compile and while a CUDA graph is
-            captured). Turn off to keep the host asynchronous.
+        check_finite: commit a step only when it is finite (below): ``True``, ``"async"`` (the
+            device-flag form on every device, CPU included) or ``False``. Skipped under torch.compile.
         cuda_graphs: replay eager CUDA steps from CUDA graphs the memory captures itself
-            (``infvideo.graphs``): after two eager steps at a signature (shapes, dtypes, device,
-            projection weights), later calls there copy the inputs into the graph, replay it and
-            return a copy of its output, which removes most of a small step's host cost. Used
-            for fused backends, with ``check_finite=False``, no autograd, every stream filled and
-            chunks of at most 64 MiB (a few streams: larger steps are bound by the GPU, and the
-            input copy would cost more than it saves); other calls run eagerly.
-        launch_plans: launch eager CUDA steps from C++ (``infvideo.launch_plans``): at the second
-            full step of a signature the memory records the step's kernel launches and K/V
-            product, and later calls there launch the same kernels with the new tensors from C++,
-            without Python per kernel (bit-identical results, no copies, any size). Used for the
-            Triton backend with rectangular bins, the exact preset and the quantile or uniform
-            sampler, no autograd and every stream filled, where the extension is built with
-            CUDA; other calls run from Python.
+            (``infvideo.graphs``, the default), which removes most of a small step's host cost: an
+            eager step that starts and ends with every stream filled is captured once at its
+            signature (shapes, dtypes, device, projection weights), and later calls there copy the
+            inputs into the graph, replay it and return a copy of its output. Used for fused
+            backends, no autograd, every stream filled, a sampler without a host generator and
+            chunks of at most 64 MiB (larger steps are bound by the GPU, and the input copy would
+            cost more than it saves); other calls run eagerly.
+        launch_plans: ignored, with a FutureWarning (the C++ launch plans it chose were removed).
+
+    The finiteness check looks at the frames (through the new coefficients, which every frame a
+    fit uses reaches), the query, and the step's outcome (context and sticky statistic), and
+    commits nothing when one holds NaN or Inf. The error is a ``ValueError`` naming ``frames`` or
+    ``query``; a non-finite outcome from finite inputs names a projection parameter that holds
+    NaN or Inf, else says the scores overflowed.
+
+    - Synchronous (CPU tensors, and every step that draws from a generator): the step raises
+      before anything changes, generators included (one host synchronisation per step).
+    - Asynchronous (other CUDA steps, and everywhere with ``check_finite="async"``): the step
+      never waits for the device, so it can be replayed from a graph. It commits its
+      coefficients, statistic and fill state through a device flag, so a step with a non-finite
+      input, and every step after it until the error is raised, leaves the state as it was before
+      that step; its context is returned as computed. The error is raised by the first call that
+      finds the flag up (normally the next one: the device copies the flag to the host after
+      each step) and by :meth:`synchronize`, which waits for the device; raising clears the flag,
+      and the memory goes on from the state before the failed step. Call ``synchronize()`` where
+      an error must surface at once (e.g. before saving a ``state_dict``).
 
     Compiling (``torch.compile(memory, fullgraph=True)``) and capturing a CUDA graph both need one
     eager step first (it puts the constants on the device), and then drive the memory only
@@ -131,8 +137,8 @@ class LongTermMemory(nn.Module):
                  ridge: float = 0.5, basis: str = "rectangular", sigmas=(0.005, 0.01),
                  sticky: bool = True, sampling: str = "quantile", preset: str = "exact",
                  quad_points: int = 1000, backend: str = "auto", *, density: str = "gibbs",
-                 generator: torch.Generator | None = None, check_finite: bool = True, cuda_graphs: bool = False,
-                 launch_plans: bool = True):
+                 generator: torch.Generator | None = None, check_finite: bool | str = True,
+                 cuda_graphs: bool = True, launch_plans=None):
         super().__init__()
         self.config = MemoryConfig(num_basis, tau, past_samples, ridge, basis, tuple(sigmas)
                                    if isinstance(sigmas, (list, tuple)) else sigmas, sticky,
@@ -141,27 +147,28 @@ class LongTermMemory(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+        if not (isinstance(check_finite, bool) or check_finite == "async"):
+            raise ValueError(f"check_finite must be True, False or 'async', got {check_finite!r}")
         self.check_finite = check_finite
+        if launch_plans is not None:
+            warnings.warn("LongTermMemory(launch_plans=...) is ignored: the C++ launch plans were removed, and the "
+                          "memory's own CUDA graphs (cuda_graphs=True, the default) take their place",
+                          FutureWarning, stacklevel=2)
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
         self._graphs = StepGraphs() if cuda_graphs else None
-        if not isinstance(launch_plans, bool):
-            raise TypeError(f"launch_plans must be a bool, got {type(launch_plans).__name__}")
-        # Only steps of rectangular bins with the exact preset and a deterministic sampler run
-        # the fused kernels alone (the recorder would refuse the others); other memories skip
-        # the plans' per-call signature.
-        plannable = (self.config.basis == "rectangular" and self.config.preset == "exact"
-                     and (not self.config.sticky or self.config.sampling == "quantile"))
-        self._plans = StepPlans() if launch_plans and plannable else None
         # Host-side mirror of `filled` ("empty", "full" or "mixed") so a step never reads the
         # device to know which streams hold a video.
         self._fill = "empty"
-        # Per device: the backend a call there uses, and the fused step's constants per chunk
-        # length. Filled by eager calls; a compiled or captured step only reads them.
+        # Per device: the backend a call there uses, the fused step's constants per chunk length,
+        # and the asynchronous finiteness check. Filled by eager calls; a compiled or captured
+        # step only reads them.
         self._backends: dict = {}
         self._step_constants = LRUCache(64)  # the 64 most recent (chunk length, device) keys
+        self._device_checks: dict = {}
+        # Whether a fit leaves frames out, per (chunk length, fill state): hashing the
+        # configuration to ask the fits' caches costs more host time than a small step's kernels.
+        self._drops_frames = LRUCache(64)
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
@@ -182,9 +189,41 @@ class LongTermMemory(nn.Module):
         """The current coefficients B [S, N, e] (rows of empty streams are zero); None while empty."""
         return None if self._fill == "empty" else self.coef
 
+    @property
+    def is_full(self) -> bool:
+        """Every stream holds a video (known on the host, without reading the device)."""
+        return self._fill == "full"
+
+    def backend_on(self, device: torch.device) -> str:
+        """The concrete backend of this memory's steps on ``device`` tensors (``infvideo.backends``)."""
+        backend = self._backends.get(device)
+        if backend is None:
+            backend = self._backends[device] = backend_for(self.backend, device)
+        return backend
+
     def _sync_fill(self) -> None:
         filled = self.filled
         self._fill = ("empty" if not bool(filled.any()) else "full" if bool(filled.all()) else "mixed")
+
+    def synchronize(self) -> None:
+        """Waits for this memory's CUDA steps and raises the error of one whose input was not finite."""
+        for device in self._device_checks:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        self.raise_failed_check()
+
+    def raise_failed_check(self, projections: tuple = ()) -> None:
+        """Raises the error of an earlier asynchronously checked step that was not finite, as far
+        as the host has seen it (without waiting: :meth:`synchronize` waits). ``projections``:
+        (proj_key, proj_value), looked at when only that step's outcome was not finite."""
+        for check in self._device_checks.values():
+            flag = check.failed()
+            if flag is not None:
+                self._sync_fill()
+                later = " (in a step since the last check; the memory kept its state from before that step)"
+                if NAMES[flag] is not None:
+                    raise ValueError(f"{NAMES[flag]} contains NaN or Inf{later}")
+                _outcome_error(projections, later)
 
     def reset(self, streams=None) -> None:
         """Empty the memory (a new video); ``streams`` (indices or a bool mask) empties only those."""
@@ -214,7 +253,12 @@ class LongTermMemory(nn.Module):
         self.sticky_stats[index] = 0
         self._sync_fill()
 
-    def _check(self, frames, query, proj_key, proj_value, num_heads):
+    def check(self, frames, query, proj_key, proj_value, num_heads):
+        """Checks a step's inputs against each other and the memory (host metadata only), and raises
+        the error of an earlier step whose input the device found non-finite; returns frames, query."""
+        if self._device_checks and not torch.compiler.is_compiling():
+            # A compiled step reads no host flag (nor does it check or commit through one).
+            self.raise_failed_check((proj_key, proj_value))
         frames = _checks.tensor("frames", frames, (3, 4, 5))
         query = _checks.tensor("query", query, (3,))
         if query.device != frames.device:
@@ -250,46 +294,28 @@ class LongTermMemory(nn.Module):
         proj_value: the Q-former's key/value Linear layers (e → D); num_heads: H, D % H == 0.
         Returns the LTM context [S, Q, D] in the query's dtype.
         """
-        graphs, plans = self._graphs, self._plans
-        key = plan_key = None
-        if isinstance(frames, torch.Tensor) and isinstance(query, torch.Tensor):
-            if graphs is not None:
-                key = signature(frames, query, proj_key, proj_value, num_heads)
-                context = graphs.replay(self, key, frames, query)
-                if context is not None:
-                    return context
-            if plans is not None and frames.is_cuda and not torch.compiler.is_compiling():
-                plan_key = (key or signature(frames, query, proj_key, proj_value, num_heads),
-                            frames.data_ptr() & 15, query.data_ptr() & 15)
-                context = plans.run(self, plan_key, frames, query, (proj_key, proj_value))
-                if context is not None:
-                    return context
-        was_full = self._fill == "full"
-        frames, query = self._check(frames, query, proj_key, proj_value, num_heads)
+        graphs = self._graphs
+        if graphs is not None:  # a step captured at these inputs' signature (checked when captured)
+            context = graphs.replay(self, frames, query, proj_key, proj_value, num_heads)
+            if context is not None:
+                return context
+        was_full = self.is_full
+        frames, query = self.check(frames, query, proj_key, proj_value, num_heads)
         # A rejected step leaves the samplers' generators as they were, so that the next good
         # step draws what it would have drawn without the bad call.
         draws = [(generator, generator.get_state()) for generator in self._sampling_generators(frames.device)]
         try:
-            if plan_key is not None and was_full and plans.wants(self, plan_key, frames):
-                step = functools.partial(self._compute, frames, query, proj_key, proj_value, num_heads)
-                context = plans.record(self, plan_key, step, frames, query, (proj_key, proj_value))
-            else:
-                context = self._step(frames, query, proj_key, proj_value, num_heads)
+            context, coef, stats = self.compute(frames, query, proj_key, proj_value, num_heads)
+            self.commit(frames, query, context, coef, stats, (proj_key, proj_value), synchronous=bool(draws))
         except BaseException:
             for generator, state in draws:
                 generator.set_state(state)
             raise
-        # Captured after an eager step of the same kind (memory full before and after), so that
-        # every kernel the graph records has been compiled and run once already.
-        if graphs is not None and was_full and graphs_eligible(self, frames, proj_key, proj_value):
-            graphs.capture(self, key, frames, query, proj_key, proj_value, num_heads)
-        return context
-
-    def _step(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int) -> torch.Tensor:
-        """One step on checked inputs (the body of ``forward``, and what a captured graph records)."""
-        fill = self._fill
-        context, coef, stats = self._compute(frames, query, proj_key, proj_value, num_heads)
-        return self._finish(frames, query, context, coef, stats, fill, _traced(frames.device), (proj_key, proj_value))
+        if graphs is not None and was_full:
+            # Captured after an eager step of the same kind (memory full before and after), so
+            # that every kernel the graph records has been compiled and run once already.
+            graphs.capture(self, frames, query, proj_key, proj_value, num_heads)
+        return context if context.dtype == query.dtype else context.to(query.dtype)
 
     def snapshot(self) -> tuple:
         """A copy of everything a step changes (the buffers, the fill state and the generators the
@@ -320,7 +346,7 @@ class LongTermMemory(nn.Module):
         for the upstream sampler also torch's default CPU generator (``sticky.upstream_samples``)."""
         cfg = self.config
         if not cfg.sticky or cfg.sampling not in ("multinomial", "upstream") or self._fill == "empty" \
-                or _traced(device):
+                or traced(device):
             return []
         own = self.generator
         if own is not None:
@@ -335,72 +361,100 @@ class LongTermMemory(nn.Module):
             used.append(torch.default_generator)
         return used
 
-    def _compute(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int):
-        """(context, new coefficients, new statistic) of a step on checked inputs; changes nothing
-        (what a launch plan records)."""
-        backend = self._backends.get(frames.device)
-        if backend is None:
-            backend = self._backends[frames.device] = backend_for(self.backend, frames.device)
+    def compute(self, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, num_heads: int):
+        """(context, new coefficients, new statistic or None) of a step on checked inputs; changes nothing."""
+        backend = self.backend_on(frames.device)
         dtype = torch.float64 if torch.float64 in (frames.dtype, query.dtype) else torch.float32
         past = None if self._fill == "empty" else self.coef
         filled = self.filled if self._fill == "mixed" else None
         stats = None if self._fill == "empty" else self.sticky_stats
-        if backend in FUSED_BACKENDS and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
+        if backend in FUSED and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
             key = (frames.shape[1], frames.device)
             consts = self._step_constants.get(key)
             if consts is None:
                 consts = self._step_constants[key] = step_constants(self.config, *key)
             return fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads, past, filled, stats,
-                              self.generator, keep_stats=self.config.sticky, stats_in_place=_capturing(frames.device),
-                              backend=backend)
+                              self.generator, keep_stats=self.config.sticky, backend=backend)
         coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
         context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
                                 keep_stats=self.config.sticky)
         return context, coef, stats
 
-    def _finish(self, frames: torch.Tensor, query: torch.Tensor, context: torch.Tensor, coef: torch.Tensor,
-                stats: torch.Tensor | None, fill: str, traced: bool, projections: tuple = ()) -> torch.Tensor:
-        """Checks a computed step (``fill``: the memory's fill state it started from; ``traced``:
-        inside torch.compile or a capture; ``projections``: (proj_key, proj_value), named when
-        their parameters are what made the step non-finite) and commits it; returns the context
-        in the query's dtype."""
-        if self.check_finite and not traced:
-            # Non-finite frames reach the new coefficients, so one small reduction each (and one
-            # host synchronisation for all) covers them, the query, and what the step commits or
-            # returns besides the coefficients, before any state changes; only frames that a fit
-            # leaves out (paper preset) need a look of their own.
-            named = [("frames", coef), ("query", query)]
-            if _drops_frames(self.config, frames.shape[1], fill != "full", fill != "empty"):
-                named.append(("frames", frames))
-            named.append((None, context))
-            if stats is not None:
-                named.append((None, stats))
-            bad = _checks.nonfinite([value for _, value in named])
-            if bad is not None:
-                if named[bad][0] is not None:
-                    raise ValueError(f"{named[bad][0]} contains NaN or Inf")
-                # Finite inputs, non-finite outcome: a projection's parameters (looked at only
-                # now, so a good step never reads them), else the scores overflowed.
-                _checks.parameters_finite(list(zip(("proj_key", "proj_value"), projections)))
-                raise ValueError("frames and query are finite but the step's context or sticky statistics are "
-                                 "not (NaN or Inf): their values are too large and the attention scores overflow, "
-                                 "or a projection returns NaN or Inf; the memory is unchanged")
-        self._commit(coef.detach(), stats, traced)
-        return context if context.dtype == query.dtype else context.to(query.dtype)
+    def commit(self, frames: torch.Tensor, query: torch.Tensor, context: torch.Tensor, coef: torch.Tensor,
+               stats: torch.Tensor | None, projections: tuple = (), synchronous: bool = False) -> None:
+        """Makes a computed step the memory's state, after the finiteness check (class docstring;
+        ``projections``: (proj_key, proj_value), named when their parameters made the outcome
+        non-finite; ``synchronous``: check on the host wherever ``check_finite`` is True).
 
-    def _commit(self, coef: torch.Tensor, stats: torch.Tensor | None, traced: bool) -> None:
-        # Eager steps swap the new tensors in. Under capture or compilation (``traced``) they are
-        # copied into the existing buffers instead, so each replay updates the memory the next
-        # replay reads. nn.Module.__setattr__ is bypassed: it costs more than the rest of a small step.
-        buffers = self._buffers
-        _store(buffers, "coef", coef, traced)
-        if self._fill != "full":
-            buffers["filled"] = torch.ones(coef.shape[0], dtype=torch.bool, device=coef.device)
-            self._fill = "full"
+        Eager steps swap the new tensors in; inside torch.compile or a CUDA graph capture they are
+        copied into the existing buffers, so each replay updates the memory the next one reads."""
+        coef = coef.detach()
+        streams, device = coef.shape[0], coef.device
+        in_place = traced(device)
+        if stats is None and self.sticky_stats.shape[0] != streams:
+            stats = torch.zeros(streams, 1, self.config.sticky_bins, device=device)
+        # A full memory stays full whatever this step does: only a first (or partial) fill writes `filled`.
+        filled = None if self._fill == "full" else torch.ones(streams, dtype=torch.bool, device=device)
+        if self.check_finite and not torch.compiler.is_compiling():
+            # Non-finite frames reach the new coefficients, so one small reduction covers them, the
+            # query and the outcome; only frames that a fit leaves out (paper preset) need a look
+            # of their own.
+            named = [(FRAMES_FLAG, coef), (QUERY_FLAG, query)]
+            drops_key = (frames.shape[1], self._fill)
+            drops = self._drops_frames.get(drops_key)
+            if drops is None:
+                drops = self._drops_frames[drops_key] = _drops_frames(self.config, frames.shape[1], self._fill != "full",
+                                                                      self._fill != "empty")
+            if drops:
+                named.append((FRAMES_FLAG, frames))
+            named.append((OUTCOME, context))
+            if stats is not None:
+                named.append((OUTCOME, stats))
+            if self.check_finite is True and (synchronous or device.type != "cuda") and not in_place:
+                bad = _checks.nonfinite([value for _, value in named])
+                if bad is not None:
+                    if NAMES[named[bad][0]] is not None:
+                        raise ValueError(f"{NAMES[named[bad][0]]} contains NaN or Inf")
+                    _outcome_error(projections, "")
+            else:
+                coef, stats, filled = self._commit_if_finite(named, coef, stats, filled, in_place)
+        self._store("coef", coef, in_place)
         if stats is not None:
-            _store(buffers, "sticky_stats", stats, traced)
-        elif buffers["sticky_stats"].shape[0] != coef.shape[0]:
-            buffers["sticky_stats"] = torch.zeros(coef.shape[0], 1, self.config.sticky_bins, device=coef.device)
+            self._store("sticky_stats", stats, in_place)
+        if filled is not None:
+            self._store("filled", filled, in_place)
+            self._fill = "full"
+
+    def _commit_if_finite(self, named, coef, stats, filled, in_place: bool):
+        """The step's new state where everything the check looks at is finite, else the current one
+        (a device select; ``in_place``: written into the current buffers)."""
+        check = self._device_checks.get(coef.device)
+        if check is None:
+            check = self._device_checks[coef.device] = DeviceCheck(coef.device)
+        check.raise_flags(named)
+        pairs, chosen = [], []
+        for name, new in (("coef", coef), ("sticky_stats", stats), ("filled", filled)):
+            current = self._buffers[name]
+            if new is None:
+                chosen.append(None)
+                continue
+            if self._fill == "empty" or current.shape != new.shape or current.dtype != new.dtype:
+                current = torch.zeros_like(new)  # nothing committed before
+            out = current if in_place and current is self._buffers[name] else new
+            pairs.append((new, current, out))
+            chosen.append(out)
+        check.select(pairs)
+        return chosen
+
+    def _store(self, name: str, value: torch.Tensor, in_place: bool) -> None:
+        # nn.Module.__setattr__ is bypassed: it costs more than the rest of a small step.
+        current = self._buffers[name]
+        if value is current:
+            return
+        if in_place and current.shape == value.shape and current.dtype == value.dtype:
+            current.copy_(value)
+        else:
+            self._buffers[name] = value
 
     # The multinomial / upstream samplers' generator travels with the buffers as nn.Module's extra
     # state, so that a resumed memory draws exactly what the original would have drawn. A memory
@@ -416,6 +470,7 @@ class LongTermMemory(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         """Restores a generator saved by :meth:`get_extra_state` into ``generator``, creating one on
         the saved device when this memory has none (a generator's state is specific to its device type)."""
+        from . import state_checks  # only state loading needs it
         problem = state_checks.extra_state_problem(state, self.generator)
         if problem is not None:
             raise ValueError(problem)
@@ -428,12 +483,14 @@ class LongTermMemory(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.generator is None:
             destination.pop(prefix + "_extra_state", None)
+        from . import state_checks
         state_checks.stamp(destination, prefix, self.config)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # Everything is checked first (infvideo.state_checks), so a state that does not fit leaves
         # the memory as it was.
+        from . import state_checks
         names = state_checks.BUFFERS
         missing = [prefix + name for name in names if prefix + name not in state_dict]
         if strict and missing:

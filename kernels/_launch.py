@@ -44,19 +44,6 @@ def specialization_key(args, meta: dict) -> tuple:
     return (*[(a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor) else a for a in args], *meta.items())
 
 
-# While set, every launch on a GPU is also reported here as (compiled kernel, grid (x, y, z), the
-# kernel's arguments in declaration order): infvideo/launch_plans.py records a step's launches so
-# that C++ can replay them.
-_recorder = None
-
-
-def set_recorder(recorder):
-    """Report launches to ``recorder`` (None: stop); returns the previous one."""
-    global _recorder
-    previous, _recorder = _recorder, recorder
-    return previous
-
-
 # Keys are per shape; a program that sees ever new shapes should not grow the cache without end.
 MAX_CACHED = 512
 
@@ -100,8 +87,6 @@ class CachedLaunch:
             stream = _driver.active.get_current_stream(device.index)
             compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, None, None, None,
                          *self._ordered(args, meta))
-        if _recorder is not None:
-            _recorder(compiled, grid, self._ordered(args, meta))
 
 
 def _hooks_idle() -> bool:

@@ -3,8 +3,8 @@
 r_n = exp(a_n + log w_n) / (Σ_k exp(a_k + log w_k) + exp(log m_∅)), a = q·K_n/√d, is the exact
 integral of the Gibbs density over the bins (SPEC section 8); the optional null slot (score 0,
 weight m_∅) is the paper preset's trapezoid mass outside every bin. One program per (stream, head,
-block of 16 queries) — for one stream, 12 programs per head-only grid left the step waiting on
-7 µs of this kernel on the H100: pass 1 finds the running max and normaliser over N tiles, pass 2
+block of 16 queries) — for one stream, a head-only grid of 12 programs left the step waiting on
+this kernel: pass 1 finds the running max and normaliser over N tiles, pass 2
 forms the probabilities, accumulates the context Σ_n r_n V_n and writes each bin's attention mass
 summed over the block's queries, [S, H·QB, N], for the next sticky step (the samplers add groups). N is small (≤ a few thousand), so reading
 K twice costs less than holding the context rescaling of a one-pass online softmax.
@@ -120,45 +120,41 @@ def _slot_attention_kernel(
              acc.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])
 
 
-def query_block(q_len: int) -> int:
-    """Queries per program: 16, the smallest tile a tensor-core dot takes."""
-    return 16
+# The mass is summed over groups of this many queries per head: the op's output shape
+# (infvideo.ops: G = H·⌈Q/16⌉), and the smallest tile a tensor-core dot takes.
+QUERY_GROUP = 16
+
 
 
 _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
 
-
 @on_input_device
 def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
-                   slot_log_weight: torch.Tensor | None, null_log_weight: float | None,
-                   mass_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   slot_log_weight: torch.Tensor | None, null_log_weight: float | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the slot attention; inputs are checked by ``infvideo.ops``.
 
     query [S, Q, D], keys/values [S, N, D] (last strides 1, same dtype), slot_log_weight [N] fp32.
-    Returns the context [S, Q, D] (query's dtype) and the mass [S, H·QB, N] (fp32, summed over each
-    block of ``query_block(Q)`` queries), written into ``mass_out`` when that tensor fits (a CUDA
-    graph step writes the memory's statistic buffer in place instead of copying it there).
+    Returns the context [S, Q, D] (query's dtype) and the mass [S, H·⌈Q/16⌉, N] (fp32, summed over
+    each group of QUERY_GROUP queries).
     """
     s, q_len, model = query.shape
     n = keys.shape[1]
     d = model // num_heads
-    block_q = query_block(q_len)
+    block_q = QUERY_GROUP
     blocks = cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
-    mass = mass_out
-    if mass is None or mass.shape != (s, num_heads * blocks, n) or mass.dtype != torch.float32 or mass.stride(-1) != 1:
-        mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
+    mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
     block_d = max(16, next_power_of_2(d))
     # With many streams a program takes two blocks of queries, so each head's K and V are read
-    # half as often (H100, S = 64, bf16 K/V: 47.9 -> 31.0 µs; fp32: 168 -> 137); few streams keep
+    # half as often (H100, S = 64: about a third less time with bf16 K/V, a fifth with fp32); few streams keep
     # one block per program for more programs (S = 16 measured the same either way).
     groups = 2 if s >= 16 and blocks > 1 else 1
     warps = 4 * groups
     # A [BLOCK_Q, BLOCK_N] score tile of at most 1024 fp32 values per warp stays in registers;
     # when that covers every slot, K is read once (ONE_TILE).
     block_n = max(16, min(next_power_of_2(n), 1024 * warps // (block_q * groups)))
-    _launch_slot_attention(
-        (s, num_heads, cdiv(blocks, groups)),
+    _launch_slot_attention((s, num_heads, cdiv(blocks, groups)),
         query, keys, values, slot_log_weight if slot_log_weight is not None else keys, ctx, mass,
         q_len, n, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),

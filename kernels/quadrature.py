@@ -11,10 +11,10 @@ the context c = r·V is a second small batched product. With WRITE_DENSITY a sec
 samplers add groups up): queries are padded to a multiple of 16 so no block spans two heads.
 
 Rows from all heads share the basis tiles, so a tile's exponentials and the tensor-core products
-run on BLOCK_M rows at once. Measured at S = 16, N = 256, T = 1000 on an H200: 0.92 ms at 16 rows
-and 32 points per tile on 4 warps (the first version, one program per head with [16, 16] score
-tiles, took 2.0 ms; 32 rows with 32 points spilled, 15 ms); the two cuBLAS products of the
-reference's quadrature take 0.30 ms there, so the memory step keeps those (ops.step). The dots
+run on BLOCK_M rows at once. Measured at S = 16, N = 256, T = 1000 on an H200, 16 rows and 32
+points per tile on 4 warps was the fastest (half the time of one program per head with [16, 16]
+score tiles; 32 rows with 32 points spilled); the two cuBLAS products of the reference's
+quadrature still take about a third of its time there, so the memory step keeps those (ops.step). The dots
 use "tf32x3" (three tensor-core passes, float32 accuracy): |aᵀψ| reaches ~10², so the plain tf32
 error would move the exponent by 10⁻¹.
 """
@@ -96,14 +96,16 @@ def _quadrature_rows_kernel(
                      mask=mask_g[:, None] & mask_t[None, :])
 
 
-# Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them. block_q is
-# the density's query group (16: the fake kernel and the samplers rely on it), block_m the rows
-# of a program.
-CONFIG = {"block_q": 16, "block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3"}
+# The density is summed over groups of this many queries per head: the op's output shape
+# (infvideo.ops: G = H·⌈Q/16⌉), not a tile to tune.
+QUERY_GROUP = 16
+# Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them (block_m,
+# the rows of a program, is a multiple of QUERY_GROUP).
+CONFIG = {"block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3"}
+
 
 
 _launch_quadrature_rows = CachedLaunch(_quadrature_rows_kernel)
-
 
 @on_input_device
 def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
@@ -113,13 +115,13 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
 
     query [S, Q, D], keys/values [S, N, D] (last strides 1), mu/sigma [N], grid/log_weight [T] (fp32).
     Returns the context [S, Q, D] and Σ_q p(t_j) per head and block of 16 queries [S, H·QB, T]
-    (float32; [S, H·QB, 1] and unwritten unless write_density).
+    (float32; [S, H·QB, 1] zeros unless write_density).
     """
     s, q_len, model = query.shape
     n = keys.shape[1]
     t = grid.numel()
     d = model // num_heads
-    group = CONFIG["block_q"]
+    group = QUERY_GROUP
     padded = cdiv(q_len, group) * group
     qh = query.reshape(s, q_len, num_heads, d).transpose(1, 2).to(torch.float32)
     kh = keys.reshape(s, n, num_heads, d).transpose(1, 2).to(torch.float32)
@@ -129,14 +131,14 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     a = a.contiguous()
     rows = s * num_heads * padded
     r = torch.empty(s, num_heads, padded, n, device=query.device, dtype=torch.float32)
-    density = torch.empty(s, num_heads * padded // group, t if write_density else 1, device=query.device,
-                          dtype=torch.float32)
+    groups = num_heads * padded // group
+    density = (torch.empty(s, groups, t, device=query.device, dtype=torch.float32) if write_density
+               else torch.zeros(s, groups, 1, device=query.device, dtype=torch.float32))  # a defined placeholder
     block_n = max(16, next_power_of_2(n))
     # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.
     block_m = max(group, min(CONFIG["block_m"], 8192 // block_n))
     block_t = CONFIG["block_t"]
-    _launch_quadrature_rows(
-        (cdiv(rows, block_m),),
+    _launch_quadrature_rows((cdiv(rows, block_m),),
         a, mu, sigma, grid, log_weight, r, density,
         rows, n, t, q_len, padded, a.stride(2), r.stride(2), density.stride(1),
         # The CPU interpreter has no tensor cores to emulate: plain float32 there.

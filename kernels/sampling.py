@@ -5,9 +5,9 @@ in one tile, adds them in float64 (so the bins agree with the reference's float6
 the CDF and finds each sample's bin by a vectorised binary search over it (searchsorted, right
 side: the number of CDF values not above the level). Output is sorted by construction: levels
 increase with i. Kept apart from the consolidation so the CDF is not rebuilt in every program of
-that much larger grid. Measured on the H100 (K = 256, M = 512), kernel time at S = 1 / 16 / 64:
-4.2 / 4.4 / 6.0 µs, against 4.8 / 9.1 / 22.7 for counting with a [16, K] comparison per block of
-samples (one program per stream with a [512, 256] comparison tile spilled: 45 µs).
+that much larger grid. Measured on the H100 (K = 256, M = 512), the search beat counting with a
+[16, K] comparison per block of samples at every stream count, by up to 4x at S = 64 (one program
+per stream with a [512, 256] comparison tile spilled, several times slower still).
 """
 from __future__ import annotations
 
@@ -54,12 +54,12 @@ def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride
 
 
 # About two programs per SM of an H100: each program rebuilds its stream's CDF, so no more than
-# fill the GPU (one program per 16 samples, 2,048 at S = 64, took 41 µs with the older search).
+# fill the GPU (one program per 16 samples, 2,048 at S = 64, was several times slower).
 PROGRAMS_WANTED = 264
 
 
-_launch_quantile_bins = CachedLaunch(_quantile_bins_kernel)
 
+_launch_quantile_bins = CachedLaunch(_quantile_bins_kernel)
 
 @on_input_device
 def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -72,8 +72,7 @@ def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     blocks = cdiv(num_samples, block_m)
     # Enough programs to fill the GPU, and no more: each one rebuilds its stream's CDF.
     per_program = cdiv(blocks, min(blocks, cdiv(PROGRAMS_WANTED, s)))
-    _launch_quantile_bins(
-        (s, cdiv(blocks, per_program)),
+    _launch_quantile_bins((s, cdiv(blocks, per_program)),
         mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
         BLOCK_G=min(64, next_power_of_2(g)), BLOCK_K=block_k, BLOCK_M=block_m, SEARCH_STEPS=steps, num_warps=8)
     return out

@@ -60,9 +60,9 @@ def random_linear(in_features: int, out_features: int, seed: int, dtype=torch.fl
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖ / ‖b‖ in float64."""
-    a = a.detach().to(torch.float64)
-    b = b.detach().to(torch.float64)
+    """‖a − b‖ / ‖b‖ in float64 (on the CPU, so the two may live on different devices)."""
+    a = a.detach().to("cpu", torch.float64)
+    b = b.detach().to("cpu", torch.float64)
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
@@ -99,3 +99,50 @@ def assert_unchanged(memory, before: dict) -> None:
     for name, value in before.items():
         assert after[name].shape == value.shape and after[name].dtype == value.dtype, name
         assert torch.equal(after[name], value), f"{name} changed by a rejected call"
+
+
+# Which kernels exist here, for tests parametrised over backends (the registry of infvideo.backends).
+def _kernel_pairs() -> list[tuple[str, str]]:
+    from infvideo import backends
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    pairs = [("cpu", "cpu")] if "cpu" in backends.built() else []
+    pairs += [("cpu", "triton")] if backends.triton_runs_on(cpu) else []
+    if torch.cuda.is_available():
+        pairs += [("cuda", "triton")] if backends.triton_runs_on(cuda) else []
+        pairs += [("cuda", "cuda")] if "cuda" in backends.built() else []
+    return pairs
+
+
+# (device, backend) of every op kernel present: the C++ CPU one, Triton (the interpreter on the
+# CPU), and on a GPU Triton and the C++ CUDA one.
+OP_KERNELS = _kernel_pairs()
+CUDA = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def kernel_id(pair) -> str:
+    return "-".join(pair)
+
+
+def config_id(config: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items()) or "default"
+
+
+def kernel_cases(small: list, large: list = (), gpu: list = ()) -> list:
+    """(device, backend, case) triples for pytest.mark.parametrize: the ``small`` shapes on every
+    kernel, the ``large`` ones too except under the (slow) Triton interpreter, the ``gpu`` ones on
+    CUDA tensors."""
+    def cases(device, backend):
+        return [*small, *(large if (device, backend) != ("cpu", "triton") else ()), *(gpu if device == "cuda" else ())]
+    return [pytest.param(device, backend, case, id=f"{device}-{backend}-{case}")
+            for device, backend in OP_KERNELS for case in cases(device, backend)]
+
+
+def tokens_shape(streams, length, tokens, width):
+    return (streams, length, *tokens, width) if tokens else (streams, length, width)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[S, rows, H·d] -> [S, H, rows, d] in float32."""
+    s, rows, model = x.shape
+    return x.reshape(s, rows, heads, model // heads).transpose(1, 2).float()

@@ -6,7 +6,7 @@ convention) naming the argument; a rejected LongTermMemory-level call leaves ``c
 ``sticky_stats`` bit-identical and the next good call matches a twin that never saw it. Unusual but
 valid inputs (expanded / stride-0 and non-contiguous tensors, mixed dtypes) must give the result of
 the plain input: ``torch.equal`` where the same arithmetic runs, else within 1e-6 relative (same
-values, another summation order), and within the tolerances of tests/test_triton_ops.py of the
+values, another summation order), and within the tolerances of tests/test_backends.py of the
 torch reference.
 """
 from __future__ import annotations

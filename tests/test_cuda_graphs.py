@@ -1,4 +1,5 @@
-"""``LongTermMemory(cuda_graphs=True)``: steps replayed from captured graphs equal eager steps."""
+"""``LongTermMemory(cuda_graphs=True)`` (the default): steps replayed from captured graphs equal eager
+steps; the asynchronous finiteness check of CUDA steps (the memory's docstring)."""
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,8 @@ def _inputs(count, dtype=torch.float32, device="cuda", seed=0):
 
 
 def _pair(**kwargs):
-    plain = LongTermMemory(num_basis=20, past_samples=30, check_finite=False, **kwargs).cuda()
-    graphed = LongTermMemory(num_basis=20, past_samples=30, check_finite=False, cuda_graphs=True, **kwargs).cuda()
+    plain = LongTermMemory(num_basis=20, past_samples=30, cuda_graphs=False, **kwargs).cuda()
+    graphed = LongTermMemory(num_basis=20, past_samples=30, **kwargs).cuda()
     return plain, graphed
 
 
@@ -73,10 +74,10 @@ def test_replayed_output_is_a_copy():
     assert torch.equal(outs[3], kept) and not torch.equal(outs[3], outs[4])
 
 
-def test_cpu_steps_run_eagerly_and_flag_is_checked():
+def test_cpu_steps_run_eagerly_and_flags_are_checked():
     pk, pv = random_linear(E, D, seed=1), random_linear(E, D, seed=2)
     plain = LongTermMemory(num_basis=20, past_samples=30, backend="torch")
-    graphed = LongTermMemory(num_basis=20, past_samples=30, backend="torch", cuda_graphs=True)
+    graphed = LongTermMemory(num_basis=20, past_samples=30, backend="torch")
     frames, queries = _inputs(4, device="cpu")
     with torch.no_grad():
         for f, q in zip(frames, queries):
@@ -84,3 +85,48 @@ def test_cpu_steps_run_eagerly_and_flag_is_checked():
     assert not graphed._graphs.steps
     with pytest.raises(TypeError, match="cuda_graphs must be a bool"):
         LongTermMemory(cuda_graphs="yes")
+    with pytest.raises(ValueError, match="check_finite must be True, False or 'async'"):
+        LongTermMemory(check_finite="later")
+    with pytest.warns(FutureWarning, match="launch_plans"):  # the removed mechanism's switch
+        LongTermMemory(launch_plans=True)
+
+
+# CUDA steps check asynchronously by default; check_finite="async" runs the same device-flag
+# commit on the CPU.
+ASYNC_CASES = [("cpu", "async", False)] + ([("cuda", True, True), ("cuda", True, False)] if torch.cuda.is_available()
+                                            else [])
+
+
+@pytest.mark.parametrize("device,check,graphs", ASYNC_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("bad", ["frames", "query"])
+def test_non_finite_input_is_never_committed_and_raised_later(device, check, graphs, bad):
+    """A non-finite step (and the steps after it, until the error) leaves the state of before it;
+    the error comes from a later call or synchronize(), and the memory then goes on from there."""
+    pk, pv = random_linear(E, D, seed=1).to(device), random_linear(E, D, seed=2).to(device)
+    plain = LongTermMemory(num_basis=20, past_samples=30, cuda_graphs=False).to(device)
+    checked = LongTermMemory(num_basis=20, past_samples=30, check_finite=check, cuda_graphs=graphs).to(device)
+    frames, queries = _inputs(8, device=device)
+    with torch.no_grad():
+        for f, q in zip(frames[:4], queries[:4]):  # graphs: the fourth step replays
+            plain(f, q, pk, pv, H)
+            checked(f, q, pk, pv, H)
+        before = {name: value.clone() for name, value in checked.named_buffers()}
+        broken = (frames[4].clone(), queries[4].clone())
+        broken[0 if bad == "frames" else 1].view(-1)[7] = float("nan")
+        error = None
+        for f, q in (broken, (frames[5], queries[5])):  # the second may run before the host sees the flag
+            try:
+                checked(f, q, pk, pv, H)
+            except ValueError as err:
+                error = err
+                break
+        if error is None:
+            with pytest.raises(ValueError) as caught:
+                checked.synchronize()
+            error = caught.value
+        assert f"{bad} contains NaN or Inf" in str(error)
+        for name, value in checked.named_buffers():
+            assert torch.equal(value, before[name]), f"{name} changed by a non-finite step"
+        checked.synchronize()  # the error was raised once
+        for f, q in zip(frames[4:], queries[4:]):  # from the state before the failed step, as plain
+            torch.testing.assert_close(checked(f, q, pk, pv, H), plain(f, q, pk, pv, H), rtol=1e-6, atol=1e-6)

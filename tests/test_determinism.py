@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import traceback
 
 import pytest
 import torch
@@ -109,8 +110,8 @@ def test_threads_with_different_configurations(round_, backend, projections):
             memory = LongTermMemory(backend=backend, **configs[jobs[j]]).to(DEVICE)
             start.wait()
             threaded[j] = _run(memory, chunks[jobs[j]], projections)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append((jobs[j], err))
+        except BaseException:  # noqa: BLE001 - reported below, with the thread's traceback
+            errors.append((jobs[j], traceback.format_exc()))
 
     threads = [threading.Thread(target=work, args=(j,)) for j in range(len(jobs))]
     sys.setswitchinterval(1e-6)

@@ -20,7 +20,7 @@ its only frame and read its only past sample at t = 1 (zero):
   numbers in float64): 32 ulp of the dtype, 3.1e-2 (float16) and 1.25e-1 (bfloat16): the
   projections and scores run in that dtype. Seen over 4000 examples: ≤ 7e-2 (bfloat16, few
   output columns, Gaussian basis), ≤ 3.2e-2 (bfloat16, rectangular). Each chunk starts from the reference's state
-  (load_state_dict), as in tests/test_triton_ops.py: half-precision scores move the quantile
+  (load_state_dict), as in tests/test_backends.py: half-precision scores move the quantile
   sample bins, which would compound over the chunks into differences no tolerance describes.
 Under the paper preset a past sample can fall in the float32 gap between two bins (e.g. N = 7,
 M = 7, τ = 0.5: t = 1/7); every backend drops it, as the published code does
@@ -41,7 +41,7 @@ from conftest import random_linear
 from infvideo import LongTermMemory
 from infvideo.backends import available_backends
 from infvideo.config import MemoryConfig
-from infvideo.ops import _triton
+from infvideo.backends import triton_runs_on
 from infvideo.reference.fit import SegmentedFit, consolidation_fit
 
 CUDA = torch.cuda.is_available()
@@ -139,7 +139,7 @@ def test_paper_past_sample_between_bins():
     gen = torch.Generator().manual_seed(0)
     pk, pv = random_linear(4, 4, 1), random_linear(4, 4, 2)
     chunks = [(torch.randn(1, 1, 4, generator=gen), torch.randn(1, 2, 4, generator=gen)) for _ in range(2)]
-    backends = ["torch"] + (["triton"] if _triton.usable("cpu") else [])
+    backends = ["torch"] + (["triton"] if triton_runs_on(torch.device("cpu")) else [])
     outs = []
     for name in backends:
         memory = LongTermMemory(backend=name, **cfg)

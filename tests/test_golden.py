@@ -8,7 +8,7 @@ import torch
 
 import infvideo.reference as ref
 from infvideo import LongTermMemory
-from conftest import make_linear
+from conftest import OP_KERNELS, kernel_id, make_linear
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
@@ -44,15 +44,14 @@ def test_golden_chunk_after_chunk(golden):
         _close(hist, g["sticky_bin_probs"][chunk], f"sticky_bin_probs, chunk {chunk}")
 
 
-def test_golden_through_fused_backend(golden):
-    """The same cases through backend="triton" (CUDA, or the CPU interpreter for the small cases)."""
-    pytest.importorskip("triton")
+@pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)
+def test_golden_through_fused_backend(golden, device, backend):
+    """The same cases through every fused backend present (the CPU interpreter takes N <= 64)."""
     g = golden
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu" and g["N"] > 64:
-        pytest.skip("the CPU interpreter takes the cases with N <= 64; the GPU takes all")
+    if (device, backend) == ("cpu", "triton") and g["N"] > 64:
+        pytest.skip("the CPU interpreter takes the cases with N <= 64; the other kernels take all")
     memory = LongTermMemory(num_basis=g["N"], tau=g["tau"], past_samples=g["past_samples"], ridge=g["ridge"],
-                            sticky=False, preset="paper", quad_points=g["quad_points"], backend="triton").to(device)
+                            sticky=False, preset="paper", quad_points=g["quad_points"], backend=backend).to(device)
     proj_key = make_linear(g["w_key"], g["b_key"]).to(device)
     proj_value = make_linear(g["w_value"], g["b_value"]).to(device)
     for chunk, (frames, query) in enumerate(zip(g["frames"], g["queries"])):

@@ -19,6 +19,11 @@ def _dtype(backend: str) -> torch.dtype:
     return torch.float64 if backend == "torch" else torch.float32
 
 
+def _device(backend: str) -> torch.device:
+    """Triton runs on CUDA tensors where there is a GPU (else in its interpreter, on the CPU)."""
+    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
+
+
 def _rect_fit(x: torch.Tensor, n: int, ridge: float) -> torch.Tensor:
     """B_n = Σ_{j: ⌊(j + ½)N/L⌋ = n} X_j / (c_n + λ), written by hand in float64: [S, N, d]."""
     length = x.shape[1]
@@ -51,12 +56,12 @@ def test_rectangular_update_matches_closed_form(backend, length, n, iterations):
     x = _patterns(3, length, 6, seed=length + n)
     q = _patterns(3, 4, 6, seed=99)
     beta, ridge = 0.7, 0.25
-    dtype = _dtype(backend)
+    dtype, device = _dtype(backend), _device(backend)
     memory = ContinuousHopfield(n, beta=beta, iterations=iterations, ridge=ridge, backend=backend)
-    memory.store(x.to(dtype))
+    memory.store(x.to(device, dtype))
     coef = _rect_fit(x, n, ridge)
     assert rel_err(memory.coefficients, coef) < TOL[dtype]
-    out = memory.retrieve(q.to(dtype))
+    out = memory.retrieve(q.to(device, dtype))
     assert out.shape == q.shape and out.dtype == dtype
     assert rel_err(out, _rect_update(q, coef, beta, iterations)) < TOL[dtype]
 
@@ -65,12 +70,12 @@ def test_rectangular_update_matches_closed_form(backend, length, n, iterations):
 def test_unbatched_and_shared_memory(backend):
     x = _patterns(1, 9, 5, seed=3)
     q = _patterns(4, 2, 5, seed=4)
-    dtype = _dtype(backend)
+    dtype, device = _dtype(backend), _device(backend)
     memory = ContinuousHopfield(4, beta=2.0, backend=backend)
-    memory.store(x[0].to(dtype))  # [L, d]: one memory, shared by every batch of queries
+    memory.store(x[0].to(device, dtype))  # [L, d]: one memory, shared by every batch of queries
     expected = _rect_update(q, _rect_fit(x, 4, 1e-3), 2.0, 1)
-    assert rel_err(memory.retrieve(q.to(dtype)), expected) < TOL[dtype]
-    single = memory.retrieve(q[1].to(dtype))  # [Q, d] in, [Q, d] out
+    assert rel_err(memory.retrieve(q.to(device, dtype)), expected) < TOL[dtype]
+    single = memory.retrieve(q[1].to(device, dtype))  # [Q, d] in, [Q, d] out
     assert single.shape == (2, 5) and rel_err(single, expected[1]) < TOL[dtype]
 
 
@@ -99,8 +104,9 @@ def test_gaussian_update_matches_quadrature():
     if "triton" in available_backends():
         kernel = ContinuousHopfield(n, basis="gaussian", beta=beta, ridge=ridge, sigmas=sigmas,
                                     quad_points=4001, backend="triton")
-        kernel.store(x.float())
-        assert rel_err(kernel.retrieve(q.float()), density @ basis @ coef) < 1e-4
+        device = _device("triton")
+        kernel.store(x.to(device, torch.float32))
+        assert rel_err(kernel.retrieve(q.to(device, torch.float32)), density @ basis @ coef) < 1e-4
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -112,13 +118,13 @@ def test_fixed_point_on_separated_patterns(backend):
     x = torch.randint(0, 2, (length, d), generator=gen).to(torch.float64) * 2 - 1
     flip = torch.ones(length, d, dtype=torch.float64)
     flip[:, : d // 4] = -1
-    dtype = _dtype(backend)
+    dtype, device = _dtype(backend), _device(backend)
     for n in (length, 2 * length):
         retrieved = {}
         for iterations in (1, 2, 3):
             memory = ContinuousHopfield(n, beta=1.0, iterations=iterations, ridge=0.0, backend=backend)
-            memory.store(x.to(dtype))
-            retrieved[iterations] = memory.retrieve((x * flip).to(dtype))
+            memory.store(x.to(device, dtype))
+            retrieved[iterations] = memory.retrieve((x * flip).to(device, dtype))
         assert rel_err(retrieved[1], x) < 1e-6
         assert rel_err(retrieved[2], retrieved[3]) < TOL[dtype]
 
@@ -175,9 +181,10 @@ def test_bad_tensors_are_named(cls):
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_kernel_backends_refuse_float64(backend):
     memory = ContinuousHopfield(4, backend=backend)
-    memory.store(torch.ones(5, 3, dtype=torch.float64))
+    device = _device(backend)
+    memory.store(torch.ones(5, 3, dtype=torch.float64, device=device))
     with pytest.raises(TypeError, match="float32"):
-        memory.retrieve(torch.ones(2, 3, dtype=torch.float64))
+        memory.retrieve(torch.ones(2, 3, dtype=torch.float64, device=device))
 
 
 def test_exported_lazily():

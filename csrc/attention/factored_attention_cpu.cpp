@@ -1,4 +1,4 @@
-// CPU kernel of infvideo::factored_slot_attention_csrc: the slot attention of the CPU memory step
+// CPU kernel of infvideo::factored_slot_attention: the slot attention of the CPU memory step
 // with the key and value projections folded into the queries (SPEC section 8's algebra; see
 // infvideo/ops/factored_attention.py for when it applies). Per stream s, head h, query q:
 //
@@ -7,7 +7,7 @@
 //   context[q, h] = W_v,h (Σ_n r_n B_n) + b_v,h       ([d], written in place into [S, Q, D])
 //   mass[s, g, n] = Σ over the rows of group g (16 consecutive rows h·Q + q) of r[·, n]
 //
-// Why one op rather than four BLAS calls around slot_attention_csrc: each of those products,
+// Why one op rather than four BLAS calls around slot_attention: each of those products,
 // split over both cores by the BLAS, ran at about 70 GFLOP/s a core against 86 on one core alone
 // (2-core EPYC), and each paid its own fork and barrier. Here the work is split once, by stream
 // and range of heads, and every thread runs all four products of its share on the sequential
@@ -32,7 +32,7 @@
 namespace infvideo {
 namespace {
 
-constexpr const char* kOp = "infvideo::factored_slot_attention_csrc";
+constexpr const char* kOp = "infvideo::factored_slot_attention";
 
 struct FactoredShape {
   int64_t streams, queries, model, heads, head_dim, slots, width, groups;
@@ -208,5 +208,5 @@ std::tuple<at::Tensor, at::Tensor> factored_slot_attention_cpu(const at::Tensor&
 }  // namespace infvideo
 
 TORCH_LIBRARY_IMPL(infvideo, CPU, m) {
-  m.impl("factored_slot_attention_csrc", &infvideo::factored_slot_attention_cpu);
+  m.impl("factored_slot_attention", &infvideo::factored_slot_attention_cpu);
 }

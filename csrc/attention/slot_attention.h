@@ -27,7 +27,7 @@ struct AttentionShape {
 inline AttentionShape check_slot_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                                            int64_t num_heads, const std::optional<at::Tensor>& slot_log_weight,
                                            std::optional<double> null_log_weight) {
-  constexpr const char* op = "infvideo::slot_attention_csrc";
+  constexpr const char* op = "infvideo::slot_attention";
   check_tensor(query, op, "query", {3}, "[S, Q, D]");
   check_kernel_float(query, op, "query");
   check_tensor(keys, op, "keys", {3}, "[S, N, D]");
@@ -57,5 +57,17 @@ inline AttentionShape check_slot_attention(const at::Tensor& query, const at::Te
   return {query.size(0), query.size(1), model, num_heads, model / num_heads, keys.size(1),
           ceil_div(query.size(1), kQueryBlock)};
 }
+
+// The kernels (registered for the op's CPU / CUDA keys; called directly by infvideo.cpp).
+std::tuple<at::Tensor, at::Tensor> slot_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
+                                                    const at::Tensor& values, int64_t num_heads,
+                                                    const std::optional<at::Tensor>& slot_log_weight,
+                                                    std::optional<double> null_log_weight);
+#ifdef INFVIDEO_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> slot_attention_cuda(const at::Tensor& query, const at::Tensor& keys,
+                                                    const at::Tensor& values, int64_t num_heads,
+                                                    const std::optional<at::Tensor>& slot_log_weight,
+                                                    std::optional<double> null_log_weight);
+#endif
 
 }  // namespace infvideo

@@ -1,4 +1,4 @@
-// CPU kernel of infvideo::slot_attention_csrc (see slot_attention.h for the math).
+// CPU kernel of infvideo::slot_attention(see slot_attention.h for the math).
 //
 // The two products (scores Q·Kᵀ and context R·V) run on the BLAS through at::matmul; between
 // them one pass per row of scores, in place, turns scores into weights (scale, log-weights,
@@ -14,14 +14,13 @@
 #include "softmax_row.h"
 
 namespace infvideo {
-namespace {
 
 std::tuple<at::Tensor, at::Tensor> slot_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
                                                       const at::Tensor& values, int64_t num_heads,
                                                       const std::optional<at::Tensor>& slot_log_weight,
                                                       std::optional<double> null_log_weight) {
   const AttentionShape shape = check_slot_attention(query, keys, values, num_heads, slot_log_weight, null_log_weight);
-  TORCH_CHECK(query.device().is_cpu(), "infvideo::slot_attention_csrc: the CPU kernel got query on ", query.device());
+  TORCH_CHECK(query.device().is_cpu(), "infvideo::slot_attention: the CPU kernel got query on ", query.device());
   const auto [streams, queries, model, heads, head_dim, slots, query_blocks] = shape;
   // Heads as a batch dimension of views: [S, H, Q, d] and [S, H, d, N] / [S, H, N, d].
   const at::Tensor q = query.to(at::kFloat).view({streams, queries, heads, head_dim}).permute({0, 2, 1, 3});
@@ -56,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor> slot_attention_cpu(const at::Tensor& query, c
   return {context.to(query.scalar_type()), mass};
 }
 
-}  // namespace
 }  // namespace infvideo
 
-TORCH_LIBRARY_IMPL(infvideo, CPU, m) { m.impl("slot_attention_csrc", &infvideo::slot_attention_cpu); }
+TORCH_LIBRARY_IMPL(infvideo, CPU, m) {
+  m.impl("slot_attention", &infvideo::WithBackendArgument<decltype(infvideo::slot_attention_cpu), infvideo::slot_attention_cpu>::call);
+}

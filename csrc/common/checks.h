@@ -1,17 +1,29 @@
 // Argument checks shared by the CPU and CUDA kernels: each error names the op and the argument.
 //
 // The Python wrappers (infvideo/ops) check their inputs before calling; these checks are for
-// direct callers (torch.ops.infvideo.*_csrc, libtorch) so that a wrong shape, dtype or device
+// direct callers (torch.ops.infvideo.*, libtorch) so that a wrong shape, dtype or device
 // is an error and never an out-of-bounds read. They look at metadata only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
 
 #include <initializer_list>
 #include <string>
 
 namespace infvideo {
+
+// The kernel of an op whose schema (infvideo/ops/<op>.py) ends in `str backend`: that argument
+// picks the kernel before dispatch reaches this one (infvideo/ops/_library.py), which ignores it.
+// Register as m.impl("<op>", &WithBackendArgument<decltype(fn), fn>::call).
+template <typename Signature, Signature* kernel>
+struct WithBackendArgument;
+
+template <typename Result, typename... Args, Result (*kernel)(Args...)>
+struct WithBackendArgument<Result(Args...), kernel> {
+  static Result call(Args... args, c10::string_view /*backend*/) { return kernel(args...); }
+};
 
 inline std::string ranks_text(std::initializer_list<int64_t> ranks) {
   std::string text;

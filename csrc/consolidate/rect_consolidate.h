@@ -34,7 +34,7 @@ inline ConsolidateInputs prepare_rect_consolidate(const at::Tensor& frames, cons
                                                   const at::Tensor& past_idx, const at::Tensor& past_start,
                                                   const at::Tensor& frame_idx, const at::Tensor& frame_start,
                                                   const at::Tensor& scale, std::optional<at::ScalarType> cast_dtype) {
-  constexpr const char* op = "infvideo::rect_consolidate_csrc";
+  constexpr const char* op = "infvideo::rect_consolidate";
   check_tensor(frames, op, "frames", {3, 4, 5}, "[S, L, e], [S, L, T, e] or [S, L, h, w, e]");
   check_floating(frames, op, "frames");
   check_tensor(scale, op, "scale", {1}, "[N]");
@@ -102,5 +102,19 @@ inline std::tuple<at::Tensor, at::Tensor> consolidate_outputs(const ConsolidateI
   at::Tensor cast = cast_dtype.has_value() ? at::empty(shape, options.dtype(*cast_dtype)) : at::empty({0}, options);
   return {out, cast};
 }
+
+// The kernels (registered for the op's CPU / CUDA keys; called directly by infvideo.cpp).
+std::tuple<at::Tensor, at::Tensor> rect_consolidate_cpu(
+    const at::Tensor& frames, const std::optional<at::Tensor>& past, const std::optional<at::Tensor>& sample_bins,
+    const at::Tensor& past_idx, const at::Tensor& past_start, const at::Tensor& frame_idx,
+    const at::Tensor& frame_start, const at::Tensor& scale, bool frames_in_order, int64_t max_per_bin,
+    std::optional<at::ScalarType> cast_dtype);
+#ifdef INFVIDEO_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> rect_consolidate_cuda(
+    const at::Tensor& frames, const std::optional<at::Tensor>& past, const std::optional<at::Tensor>& sample_bins,
+    const at::Tensor& past_idx, const at::Tensor& past_start, const at::Tensor& frame_idx,
+    const at::Tensor& frame_start, const at::Tensor& scale, bool frames_in_order, int64_t max_per_bin,
+    std::optional<at::ScalarType> cast_dtype);
+#endif
 
 }  // namespace infvideo

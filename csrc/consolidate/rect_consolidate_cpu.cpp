@@ -1,4 +1,4 @@
-// CPU kernel of infvideo::rect_consolidate_csrc (see rect_consolidate.h for the math).
+// CPU kernel of infvideo::rect_consolidate(see rect_consolidate.h for the math).
 //
 // One pass over the tokens: every output row B[s, n] is summed in a small float32 buffer from
 // its own frames' tokens and sampled old rows, scaled, and written once (plus its cast copy), so
@@ -87,7 +87,7 @@ void store_scaled(T* __restrict dst, const float* __restrict acc, float scale, i
 // The kernel reads through these maps with plain pointers: out-of-range values are rejected
 // here, once (a few thousand integers), rather than read out of bounds.
 void check_map_values(const ConsolidateInputs& in) {
-  constexpr const char* op = "infvideo::rect_consolidate_csrc";
+  constexpr const char* op = "infvideo::rect_consolidate";
   const int64_t bins = in.scale.size(0), length = in.frames.size(1);
   const auto check_csr = [&](const at::Tensor& start, const at::Tensor& idx, int64_t limit, const char* start_name,
                              const char* idx_name, const char* what) {
@@ -188,6 +188,8 @@ void consolidate_cpu(const ConsolidateInputs& in, at::Tensor& out, at::Tensor& c
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> rect_consolidate_cpu(
     const at::Tensor& frames, const std::optional<at::Tensor>& past, const std::optional<at::Tensor>& sample_bins,
     const at::Tensor& past_idx, const at::Tensor& past_start, const at::Tensor& frame_idx,
@@ -196,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> rect_consolidate_cpu(
     std::optional<at::ScalarType> cast_dtype) {
   ConsolidateInputs in =
       prepare_rect_consolidate(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, cast_dtype);
-  TORCH_CHECK(in.frames.device().is_cpu(), "infvideo::rect_consolidate_csrc: the CPU kernel got frames on ",
+  TORCH_CHECK(in.frames.device().is_cpu(), "infvideo::rect_consolidate: the CPU kernel got frames on ",
               in.frames.device());
   check_map_values(in);
   auto [out, cast] = consolidate_outputs(in, cast_dtype);
@@ -205,7 +207,8 @@ std::tuple<at::Tensor, at::Tensor> rect_consolidate_cpu(
   return {out, cast};
 }
 
-}  // namespace
 }  // namespace infvideo
 
-TORCH_LIBRARY_IMPL(infvideo, CPU, m) { m.impl("rect_consolidate_csrc", &infvideo::rect_consolidate_cpu); }
+TORCH_LIBRARY_IMPL(infvideo, CPU, m) {
+  m.impl("rect_consolidate", &infvideo::WithBackendArgument<decltype(infvideo::rect_consolidate_cpu), infvideo::rect_consolidate_cpu>::call);
+}

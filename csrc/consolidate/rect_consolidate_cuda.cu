@@ -1,4 +1,4 @@
-// CUDA kernel of infvideo::rect_consolidate_csrc (see rect_consolidate.h for the math).
+// CUDA kernel of infvideo::rect_consolidate(see rect_consolidate.h for the math).
 //
 // One block per (bin n, stream s, 256 columns); each thread owns one column of B[s, n] and walks
 // the bin's frames' token rows and its sampled old rows: a warp reads 32 consecutive columns of
@@ -79,10 +79,12 @@ CastKind cast_kind_of(const at::Tensor& cast) {
     case at::kDouble: return CastKind::kDouble;
     case at::kHalf: return CastKind::kHalf;
     case at::kBFloat16: return CastKind::kBFloat16;
-    default: TORCH_CHECK(false, "infvideo::rect_consolidate_csrc: cast_dtype ", cast.scalar_type(), " is not supported");
+    default: TORCH_CHECK(false, "infvideo::rect_consolidate: cast_dtype ", cast.scalar_type(), " is not supported");
   }
   return CastKind::kNone;
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> rect_consolidate_cuda(
     const at::Tensor& frames, const std::optional<at::Tensor>& past, const std::optional<at::Tensor>& sample_bins,
@@ -112,7 +114,8 @@ std::tuple<at::Tensor, at::Tensor> rect_consolidate_cuda(
   return {out, cast};
 }
 
-}  // namespace
 }  // namespace infvideo
 
-TORCH_LIBRARY_IMPL(infvideo, CUDA, m) { m.impl("rect_consolidate_csrc", &infvideo::rect_consolidate_cuda); }
+TORCH_LIBRARY_IMPL(infvideo, CUDA, m) {
+  m.impl("rect_consolidate", &infvideo::WithBackendArgument<decltype(infvideo::rect_consolidate_cuda), infvideo::rect_consolidate_cuda>::call);
+}

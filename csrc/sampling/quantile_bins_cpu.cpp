@@ -1,4 +1,4 @@
-// CPU kernel of infvideo::quantile_bins_csrc (see quantile_bins.h).
+// CPU kernel of infvideo::quantile_bins(see quantile_bins.h).
 //
 // The bins must be bit-identical to the reference's (infvideo/reference/sticky.py), which adds
 // the groups and forms the CDF in float64 with torch's sum and cumsum: the same two ATen calls
@@ -11,11 +11,10 @@
 #include "quantile_bins.h"
 
 namespace infvideo {
-namespace {
 
 at::Tensor quantile_bins_cpu(const at::Tensor& mass, int64_t num_samples) {
   const at::Tensor groups = prepare_quantile_bins(mass, num_samples);
-  TORCH_CHECK(groups.device().is_cpu(), "infvideo::quantile_bins_csrc: the CPU kernel got mass on ",
+  TORCH_CHECK(groups.device().is_cpu(), "infvideo::quantile_bins: the CPU kernel got mass on ",
               groups.device());
   const at::Tensor cdf = groups.to(at::kDouble).sum(1).cumsum(-1).contiguous();
   const int64_t streams = cdf.size(0), bins = cdf.size(1);
@@ -39,7 +38,8 @@ at::Tensor quantile_bins_cpu(const at::Tensor& mass, int64_t num_samples) {
   return out;
 }
 
-}  // namespace
 }  // namespace infvideo
 
-TORCH_LIBRARY_IMPL(infvideo, CPU, m) { m.impl("quantile_bins_csrc", &infvideo::quantile_bins_cpu); }
+TORCH_LIBRARY_IMPL(infvideo, CPU, m) {
+  m.impl("quantile_bins", &infvideo::WithBackendArgument<decltype(infvideo::quantile_bins_cpu), infvideo::quantile_bins_cpu>::call);
+}

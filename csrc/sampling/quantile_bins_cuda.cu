@@ -1,4 +1,4 @@
-// CUDA kernel of infvideo::quantile_bins_csrc (see quantile_bins.h).
+// CUDA kernel of infvideo::quantile_bins(see quantile_bins.h).
 //
 // One block per stream: its threads add the groups of each bin in float64 (groups in order, as
 // the reference's sum over a handful of groups), one thread forms the CDF in order (K is a few
@@ -55,6 +55,8 @@ __global__ void __launch_bounds__(kThreads) quantile_bins_kernel(const mass_t* _
   }
 }
 
+}  // namespace
+
 at::Tensor quantile_bins_cuda(const at::Tensor& mass, int64_t num_samples) {
   const c10::cuda::CUDAGuard device_guard(mass.device());
   const at::Tensor groups = prepare_quantile_bins(mass, num_samples);
@@ -71,7 +73,8 @@ at::Tensor quantile_bins_cuda(const at::Tensor& mass, int64_t num_samples) {
   return out;
 }
 
-}  // namespace
 }  // namespace infvideo
 
-TORCH_LIBRARY_IMPL(infvideo, CUDA, m) { m.impl("quantile_bins_csrc", &infvideo::quantile_bins_cuda); }
+TORCH_LIBRARY_IMPL(infvideo, CUDA, m) {
+  m.impl("quantile_bins", &infvideo::WithBackendArgument<decltype(infvideo::quantile_bins_cuda), infvideo::quantile_bins_cuda>::call);
+}

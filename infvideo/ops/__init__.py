@@ -1,8 +1,10 @@
-"""The fused ops, registered as ``torch.ops.infvideo.*`` (each with a fake implementation).
+"""The fused ops, registered as ``torch.ops.infvideo.*`` (one schema and one fake each).
 
-Wrappers here take checked, public-shaped tensors and call the registered ops; the ops run the
-Triton kernels of ``infvideo.kernels`` on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1).
+Wrappers here check public-shaped tensors and call the registered ops, whose ``backend`` argument
+picks the Triton kernel or the C++/CUDA one of the tensors' device (``_library``,
+``infvideo.backends``).
 """
+from .. import backends
 from .quadrature_attention import quadrature_attention, quadrature_constants
 from .quantile_bins import quantile_bins
 from .rect_consolidate import RectPlan, plan_on, rect_consolidate, rect_plan
@@ -11,3 +13,6 @@ from .step import StepConstants, fused_step, step_constants
 
 __all__ = ["RectPlan", "StepConstants", "fused_step", "step_constants", "plan_on", "quadrature_attention", "quadrature_constants", "quantile_bins",
            "rect_consolidate", "rect_plan", "slot_attention"]
+
+# The C++/CUDA kernels register for the schemas defined above when the extension loads.
+backends.extension_path()

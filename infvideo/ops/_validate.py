@@ -2,7 +2,7 @@
 
 The kernels read raw pointers with the strides they are given, so an input of the wrong rank,
 width, dtype or device would read out of bounds or fail deep inside Triton. These checks look at
-shapes, dtypes and devices only (host metadata: no host synchronisation, a few µs per op), and
+shapes, dtypes and devices only (host metadata: no host synchronisation), and
 name the argument in the message. Values are not looked at: e.g. sample bins must lie in [-1, N)
 and masses must be non-negative, but checking that would read the device.
 

@@ -11,11 +11,14 @@ wins when N is large against H·Q (the reference's own rule, ``use_factored``): 
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Optional
 
+import torch
+from torch import Tensor, nn
+
+from .. import backends
 from ..reference.attention import use_factored
-from . import _csrc
+from . import _library
 
 
 def applies(proj_key, proj_value, num_basis: int, width: int, query: torch.Tensor, num_heads: int,
@@ -28,27 +31,31 @@ def applies(proj_key, proj_value, num_basis: int, width: int, query: torch.Tenso
     return use_factored(num_basis, width, model, num_heads * q_len, q_len)
 
 
-def _fake(query, coef, w_key, w_value, b_value, num_heads, slot_log_weight):
+@torch.library.custom_op("infvideo::factored_slot_attention", mutates_args=())
+def _factored_slot_attention(query: Tensor, coef: Tensor, w_key: Tensor, w_value: Tensor, b_value: Optional[Tensor],
+                             num_heads: int, slot_log_weight: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    # The one kernel is the C++ CPU one (csrc/attention/factored_attention_cpu.cpp, registered for
+    # the CPU key when the extension loads); every other device lands here.
+    raise RuntimeError(f"infvideo::factored_slot_attention: its one kernel is the C++ CPU one; got tensors on "
+                       f"{query.device}{'' if 'cpu' in backends.built() else ' and the extension is not built'}")
+
+
+@_factored_slot_attention.register_fake
+def _(query, coef, w_key, w_value, b_value, num_heads, slot_log_weight):
     s, q_len, model = query.shape
-    groups = -(-num_heads * q_len // _csrc.QUERY_BLOCK)
+    groups = -(-num_heads * q_len // _library.QUERY_GROUP)
     return query.new_empty(s, q_len, model), query.new_empty(s, groups, coef.shape[1], dtype=torch.float32)
 
 
-_csrc.register_fake("factored_slot_attention", _fake)
-
-
-def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, proj_key: nn.Linear, proj_value: nn.Linear,
-                            num_heads: int, slot_log_weight: torch.Tensor | None, backend: str
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+def factored_slot_attention(query: Tensor, coef: Tensor, proj_key: nn.Linear, proj_value: nn.Linear,
+                            num_heads: int, slot_log_weight: Tensor | None) -> tuple[Tensor, Tensor]:
     """Context [S, Q, D] (query's dtype) and bin masses [S, ⌈H·Q/16⌉, N] (float32) of the slot attention
     of ``query`` [S, Q, D] over K = proj_key(coef), V = proj_value(coef), coef [S, N, e] float32.
 
     Only where :func:`applies` holds (plain Linear layers, no null slot). The mass groups are blocks
     of 16 of the H·Q (head-major) queries: for Q a multiple of 16 the groups of ``slot_attention``.
-    ``backend``: ``"cpu"``, the one backend with this op (``csrc/attention/factored_attention_cpu.cpp``:
-    the four products and the softmax in one parallel pass).
+    The one kernel is the C++ CPU one (``csrc/attention/factored_attention_cpu.cpp``: the four
+    products and the softmax in one parallel pass).
     """
-    if backend != "cpu":
-        raise ValueError(f"infvideo.ops.factored_attention: only the 'cpu' backend runs it, got {backend!r}")
-    return torch.ops.infvideo.factored_slot_attention_csrc(query, coef, proj_key.weight, proj_value.weight,
-                                                           proj_value.bias, num_heads, slot_log_weight)
+    return torch.ops.infvideo.factored_slot_attention(query, coef, proj_key.weight, proj_value.weight,
+                                                      proj_value.bias, num_heads, slot_log_weight)

@@ -11,7 +11,8 @@ from ..config import MemoryConfig
 from ..reference import positions as pos
 from ..reference.basis import gaussian_parameters
 from ..reference.fit import on_device
-from . import _triton, _validate
+from .. import backends
+from . import _library, _validate
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,19 @@ def quadrature_constants(cfg: MemoryConfig, device: torch.device) -> QuadratureC
 def _quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor,
                           sigma: Tensor, grid: Tensor, log_weight: Tensor, write_density: bool
                           ) -> tuple[Tensor, Tensor]:
-    mods = _triton.require("quadrature_attention", query.device)
-    return mods["quadrature"].quadrature_attention(query, keys, values, num_heads, mu, sigma, grid, log_weight,
-                                                   write_density)
+    if not backends.triton_runs_on(query.device):
+        raise RuntimeError(f"infvideo::quadrature_attention: its one kernel is Triton, which cannot run on {query.device} "
+                           "tensors here (install Triton; CUDA tensors, or TRITON_INTERPRET=1 on the CPU)")
+    return backends.triton_kernels()["quadrature"].quadrature_attention(query, keys, values, num_heads, mu, sigma, grid,
+                                                                        log_weight, write_density)
 
 
 @_quadrature_attention.register_fake
 def _(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density):
     s, q_len, model = query.shape
-    groups = num_heads * -(-q_len // _triton.kernels()["quadrature"].CONFIG["block_q"])
     return (query.new_empty(s, q_len, model),
-            query.new_empty(s, groups, grid.shape[0] if write_density else 1, dtype=torch.float32))
+            query.new_empty(s, _library.mass_groups(num_heads, q_len), grid.shape[0] if write_density else 1,
+                            dtype=torch.float32))
 
 
 def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor,
@@ -61,26 +64,24 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
 
     r_n = Σ_j ω_j p(t_j) ψ_n(t_j) (trapezoid on ``grid`` [T] with log-weights ``log_weight``),
     a = q·K/√d, c = Σ_n r_n V_n. query [S, Q, D], keys/values [S, N, D], mu/sigma [N].
-    Returns context [S, Q, D] and Σ_q p(t_j) per head and block of 16 queries, [S, G, T] (float32;
-    [S, G, 1] unused if not write_density).
+    Returns context [S, Q, D] and Σ_q p(t_j) per head and group of 16 queries, [S, G, T] (float32;
+    [S, G, 1] zeros if not write_density).
 
     query / keys / values are float32, float16 or bfloat16 on one device, any strides; the
     constants any float dtype (cast to float32 on the query's device).
     """
     _check(query, keys, values, num_heads, mu, sigma, grid, log_weight)
-    return launch(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density)
+    return quadrature_attention_unchecked(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density)
 
 
-def launch(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor, grid: Tensor,
+def quadrature_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor, grid: Tensor,
            log_weight: Tensor, write_density: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`quadrature_attention` without the input checks (for ``fused_step``, whose inputs are checked)."""
     f32 = dict(device=query.device, dtype=torch.float32)
-    unit = _triton.rows_unit_stride
+    unit = _library.rows_unit_stride
     args = (unit(query), unit(keys), unit(values), num_heads, mu.to(**f32).contiguous(),
             sigma.to(**f32).contiguous(), grid.to(**f32).contiguous(), log_weight.to(**f32).contiguous(),
             bool(write_density))
-    if _triton.direct_call_ok(query):
-        return _triton.require("quadrature_attention", query.device)["quadrature"].quadrature_attention(*args)
     return torch.ops.infvideo.quadrature_attention(*args)
 
 

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ..reference.fit import SegmentedFit, on_device
-from . import _csrc, _dispatch, _triton, _validate
+from .. import backends
+from . import _library, _validate
 
 
 @dataclass(frozen=True)
@@ -64,21 +65,23 @@ def plan_on(fit: SegmentedFit, device: torch.device) -> RectPlan:
 def _rect_consolidate(frames: Tensor, past: Optional[Tensor], sample_bins: Optional[Tensor], past_idx: Tensor,
                       past_start: Tensor, frame_idx: Tensor, frame_start: Tensor, scale: Tensor,
                       frames_in_order: bool = False, max_per_bin: int = 1,
-                      cast_dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Tensor]:
-    mods = _triton.require("rect_consolidate", frames.device)
-    return mods["consolidate"].rect_consolidate(frames, past, sample_bins, past_idx, past_start, frame_idx,
-                                                frame_start, scale, frames_in_order, max_per_bin, cast_dtype)
+                      cast_dtype: Optional[torch.dtype] = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    return _library.no_default_kernel()
 
 
-def _fake(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, frames_in_order=False,
-          max_per_bin=1, cast_dtype=None):
+@_rect_consolidate.register_fake
+def _(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, frames_in_order=False,
+      max_per_bin=1, cast_dtype=None, backend="auto"):
     shape = (frames.shape[0], scale.shape[0], frames.shape[-1])
     cast = frames.new_empty(0 if cast_dtype is None else shape, dtype=cast_dtype or torch.float32)
     return frames.new_empty(shape, dtype=torch.float32), cast
 
 
-_rect_consolidate.register_fake(_fake)
-_csrc.register_fake("rect_consolidate", _fake)
+def _triton_kernel(*args):
+    return backends.triton_kernels()["consolidate"].rect_consolidate(*args)
+
+
+_library.select_kernels("rect_consolidate", _triton_kernel)
 
 
 def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
@@ -97,36 +100,34 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
     frames included: they are only read); frames, past, sample_bins and the plan share one device.
     The values of sample_bins must lie in [-1, N): not checked (that would read the device), except
     by the CPU kernel, which reads them anyway. ``backend``: ``"triton"``, ``"cpu"`` / ``"cuda"``
-    (the csrc kernels) or ``"auto"`` (Triton where it runs, else csrc).
+    (the csrc kernels) or ``"auto"`` (``infvideo.backends``).
     """
     _check(frames, past, plan, sample_bins, cast_dtype)
-    return launch(frames, past, plan, sample_bins, cast_dtype, _dispatch.op_backend(_OP, backend, frames.device))
+    return rect_consolidate_unchecked(frames, past, plan, sample_bins, cast_dtype, backend)
 
 
-def launch(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
-           cast_dtype: torch.dtype | None = None, backend: str = "triton"):
+def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
+                               cast_dtype: torch.dtype | None = None, backend: str = "auto"):
     """:func:`rect_consolidate` without the input checks, for callers whose inputs are checked
-    (``fused_step``: LongTermMemory's inputs and the step's own constants); ``backend`` is concrete."""
+    (``fused_step``: LongTermMemory's inputs and the step's own constants)."""
     if frames.dim() == 3:
         frames = frames.unsqueeze(2)
     elif frames.dim() > 4:
         frames = frames.flatten(2, -2)
     if past is not None:
-        past = _triton.cast(past, torch.float32).contiguous()
+        past = _library.cast(past, torch.float32).contiguous()
         if sample_bins.dim() != 2:
             sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1])
         sample_bins = sample_bins.contiguous()
     # The kernel writes the rounded 16-bit copy itself; float32 is the output, and a wider type
     # (float64 projections) is a plain cast: the kernel's rounding store only narrows.
     extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None
-    args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start,
-            plan.scale, plan.frames_in_order, plan.max_per_bin, extra)
-    if backend in _dispatch.CSRC_BACKENDS:
-        coef, cast = torch.ops.infvideo.rect_consolidate_csrc(*args)
-    elif _triton.direct_call_ok(frames):
-        coef, cast = _triton.require("rect_consolidate", frames.device)["consolidate"].rect_consolidate(*args)
+    args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start, plan.scale,
+            plan.frames_in_order, plan.max_per_bin, extra)
+    if _library.direct_triton(frames, backend):
+        coef, cast = _triton_kernel(*args)
     else:
-        coef, cast = torch.ops.infvideo.rect_consolidate(*args)
+        coef, cast = torch.ops.infvideo.rect_consolidate(*args, backend)
     if cast_dtype is None:
         return coef
     return coef, (coef.to(cast_dtype) if extra is None else cast)

@@ -15,13 +15,11 @@ from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.fit import SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
 from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
-from . import _triton, _validate, factored_attention
-from .quadrature_attention import QuadratureConstants, quadrature_host_constants
-from .quadrature_attention import launch as quadrature_attention
-from .quantile_bins import launch as quantile_bins
-from .rect_consolidate import RectPlan, rect_plan
-from .rect_consolidate import launch as rect_consolidate
-from .slot_attention import launch as slot_attention
+from . import _library, _validate, factored_attention
+from .quadrature_attention import QuadratureConstants, quadrature_attention_unchecked, quadrature_host_constants
+from .quantile_bins import quantile_bins_unchecked
+from .rect_consolidate import RectPlan, rect_consolidate_unchecked, rect_plan
+from .slot_attention import slot_attention_unchecked
 
 
 @dataclass(frozen=True)
@@ -69,18 +67,18 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     if consts.first_plan is None or (past is not None and not cfg.sticky and consts.uniform_bins is None):
         return None
     if past is None or filled is not None:
-        start = rect_consolidate(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend)
+        start = rect_consolidate_unchecked(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend)
         if past is None:
             return start
     if not cfg.sticky:
         bins = consts.uniform_bins
     elif cfg.sampling == "quantile":
-        bins = quantile_bins(stats, cfg.past_samples, backend)
+        bins = quantile_bins_unchecked(stats, cfg.past_samples, backend)
     else:
         bins = past_samples(cfg, stats, torch.float32, frames.device, generator).bins
         if bins is None:
             return None
-    later = rect_consolidate(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype, backend=backend)
+    later = rect_consolidate_unchecked(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype, backend=backend)
     if filled is None:
         return later
     return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
@@ -105,18 +103,7 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
     return hit[1], hit[2]
 
 
-# Up to this many rows of coefficients (S·N) with half-precision projections, the Triton backend
-# projects them with its own kernel (kernels/projection.py), whose launch costs a few µs of host
-# time against 12-17 through torch's cuBLAS call; above it cuBLAS's faster GPU time wins. H100, µs
-# of GPU time per [rows, 768] x [768, 1536] bf16 product with bias, Triton against cuBLAS: 4.8 /
-# 4.1 at 256 rows, 8.7 / 6.6 at 1024, 16.8 / 9.9 at 2048 (bench/bench_projection.py). float32
-# stays on cuBLAS: exact fp32 products without tensor cores took 2.5-3.7x its time.
-TRITON_PROJECTION_ROWS = 1024
-_TRITON_PROJECTION_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def _project_pair(proj_key, proj_value, coef: torch.Tensor, backend: str = "triton"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """K = proj_key(B), V = proj_value(B): one product over stacked weights for two plain Linears."""
     # The stacked-weight cache keys on storage pointers and version counters, which a compiled
     # graph cannot guard on: there the two products stay separate.
@@ -124,29 +111,24 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, backend: str = "trit
             and proj_key.weight.dtype == proj_value.weight.dtype
             and (proj_key.bias is None) == (proj_value.bias is None)):
         weight, bias = _stacked(proj_key, proj_value)
-        coef = _triton.cast(coef, weight.dtype)
-        if (backend == "triton" and weight.dtype in _TRITON_PROJECTION_DTYPES and coef.is_contiguous()
-                and coef.numel() <= TRITON_PROJECTION_ROWS * coef.shape[-1] and _triton.direct_call_ok(coef)):
-            both = _triton.kernels()["projection"].linear(coef, weight, bias)
-        else:
-            both = torch.nn.functional.linear(coef, weight, bias)
+        both = torch.nn.functional.linear(_library.cast(coef, weight.dtype), weight, bias)
         return both.split([proj_key.out_features, proj_value.out_features], dim=-1)
     weight = getattr(proj_key, "weight", None)
     if weight is not None:
-        coef = _triton.cast(coef, weight.dtype)
+        coef = _library.cast(coef, weight.dtype)
     return proj_key(coef), proj_value(coef)
 
 
 # The fused quadrature kernel (ops.quadrature_attention) keeps no [S, H, Q, T] tensor but, measured
-# on an H200 at S = 16, N = 256, T = 1000, it took 0.92 ms (tf32x3 dots) against 0.30 ms for the
-# reference's quadrature, two cuBLAS products; the step keeps the faster one.
+# at S = 16, N = 256, T = 1000, takes about 3x the GPU time of the reference's quadrature (two
+# cuBLAS products; bench/bench_step_gpu.py, "gaussian attention only"); the step keeps the faster one.
 QUADRATURE_KERNEL = False
 
 
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
                stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True,
-               stats_in_place: bool = False, backend: str = "triton"):
+               backend: str = "triton"):
     """(context [S, Q, D], coefficients [S, N, e] fp32, sticky statistic [S, G, K] or None).
 
     consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
@@ -155,8 +137,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     the configuration, its constants against the chunk, the stream count and device of frames,
     query and past; the ops inside run unchecked). With rectangular bins and quantile or uniform
     sampling the step makes no host synchronisation and traces whole under torch.compile.
-    ``stats_in_place``: the new statistic may overwrite ``stats`` (after the step's sampling has
-    read it), which saves a CUDA graph the node that would copy it there. ``backend``: the ops'
+    ``backend``: the ops'
     kernels, ``"triton"``, ``"cuda"`` or ``"cpu"`` (csrc); on the CPU the slot attention takes the
     projections folded into the queries (``factored_attention``) where that needs fewer
     multiply-adds.
@@ -179,17 +160,17 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     want_mass = keep_stats and cfg.sampling != "upstream"
     if factored:
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
-                                                                   consts.slot_log_weight, backend)
+                                                                   consts.slot_log_weight)
         return context, coef, mass if want_mass else None
-    keys, values = _project_pair(proj_key, proj_value, projected, backend)
+    keys, values = _project_pair(proj_key, proj_value, projected)
     if consts.quad is not None:
         quad = consts.quad
-        context, density = quadrature_attention(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
+        context, density = quadrature_attention_unchecked(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
                                                 quad.log_weight, write_density=want_mass)
         new_stats = sticky.interval_mass(density, quad.gaps) if want_mass else None
     else:
-        context, mass = slot_attention(query, keys, values, num_heads, consts.slot_log_weight, consts.null_log_weight,
-                                       stats if stats_in_place and want_mass else None, backend=backend)
+        context, mass = slot_attention_unchecked(query, keys, values, num_heads, consts.slot_log_weight,
+                                                 consts.null_log_weight, backend)
         new_stats = mass if want_mass else None
     if keep_stats and cfg.sampling == "upstream":
         d = query.shape[-1] // num_heads

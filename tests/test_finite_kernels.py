@@ -1,0 +1,111 @@
+"""The asynchronous finiteness check's two kernels (kernels/finite.py) and the DeviceCheck that
+drives them, against torch: flags rise for exactly the tensors holding NaN or Inf, stay up, and the
+select keeps the old values while any flag is up. Triton runs on CUDA, else in its interpreter."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infvideo.backends import triton_runs_on
+from infvideo.finite_check import DeviceCheck
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(not triton_runs_on(DEVICE), reason="Triton cannot run here")
+
+# Sizes around the kernels' block of 4,096 elements, odd ones included.
+SHAPES = [(1,), (7, 3), (4096,), (4097,), (3, 1500, 5)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def _tensors(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(DEVICE) for shape in SHAPES]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("poison", [None, float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [0, 3, 4])
+def test_raise_flags_marks_exactly_the_poisoned_tensor(dtype, poison, where):
+    from infvideo.kernels.finite import raise_flags
+    tensors = _tensors(dtype)
+    if poison is not None:
+        flat = tensors[where].view(-1)
+        flat[flat.numel() - 1] = poison  # the last element: the tail of the last block
+    flags = torch.zeros(5, dtype=torch.int32, device=DEVICE)
+    raise_flags(flags, list(enumerate(tensors)))
+    expected = [int(poison is not None and i == where) for i in range(5)]
+    assert flags.tolist() == expected
+
+
+def test_raise_flags_shares_flags_and_keeps_them_up():
+    from infvideo.kernels.finite import raise_flags
+    a, b = torch.ones(10, device=DEVICE), torch.ones(5000, device=DEVICE)
+    b[4999] = float("nan")
+    flags = torch.zeros(3, dtype=torch.int32, device=DEVICE)
+    raise_flags(flags, [(2, a), (2, b)])
+    assert flags.tolist() == [0, 0, 1]
+    raise_flags(flags, [(0, a)])  # finite: flags only rise
+    assert flags.tolist() == [0, 0, 1]
+
+
+def test_raise_flags_writes_the_host_copy():
+    """The pinned host copy is written by the kernel itself (through the device's mapping of it)."""
+    from infvideo.finite_check import _maps_pinned_memory
+    from infvideo.kernels.finite import raise_flags
+    if DEVICE.type == "cuda" and not _maps_pinned_memory(DEVICE):
+        pytest.skip("this device does not map pinned host memory")
+    host = torch.zeros(3, dtype=torch.int32, pin_memory=DEVICE.type == "cuda")
+    flags = torch.zeros(3, dtype=torch.int32, device=DEVICE)
+    bad = torch.ones(7, device=DEVICE)
+    bad[3] = -float("inf")
+    raise_flags(flags, [(0, torch.ones(3, device=DEVICE)), (1, bad)], host)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    assert host.tolist() == flags.tolist() == [0, 1, 0]
+
+
+def test_raise_flags_takes_one_to_five_tensors():
+    from infvideo.kernels.finite import raise_flags
+    flags = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="1 to 5"):
+        raise_flags(flags, [(0, torch.ones(1, device=DEVICE))] * 6)
+
+
+@pytest.mark.parametrize("raised", [False, True])
+@pytest.mark.parametrize("out", ["new", "old"])
+def test_select_committed(raised, out):
+    from infvideo.kernels.finite import select_committed
+    gen = torch.Generator().manual_seed(1)
+    pairs, expected = [], []
+    for shape in [(3, 4097), (2, 1, 33)]:
+        new, old = (torch.randn(shape, generator=gen).to(DEVICE) for _ in range(2))
+        expected.append((old if raised else new).clone())
+        pairs.append((new, old, new if out == "new" else old))
+    flags = torch.tensor([0, int(raised), 0], dtype=torch.int32, device=DEVICE)
+    select_committed(flags, pairs)
+    for (_, _, result), want in zip(pairs, expected):
+        assert torch.equal(result, want)
+
+
+@pytest.mark.parametrize("raised", [False, True])
+def test_device_check_on_the_kernels_matches_torch(raised):
+    """DeviceCheck's fused form (CUDA) and its torch form (elsewhere) agree on flags and selection."""
+    coef = torch.randn(2, 16, 8, device=DEVICE)
+    if raised:
+        coef[1, 3, 2] = float("inf")
+    query = torch.randn(2, 4, 8, device=DEVICE, dtype=torch.bfloat16)
+    results = []
+    for fused in (True, False):
+        check = DeviceCheck(DEVICE)
+        check.fused = fused
+        check.raise_flags([(0, coef), (1, query)])
+        old = torch.zeros_like(coef)
+        out = coef.clone()
+        check.select([(out, old, out)])
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+        results.append((check.flags.tolist(), check.seen.tolist(), out))
+        assert check.failed() == (0 if raised else None)
+        assert check.flags.tolist() == [0, 0, 0]
+    assert results[0][0] == results[1][0] == results[0][1] == [int(raised), 0, 0]
+    assert torch.equal(results[0][2], results[1][2])
