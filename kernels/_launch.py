@@ -1,13 +1,11 @@
 """Launch a Triton kernel through its compiled form once one call has compiled it.
 
 Triton's launch path (``kernel[grid](...)``) binds, specialises and hashes every argument on each
-call. On the GPU machines' hosts (triton 3.6) the three launches of a one-stream step took 34-91 µs
-each with their Python wrappers before this cache, 22-37 µs with it (bench/bench_host_cost.py;
-different hosts, so only roughly comparable), against 24 µs of GPU time for the whole step. A launch here
-computes a cheaper key that captures everything Triton specialises a compilation on (each
-tensor's dtype and 16-byte alignment, the other arguments' values, the constexprs and launch
-options); the first call of a key goes through Triton and keeps the
-compiled kernel, later calls hand the arguments straight to that kernel's launcher.
+call, which on the GPU machines' hosts takes longer than a one-stream step's kernels run
+(``bench/README.md``). A launch here computes a cheaper key that captures everything Triton
+specialises a compilation on (each tensor's dtype and 16-byte alignment, the other arguments'
+values, the constexprs and launch options); the first call of a key goes through Triton and keeps
+the compiled kernel, later calls hand the arguments straight to that kernel's launcher.
 
 Under the CPU interpreter (TRITON_INTERPRET=1) there is no compiled kernel: every call goes
 through Triton.
@@ -94,8 +92,7 @@ def _hooks_idle() -> bool:
 
     Triton 3.6 keeps its launch hooks in chains that are never None, so its own path builds the
     hooks' metadata and calls both (empty) chains from C on every launch; with no hook there is
-    nothing to build or call. Measured on the H100 host, one-stream eager step: 173-175 µs against
-    182-185 µs through ``compiled[grid]`` (same run, alternating).
+    nothing to build or call, which a one-stream eager step measurably gains from.
     """
     if _knobs is None or _driver is None:
         return False
