@@ -205,6 +205,11 @@ class LongTermMemory(nn.Module):
         filled = self.filled
         self._fill = ("empty" if not bool(filled.any()) else "full" if bool(filled.all()) else "mixed")
 
+    @property
+    def checks_asynchronously(self) -> bool:
+        """Some step's finiteness check ran on the device and may raise later (class docstring)."""
+        return bool(self._device_checks)
+
     def synchronize(self) -> None:
         """Waits for this memory's CUDA steps and raises the error of one whose input was not finite."""
         for device in self._device_checks:

@@ -303,9 +303,11 @@ def _memories(model):
     return [m for m in model.modules() if isinstance(m, LongTermMemory)]
 
 
-@pytest.mark.parametrize("sampling", ["quantile", "multinomial"])
-def test_patched_model_commits_every_layer_or_none(sampling):
-    memory = dict(sampling=sampling)
+@pytest.mark.parametrize("sampling,check", [("quantile", True), ("multinomial", True), ("quantile", "async")])
+def test_patched_model_commits_every_layer_or_none(sampling, check):
+    """check="async" checks on the device (as CUDA steps do): the forward still raises, and the
+    layer that committed is taken back."""
+    memory = dict(sampling=sampling, check_finite=check)
     if sampling == "multinomial":
         memory["generator"] = torch.Generator().manual_seed(3)
     model = _patched_qformer(**memory)

@@ -79,6 +79,8 @@ class _AllOrNone:
     fill state and the generators its sampler draws from); an always-called forward hook there
     gets no output when the forward raised, and then puts every saved state back, so a layer
     that fails after earlier layers consolidated the chunk leaves no memory ahead of the others.
+    Memories that check CUDA steps on the device are synchronised there first (one wait per
+    forward), so that their refusals count too.
     Copies, not references: a captured or compiled step updates the buffers in place.
     """
 
@@ -92,9 +94,22 @@ class _AllOrNone:
 
     def after(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
         saved, self.saved = self.saved, None
-        if output is None and saved is not None:  # the forward raised
-            for memory, state in zip(self.memories, saved):
-                memory.restore(state)
+        if saved is None:
+            return
+        if output is not None:
+            # CUDA steps check their inputs on the device and raise later: wait for this forward's
+            # verdict here, so that a layer whose step was refused takes the others back with it.
+            try:
+                for memory in self.memories:
+                    if memory.checks_asynchronously:
+                        memory.synchronize()
+                return
+            except ValueError:
+                for memory, state in zip(self.memories, saved):
+                    memory.restore(state)
+                raise
+        for memory, state in zip(self.memories, saved):  # the forward raised
+            memory.restore(state)
 
 
 def _runner(model: nn.Module, attentions: list[nn.Module]) -> nn.Module:
