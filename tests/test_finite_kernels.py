@@ -72,7 +72,7 @@ def test_raise_flags_takes_one_to_five_tensors():
 
 
 @pytest.mark.parametrize("raised", [False, True])
-@pytest.mark.parametrize("out", ["new", "old"])
+@pytest.mark.parametrize("out", ["new", "old", "third"])
 def test_select_committed(raised, out):
     from infvideo.kernels.finite import select_committed
     gen = torch.Generator().manual_seed(1)
@@ -80,7 +80,7 @@ def test_select_committed(raised, out):
     for shape in [(3, 4097), (2, 1, 33)]:
         new, old = (torch.randn(shape, generator=gen).to(DEVICE) for _ in range(2))
         expected.append((old if raised else new).clone())
-        pairs.append((new, old, new if out == "new" else old))
+        pairs.append((new, old, {"new": new, "old": old, "third": torch.full_like(new, 7.0)}[out]))
     flags = torch.tensor([0, int(raised), 0], dtype=torch.int32, device=DEVICE)
     select_committed(flags, pairs)
     for (_, _, result), want in zip(pairs, expected):
