@@ -10,9 +10,11 @@ initialisation, uniform in ±1/√e: the ``random`` density) or with the key lay
 3× larger (``sharp``: a = Kq/√d and s(t) = aᵀψ(t) three times as large, p ∝ exp(3s)). On the coefficients B after the third chunk, the context
 c = Vᵀr, r_n = ∫ p ψ_n (SPEC §8), is computed with each rule below through the package's own
 ``quadrature_weights`` (a rule is its nodes and positive weights) and ``read_values``:
-  trapezoid        T uniform points, the package's exact-preset grid (T = 1,000 is today's default)
+  trapezoid        T uniform points linspace(0, 1, T) (T = 1,000 was the exact preset's rule before
+                   issue 18; the paper preset keeps it)
   Simpson          composite Simpson on T (odd) uniform points
-  GL-n             Gauss–Legendre, n = 4, 6, 8 nodes on each of K uniform panels (n·K nodes)
+  GL-n             Gauss–Legendre, n = 4, 6, 8 nodes on each of K uniform panels (n·K nodes; GL-8
+                   on K = 125 is the exact preset's rule at its default T = 1,000)
   centre GL-4      Gauss–Legendre, 4 nodes on each of m panels per gap between consecutive basis
                    centres (the panels' edges hold every centre; 127·m·4 nodes)
 The truth is a converged float64 integral: GL-16 on 4,096 uniform panels (65,536 nodes), checked
@@ -43,6 +45,7 @@ from infvideo.plot import pyplot  # noqa: E402
 from infvideo.reference.attention import (Quadrature, attention_constants, quadrature_weights,  # noqa: E402
                                           read_values, scores)
 from infvideo.reference.basis import gaussian_parameters, gaussian_values  # noqa: E402
+from infvideo.reference.positions import quadrature_grid  # noqa: E402
 
 N, SIGMAS, M, L, E, H, Q, CHUNKS = 256, (0.005, 0.01), 512, 256, 768, 12, 32, 3
 SHARPNESS = {"random": 1.0, "sharp": 3.0}
@@ -77,6 +80,12 @@ def centre_edges(per_gap: int) -> torch.Tensor:
     return torch.cat([inner, centres[-1:]])
 
 
+def trapezoid(points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trapezoid on ``points`` uniform points of [0, 1] (the exact preset's rule before issue 18)."""
+    grid, weights = quadrature_grid(points, "exact")
+    return grid.values, weights
+
+
 def rule(nodes: torch.Tensor, weights: torch.Tensor) -> Quadrature:
     """A quadrature rule as the package's attention constant: ψ at the nodes, log-weights, gaps."""
     mu, sigma = gaussian_parameters(N, SIGMAS)
@@ -87,8 +96,7 @@ def rules() -> list[tuple[str, str, int, object]]:
     """(rule, parameter, node count, builder) for every measured rule."""
     out = []
     for t in NODE_COUNTS[:-1] + (20001,):
-        cfg = MemoryConfig(num_basis=N, basis="gaussian", sigmas=SIGMAS, quad_points=t)
-        out.append(("trapezoid", f"T={t}", t, lambda cfg=cfg: attention_constants(cfg)))
+        out.append(("trapezoid", f"T={t}", t, lambda t=t: rule(*trapezoid(t))))
     for t in NODE_COUNTS:
         t += 1 - t % 2  # odd
         out.append(("Simpson", f"T={t}", t, lambda t=t: rule(*simpson(t))))
@@ -155,7 +163,7 @@ def measure(seeds: int) -> tuple[list[dict], list[str]]:
         mine = context(coef, query, pk, pv, attention_constants(
             MemoryConfig(num_basis=N, basis="gaussian", sigmas=SIGMAS)))
         own_gap = max(row_errors(own, mine))
-        assert own_gap < 1e-12, f"the memory's own context differs from the T=1000 trapezoid by {own_gap:.3g}"
+        assert own_gap < 1e-12, f"the memory's own context differs from its default rule by {own_gap:.3g}"
         mu, sigma = gaussian_parameters(N, SIGMAS)
         s = a @ gaussian_values(torch.linspace(0, 1, 20001, dtype=torch.float64), mu, sigma).T
         notes.append(f"{key[0]} seed {key[1]}: s(t) spans [{float(s.min()):.1f}, {float(s.max()):.1f}] "
@@ -164,7 +172,8 @@ def measure(seeds: int) -> tuple[list[dict], list[str]]:
         raise SystemExit(f"the reference is not converged: {REFERENCE[0]} vs {CHECK[0]} differ by {worst:.3g}")
     notes.insert(0, f"converged: {REFERENCE[0]} on {REFERENCE[2]} panels ({REFERENCE[1] * REFERENCE[2]:,} nodes) "
                     f"vs {CHECK[0]} on {CHECK[2]} panels ({CHECK[1] * CHECK[2]:,} nodes): max row difference "
-                    f"{worst:.2g}; the memory's own context equals the T=1000 trapezoid on its coefficients (< 1e-12)")
+                    f"{worst:.2g}; the memory's own context equals its default rule (exact preset, T = 1,000: "
+                    f"GL-8 on 125 panels) on its coefficients (< 1e-12)")
     rows = []
     for name, param, nodes, build in rules():
         const = build()
@@ -229,7 +238,7 @@ def plot(path: Path, rows: list[dict]) -> bool:
                     linestyle="--" if centre else "-", label=f"{name} (max)")
             ax.plot(x, [r["err_median"] for r in mine], linestyle=":", color=f"C{i}", label=f"{name} (median)")
         ax.axhline(TARGET, color="black", linestyle="--", linewidth=1, label=f"target {TARGET:g}")
-        ax.axvline(1000, color="grey", linewidth=0.8, label="today's T = 1,000")
+        ax.axvline(1000, color="grey", linewidth=0.8, label="default T = 1,000")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{density} densities (key weights ×{SHARPNESS[density]:g})", fontsize=10)

@@ -51,6 +51,10 @@ MAX_QUAD_POINTS = 65536
 MIN_RIDGE = 1e-6
 # ψ's height is 1/(σ√2π): below this ψ² and the scores leave float32's range.
 MIN_SIGMA = 1e-4
+# Gauss–Legendre nodes per panel of the exact preset's Gaussian quadrature (SPEC section 8): with
+# the default T = 1,000 nodes (125 panels) the context is within 1e-4 of the converged integral on
+# sharp densities, where the trapezoid on as many points is not (bench/results/cpu_quadrature_accuracy.md).
+PANEL_NODES = 8
 
 @dataclass(frozen=True)
 class MemoryConfig:
@@ -105,8 +109,23 @@ class MemoryConfig:
             raise ValueError("density='gaussian' needs basis='gaussian'")
 
     @property
+    def quad_panels(self) -> int | None:
+        """Equal panels K = ⌈T / 8⌉ of the Gauss–Legendre rule, which the Gibbs density over the
+        Gaussian basis uses under the exact preset (8 nodes each: T nodes when T is a multiple of
+        8, else the next multiple, never fewer); None where the rule is the paper preset's
+        trapezoid or no quadrature runs."""
+        if self.basis != "gaussian" or self.density != "gibbs" or self.preset != "exact":
+            return None
+        return -(-self.quad_points // PANEL_NODES)
+
+    @property
     def sticky_bins(self) -> int:
-        """Length K of the per-stream sticky statistic kept between steps."""
+        """Length K of the per-stream sticky statistic kept between steps: 127 (upstream sampler),
+        the N bins (rectangular basis), the K Gauss–Legendre panels (Gaussian basis, exact preset,
+        Gibbs density) or the T − 1 intervals of the trapezoid grid / the density's edges."""
         if self.sampling == "upstream":
             return 127
-        return self.num_basis if self.basis == "rectangular" else self.quad_points - 1
+        if self.basis == "rectangular":
+            return self.num_basis
+        panels = self.quad_panels
+        return self.quad_points - 1 if panels is None else panels

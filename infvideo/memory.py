@@ -69,7 +69,10 @@ class LongTermMemory(nn.Module):
             published sampler, for reproduction).
         preset: ``"exact"`` (exact integrals and positions) or ``"paper"`` (bit-level behaviour of
             the published code: trapezoid on its grid, float32 positions and bin bounds).
-        quad_points: T ≥ 2, trapezoid points for smooth bases (and the paper preset's grid).
+        quad_points: T ≥ 2, quadrature nodes for smooth bases: Gauss–Legendre, 8 on each of
+            ⌈T/8⌉ equal panels (exact preset; T nodes when T is a multiple of 8, else the next
+            multiple of 8), or the trapezoid on T points (paper preset, and the rectangular
+            basis's paper grid).
         backend: a name of ``infvideo.backends`` (``"auto"``, ``"torch"``, ``"triton"``,
             ``"cuda"``, ``"cpu"``); ``"auto"`` picks per device (Triton on CUDA tensors, the C++
             kernels on CPU tensors where the extension is built, else the torch reference) and

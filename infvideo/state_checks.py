@@ -76,8 +76,9 @@ def _shape_problems(cfg: MemoryConfig, coef, filled, stats, prefix: str) -> list
                         f"{tuple(filled.shape)}")
     if stats.dim() != 3 or not stats.is_floating_point() or stats.shape[1] < 1 or stats.shape[2] != k:
         problems.append(f"{prefix}sticky_stats: expected a floating tensor [S, G, K={k}], got {stats.dtype} of "
-                        f"shape {tuple(stats.shape)} (saved with another basis, num_basis, quad_points or "
-                        "sampling?)")
+                        f"shape {tuple(stats.shape)} (saved with another basis, num_basis, quad_points, "
+                        "preset or sampling? The Gaussian basis's exact preset keeps one mass per Gauss–Legendre "
+                        "panel, ⌈T/8⌉; states saved before that rule hold T − 1 trapezoid intervals)")
     if problems:
         return problems
     if not coef.shape[0] == filled.shape[0] == stats.shape[0]:

@@ -1,7 +1,8 @@
 """Continuous attention for smooth (Gaussian) bases by quadrature, fused.
 
 The score s(t) = aᵀψ(t) has no closed-form normaliser, so Z = ∫ exp s and r_n = ∫ p ψ_n are taken
-with the trapezoid rule on T points. The slot scores a = q·Kᵀ/√d [S, H, Q, N] come from one small
+with a quadrature rule on T nodes given as nodes and log-weights (the configuration's:
+Gauss–Legendre panels in the exact preset, the trapezoid in the paper one; any order of nodes). The slot scores a = q·Kᵀ/√d [S, H, Q, N] come from one small
 batched product; the kernel then treats every (stream, head, query) as one row of a: a program
 takes BLOCK_M rows, computes the basis values ψ(t) [BLOCK_T, N] of each tile of points on the fly
 (never stored), feeds s = aψᵀ + log ω to an online softmax and accumulates Σ_j p_j ω_j ψ(t_j) with

@@ -21,7 +21,7 @@ from conftest import CUDA, DTYPES, OP_KERNELS, config_id, kernel_id, rel_err
 
 MEMORY_CONFIGS = [dict(), dict(preset="paper"), dict(sticky=False), dict(sticky=False, preset="paper"),
                   dict(sampling="multinomial"), dict(sampling="upstream"), dict(basis="gaussian"),
-                  dict(basis="gaussian", density="gaussian")]
+                  dict(basis="gaussian", preset="paper"), dict(basis="gaussian", density="gaussian")]
 # (streams, L, tokens, e, D, H, N, M): "wide" takes the CPU step's factored attention.
 SIZES = {"small": (3, 7, 5, 24, 16, 4, 12, 20), "wide": (2, 16, 4, 128, 128, 2, 128, 96)}
 

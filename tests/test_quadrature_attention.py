@@ -21,15 +21,18 @@ CASES = [param for param in kernel_cases([(2, 5, 24, 3, 12, 50)],
          if param.values[1] == "triton"]
 
 
+@pytest.mark.parametrize("preset", ["exact", "paper"])
 @pytest.mark.parametrize("device,backend,case", CASES)
-def test_matches_reference(device, backend, case):
+def test_matches_reference(device, backend, case, preset):
+    """Either preset's rule (Gauss–Legendre panels / trapezoid) through the same kernel."""
     streams, q_len, model, heads, n, points = case
-    cfg = MemoryConfig(num_basis=n, basis="gaussian", quad_points=points)
+    cfg = MemoryConfig(num_basis=n, basis="gaussian", quad_points=points, preset=preset)
     gen = torch.Generator().manual_seed(n)
     query = torch.randn(streams, q_len, model, generator=gen).to(device)
     keys = torch.randn(streams, n, model, generator=gen).to(device) * 0.1
     values = torch.randn(streams, n, model, generator=gen).to(device)
     quad = ops.quadrature_constants(cfg, device)
+    nodes = quad.grid.numel()  # exact preset: 8·⌈T/8⌉
     context, density = ops.quadrature_attention(query, keys, values, heads, quad.mu, quad.sigma, quad.grid,
                                                 quad.log_weight)
     const = ref_fit.on_device(ref_attention.attention_constants(cfg), device, torch.float64)
@@ -37,7 +40,7 @@ def test_matches_reference(device, backend, case):
     r, dens = ref_attention.quadrature_weights(a, const)
     expected = (r @ split_heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
     assert rel_err(context, expected) < 1e-4
-    assert rel_err(density.reshape(streams, heads, -1, points).sum(2), dens.sum(2)) < 1e-4
+    assert rel_err(density.reshape(streams, heads, -1, nodes).sum(2), dens.sum(2)) < 1e-4
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -49,3 +52,31 @@ def test_opcheck(device):
         query = torch.randn(2, q_len, 8, generator=gen).to(device)
         torch.library.opcheck(torch.ops.infvideo.quadrature_attention.default,
                               (query, keys, keys, 2, quad.mu, quad.sigma, quad.grid, quad.log_weight, density))
+
+
+@pytest.mark.parametrize("preset", ["exact", "paper"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_step_on_the_kernel_matches_reference(device, preset, monkeypatch):
+    """The fused step with its quadrature on this kernel (``ops.step.QUADRATURE_KERNEL``): context,
+    coefficients and the sticky statistic (the rule's bins from the kernel's density) as the reference."""
+    from torch import nn
+
+    from infvideo import LongTermMemory
+    from infvideo.ops import step as fused
+
+    monkeypatch.setattr(fused, "QUADRATURE_KERNEL", True)
+    torch.manual_seed(0)
+    pk, pv = nn.Linear(24, 16).to(device), nn.Linear(24, 16).to(device)
+    kwargs = dict(num_basis=12, past_samples=20, basis="gaussian", sigmas=(0.05, 0.1), quad_points=50, preset=preset)
+    memories = [LongTermMemory(**kwargs, backend=name).to(device) for name in ("torch", "triton")]
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for chunk in range(3):
+            frames = torch.randn(2, 7, 24, generator=gen).to(device)
+            query = torch.randn(2, 5, 16, generator=gen).to(device)
+            outs = [m(frames, query, pk, pv, 4) for m in memories]
+            assert rel_err(outs[1], outs[0]) < 1e-4, f"chunk {chunk}"
+            assert rel_err(memories[1].coef, memories[0].coef) < 1e-4, f"chunk {chunk}"
+            stats = [m.sticky_stats.sum(1) for m in memories]
+            assert stats[1].shape[-1] == memories[0].config.sticky_bins
+            assert rel_err(stats[1], stats[0]) < 1e-4, f"chunk {chunk}"

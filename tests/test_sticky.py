@@ -1,12 +1,15 @@
-"""Sticky sampling (SPEC section 7): quantile, multinomial and the upstream sampler."""
+"""Sticky sampling (SPEC section 7): quantile, multinomial and the upstream sampler, and the statistic
+they read for the Gaussian basis (the quadrature rule's bins)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from infvideo import LongTermMemory
-from infvideo.reference.sticky import multinomial_samples, quantile_bins, quantile_samples
-from conftest import random_linear
+from infvideo.config import MemoryConfig
+from infvideo.reference.attention import attention_constants, quadrature_weights
+from infvideo.reference.sticky import multinomial_samples, quadrature_mass, quantile_bins, quantile_samples
+from conftest import gaussian_basis_values, random_linear
 
 
 def _mass(streams=3, bins=17, seed=0, groups=None):
@@ -177,3 +180,49 @@ def test_upstream_sampler_consumes_the_generator_as_published(seeded, device):
                 _set_rng_states(device, before)
                 _published_draws(hist, count)
                 assert all(torch.equal(a, b) for a, b in zip(after, _rng_states(device))), f"step {step}"
+
+
+def _gaussian_density(preset: str, points: int, scale: float = 0.05, seed: int = 0):
+    """(config, rule constants, slot scores a [2, 3, 5, 16], Σ_q p at the rule's nodes [2, 3, T])."""
+    cfg = MemoryConfig(num_basis=16, basis="gaussian", sigmas=(0.05, 0.1), quad_points=points, preset=preset)
+    const = attention_constants(cfg)
+    a = torch.randn(2, 3, 5, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+    return cfg, const, a, quadrature_weights(a, const)[1].sum(2)
+
+
+@pytest.mark.parametrize("preset,points", [("exact", 1000), ("exact", 50), ("paper", 1000), ("paper", 37)])
+def test_quadrature_mass_adds_up_to_the_density_total(preset, points):
+    """K = sticky_bins masses per (stream, head) whose sum is the rule's Σ_j ω_j Σ_q p(t_j) = Q."""
+    cfg, const, _, density = _gaussian_density(preset, points, scale=0.3)
+    mass = quadrature_mass(density, const)
+    assert mass.shape == (2, 3, cfg.sticky_bins) and mass.dtype == torch.float32 and bool((mass >= 0).all())
+    total = (density * const.log_weight.exp()).sum(-1)
+    torch.testing.assert_close(mass.sum(-1).double(), total, rtol=1e-6, atol=0)
+    torch.testing.assert_close(total, torch.full_like(total, 5.0), rtol=1e-12, atol=0)
+
+
+def test_panel_mass_is_the_integral_of_the_density_over_each_panel():
+    """Exact preset: the mass of sticky bin k is ∫ p over [k/K, (k+1)/K] (a fine float64 integral here)."""
+    cfg, const, a, density = _gaussian_density("exact", 200, scale=0.05, seed=4)
+    panels = cfg.quad_panels
+    fine_t = (torch.arange(panels * 400, dtype=torch.float64) + 0.5) / (panels * 400)  # midpoints
+    s = a @ gaussian_basis_values(fine_t, 16, (0.05, 0.1)).T
+    p = torch.exp(s - s.amax(-1, keepdim=True))
+    p = p / p.mean(-1, keepdim=True)  # ∫₀¹ p = 1
+    expected = (p.sum(2) / (panels * 400)).unflatten(-1, (panels, 400)).sum(-1)
+    got = quadrature_mass(density, const).double()
+    assert float((got - expected).abs().max() / expected.max()) <= 1e-5
+
+
+def test_gaussian_memory_keeps_panel_masses():
+    """A Gaussian memory under the exact preset keeps [S, G, ⌈T/8⌉] masses adding up to H·Q per stream."""
+    memory = LongTermMemory(num_basis=16, past_samples=40, basis="gaussian", sigmas=(0.05, 0.1), quad_points=100)
+    pk, pv = random_linear(10, 8, seed=1, scale=3.0), random_linear(10, 8, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _ in range(2):
+            memory(torch.randn(2, 5, 10, generator=gen), torch.randn(2, 4, 8, generator=gen), pk, pv, 2)
+    stats = memory.sticky_stats
+    assert memory.config.sticky_bins == 13 and stats.shape[0] == 2 and stats.shape[-1] == 13
+    torch.testing.assert_close(stats.double().sum(dim=(1, 2)), torch.full((2,), 8.0, dtype=torch.float64),
+                               rtol=1e-5, atol=0)

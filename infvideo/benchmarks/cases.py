@@ -181,7 +181,7 @@ def attention_providers(case: Case, x: Inputs, compile_ref: bool) -> list[Provid
         a = scores(x.keys.to(f32), x.query.to(f32), identity, HEADS)  # K given: proj_key is the identity
         if isinstance(const, Quadrature):
             r, density = quadrature_weights(a, const)
-            stats = sticky.interval_mass(density.sum(2), const.gaps)
+            stats = sticky.quadrature_mass(density.sum(2), const)
         else:
             r = slot_weights(a, const)
             stats = sticky.bin_mass(r)

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from ..config import MemoryConfig
-from ..reference import positions as pos
 from ..reference.basis import gaussian_parameters
+from ..reference.quadrature import gaussian_rule
 from ..reference.fit import on_device
 from .. import backends
 from . import _library, _validate
@@ -17,21 +17,24 @@ from . import _library, _validate
 
 @dataclass(frozen=True)
 class QuadratureConstants:
-    """Basis centres/widths [N], trapezoid grid, log-weights [T] and gaps [T-1] of a configuration."""
+    """Basis centres/widths [N], the rule's nodes ``grid`` and log-weights [T], and its sticky bins:
+    trapezoid ``gaps`` [T-1] (paper preset) or Gauss–Legendre ``panel_weight`` [K, 8] (exact
+    preset), the other None (``reference.quadrature``)."""
 
     mu: Tensor
     sigma: Tensor
     grid: Tensor
     log_weight: Tensor
-    gaps: Tensor
+    gaps: Tensor | None
+    panel_weight: Tensor | None = None
 
 
 @lru_cache(maxsize=64)
 def quadrature_host_constants(cfg: MemoryConfig) -> QuadratureConstants:
     """The quadrature constants of a Gaussian-basis configuration, float64 on the CPU."""
     mu, sigma = gaussian_parameters(cfg.num_basis, cfg.sigmas)
-    grid, weights = pos.quadrature_grid(cfg.quad_points, cfg.preset)
-    return QuadratureConstants(mu, sigma, grid.values, weights.log(), grid.values.diff())
+    rule = gaussian_rule(cfg)
+    return QuadratureConstants(mu, sigma, rule.nodes, rule.weight.log(), rule.gaps, rule.panel_weight)
 
 
 def quadrature_constants(cfg: MemoryConfig, device: torch.device) -> QuadratureConstants:
@@ -62,7 +65,9 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
                          grid: Tensor, log_weight: Tensor, write_density: bool = True) -> tuple[Tensor, Tensor]:
     """Context of the Gibbs density p(t) ∝ exp(aᵀψ(t)) over Gaussian ψ_n = 𝒩(μ_n, σ_n²).
 
-    r_n = Σ_j ω_j p(t_j) ψ_n(t_j) (trapezoid on ``grid`` [T] with log-weights ``log_weight``),
+    r_n = Σ_j ω_j p(t_j) ψ_n(t_j), p(t_j) = exp s(t_j) / Σ_k ω_k exp s(t_k), on the nodes ``grid``
+    [T] with log-weights ``log_weight`` [T] (any rule; :func:`quadrature_constants` gives a
+    configuration's: Gauss–Legendre panels in the exact preset, the trapezoid in the paper one),
     a = q·K/√d, c = Σ_n r_n V_n. query [S, Q, D], keys/values [S, N, D], mu/sigma [N].
     Returns context [S, Q, D] and Σ_q p(t_j) per head and group of 16 queries, [S, G, T] (float32;
     [S, G, 1] zeros if not write_density).

@@ -167,7 +167,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         quad = consts.quad
         context, density = quadrature_attention_unchecked(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
                                                 quad.log_weight, write_density=want_mass)
-        new_stats = sticky.interval_mass(density, quad.gaps) if want_mass else None
+        new_stats = sticky.quadrature_mass(density, quad) if want_mass else None
     else:
         context, mass = slot_attention_unchecked(query, keys, values, num_heads, consts.slot_log_weight,
                                                  consts.null_log_weight, backend)

@@ -16,6 +16,7 @@ from torch import nn
 from ..config import MemoryConfig
 from . import positions as pos
 from .basis import gaussian_parameters, gaussian_values, rectangular_membership
+from .quadrature import gaussian_rule
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,14 @@ class SlotWeights:
 
 @dataclass(frozen=True)
 class Quadrature:
-    """Smooth basis: ψ at T grid points [T, N], log trapezoid weights [T], grid gaps [T-1]."""
+    """Smooth basis: ψ at the T nodes of the rule [T, N], its log-weights [T], and its sticky bins
+    (``reference.quadrature``): trapezoid ``gaps`` [T-1] (paper preset) or Gauss–Legendre
+    ``panel_weight`` [K, 8] (exact preset), the other None."""
 
     basis: torch.Tensor
     log_weight: torch.Tensor
-    gaps: torch.Tensor
+    gaps: torch.Tensor | None
+    panel_weight: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,8 @@ def attention_constants(cfg: MemoryConfig):
     if cfg.density == "gaussian":
         edges = torch.linspace(0, 1, cfg.quad_points, dtype=torch.float64)
         return GaussianDensity(mu, sigma * sigma, edges)
-    grid, weights = pos.quadrature_grid(cfg.quad_points, cfg.preset)
-    return Quadrature(gaussian_values(grid.values, mu, sigma), weights.log(), grid.values.diff())
+    rule = gaussian_rule(cfg)
+    return Quadrature(gaussian_values(rule.nodes, mu, sigma), rule.weight.log(), rule.gaps, rule.panel_weight)
 
 
 def _linear_parts(proj, dtype: torch.dtype):
@@ -148,7 +152,8 @@ def slot_weights(a: torch.Tensor, const: SlotWeights) -> torch.Tensor:
 
 
 def quadrature_weights(a: torch.Tensor, const: Quadrature) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trapezoid integral for smooth bases; returns r [..., N] and the density p at the grid [..., T]."""
+    """r_n = Σ_j ω_j p(t_j) ψ_n(t_j) on the rule's nodes (smooth bases); returns r [..., N] and the
+    density p at the nodes [..., T]."""
     # s(t_j) + log ω_j as one product with the log-weights added in its epilogue: a separate add
     # is one more pass over the [..., T] scores, the largest tensor here.
     logits = torch.addmm(const.log_weight, a.reshape(-1, a.shape[-1]), const.basis.T).view(*a.shape[:-1], -1)

@@ -152,7 +152,7 @@ def attend(cfg: MemoryConfig, coef: torch.Tensor, query: torch.Tensor, proj_key,
     if isinstance(const, Quadrature):
         r, density = quadrature_weights(a, const)
         if keep_stats and cfg.sampling != "upstream":
-            stats = sticky.interval_mass(density.sum(2), const.gaps)
+            stats = sticky.quadrature_mass(density.sum(2), const)
     elif isinstance(const, GaussianDensity):
         r, mean, var = gaussian_density_weights(a, const)
         if keep_stats and cfg.sampling != "upstream":

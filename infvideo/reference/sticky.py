@@ -1,7 +1,9 @@
 """Sticky memories (SPEC section 7): where the next consolidation reads the old signal.
 
 After each attention step a stream keeps its attention density over time as masses over K equal
-bins of [0, 1] (the N basis bins for rectangular ψ, the T-1 quadrature intervals for smooth ψ),
+bins of [0, 1] (the N basis bins for rectangular ψ; for smooth ψ the bins of the quadrature rule,
+``reference.quadrature``: its K Gauss–Legendre panels in the exact preset, each bin's mass the
+rule's integral of p over it, or the T-1 trapezoid intervals in the paper preset),
 summed over queries and kept per group (a head, or one group), [S, G, K]: every backend writes
 this raw form and the samplers below add the groups up, so the mean over heads and queries of
 SPEC section 7 is recovered up to a constant the samplers ignore. They turn the masses into M
@@ -32,6 +34,25 @@ def interval_mass(density: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
     """Trapezoid mass of each grid interval per head from Σ_q p at T points [S, H, T] → [S, H, T-1]."""
     p = density.detach().to(torch.float32)
     return 0.5 * (p[..., 1:] + p[..., :-1]) * gaps.to(torch.float32)
+
+
+def panel_mass(density: torch.Tensor, panel_weight: torch.Tensor) -> torch.Tensor:
+    """Gauss–Legendre mass of each panel per head, Σ_{t_j in panel k} ω_j p(t_j), from Σ_q p at the
+    K·n nodes (panel-major) [S, H, K·n] and the weights of each panel's nodes [K, n] → [S, H, K]."""
+    p = density.detach().to(torch.float32)
+    return (p.unflatten(-1, tuple(panel_weight.shape)) * panel_weight.to(torch.float32)).sum(-1)
+
+
+def quadrature_mass(density: torch.Tensor, const) -> torch.Tensor:
+    """The sticky statistic of a smooth basis [S, H, K] from Σ_q p at the rule's nodes [S, H, T].
+
+    ``const`` holds the rule's sticky map (``Quadrature`` or ``QuadratureConstants``): per-panel
+    masses for Gauss–Legendre panels (exact preset), per-interval trapezoid masses otherwise. Either
+    way the K masses add up to the rule's integral Σ_j ω_j p(t_j) of the density.
+    """
+    if const.panel_weight is not None:
+        return panel_mass(density, const.panel_weight)
+    return interval_mass(density, const.gaps)
 
 
 def gaussian_interval_mass(mean: torch.Tensor, var: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
