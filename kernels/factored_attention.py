@@ -201,7 +201,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     """Launch the folded slot attention; inputs are checked by ``infvideo.ops``.
 
     query [S, Q, D] (any float), coef [S, N, e], w_key / w_value [D, e], b_value [D] or None,
-    slot_log_weight [N] float32 or None. Returns the context [S, Q, D] (query's dtype) and the mass
+    slot_log_weight [N] or None. Returns the context [S, Q, D] (query's dtype) and the mass
     [S, ⌈H·Q/16⌉, N] (float32): Σ of the weights r over each group of 16 consecutive folded rows h·Q + q.
     """
     s, q_len, model = query.shape
@@ -212,6 +212,8 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     precision = _precision(device)
     if coef.dtype != torch.float32 or coef.stride(-1) != 1:
         coef = coef.to(torch.float32).contiguous()
+    if slot_log_weight is not None and (slot_log_weight.dtype != torch.float32 or slot_log_weight.stride(0) != 1):
+        slot_log_weight = slot_log_weight.to(torch.float32).contiguous()
 
     # u [S, H·Q, e] = each head's queries through its d rows of W_k.
     folded = torch.empty(s, rows, width, device=device, dtype=torch.float32)

@@ -118,6 +118,19 @@ def test_opcheck(device, backend):
     torch.library.opcheck(op, (query, coef, w_key, w_value, None, 2, None, backend))
 
 
+@pytest.mark.parametrize("device,backend", KERNELS, ids=kernel_id)
+def test_direct_calls_reject_bad_input_naming_the_argument(device, backend):
+    query, coef = torch.randn(2, 5, 8, device=device), torch.randn(2, 7, 6, device=device)
+    w, bias, logw = torch.randn(8, 6, device=device), torch.randn(8, device=device), torch.randn(7, device=device)
+    op = torch.ops.infvideo.factored_slot_attention
+    bad = {"w_key": (query, coef, w[:, :5], w, bias, 2, logw), "coef": (query, coef[:1], w, w, bias, 2, logw),
+           "num_heads": (query, coef, w, w, bias, 3, logw), "slot_log_weight": (query, coef, w, w, bias, 2, logw[:6]),
+           "b_value": (query, coef, w, w, bias[:7], 2, logw)}
+    for name, args in bad.items():
+        with pytest.raises((ValueError, RuntimeError), match=name):
+            op(*args, backend=backend)
+
+
 def test_applies_to_the_issue_sizes():
     """N = 256, e = D = 768, 12 heads, 32 queries: folding needs fewer multiply-adds."""
     pk, pv = nn.Linear(768, 768, device="meta"), nn.Linear(768, 768, device="meta")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .. import backends
 from ..reference.attention import use_factored
-from . import _library
+from . import _library, _validate
 
 
 def applies(proj_key, proj_value, num_basis: int, width: int, query: torch.Tensor, num_heads: int,
@@ -49,7 +49,14 @@ def _triton_kernel(*args):
     return backends.triton_kernels()["factored_attention"].factored_slot_attention(*args)
 
 
-_library.select_kernels("factored_slot_attention", _triton_kernel)
+def _checked_triton_kernel(*args):
+    # Direct callers of torch.ops.infvideo.factored_slot_attention get the C++ kernel's checks
+    # (csrc/attention/factored_attention_cpu.cpp) before a launch could read out of bounds.
+    _check(*args)
+    return _triton_kernel(*args)
+
+
+_library.select_kernels("factored_slot_attention", _checked_triton_kernel)
 
 
 def factored_slot_attention(query: Tensor, coef: Tensor, proj_key: nn.Linear, proj_value: nn.Linear,
@@ -73,3 +80,27 @@ def factored_slot_attention(query: Tensor, coef: Tensor, proj_key: nn.Linear, pr
     if _library.direct_triton(query, backend):
         return _triton_kernel(*args)
     return torch.ops.infvideo.factored_slot_attention(*args, backend)
+
+
+_OP = "infvideo::factored_slot_attention"
+
+
+def _check(query, coef, w_key, w_value, b_value, num_heads, slot_log_weight) -> None:
+    """Shapes, dtypes and devices, as the C++ kernel checks them."""
+    query = _validate.tensor(_OP, "query", query, (3,), "[S, Q, D]")
+    device, (streams, _, model) = query.device, query.shape
+    coef = _validate.tensor(_OP, "coef", coef, (3,), "[S, N, e]", None, device, "query")
+    _validate.match(_OP, "coef", coef.shape[0], streams, "streams (dim 0)", "query")
+    width = coef.shape[2]
+    for name, weight in (("w_key", w_key), ("w_value", w_value)):
+        _validate.tensor(_OP, name, weight, (2,), "[D, e]", None, device, "query")
+        if tuple(weight.shape) != (model, width):
+            raise ValueError(f"{_OP}: {name} must have shape [D, e] = [{model}, {width}] (query's D, coef's e), "
+                             f"got {tuple(weight.shape)}")
+    if b_value is not None:
+        _validate.tensor(_OP, "b_value", b_value, (1,), "[D]", None, device, "query")
+        _validate.match(_OP, "b_value", b_value.shape[0], model, "entries", "query's D")
+    _validate.heads(_OP, num_heads, model)
+    if slot_log_weight is not None:
+        _validate.tensor(_OP, "slot_log_weight", slot_log_weight, (1,), "[N]", None, device, "query")
+        _validate.match(_OP, "slot_log_weight", slot_log_weight.shape[0], coef.shape[1], "slots (dim 0)", "coef")
