@@ -20,6 +20,7 @@ interpreter takes ``"ieee"``.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -176,9 +177,13 @@ BLOCK_R, SOFTMAX_WARPS, SCORES_PER_WARP = 32, 8, 1024
 BLOCK_E = 32
 
 
+@functools.lru_cache(maxsize=None)
 def _precision(device: torch.device) -> str:
-    # The interpreter computes a dot exactly in float32 whatever it is told; "ieee" says so.
-    return PRECISION if device.type == "cuda" else "ieee"
+    # The interpreter computes a dot exactly in float32 whatever it is told, "ieee" says so; GPUs
+    # before Ampere have no TF32 tensor cores.
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return "ieee"
+    return PRECISION
 
 
 def _head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
