@@ -107,6 +107,22 @@ def test_half_precision_queries(device, backend, dtype):
 
 
 @pytest.mark.parametrize("device,backend", KERNELS, ids=kernel_id)
+def test_expanded_and_strided_inputs(device, backend):
+    """Coefficients shared by the streams (stride 0), a query and weights without unit last strides,
+    float64 log weights: the same numbers as their contiguous copies."""
+    query, coef, pk, pv, heads, logw = make_inputs((3, 6, 12, 2, 19, 10), device)
+    shared = coef[:1].expand_as(coef)
+    expected = run(backend, query, shared.contiguous(), pk, pv, heads, logw)
+    strided = query.transpose(1, 2).contiguous().transpose(1, 2)
+    op = torch.ops.infvideo.factored_slot_attention
+    w_key = pk.weight.t().contiguous().t()
+    with torch.no_grad():
+        got = op(strided, shared, w_key, pv.weight, pv.bias, heads, logw.double(), backend=backend)
+    for a, b in zip(got, expected):
+        assert rel_err(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("device,backend", KERNELS, ids=kernel_id)
 def test_opcheck(device, backend):
     """With and without a value bias and log weights."""
     gen = torch.Generator().manual_seed(1)
