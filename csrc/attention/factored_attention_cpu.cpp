@@ -208,5 +208,7 @@ std::tuple<at::Tensor, at::Tensor> factored_slot_attention_cpu(const at::Tensor&
 }  // namespace infvideo
 
 TORCH_LIBRARY_IMPL(infvideo, CPU, m) {
-  m.impl("factored_slot_attention", &infvideo::factored_slot_attention_cpu);
+  m.impl("factored_slot_attention",
+         &infvideo::WithBackendArgument<decltype(infvideo::factored_slot_attention_cpu),
+                                        infvideo::factored_slot_attention_cpu>::call);
 }

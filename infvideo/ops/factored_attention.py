@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .. import backends
 from ..reference.attention import use_factored
-from . import _library
+from . import _library, _validate
 
 
 def applies(proj_key, proj_value, num_basis: int, width: int, query: torch.Tensor, num_heads: int,
@@ -33,29 +33,74 @@ def applies(proj_key, proj_value, num_basis: int, width: int, query: torch.Tenso
 
 @torch.library.custom_op("infvideo::factored_slot_attention", mutates_args=())
 def _factored_slot_attention(query: Tensor, coef: Tensor, w_key: Tensor, w_value: Tensor, b_value: Optional[Tensor],
-                             num_heads: int, slot_log_weight: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    # The one kernel is the C++ CPU one (csrc/attention/factored_attention_cpu.cpp, registered for
-    # the CPU key when the extension loads); every other device lands here.
-    raise RuntimeError(f"infvideo::factored_slot_attention: its one kernel is the C++ CPU one; got tensors on "
-                       f"{query.device}{'' if 'cpu' in backends.built() else ' and the extension is not built'}")
+                             num_heads: int, slot_log_weight: Optional[Tensor],
+                             backend: str = "auto") -> tuple[Tensor, Tensor]:
+    return _library.no_default_kernel()
 
 
 @_factored_slot_attention.register_fake
-def _(query, coef, w_key, w_value, b_value, num_heads, slot_log_weight):
+def _(query, coef, w_key, w_value, b_value, num_heads, slot_log_weight, backend="auto"):
     s, q_len, model = query.shape
     groups = -(-num_heads * q_len // _library.QUERY_GROUP)
     return query.new_empty(s, q_len, model), query.new_empty(s, groups, coef.shape[1], dtype=torch.float32)
 
 
+def _triton_kernel(*args):
+    return backends.triton_kernels()["factored_attention"].factored_slot_attention(*args)
+
+
+def _checked_triton_kernel(*args):
+    # Direct callers of torch.ops.infvideo.factored_slot_attention get the C++ kernel's checks
+    # (csrc/attention/factored_attention_cpu.cpp) before a launch could read out of bounds.
+    _check(*args)
+    return _triton_kernel(*args)
+
+
+_library.select_kernels("factored_slot_attention", _checked_triton_kernel)
+
+
 def factored_slot_attention(query: Tensor, coef: Tensor, proj_key: nn.Linear, proj_value: nn.Linear,
-                            num_heads: int, slot_log_weight: Tensor | None) -> tuple[Tensor, Tensor]:
+                            num_heads: int, slot_log_weight: Tensor | None, backend: str = "auto"
+                            ) -> tuple[Tensor, Tensor]:
     """Context [S, Q, D] (query's dtype) and bin masses [S, ⌈H·Q/16⌉, N] (float32) of the slot attention
     of ``query`` [S, Q, D] over K = proj_key(coef), V = proj_value(coef), coef [S, N, e] float32.
 
+    r = softmax_n(ũ·B_n/√d + log w_n) with ũ = W_k,hᵀ q_h, context_h = W_v,h (Σ_n r_n B_n) + b_v,h.
     Only where :func:`applies` holds (plain Linear layers, no null slot). The mass groups are blocks
     of 16 of the H·Q (head-major) queries: for Q a multiple of 16 the groups of ``slot_attention``.
-    The one kernel is the C++ CPU one (``csrc/attention/factored_attention_cpu.cpp``: the four
-    products and the softmax in one parallel pass).
+    Every product is float32 (on the GPU, three-TF32 tensor-core dots). ``backend``: ``"cpu"`` (the
+    C++ kernel, ``csrc/attention/factored_attention_cpu.cpp``: the four products and the softmax
+    in one parallel pass), ``"triton"`` (``kernels/factored_attention.py``) or ``"auto"``
+    (``infvideo.backends``); there is no C++ CUDA kernel.
     """
-    return torch.ops.infvideo.factored_slot_attention(query, coef, proj_key.weight, proj_value.weight,
-                                                      proj_value.bias, num_heads, slot_log_weight)
+    if slot_log_weight is not None and not (slot_log_weight.dtype == torch.float32 and slot_log_weight.is_contiguous()
+                                            and slot_log_weight.device == query.device):
+        slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
+    args = (query, coef, proj_key.weight, proj_value.weight, proj_value.bias, num_heads, slot_log_weight)
+    if _library.direct_triton(query, backend):
+        return _triton_kernel(*args)
+    return torch.ops.infvideo.factored_slot_attention(*args, backend)
+
+
+_OP = "infvideo::factored_slot_attention"
+
+
+def _check(query, coef, w_key, w_value, b_value, num_heads, slot_log_weight) -> None:
+    """Shapes, dtypes and devices, as the C++ kernel checks them."""
+    query = _validate.tensor(_OP, "query", query, (3,), "[S, Q, D]")
+    device, (streams, _, model) = query.device, query.shape
+    coef = _validate.tensor(_OP, "coef", coef, (3,), "[S, N, e]", None, device, "query")
+    _validate.match(_OP, "coef", coef.shape[0], streams, "streams (dim 0)", "query")
+    width = coef.shape[2]
+    for name, weight in (("w_key", w_key), ("w_value", w_value)):
+        _validate.tensor(_OP, name, weight, (2,), "[D, e]", None, device, "query")
+        if tuple(weight.shape) != (model, width):
+            raise ValueError(f"{_OP}: {name} must have shape [D, e] = [{model}, {width}] (query's D, coef's e), "
+                             f"got {tuple(weight.shape)}")
+    if b_value is not None:
+        _validate.tensor(_OP, "b_value", b_value, (1,), "[D]", None, device, "query")
+        _validate.match(_OP, "b_value", b_value.shape[0], model, "entries", "query's D")
+    _validate.heads(_OP, num_heads, model)
+    if slot_log_weight is not None:
+        _validate.tensor(_OP, "slot_log_weight", slot_log_weight, (1,), "[N]", None, device, "query")
+        _validate.match(_OP, "slot_log_weight", slot_log_weight.shape[0], coef.shape[1], "slots (dim 0)", "coef")

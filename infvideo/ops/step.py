@@ -124,6 +124,27 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tenso
 # cuBLAS products; bench/bench_step_gpu.py, "gaussian attention only"); the step keeps the faster one.
 QUADRATURE_KERNEL = False
 
+# The GPU step with float32 projections may take the folded attention (factored_attention's Triton
+# kernel: no K and V, three-TF32 tensor-core products) instead of projecting B on cuBLAS in float32
+# without tensor cores. Off until bench/bench_folded_gpu.py has measured both on the GPU at the
+# issue's sizes; half-precision projections keep K and V (their products use the tensor cores).
+FACTORED_ON_GPU = False
+
+
+def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value,
+                       num_heads: int, backend: str) -> bool:
+    """Whether the step's attention takes the projections folded into the queries."""
+    if cfg.basis != "rectangular" or cfg.sampling == "upstream":
+        return False
+    if backend == "triton":
+        if not FACTORED_ON_GPU or any(getattr(p, "weight", None) is None or p.weight.dtype != torch.float32
+                                      for p in (proj_key, proj_value)):
+            return False
+    elif backend != "cpu":
+        return False
+    return factored_attention.applies(proj_key, proj_value, cfg.num_basis, frames.shape[-1], query, num_heads,
+                                      consts.null_log_weight)
+
 
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
@@ -140,13 +161,11 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     ``backend``: the ops'
     kernels, ``"triton"``, ``"cuda"`` or ``"cpu"`` (csrc); on the CPU the slot attention takes the
     projections folded into the queries (``factored_attention``) where that needs fewer
-    multiply-adds.
+    multiply-adds, and with ``"triton"`` too for float32 projections when ``FACTORED_ON_GPU``.
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
-    factored = (backend == "cpu" and cfg.basis == "rectangular" and cfg.sampling != "upstream"
-                and factored_attention.applies(proj_key, proj_value, cfg.num_basis, frames.shape[-1], query, num_heads,
-                                               consts.null_log_weight))
+    factored = _folds_projections(cfg, consts, frames, query, proj_key, proj_value, num_heads, backend)
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
     fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, cast_dtype, backend)
     if fused is None:
@@ -160,7 +179,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     want_mass = keep_stats and cfg.sampling != "upstream"
     if factored:
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
-                                                                   consts.slot_log_weight)
+                                                                   consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
     keys, values = _project_pair(proj_key, proj_value, projected)
     if consts.quad is not None:

@@ -1,0 +1,162 @@
+"""Issue 22: the GPU step with the projections folded into the queries (``FACTORED_ON_GPU``) against K/V.
+
+    PYTHONPATH=$PWD python bench/bench_folded_gpu.py --out DIR [--streams 16 64] [--tokens bf16 fp32]
+        [--projections fp32 bf16] [--budget 0.2]
+
+Case: S streams, L = 256 frames of 32 tokens each (``--tokens`` dtype, pooled inside), N = 256,
+M = 512, e = D = 768, 12 heads, 32 queries (the queries in the tokens' dtype), sticky quantile
+sampling, ``--projections`` dtype; the memory is full (two steps before the timing). Rows per case:
+
+- ``step, K/V`` / ``step, folded``: ``LongTermMemory(backend="triton")`` (its CUDA graphs) with
+  ``infvideo.ops.step.FACTORED_ON_GPU`` False / True. The folded path takes float32 projections
+  only, so with bfloat16 projections the two rows run the same step (a check of the switch);
+- ``attention, K/V`` / ``attention, folded``: the attention alone on the same coefficients
+  (the stacked K/V projection and ``slot_attention``, against ``factored_slot_attention``);
+- the input + state read floor (``bench_step_gpu.floor_us`` at the measured read bandwidth).
+
+GPU time per call from ``harness.gpu_time`` (``triton.testing.do_bench``). ``rel_diff``: the
+folded row's output against the K/V row's (same inputs and state), relative. What the GPU run
+decides: whether ``FACTORED_ON_GPU`` becomes True, i.e. whether the folded rows are faster with
+float32 projections at both stream counts and both token dtypes. Writes folded.csv and folded.md
+into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench_step_gpu import BASIS, HEADS, LENGTH, QUERIES, SAMPLES, TOKENS, WIDTH, floor_us, read_bandwidth
+from infvideo import LongTermMemory
+from infvideo.benchmarks import harness
+from infvideo.config import MemoryConfig
+from infvideo.ops import factored_attention, step_constants
+from infvideo.ops import step as step_module
+from infvideo.ops.slot_attention import slot_attention_unchecked
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+FLOOR = "input + state read floor"
+
+
+def inputs(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dtype):
+    """(proj_key, proj_value, tokens [S, L, 32, e], query [S, Q, D]) on the GPU, seeded."""
+    torch.manual_seed(0)
+    pk = nn.Linear(WIDTH, WIDTH).cuda().to(projections_dtype)
+    pv = nn.Linear(WIDTH, WIDTH).cuda().to(projections_dtype)
+    tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device="cuda", dtype=tokens_dtype)
+    query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=tokens_dtype)
+    return pk, pv, tokens, query
+
+
+def step_rows(streams, pk, pv, tokens, query, budget) -> list[tuple[str, list[float], torch.Tensor]]:
+    """(provider, times, output) of the memory step with FACTORED_ON_GPU off, then on."""
+    rows = []
+    for folded in (False, True):
+        # The memory captures its step into CUDA graphs on the first calls: set the switch first.
+        step_module.FACTORED_ON_GPU = folded
+        try:
+            memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton").cuda()
+            for _ in range(2):
+                memory(tokens, query, pk, pv, HEADS)
+            times = harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), budget)
+            # From the same state in both rows: one more step after the timed calls would differ.
+            fresh = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton").cuda()
+            for _ in range(3):
+                out = fresh(tokens, query, pk, pv, HEADS)
+        finally:
+            step_module.FACTORED_ON_GPU = False
+        rows.append((f"step, {'folded' if folded else 'K/V'}", times, out))
+        del memory, fresh
+    return rows
+
+
+def attention_rows(streams, pk, pv, query, budget) -> list[tuple[str, list[float], torch.Tensor]]:
+    """(provider, times, context) of the attention alone on the same float32 coefficients."""
+    coef = torch.randn(streams, BASIS, WIDTH, device="cuda")
+    log_weight = step_constants(MemoryConfig(num_basis=BASIS, past_samples=SAMPLES), LENGTH,
+                                torch.device("cuda")).slot_log_weight
+
+    def kv():
+        keys, values = step_module._project_pair(pk, pv, coef)
+        return slot_attention_unchecked(query, keys, values, HEADS, log_weight, None, "triton")[0]
+
+    def folded():
+        return factored_attention.factored_slot_attention(query, coef, pk, pv, HEADS, log_weight, "triton")[0]
+
+    return [(name, harness.gpu_time(fn, budget), fn()) for name, fn in (("attention, K/V", kv),
+                                                                        ("attention, folded", folded))]
+
+
+def measure(streams: int, tokens: str, projections: str, budget: float, bandwidth: float) -> list[dict]:
+    """The rows of one (S, tokens dtype, projections dtype) case."""
+    pk, pv, frames, query = inputs(streams, DTYPES[tokens], DTYPES[projections])
+    case = dict(S=streams, tokens=tokens, projections=projections)
+    rows = []
+    with torch.no_grad():
+        timed = step_rows(streams, pk, pv, frames, query, budget) + attention_rows(streams, pk, pv, query, budget)
+    for index, (provider, times, out) in enumerate(timed):
+        p20, p50, p80 = harness.percentiles(times)
+        # Odd rows are the folded ones: each against the K/V row before it.
+        diff = rel_diff(out, timed[index - 1][2]) if index % 2 else None
+        rows.append(dict(**case, provider=provider, p20_us=p20, p50_us=p50, p80_us=p80, rel_diff=diff))
+        print(f"  S={streams:<3d} tokens {tokens} projections {projections} {provider:20s} p50 {p50:10,.1f} µs"
+              + ("" if diff is None else f"  rel diff {diff:.1e}"), flush=True)
+    floor = floor_us(streams, [frames, query, pk.weight, pv.weight], bandwidth)
+    rows.append(dict(**case, provider=FLOOR, p20_us=floor, p50_us=floor, p80_us=floor, rel_diff=None))
+    return rows
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64."""
+    a, b = a.double(), b.double()
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def report(rows: list[dict], meta: dict, out: Path) -> None:
+    """folded.md: one row per case, one column per provider (p50 µs)."""
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    cases = list(dict.fromkeys((r["S"], r["tokens"], r["projections"]) for r in rows))
+    cell = {(r["S"], r["tokens"], r["projections"], r["provider"]): r["p50_us"] for r in rows}
+    table = harness.markdown_table(["S", "tokens", "projections", *providers],
+                                   [[*case, *[cell.get((*case, p)) for p in providers]] for case in cases])
+    text = (f"Folded attention (FACTORED_ON_GPU) against K/V: L={LENGTH} frames ×{TOKENS} tokens, N={BASIS}, "
+            f"M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, {QUERIES} queries; p50 GPU µs (do_bench) on "
+            f"{meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']})\n\n{table}\n")
+    (out / "folded.md").write_text(text)
+    print(text)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--streams", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--tokens", choices=sorted(DTYPES), nargs="+", default=["bf16", "fp32"])
+    parser.add_argument("--projections", choices=sorted(DTYPES), nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--budget", type=float, default=0.2, help="seconds of timed calls per row")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_folded_gpu.py needs a GPU")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = harness.metadata(torch.device("cuda"))
+    bandwidth = read_bandwidth()
+    print(f"{meta}; read bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
+    rows = []
+    for streams in args.streams:
+        for tokens in args.tokens:
+            for projections in args.projections:
+                rows += measure(streams, tokens, projections, args.budget, bandwidth)
+                torch.cuda.empty_cache()
+    harness.write_csv(out / "folded.csv", rows, meta)
+    report(rows, meta, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Slot attention with the key and value projections folded into the queries (SPEC section 8's algebra).
+
+Per stream, head h and query q (rows h·Q + q of the H·Q folded queries):
+
+    u = W_k,hᵀ q_h                              [e]   (_head_products: one batched product)
+    r = softmax_n(u · B_n / √d + log w_n)       [N]   (_folded_softmax_kernel)
+    m = Σ_n r_n B_n                             [e]   (same kernel, from the weights it holds)
+    context_h = W_v,h m + b_v,h                 [d]   (_head_products again)
+
+K = B W_kᵀ and V = B W_vᵀ are never formed: for N slots large against H·Q the two head products
+and the two products with B need fewer multiply-adds than the two projections (the op layer,
+``infvideo.ops.factored_attention.applies``, decides). The key bias drops out: it shifts every
+score of a row alike, and there is no null slot.
+
+Every product runs in float32 (inputs of other float types are converted as they are loaded). On
+the GPU the dots take ``PRECISION = "tf32x3"``: three TF32 tensor-core products per dot (the big
+and small halves of both operands, less the small·small term), which keeps float32 accuracy where a
+plain TF32 dot would not, and runs on the tensor cores where ``"ieee"`` would not. The CPU
+interpreter takes ``"ieee"``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._device import on_input_device
+from ._launch import CachedLaunch, cdiv, next_power_of_2
+
+# The dots' input precision for float32 operands on the GPU (Triton's tl.dot ``input_precision``).
+PRECISION = "tf32x3"
+
+# The mass is summed over groups of this many consecutive folded rows h·Q + q (the op's output
+# [S, ⌈H·Q/16⌉, N]); the softmax kernel's row blocks are whole groups.
+QUERY_GROUP = 16
+
+
+@triton.jit
+def _head_products_kernel(
+    a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
+    stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
+    stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and head h, all by strides, so the
+    # heads are read in place from [S, Q, D] and [D, e] tensors (no transposed copies).
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    pm = tl.program_id(0) // tiles_n
+    pn = tl.program_id(0) % tiles_n
+    h = tl.program_id(1).to(tl.int64)
+    s = tl.program_id(2).to(tl.int64)
+    offs_m = pm * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pn * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    a_base = a_ptr + s * stride_as + h * stride_ah
+    b_base = b_ptr + s * stride_bs + h * stride_bh
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a = tl.load(a_base + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        b = tl.load(b_base + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn,
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + h * stride_bias_h + offs_n * stride_bias_n, mask=mask_n, other=0.0
+                       ).to(tl.float32)[None, :]
+    tl.store(c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _folded_scores(u_base, c_base, logw_ptr, rows, mask_r, slots, mask_n, WIDTH, stride_ur, stride_cn, sm_scale,
+                   HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_E: tl.constexpr):
+    """u · B_n / √d (+ log w_n) of one block of rows and one tile of slots, [BLOCK_R, BLOCK_N]."""
+    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+    for e0 in range(0, WIDTH, BLOCK_E):
+        cols = e0 + tl.arange(0, BLOCK_E)
+        mask_e = cols < WIDTH
+        u = tl.load(u_base + rows[:, None] * stride_ur + cols[None, :], mask=mask_r[:, None] & mask_e[None, :],
+                    other=0.0)
+        c = tl.load(c_base + slots[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
+                    other=0.0)
+        acc = tl.dot(u, tl.trans(c), acc, input_precision=PRECISION)
+    scores = acc * sm_scale
+    if HAS_LOGW:
+        scores += tl.load(logw_ptr + slots, mask=mask_n, other=0.0)[None, :]
+    return tl.where(mask_n[None, :], scores, float("-inf"))
+
+
+@triton.jit
+def _store_mass(mass_base, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg,
+                BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Each group of GROUP consecutive rows of the block adds its weights into one mass row."""
+    groups = rb * (BLOCK_R // GROUP) + tl.arange(0, BLOCK_R // GROUP)
+    per_group = tl.sum(tl.reshape(p, (BLOCK_R // GROUP, GROUP, BLOCK_N)), axis=1)
+    tl.store(mass_base + groups[:, None] * stride_mg + slots[None, :], per_group,
+             mask=(groups < GROUPS_TOTAL)[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _folded_softmax_kernel(
+    u_ptr, c_ptr, logw_ptr, out_ptr, mass_ptr,
+    ROWS, N, WIDTH, GROUPS_TOTAL, sm_scale,
+    stride_us, stride_ur, stride_cs, stride_cn, stride_os, stride_or, stride_ms, stride_mg,
+    HAS_LOGW: tl.constexpr, ONE_TILE: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    # One program per (block of BLOCK_R folded rows, stream). ONE_TILE (every slot in one tile): the
+    # weights stay in registers and the program writes Σ_n r_n B_n [rows, e] itself, reading B twice
+    # (scores, then the mix) and never writing r. Otherwise pass 1 finds each row's maximum and
+    # normaliser over the slot tiles, pass 2 recomputes the scores and writes r [rows, N], which
+    # the launcher mixes with B in a second product.
+    rb = tl.program_id(0)
+    s = tl.program_id(1).to(tl.int64)
+    rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = rows < ROWS
+    u_base = u_ptr + s * stride_us
+    c_base = c_ptr + s * stride_cs
+    offs_n = tl.arange(0, BLOCK_N)
+    m_i = tl.zeros([BLOCK_R], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
+    if ONE_TILE:
+        mask_n = offs_n < N
+        scores = _folded_scores(u_base, c_base, logw_ptr, rows, mask_r, offs_n, mask_n, WIDTH, stride_ur, stride_cn,
+                                sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
+        m_i = tl.max(scores, axis=1)
+        p = tl.exp(scores - m_i[:, None])
+        p = p / tl.sum(p, axis=1)[:, None]
+        p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
+        _store_mass(mass_ptr + s * stride_ms, p, rb, offs_n, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N, GROUP)
+        for e0 in range(0, WIDTH, BLOCK_E):
+            cols = e0 + tl.arange(0, BLOCK_E)
+            mask_e = cols < WIDTH
+            c = tl.load(c_base + offs_n[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
+                        other=0.0)
+            mixed = tl.dot(p, c, input_precision=PRECISION)
+            tl.store(out_ptr + s * stride_os + rows[:, None] * stride_or + cols[None, :], mixed,
+                     mask=mask_r[:, None] & mask_e[None, :])
+    else:
+        for n0 in range(0, N, BLOCK_N):
+            slots = n0 + offs_n
+            mask_n = slots < N
+            scores = _folded_scores(u_base, c_base, logw_ptr, rows, mask_r, slots, mask_n, WIDTH, stride_ur,
+                                    stride_cn, sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
+            m_i = m_new
+        inv_l = 1.0 / l_i
+        for n0 in range(0, N, BLOCK_N):
+            slots = n0 + offs_n
+            mask_n = slots < N
+            scores = _folded_scores(u_base, c_base, logw_ptr, rows, mask_r, slots, mask_n, WIDTH, stride_ur,
+                                    stride_cn, sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
+            p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
+            p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
+            _store_mass(mass_ptr + s * stride_ms, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N, GROUP)
+            tl.store(out_ptr + s * stride_os + rows[:, None] * stride_or + slots[None, :], p,
+                     mask=mask_r[:, None] & mask_n[None, :])
+
+
+_launch_products = CachedLaunch(_head_products_kernel)
+_launch_softmax = CachedLaunch(_folded_softmax_kernel)
+
+# Rows of folded queries per softmax program: whole mass groups, and the smallest row count of a
+# tensor-core dot. Every slot is held in one tile while the [BLOCK_R, BLOCK_N] scores stay within
+# SCORES_PER_WARP float32 values a warp (in registers); more slots take the two-pass path.
+BLOCK_R, SOFTMAX_WARPS, SCORES_PER_WARP = 32, 8, 1024
+# Width of the slices of e that the softmax kernel's dots take per step.
+BLOCK_E = 32
+
+
+@functools.lru_cache(maxsize=None)
+def _precision(device: torch.device) -> str:
+    # The interpreter computes a dot exactly in float32 whatever it is told, "ieee" says so; GPUs
+    # before Ampere have no TF32 tensor cores.
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return "ieee"
+    return PRECISION
+
+
+def _head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
+                   bias=None, bias_strides=(0, 0)):
+    """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
+    row, column) strides, for every stream and head."""
+    block_m = max(16, min(64, next_power_of_2(m)))
+    block_n = max(16, min(64, next_power_of_2(n)))
+    block_k = max(16, min(32, next_power_of_2(k)))
+    _launch_products((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
+                     a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
+                     *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
+                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+
+
+@on_input_device
+def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torch.Tensor, w_value: torch.Tensor,
+                            b_value: torch.Tensor | None, num_heads: int, slot_log_weight: torch.Tensor | None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the folded slot attention; inputs are checked by ``infvideo.ops``.
+
+    query [S, Q, D] (any float), coef [S, N, e], w_key / w_value [D, e], b_value [D] or None,
+    slot_log_weight [N] or None. Returns the context [S, Q, D] (query's dtype) and the mass
+    [S, ⌈H·Q/16⌉, N] (float32): Σ of the weights r over each group of 16 consecutive folded rows h·Q + q.
+    """
+    s, q_len, model = query.shape
+    n, width = coef.shape[1], coef.shape[2]
+    d = model // num_heads
+    rows = num_heads * q_len
+    device = query.device
+    precision = _precision(device)
+    if coef.dtype != torch.float32 or coef.stride(-1) != 1:
+        coef = coef.to(torch.float32).contiguous()
+    if slot_log_weight is not None and (slot_log_weight.dtype != torch.float32 or slot_log_weight.stride(0) != 1):
+        slot_log_weight = slot_log_weight.to(torch.float32).contiguous()
+
+    # u [S, H·Q, e] = each head's queries through its d rows of W_k.
+    folded = torch.empty(s, rows, width, device=device, dtype=torch.float32)
+    _head_products(query, (query.stride(0), d * query.stride(2), query.stride(1), query.stride(2)),
+                   w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
+                   folded, (rows * width, q_len * width, width, 1), q_len, width, d, num_heads, s, precision)
+
+    groups = cdiv(rows, QUERY_GROUP)
+    mass = torch.empty(s, groups, n, device=device, dtype=torch.float32)
+    block_n = max(16, next_power_of_2(n))
+    one_tile = block_n * BLOCK_R <= SCORES_PER_WARP * SOFTMAX_WARPS
+    if not one_tile:
+        block_n = max(16, SCORES_PER_WARP * SOFTMAX_WARPS // BLOCK_R)
+    # ONE_TILE: Σ_n r_n B_n [S, H·Q, e]; otherwise the weights r [S, H·Q, N], mixed with B below.
+    out = torch.empty(s, rows, width if one_tile else n, device=device, dtype=torch.float32)
+    _launch_softmax((cdiv(rows, BLOCK_R), s),
+                    folded, coef, slot_log_weight if slot_log_weight is not None else coef, out, mass,
+                    rows, n, width, groups, 1.0 / math.sqrt(d),
+                    folded.stride(0), folded.stride(1), coef.stride(0), coef.stride(1),
+                    out.stride(0), out.stride(1), mass.stride(0), mass.stride(1),
+                    HAS_LOGW=slot_log_weight is not None, ONE_TILE=one_tile, PRECISION=precision,
+                    GROUP=QUERY_GROUP, BLOCK_R=BLOCK_R, BLOCK_N=block_n, BLOCK_E=BLOCK_E,
+                    num_warps=SOFTMAX_WARPS)
+    if one_tile:
+        mixed = out
+    else:
+        mixed = folded  # u is spent: its buffer takes Σ_n r_n B_n
+        _head_products(out, (out.stride(0), 0, out.stride(1), 1), coef, (coef.stride(0), 0, coef.stride(1), 1),
+                       mixed, (mixed.stride(0), 0, mixed.stride(1), 1), rows, width, n, 1, s, precision)
+
+    # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v.
+    context = torch.empty(s, q_len, model, device=device, dtype=query.dtype)
+    _head_products(mixed, (mixed.stride(0), q_len * width, width, 1),
+                   w_value, (0, d * w_value.stride(0), w_value.stride(1), w_value.stride(0)),
+                   context, (context.stride(0), d, context.stride(1), 1), q_len, d, width, num_heads, s, precision,
+                   bias=b_value, bias_strides=(0, 0) if b_value is None else (d * b_value.stride(0), b_value.stride(0)))
+    return context, mass
