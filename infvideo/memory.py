@@ -382,7 +382,7 @@ class LongTermMemory(nn.Module):
         take the reference instead of its fused backend)."""
         if reason not in self._warned:
             self._warned.add(reason)
-            warnings.warn(f"infvideo.LongTermMemory: {message}", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"infvideo.LongTermMemory: {message}", RuntimeWarning, stacklevel=6)
 
     def commit(self, frames: torch.Tensor, query: torch.Tensor, context: torch.Tensor, coef: torch.Tensor,
                stats: torch.Tensor | None, projections: tuple = (), synchronous: bool = False) -> None:

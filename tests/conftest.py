@@ -120,8 +120,9 @@ CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def kernel_id(pair) -> str:
-    return "-".join(pair)
+def kernel_id(value) -> str:
+    """pytest id of a (device, backend) pair, or of one of its values (pytest asks per value)."""
+    return value if isinstance(value, str) else "-".join(value)
 
 
 def config_id(config: dict) -> str:
