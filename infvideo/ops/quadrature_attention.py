@@ -110,6 +110,10 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
 
     query / keys / values are float32, float16 or bfloat16 on one device, any strides; the
     constants any float dtype (cast to float32 on the query's device).
+
+    Differentiable with respect to query, keys and values (from the context and the density):
+    ``infvideo::quadrature_attention_backward`` recomputes the quadrature's softmax tile by tile
+    (its one kernel is Triton's, like the forward's). The basis and grid are constants.
     """
     _check(query, keys, values, num_heads, mu, sigma, grid, log_weight)
     return quadrature_attention_unchecked(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density)

@@ -176,6 +176,12 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
     The values of sample_bins must lie in [-1, N): not checked (that would read the device), except
     by the CPU kernel, which reads them anyway. ``backend``: ``"triton"``, ``"cpu"`` / ``"cuda"``
     (the csrc kernels) or ``"auto"`` (``infvideo.backends``).
+
+    Differentiable with respect to frames and past (both outputs' gradients flow back): the
+    backward, ``infvideo::rect_consolidate_backward``, walks the same CSR maps in reverse (each
+    token of frame j receives scale_n · ∂L/∂B_n / T; each past sample adds its bin's scaled
+    gradient into the old row it read), on the kernel ``backend`` picks. sample_bins and the plan
+    are not differentiable.
     """
     _check(frames, past, plan, sample_bins, cast_dtype)
     return rect_consolidate_unchecked(frames, past, plan, sample_bins, cast_dtype, backend)

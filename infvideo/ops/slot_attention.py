@@ -121,6 +121,11 @@ def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
     all on one device; any strides (stride-0 / expanded inputs included: they are only read).
     ``backend``: ``"triton"``, ``"cpu"`` / ``"cuda"`` (the csrc kernels) or ``"auto"``
     (``infvideo.backends``).
+
+    Differentiable with respect to query, keys and values (from the context and the mass): the
+    backward, ``infvideo::slot_attention_backward``, recomputes r (null slot and log-weights
+    included) instead of saving it, on the kernel ``backend`` picks, accumulating in float32.
+    The log-weights and the null slot are constants (not differentiable).
     """
     _check(query, keys, values, num_heads, slot_log_weight, null_log_weight)
     return slot_attention_unchecked(query, keys, values, num_heads, slot_log_weight, null_log_weight, backend)
