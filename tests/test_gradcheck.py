@@ -123,7 +123,9 @@ def _chunk_grads(backend: str, device: str, cfg: dict, dtype: torch.dtype, chunk
     pv = random_linear(FE, FD, seed=2).to(device, dtype)
     gen = torch.Generator().manual_seed(3)
     out = []
-    for _ in range(chunks):
+    for chunk in range(chunks):
+        if chunk == 2:
+            memory.reset(streams=[1])  # a new video in stream 1: a step over a partly filled memory
         frames = torch.randn(FS, FL, FT, FE, generator=gen).to(device, dtype).requires_grad_()
         query = torch.randn(FS, FQ, FD, generator=gen).to(device, dtype).requires_grad_()
         context = memory(frames, query, pk, pv, FH)
@@ -140,7 +142,7 @@ def _chunk_grads(backend: str, device: str, cfg: dict, dtype: torch.dtype, chunk
 def test_fused_gradients_match_reference(device, backend, name, dtype):
     """A trainable step on a fused backend (projection weights requiring grad, as an nn.Module's
     do) gives the reference's gradients for frames, query and both projections, chunk after
-    chunk (the state between chunks detached on both)."""
+    chunk (the state between chunks detached on both), the last over a partly filled memory."""
     fused = _chunk_grads(backend, device, FUSED_CONFIGS[name], dtype)
     reference = _chunk_grads("torch", device, FUSED_CONFIGS[name], dtype)
     names = ("frames", "query", "proj_key", "proj_value", "context")
@@ -181,3 +183,31 @@ def test_float64_grad_step_warns_once():
         memory(_randn(S, L, E, seed=3), _randn(S, Q, 4, seed=4), pk, pv, H).sum().backward()
         with torch.no_grad():
             memory(_randn(S, L, E, seed=3), _randn(S, Q, 4, seed=4), pk, pv, H)
+
+
+@pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)
+def test_compiled_grad_step_matches_reference(device, backend):
+    """torch.compile(fullgraph=True) traces a grad-enabled fused step whole, the ops' registered
+    backward included (AOT autograd: aot_eager on the CPU, inductor on CUDA), with the
+    reference's gradients."""
+    pk, pv = random_linear(FE, FD, seed=1).to(device), random_linear(FE, FD, seed=2).to(device)
+    fused = LongTermMemory(num_basis=11, past_samples=13, backend=backend, cuda_graphs=False).to(device)
+    reference = LongTermMemory(num_basis=11, past_samples=13, backend="torch").to(device)
+    gen = torch.Generator().manual_seed(6)
+    query = torch.randn(FS, FQ, FD, generator=gen).to(device)
+    first = torch.randn(FS, FL, FT, FE, generator=gen).to(device)
+    with torch.no_grad():  # the eager step that puts the constants on the device
+        fused(first, query, pk, pv, FH)
+        reference(first, query, pk, pv, FH)
+    step = torch.compile(fused, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+    for _ in range(2):
+        frames = torch.randn(FS, FL, FT, FE, generator=gen).to(device)
+        grads = []
+        for memory in (step, reference):
+            x = frames.clone().requires_grad_()
+            pk.zero_grad()
+            memory(x, query, pk, pv, FH).square().sum().backward()
+            grads.append((x.grad, parameter_grads(pk)))
+        for got, want in zip(*grads):
+            assert rel_err(got, want) < 1e-4
+        assert rel_err(fused.coef, reference.coef) < 1e-4
