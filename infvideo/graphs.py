@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .ops.step import records_grad
+from .ops.step import step_records_grad
 
 
 def _weight_versions(*layers) -> tuple:
@@ -95,7 +95,7 @@ class StepGraphs:
         (or autograd must record the step: a graph's replay is invisible to it)."""
         if not self.steps or not isinstance(frames, torch.Tensor) or not isinstance(query, torch.Tensor):
             return None
-        if records_grad(frames, query, proj_key, proj_value):
+        if step_records_grad(frames, query, proj_key, proj_value):
             return None
         key = signature(frames, query, proj_key, proj_value, num_heads)
         step = self.steps.get(key)

@@ -15,7 +15,7 @@ from .finite_check import FRAMES as FRAMES_FLAG
 from .finite_check import QUERY as QUERY_FLAG
 from .graphs import StepGraphs, traced
 from .ops import fused_step, step_constants
-from .ops.step import records_grad
+from .ops.step import step_records_grad
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
 from .reference.step import attend, consolidate_chunk
@@ -361,7 +361,8 @@ class LongTermMemory(nn.Module):
         past = None if self._fill == "empty" else self.coef
         filled = self.filled if self._fill == "mixed" else None
         stats = None if self._fill == "empty" else self.sticky_stats
-        if backend in FUSED and dtype == torch.float64 and records_grad(frames, query, proj_key, proj_value):
+        if (backend in FUSED and dtype == torch.float64
+                and step_records_grad(frames, query, proj_key, proj_value)):
             self._warn_once("float64", f"a float64 step with gradients runs on the torch reference: the {backend!r} "
                             "kernels take float32, float16 and bfloat16 inputs (their backward accumulates in "
                             "float32)")

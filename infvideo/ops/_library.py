@@ -14,6 +14,11 @@ after autograd and before the device's kernel (torch's own ``custom_op`` selects
 for factory ops): ``triton`` launches the Triton kernel, ``cpu`` / ``cuda`` redispatch to the C++
 kernel of the tensors' device, ``auto`` follows ``infvideo.backends.backend_for``. Fake tensors,
 ``torch.compile`` and ``opcheck`` see the one schema and its fake; meta tensors go to the fake.
+
+An op's backward (registered on the op with ``torch.library.register_autograd``) is a second op,
+``infvideo::<op>_backward``, whose last argument is the forward's ``backend`` and which picks its
+kernel here the same way; its plain-torch body is the kernel of a device without one of its own
+(the CUDA key until csrc has CUDA backward kernels).
 """
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
-    grad = records_grad(frames, query, proj_key, proj_value)
+    grad = step_records_grad(frames, query, proj_key, proj_value)
     # The factored attention has no backward: a step that autograd records projects K and V.
     factored = (backend == "cpu" and not grad and cfg.basis == "rectangular" and cfg.sampling != "upstream"
                 and factored_attention.applies(proj_key, proj_value, cfg.num_basis, frames.shape[-1], query, num_heads,
@@ -191,15 +191,13 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     return context, coef, new_stats
 
 
-def records_grad(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value) -> bool:
-    """Whether autograd records a step: grad mode is on and frames, query or a parameter of the
-    projections requires grad (the default for an nn.Module's parameters)."""
-    if not torch.is_grad_enabled():
+def step_records_grad(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value) -> bool:
+    """Whether autograd records a memory step: grad mode is on and frames, query or a parameter of
+    the projections requires grad (the default for an nn.Module's parameters)."""
+    if not torch.is_grad_enabled():  # inference: nothing to look at
         return False
-    if frames.requires_grad or query.requires_grad:
-        return True
-    return any(isinstance(proj, nn.Module) and any(p.requires_grad for p in proj.parameters())
-               for proj in (proj_key, proj_value))
+    params = [p for proj in (proj_key, proj_value) if isinstance(proj, nn.Module) for p in proj.parameters()]
+    return _library.records_grad(frames, query, *params)
 
 
 _OP = "infvideo.ops.fused_step"
