@@ -81,6 +81,7 @@ class LongTermMemory(nn.Module):
             backends, no autograd, every stream filled, a sampler without a host generator and
             chunks of at most 64 MiB (larger steps are bound by the GPU, and the input copy would
             cost more than it saves); other calls run eagerly.
+        launch_plans: ignored, with a FutureWarning (the C++ launch plans it chose were removed).
 
     The finiteness check looks at the frames (through the new coefficients, which every frame a
     fit uses reaches), the query, and the step's outcome (context and sticky statistic), and
@@ -134,7 +135,7 @@ class LongTermMemory(nn.Module):
                  sticky: bool = True, sampling: str = "quantile", preset: str = "exact",
                  quad_points: int = 1000, backend: str = "auto", *, density: str = "gibbs",
                  generator: torch.Generator | None = None, check_finite: bool | str = True,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, launch_plans=None):
         super().__init__()
         self.config = MemoryConfig(num_basis, tau, past_samples, ridge, basis, tuple(sigmas)
                                    if isinstance(sigmas, (list, tuple)) else sigmas, sticky,
@@ -146,6 +147,10 @@ class LongTermMemory(nn.Module):
         if not (isinstance(check_finite, bool) or check_finite == "async"):
             raise ValueError(f"check_finite must be True, False or 'async', got {check_finite!r}")
         self.check_finite = check_finite
+        if launch_plans is not None:
+            warnings.warn("LongTermMemory(launch_plans=...) is ignored: the C++ launch plans were removed, and the "
+                          "memory's own CUDA graphs (cuda_graphs=True, the default) take their place",
+                          FutureWarning, stacklevel=2)
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be a bool, got {type(cuda_graphs).__name__}")
         self._graphs = StepGraphs() if cuda_graphs else None

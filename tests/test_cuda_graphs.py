@@ -87,6 +87,8 @@ def test_cpu_steps_run_eagerly_and_flags_are_checked():
         LongTermMemory(cuda_graphs="yes")
     with pytest.raises(ValueError, match="check_finite must be True, False or 'async'"):
         LongTermMemory(check_finite="later")
+    with pytest.warns(FutureWarning, match="launch_plans"):  # the removed mechanism's switch
+        LongTermMemory(launch_plans=True)
 
 
 # CUDA steps check asynchronously by default; check_finite="async" runs the same device-flag

@@ -49,6 +49,27 @@ def gpu_time(fn, budget_s: float = 0.1, graph: bool = False) -> list[float]:
     return [1e3 * t for t in ms]
 
 
+def call_latency(fn, device: torch.device, budget_s: float = 0.1, block: int = 10, warmups: int = 20) -> list[float]:
+    """Wall-clock µs per call of ``fn()`` as a caller waiting for each result would see it: blocks
+    of ``block`` calls, each block ending in one synchronisation, for about ``budget_s``. A step
+    bound by its host shows its host time, one bound by the GPU its GPU time. (``do_bench`` flushes
+    the L2 cache before each call and records events around it, which inflates steps whose launches
+    take longer than their kernels.)"""
+    for _ in range(warmups):
+        fn()
+    synchronize(device)
+    times, spent = [], 0.0
+    while spent < budget_s or len(times) < 5:
+        start = time.perf_counter()
+        for _ in range(block):
+            fn()
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        spent += elapsed
+        times.append(elapsed / block * 1e6)
+    return times
+
+
 def host_time(fn, device: torch.device, budget_s: float = 0.1, warmups: int = 2, max_calls: int = 10_000) -> list[float]:
     """Wall-clock time (µs) of each call of ``fn()`` as the host sees it: nothing is synchronised
     between calls (on CUDA: what launching costs the CPU while the GPU keeps up; on the CPU: the call).
