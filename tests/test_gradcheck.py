@@ -138,7 +138,7 @@ def _chunk_grads(backend: str, device: str, cfg: dict, dtype: torch.dtype, chunk
 
 @pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)
 @pytest.mark.parametrize("name", FUSED_CONFIGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_fused_gradients_match_reference(device, backend, name, dtype):
     """A trainable step on a fused backend (projection weights requiring grad, as an nn.Module's
     do) gives the reference's gradients for frames, query and both projections, chunk after

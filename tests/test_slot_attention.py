@@ -76,7 +76,9 @@ def _reference(query, keys, values, heads, const):
     return context, padded.reshape(streams, heads, groups, 16, -1).sum(3).reshape(streams, heads * groups, -1)
 
 
-GRAD_CASES = kernel_cases([(2, 5, 24, 3, 13), (3, 19, 24, 3, 40), (1, 33, 32, 2, 70)], large=[(2, 32, 768, 12, 256)],
+# Head widths 8, 12 (not a power of 2) and 16; N = 70 spans two tiles of slots; Q = 33 leaves a
+# group of 16 queries partly empty.
+GRAD_CASES = kernel_cases([(2, 5, 24, 3, 13), (2, 7, 24, 2, 20), (3, 19, 24, 3, 40), (1, 33, 32, 2, 70)], large=[(2, 32, 768, 12, 256)],
                           gpu=[(16, 32, 768, 12, 256), (3, 7, 96, 3, 1000)])
 
 
@@ -128,3 +130,36 @@ def test_reference_gradcheck():
     gen = torch.Generator().manual_seed(2)
     inputs = [torch.randn(2, rows, 8, generator=gen, dtype=torch.float64).requires_grad_() for rows in (17, 9, 9)]
     assert torch.autograd.gradcheck(lambda q, k, v: _reference(q, k, v, 2, const), inputs)
+
+
+@pytest.mark.parametrize("device,backend", [k for k in OP_KERNELS if k[1] != "triton"], ids=kernel_id)
+def test_backward_rejects_bad_input_naming_the_argument(device, backend):
+    """Direct calls of the backward op reach the C++ checks (CPU) or the plain-torch kernel's (CUDA)."""
+    query, keys = torch.randn(2, 3, 8, device=device), torch.randn(2, 7, 8, device=device)
+    with pytest.raises((RuntimeError, ValueError), match="grad_context"):
+        torch.ops.infvideo.slot_attention_backward(torch.randn(2, 4, 8, device=device), None, query, keys, keys, 2,
+                                                   None, None, backend)
+    with pytest.raises((RuntimeError, ValueError), match="grad_mass"):
+        torch.ops.infvideo.slot_attention_backward(torch.randn(2, 3, 8, device=device),
+                                                   torch.randn(2, 5, 7, device=device), query, keys, keys, 2, None,
+                                                   None, backend)
+
+
+@pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)
+@pytest.mark.parametrize("preset", ["exact", "paper"])
+def test_backward_kernels_match_plain_torch(device, backend, preset):
+    """Each backward kernel against the plain-torch formulation (the CUDA key's kernel)."""
+    from infvideo.ops.slot_attention import slot_attention_backward_torch
+
+    gen = torch.Generator().manual_seed(7)
+    streams, q_len, model, heads, n = 3, 19, 24, 3, 40
+    query, keys, values = (torch.randn(streams, rows, model, generator=gen).to(device) for rows in (q_len, n, n))
+    grad_context = torch.randn(streams, q_len, model, generator=gen).to(device)
+    grad_mass = torch.randn(streams, heads * 2, n, generator=gen).to(device)
+    const = ref_fit.on_device(ref_attention.attention_constants(MemoryConfig(num_basis=n, preset=preset)), device,
+                              torch.float32)
+    null = None if const.null_log_weight is None else float(const.null_log_weight)
+    args = (grad_context, grad_mass, query, keys, values, heads, const.log_weight, null)
+    for got, want in zip(torch.ops.infvideo.slot_attention_backward(*args, backend),
+                         slot_attention_backward_torch(*args)):
+        assert rel_err(got, want) < 1e-5

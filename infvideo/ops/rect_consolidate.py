@@ -85,16 +85,27 @@ def _triton_kernel(*args):
 _library.select_kernels("rect_consolidate", _triton_kernel)
 
 
+_BACKWARD_OP = "infvideo::rect_consolidate_backward"
+
+
 # The backward: B is linear in the pooled frames and the sampled old rows, so its gradient is the
 # same CSR walk in reverse: each bin's scaled gradient row g_n = scale_n · ∂L/∂B_n is written to
 # its frames (every token of frame j gets g_n / T) and added into the old rows its past samples read.
-@torch.library.custom_op("infvideo::rect_consolidate_backward", mutates_args=())
-def _rect_consolidate_backward(grad: Tensor, sample_bins: Optional[Tensor], past_idx: Tensor, past_start: Tensor,
-                               frame_idx: Tensor, frame_start: Tensor, scale: Tensor, num_frames: int, tokens: int,
-                               frames_dtype: torch.dtype, with_past: bool, backend: str = "auto"
-                               ) -> tuple[Tensor, Tensor]:
-    # Plain torch, for any device: the kernel of the CUDA key (no csrc CUDA backward yet) and the
-    # formulation the Triton and C++ backward kernels are tested against.
+def rect_consolidate_backward_torch(grad: Tensor, sample_bins: Tensor | None, past_idx: Tensor, past_start: Tensor,
+                                    frame_idx: Tensor, frame_start: Tensor, scale: Tensor, num_frames: int,
+                                    tokens: int, frames_dtype: torch.dtype, with_past: bool) -> tuple[Tensor, Tensor]:
+    """``infvideo::rect_consolidate_backward`` in plain torch, on any device: the gradient of each
+    frame's tokens, one row per frame [S, L, e] in ``frames_dtype`` (g_n / T for frame j in bin n,
+    g_n = scale_n · grad_n; zeros for frames in no bin), and of the old coefficients [S, N, e]
+    float32 (Σ of g_n over the samples that read each old row; an empty tensor without
+    ``with_past``). The op's kernel on the CUDA key (csrc has no CUDA backward yet).
+    """
+    _validate.tensor(_BACKWARD_OP, "grad", grad, (3,), "[S, N, e]", dtypes=None)
+    _validate.match(_BACKWARD_OP, "grad", grad.shape[1], scale.shape[0], "bins (dim 1)", "scale")
+    _validate.positive_int(_BACKWARD_OP, "num_frames", num_frames)
+    _validate.positive_int(_BACKWARD_OP, "tokens", tokens)
+    if with_past and sample_bins is None:
+        raise ValueError(f"{_BACKWARD_OP}: sample_bins is required with with_past")
     streams, bins, width = grad.shape
     g = grad.float() * scale.float()[:, None]
     slots = torch.arange(bins, device=grad.device)
@@ -109,6 +120,15 @@ def _rect_consolidate_backward(grad: Tensor, sample_bins: Optional[Tensor], past
     flat = src.clamp_min(0) + torch.arange(streams, device=grad.device)[:, None] * bins
     grad_past = g.new_zeros(streams * bins, width).index_add_(0, flat.reshape(-1), rows.reshape(-1, width))
     return grad_frames.to(frames_dtype), grad_past.view(streams, bins, width)
+
+
+@torch.library.custom_op("infvideo::rect_consolidate_backward", mutates_args=())
+def _rect_consolidate_backward(grad: Tensor, sample_bins: Optional[Tensor], past_idx: Tensor, past_start: Tensor,
+                               frame_idx: Tensor, frame_start: Tensor, scale: Tensor, num_frames: int, tokens: int,
+                               frames_dtype: torch.dtype, with_past: bool, backend: str = "auto"
+                               ) -> tuple[Tensor, Tensor]:
+    return rect_consolidate_backward_torch(grad, sample_bins, past_idx, past_start, frame_idx, frame_start, scale,
+                                           num_frames, tokens, frames_dtype, with_past)
 
 
 @_rect_consolidate_backward.register_fake

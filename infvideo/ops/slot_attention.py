@@ -35,13 +35,14 @@ _library.select_kernels("slot_attention", _triton_kernel)
 # way: nothing [S, H, Q, N] is saved), then with dr_n = dc·V_n (+ the mass gradient of the query's
 # group) and δ = Σ_n r_n dr_n (the null slot, absent from both outputs, has dr = 0):
 # ∂a_n = r_n (dr_n − δ), dq = Σ_n ∂a_n K_n / √d, dK_n = Σ_q ∂a_n q / √d, dV_n = Σ_q r_n dc.
-@torch.library.custom_op("infvideo::slot_attention_backward", mutates_args=())
-def _slot_attention_backward(grad_context: Tensor, grad_mass: Optional[Tensor], query: Tensor, keys: Tensor,
-                             values: Tensor, num_heads: int, slot_log_weight: Optional[Tensor],
-                             null_log_weight: Optional[float], backend: str = "auto"
-                             ) -> tuple[Tensor, Tensor, Tensor]:
-    # Plain torch in float32, for any device: the kernel of the CUDA key (no csrc CUDA backward
-    # yet) and the formulation the Triton and C++ backward kernels are tested against.
+def slot_attention_backward_torch(grad_context: Tensor, grad_mass: Tensor | None, query: Tensor, keys: Tensor,
+                                  values: Tensor, num_heads: int, slot_log_weight: Tensor | None,
+                                  null_log_weight: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``infvideo::slot_attention_backward`` in plain torch (float32), on any device: dq, dK, dV in
+    the dtypes of query, keys and values from grad_context [S, Q, D] and grad_mass [S, H·⌈Q/16⌉, N]
+    or None. The op's kernel on the CUDA key (csrc has no CUDA backward yet).
+    """
+    _check_backward(grad_context, grad_mass, query, keys, values, num_heads, slot_log_weight, null_log_weight)
     s, q_len, model = query.shape
     n = keys.shape[1]
     d = model // num_heads
@@ -70,6 +71,15 @@ def _slot_attention_backward(grad_context: Tensor, grad_mass: Optional[Tensor], 
     dk = merge(torch.matmul(da.transpose(-1, -2), qh) * scale).to(keys.dtype)
     dv = merge(torch.matmul(r.transpose(-1, -2), go)).to(values.dtype)
     return dq, dk, dv
+
+
+@torch.library.custom_op("infvideo::slot_attention_backward", mutates_args=())
+def _slot_attention_backward(grad_context: Tensor, grad_mass: Optional[Tensor], query: Tensor, keys: Tensor,
+                             values: Tensor, num_heads: int, slot_log_weight: Optional[Tensor],
+                             null_log_weight: Optional[float], backend: str = "auto"
+                             ) -> tuple[Tensor, Tensor, Tensor]:
+    return slot_attention_backward_torch(grad_context, grad_mass, query, keys, values, num_heads, slot_log_weight,
+                                         null_log_weight)
 
 
 @_slot_attention_backward.register_fake
@@ -162,3 +172,20 @@ def _check(query, keys, values, num_heads, slot_log_weight, null_log_weight) -> 
                         "keys (dim 1)")
     if null_log_weight is not None:
         _validate.real(_OP, "null_log_weight", null_log_weight)
+
+
+_BACKWARD_OP = "infvideo::slot_attention_backward"
+
+
+def _check_backward(grad_context, grad_mass, query, keys, values, num_heads, slot_log_weight, null_log_weight):
+    """The C++ backward's checks, for the plain-torch kernel (the forward's, and the cotangents' shapes)."""
+    _check(query, keys, values, num_heads, slot_log_weight, null_log_weight)
+    if grad_context.shape != query.shape:
+        raise ValueError(f"{_BACKWARD_OP}: grad_context must have the query's shape {tuple(query.shape)}, "
+                         f"got {tuple(grad_context.shape)}")
+    if grad_mass is not None:
+        s, q_len, _ = query.shape
+        want = (s, _library.mass_groups(num_heads, q_len), keys.shape[1])
+        if grad_mass.shape != want:
+            raise ValueError(f"{_BACKWARD_OP}: grad_mass must have the mass's shape [S, H·⌈Q/16⌉, N] = {want}, "
+                             f"got {tuple(grad_mass.shape)}")
