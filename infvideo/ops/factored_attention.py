@@ -55,7 +55,8 @@ def factored_slot_attention(query: Tensor, coef: Tensor, proj_key: nn.Linear, pr
     Only where :func:`applies` holds (plain Linear layers, no null slot). The mass groups are blocks
     of 16 of the H·Q (head-major) queries: for Q a multiple of 16 the groups of ``slot_attention``.
     The one kernel is the C++ CPU one (``csrc/attention/factored_attention_cpu.cpp``: the four
-    products and the softmax in one parallel pass).
+    products and the softmax in one parallel pass). Forward-only: a step that autograd records
+    projects K and V and runs ``slot_attention``, whose backward is registered.
     """
     return torch.ops.infvideo.factored_slot_attention(query, coef, proj_key.weight, proj_value.weight,
                                                       proj_value.bias, num_heads, slot_log_weight)

@@ -201,7 +201,8 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
     backward, ``infvideo::rect_consolidate_backward``, walks the same CSR maps in reverse (each
     token of frame j receives scale_n · ∂L/∂B_n / T; each past sample adds its bin's scaled
     gradient into the old row it read), on the kernel ``backend`` picks. sample_bins and the plan
-    are not differentiable.
+    are not differentiable. Triton sums the past's gradient with atomic adds, so its last bits may
+    vary between runs on a GPU (a memory step never asks for it: its past is detached).
     """
     _check(frames, past, plan, sample_bins, cast_dtype)
     return rect_consolidate_unchecked(frames, past, plan, sample_bins, cast_dtype, backend)
