@@ -8,6 +8,10 @@ this kernel: pass 1 finds the running max and normaliser over N tiles, pass 2
 forms the probabilities, accumulates the context Σ_n r_n V_n and writes each bin's attention mass
 summed over the block's queries, [S, H·QB, N], for the next sticky step (the samplers add groups). N is small (≤ a few thousand), so reading
 K twice costs less than holding the context rescaling of a one-pass online softmax.
+
+The backward (``slot_attention_backward``) recomputes the probabilities flash-style in two
+launches: per block of 16 queries, dq with each row's log-normaliser and δ = Σ_n r_n dr_n; then per
+block of slots, dK and dV summed over every query by the program that owns those rows (no atomics).
 """
 from __future__ import annotations
 

@@ -17,6 +17,10 @@ score tiles; 32 rows with 32 points spilled); the two cuBLAS products of the ref
 quadrature still take about a third of its time there, so the memory step keeps those (ops.step). The dots
 use "tf32x3" (three tensor-core passes, float32 accuracy): |aᵀψ| reaches ~10², so the plain tf32
 error would move the exponent by 10⁻¹.
+
+The backward (``quadrature_attention_backward``) has the same structure: batched products give
+a and dr = dc·Vᵀ, one kernel sweeps the points twice per block of rows (the normaliser, then the
+score gradient ∂a and r with ψ evaluated on the fly), and products of ∂a and r give dq, dK, dV.
 """
 from __future__ import annotations
 
