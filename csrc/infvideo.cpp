@@ -50,6 +50,26 @@ std::tuple<at::Tensor, at::Tensor> slot_attention(const at::Tensor& query, const
   return slot_attention_cpu(query, keys, values, num_heads, slot_log_weight, null_log_weight);
 }
 
+std::tuple<at::Tensor, at::Tensor> rect_consolidate_backward(
+    const at::Tensor& grad, const std::optional<at::Tensor>& sample_bins, const at::Tensor& past_idx,
+    const at::Tensor& past_start, const at::Tensor& frame_idx, const at::Tensor& frame_start, const at::Tensor& scale,
+    int64_t num_frames, int64_t tokens, at::ScalarType frames_dtype, bool with_past) {
+  TORCH_CHECK(!grad.is_cuda(), "infvideo::rect_consolidate_backward: no C++ CUDA kernel (the Python op's CUDA "
+              "backward is plain torch); got grad on ", grad.device());
+  return rect_consolidate_backward_cpu(grad, sample_bins, past_idx, past_start, frame_idx, frame_start, scale,
+                                       num_frames, tokens, frames_dtype, with_past);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> slot_attention_backward(
+    const at::Tensor& grad_context, const std::optional<at::Tensor>& grad_mass, const at::Tensor& query,
+    const at::Tensor& keys, const at::Tensor& values, int64_t num_heads,
+    const std::optional<at::Tensor>& slot_log_weight, std::optional<double> null_log_weight) {
+  TORCH_CHECK(!query.is_cuda(), "infvideo::slot_attention_backward: no C++ CUDA kernel (the Python op's CUDA "
+              "backward is plain torch); got query on ", query.device());
+  return slot_attention_backward_cpu(grad_context, grad_mass, query, keys, values, num_heads, slot_log_weight,
+                                     null_log_weight);
+}
+
 at::Tensor quantile_bins(const at::Tensor& mass, int64_t num_samples) {
 #ifdef INFVIDEO_WITH_CUDA
   if (on_cuda(mass)) {

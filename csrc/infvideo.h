@@ -29,6 +29,23 @@ std::tuple<at::Tensor, at::Tensor> slot_attention(const at::Tensor& query, const
                                                   const std::optional<at::Tensor>& slot_log_weight = std::nullopt,
                                                   std::optional<double> null_log_weight = std::nullopt);
 
+// Gradients of rect_consolidate from grad = dL/dB [S, N, e]: of each frame's tokens, one row per frame
+// [S, num_frames, e] in frames_dtype (every token of frame j in bin n receives scale_n · grad_n / tokens), and of
+// past [S, N, e] (float32; empty without with_past): each past sample adds scale_n · grad_n into the old row it
+// read. CPU kernels only (a CUDA tensor raises: the Python op's CUDA backward is plain torch).
+std::tuple<at::Tensor, at::Tensor> rect_consolidate_backward(
+    const at::Tensor& grad, const std::optional<at::Tensor>& sample_bins, const at::Tensor& past_idx,
+    const at::Tensor& past_start, const at::Tensor& frame_idx, const at::Tensor& frame_start, const at::Tensor& scale,
+    int64_t num_frames, int64_t tokens, at::ScalarType frames_dtype, bool with_past);
+
+// Gradients of slot_attention for query, keys and values (their dtypes) from grad_context [S, Q, D] and
+// grad_mass [S, H·⌈Q/16⌉, N] or none; r is recomputed. CPU kernels only, as above.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> slot_attention_backward(
+    const at::Tensor& grad_context, const std::optional<at::Tensor>& grad_mass, const at::Tensor& query,
+    const at::Tensor& keys, const at::Tensor& values, int64_t num_heads,
+    const std::optional<at::Tensor>& slot_log_weight = std::nullopt,
+    std::optional<double> null_log_weight = std::nullopt);
+
 // Bins [S, M] (int32, sorted) of u_i = F⁻¹((i − ½)/M), F the CDF of mass [S, K] or [S, G, K] summed over groups.
 at::Tensor quantile_bins(const at::Tensor& mass, int64_t num_samples);
 

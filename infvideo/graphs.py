@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .ops.step import step_records_grad
+
 
 def _weight_versions(*layers) -> tuple:
     """Pointer and version counter of each weight and bias: they change when a weight is replaced
@@ -89,8 +91,11 @@ class StepGraphs:
         self.steps: dict[tuple, CapturedStep] = {}
 
     def replay(self, memory, frames, query, proj_key, proj_value, num_heads: int):
-        """The step's context from its graph, or None when there is no valid graph for these inputs."""
+        """The step's context from its graph, or None when there is no valid graph for these inputs
+        (or autograd must record the step: a graph's replay is invisible to it)."""
         if not self.steps or not isinstance(frames, torch.Tensor) or not isinstance(query, torch.Tensor):
+            return None
+        if step_records_grad(frames, query, proj_key, proj_value):
             return None
         key = signature(frames, query, proj_key, proj_value, num_heads)
         step = self.steps.get(key)

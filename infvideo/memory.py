@@ -15,22 +15,10 @@ from .finite_check import FRAMES as FRAMES_FLAG
 from .finite_check import QUERY as QUERY_FLAG
 from .graphs import StepGraphs, traced
 from .ops import fused_step, step_constants
+from .ops.step import step_records_grad
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
 from .reference.step import attend, consolidate_chunk
-
-
-def _needs_grad(*inputs) -> bool:
-    """Whether autograd must see this step (the fused ops are forward-only; the reference is not)."""
-    if not torch.is_grad_enabled():
-        return False
-    for item in inputs:
-        if isinstance(item, torch.Tensor):
-            if item.requires_grad:
-                return True
-        elif isinstance(item, nn.Module) and any(p.requires_grad for p in item.parameters()):
-            return True
-    return False
 
 
 def _drops_frames(cfg: MemoryConfig, length: int, first: bool, later: bool) -> bool:
@@ -76,9 +64,11 @@ class LongTermMemory(nn.Module):
         backend: a name of ``infvideo.backends`` (``"auto"``, ``"torch"``, ``"triton"``,
             ``"cuda"``, ``"cpu"``); ``"auto"`` picks per device (Triton on CUDA tensors, the C++
             kernels on CPU tensors where the extension is built, else the torch reference) and
-            INFVIDEO_BACKEND overrides it. The fused backends are forward-only: a step that
-            autograd must see (grad enabled and an input or projection that requires grad) runs on
-            the differentiable reference.
+            INFVIDEO_BACKEND overrides it. Every backend is differentiable: a step that autograd
+            records (grad enabled and frames, query or a projection parameter requiring grad, the
+            default for an nn.Module) runs the fused ops forward and their registered backward
+            kernels. Only float64 steps with gradients take the torch reference on a fused
+            backend (its kernels take float32 / float16 / bfloat16); the memory warns once.
         density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
             softmax moments; Gaussian basis only).
         generator: torch.Generator for ``multinomial`` / ``upstream`` sampling (without one they
@@ -118,6 +108,13 @@ class LongTermMemory(nn.Module):
     eager step first (it puts the constants on the device), and then drive the memory only
     through the compiled function or the graph's replays; fused steps with rectangular bins and
     quantile or uniform sampling trace whole.
+
+    Gradients: a step is differentiable with respect to its frames, query and the projections'
+    weights and biases (``loss.backward()`` after ``memory(...)``); the memory's state is detached
+    between steps, so gradients flow within a step and never into earlier chunks through the
+    stored coefficients (truncated backpropagation through time, one chunk long). The sticky
+    sample indices are not differentiable. A module that needs no gradients runs faster under
+    ``torch.no_grad()`` / ``torch.inference_mode()`` (and only then replays CUDA graphs).
 
     State (buffers, saved by ``state_dict()``): ``coef`` [S, N, e], ``filled`` [S] (streams holding
     a video), ``sticky_stats`` [S, G, K] (attention mass per bin from the last step, per group).
@@ -172,6 +169,7 @@ class LongTermMemory(nn.Module):
         # Whether a fit leaves frames out, per (chunk length, fill state): hashing the
         # configuration to ask the fits' caches costs more host time than a small step's kernels.
         self._drops_frames = LRUCache(64)
+        self._warned: set[str] = set()  # reasons already warned about (_warn_once)
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
@@ -376,7 +374,12 @@ class LongTermMemory(nn.Module):
         past = None if self._fill == "empty" else self.coef
         filled = self.filled if self._fill == "mixed" else None
         stats = None if self._fill == "empty" else self.sticky_stats
-        if backend in FUSED and dtype == torch.float32 and not _needs_grad(frames, query, proj_key, proj_value):
+        if (backend in FUSED and dtype == torch.float64
+                and step_records_grad(frames, query, proj_key, proj_value)):
+            self._warn_once("float64", f"a float64 step with gradients runs on the torch reference: the {backend!r} "
+                            "kernels take float32, float16 and bfloat16 inputs (their backward accumulates in "
+                            "float32)")
+        if backend in FUSED and dtype == torch.float32:
             key = (frames.shape[1], frames.device)
             consts = self._step_constants.get(key)
             if consts is None:
@@ -388,6 +391,13 @@ class LongTermMemory(nn.Module):
                                 keep_stats=self.config.sticky)
         return context, coef, stats
 
+    def _warn_once(self, reason: str, message: str) -> None:
+        """Warns ``message`` the first time this memory meets ``reason`` (e.g. a step that must
+        take the reference instead of its fused backend)."""
+        if reason not in self._warned:
+            self._warned.add(reason)
+            warnings.warn(f"infvideo.LongTermMemory: {message}", RuntimeWarning, stacklevel=6)
+
     def commit(self, frames: torch.Tensor, query: torch.Tensor, context: torch.Tensor, coef: torch.Tensor,
                stats: torch.Tensor | None, projections: tuple = (), synchronous: bool = False) -> None:
         """Makes a computed step the memory's state, after the finiteness check (class docstring;
@@ -396,7 +406,9 @@ class LongTermMemory(nn.Module):
 
         Eager steps swap the new tensors in; inside torch.compile or a CUDA graph capture they are
         copied into the existing buffers, so each replay updates the memory the next one reads."""
+        # The state carries no autograd history into the next step (gradients flow within a step).
         coef = coef.detach()
+        stats = None if stats is None else stats.detach()
         streams, device = coef.shape[0], coef.device
         in_place = traced(device)
         if stats is None and self.sticky_stats.shape[0] != streams:

@@ -8,6 +8,10 @@ this kernel: pass 1 finds the running max and normaliser over N tiles, pass 2
 forms the probabilities, accumulates the context Σ_n r_n V_n and writes each bin's attention mass
 summed over the block's queries, [S, H·QB, N], for the next sticky step (the samplers add groups). N is small (≤ a few thousand), so reading
 K twice costs less than holding the context rescaling of a one-pass online softmax.
+
+The backward (``slot_attention_backward``) recomputes the probabilities flash-style in two
+launches: per block of 16 queries, dq with each row's log-normaliser and δ = Σ_n r_n dr_n; then per
+block of slots, dK and dV summed over every query by the program that owns those rows (no atomics).
 """
 from __future__ import annotations
 
@@ -167,3 +171,208 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
         num_warps=warps,
     )
     return ctx, mass
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a @ b with float32 accumulation: exact fp32 for IEEE, else tensor cores on b's dtype."""
+    if IEEE:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a.to(b.dtype), b)
+
+
+@triton.jit
+def _mass_grad(gmass_ptr, s, h, blocks, offs_q, rows, mask_q, mask_n, stride_gms, stride_gmg, GROUP: tl.constexpr):
+    """The mass output's gradient at (query, slot): its group's row, [BLOCK_Q, BLOCK_N]."""
+    groups = h * blocks + offs_q // GROUP
+    return tl.load(gmass_ptr + s * stride_gms + groups[:, None] * stride_gmg + rows[None, :],
+                   mask=mask_q[:, None] & mask_n[None, :], other=0.0)
+
+
+@triton.jit
+def _slot_attention_bwd_query_kernel(
+    q_ptr, k_ptr, v_ptr, logw_ptr, go_ptr, gmass_ptr, dq_ptr, lse_ptr, delta_ptr,
+    Q, N, HEAD_DIM, null_logw, sm_scale,
+    stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn, stride_gs, stride_gq,
+    stride_gms, stride_gmg, stride_ls,
+    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, HAS_GMASS: tl.constexpr, IEEE: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Program (stream, head, block of GROUP queries): the rows' log-normaliser (pass 1), δ = Σ r dr
+    # (pass 2) and dq = Σ_n ∂a_n K_n (pass 3), three sweeps over the N slots, which are few; the
+    # log-normaliser and δ go to [S, H, Q] scratch for the key/value kernel.
+    s = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_q = tl.program_id(2) * GROUP + tl.arange(0, GROUP)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_q = offs_q < Q
+    mask_d = offs_d < HEAD_DIM
+    cols = h * HEAD_DIM + offs_d
+    blocks = tl.cdiv(Q, GROUP)
+    tile_qd = mask_q[:, None] & mask_d[None, :]
+    q = tl.load(q_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :], mask=tile_qd, other=0.0)
+    q = q.to(tl.float32) * sm_scale
+    go = tl.load(go_ptr + s * stride_gs + offs_q[:, None] * stride_gq + cols[None, :], mask=tile_qd, other=0.0)
+    k_base = k_ptr + s * stride_ks
+    v_base = v_ptr + s * stride_vs
+
+    if HAS_NULL:
+        m_i = tl.zeros([GROUP], dtype=tl.float32) + null_logw
+        l_i = tl.zeros([GROUP], dtype=tl.float32) + 1.0
+    else:
+        m_i = tl.zeros([GROUP], dtype=tl.float32) - float("inf")
+        l_i = tl.zeros([GROUP], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + offs_n
+        mask_n = rows < N
+        k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=mask_n[:, None] & mask_d[None, :],
+                    other=0.0)
+        scores = _dot(q, tl.trans(k), IEEE)
+        if HAS_LOGW:
+            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
+        m_i, l_i = _running_max_sum(scores, mask_n, m_i, l_i)
+    lse = m_i + tl.log(l_i)
+
+    delta = tl.zeros([GROUP], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + offs_n
+        mask_n = rows < N
+        tile_nd = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=tile_nd, other=0.0)
+        v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=tile_nd, other=0.0)
+        scores = _dot(q, tl.trans(k), IEEE)
+        if HAS_LOGW:
+            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
+        p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
+        dr = _dot(go, tl.trans(v), IEEE)
+        if HAS_GMASS:
+            dr += _mass_grad(gmass_ptr, s, h, blocks, offs_q, rows, mask_q, mask_n, stride_gms, stride_gmg, GROUP)
+        delta += tl.sum(p * dr, axis=1)
+
+    dq = tl.zeros([GROUP, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + offs_n
+        mask_n = rows < N
+        tile_nd = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=tile_nd, other=0.0)
+        v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=tile_nd, other=0.0)
+        scores = _dot(q, tl.trans(k), IEEE)
+        if HAS_LOGW:
+            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
+        p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
+        dr = _dot(go, tl.trans(v), IEEE)
+        if HAS_GMASS:
+            dr += _mass_grad(gmass_ptr, s, h, blocks, offs_q, rows, mask_q, mask_n, stride_gms, stride_gmg, GROUP)
+        dq += _dot(p * (dr - delta[:, None]), k, IEEE)
+
+    tl.store(dq_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :],
+             (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=tile_qd)
+    stats = (s * tl.num_programs(1) + h) * stride_ls + offs_q
+    tl.store(lse_ptr + stats, lse, mask=mask_q)
+    tl.store(delta_ptr + stats, delta, mask=mask_q)
+
+
+@triton.jit
+def _slot_attention_bwd_slots_kernel(
+    q_ptr, k_ptr, v_ptr, logw_ptr, go_ptr, gmass_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr,
+    Q, N, HEAD_DIM, sm_scale,
+    stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn, stride_gs, stride_gq,
+    stride_gms, stride_gmg, stride_ls,
+    HAS_LOGW: tl.constexpr, HAS_GMASS: tl.constexpr, IEEE: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Program (stream, head, block of BLOCK_N slots) owns its rows of dK and dV and sums over every
+    # query itself: no atomics, the same result on every run.
+    s = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    rows = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_g = tl.arange(0, GROUP)
+    mask_n = rows < N
+    mask_d = offs_d < HEAD_DIM
+    cols = h * HEAD_DIM + offs_d
+    blocks = tl.cdiv(Q, GROUP)
+    tile_nd = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(k_ptr + s * stride_ks + rows[:, None] * stride_kn + cols[None, :], mask=tile_nd, other=0.0)
+    v = tl.load(v_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :], mask=tile_nd, other=0.0)
+    if HAS_LOGW:
+        logw = tl.load(logw_ptr + rows, mask=mask_n, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    stats = (s * tl.num_programs(1) + h) * stride_ls
+    for q0 in range(0, Q, GROUP):
+        offs_q = q0 + offs_g
+        mask_q = offs_q < Q
+        tile_qd = mask_q[:, None] & mask_d[None, :]
+        q = tl.load(q_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :], mask=tile_qd, other=0.0)
+        q = q.to(tl.float32) * sm_scale
+        go = tl.load(go_ptr + s * stride_gs + offs_q[:, None] * stride_gq + cols[None, :], mask=tile_qd, other=0.0)
+        lse = tl.load(lse_ptr + stats + offs_q, mask=mask_q, other=0.0)
+        delta = tl.load(delta_ptr + stats + offs_q, mask=mask_q, other=0.0)
+        scores = _dot(q, tl.trans(k), IEEE)
+        if HAS_LOGW:
+            scores += logw[None, :]
+        p = tl.where(mask_q[:, None] & mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
+        dr = _dot(go, tl.trans(v), IEEE)
+        if HAS_GMASS:
+            dr += _mass_grad(gmass_ptr, s, h, blocks, offs_q, rows, mask_q, mask_n, stride_gms, stride_gmg, GROUP)
+        dv += _dot(tl.trans(p), go, IEEE)
+        dk += _dot(tl.trans(p * (dr - delta[:, None])), q, IEEE)
+    tl.store(dk_ptr + s * stride_ks + rows[:, None] * stride_kn + cols[None, :], dk.to(dk_ptr.dtype.element_ty),
+             mask=tile_nd)
+    tl.store(dv_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :], dv.to(dv_ptr.dtype.element_ty),
+             mask=tile_nd)
+
+
+_launch_slot_attention_bwd_query = CachedLaunch(_slot_attention_bwd_query_kernel)
+_launch_slot_attention_bwd_slots = CachedLaunch(_slot_attention_bwd_slots_kernel)
+
+
+@on_input_device
+def slot_attention_backward(grad_context: torch.Tensor, grad_mass: torch.Tensor | None, query: torch.Tensor,
+                            keys: torch.Tensor, values: torch.Tensor, num_heads: int,
+                            slot_log_weight: torch.Tensor | None, null_log_weight: float | None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the slot attention's backward; arguments come from the op's autograd (``infvideo.ops``).
+
+    grad_context [S, Q, D], grad_mass [S, H·⌈Q/16⌉, N] or None, and the forward's inputs (query,
+    keys, values with last stride 1, slot_log_weight [N] fp32). Returns dq, dK, dV in the dtypes
+    of query, keys and values. Two launches: per block of queries (dq, and each row's
+    log-normaliser and δ), then per block of slots (dK, dV).
+    """
+    s, q_len, model = query.shape
+    n = keys.shape[1]
+    d = model // num_heads
+    group = QUERY_GROUP
+    values_dtype = values.dtype
+    # Contiguous copies share one set of strides per pair (query / grad, K / V / dK / dV).
+    query, keys, values = query.contiguous(), keys.contiguous(), values.to(keys.dtype).contiguous()
+    grad_context = grad_context.contiguous()
+    dq = torch.empty_like(query)
+    dk = torch.empty_like(keys)
+    dv = torch.empty_like(keys)
+    stats = torch.empty(2, s * num_heads, q_len, device=query.device, dtype=torch.float32)
+    gmass = grad_mass.float().contiguous() if grad_mass is not None else stats
+    block_d = max(16, next_power_of_2(d))
+    block_n = max(16, min(64, next_power_of_2(n)))
+    logw = slot_log_weight if slot_log_weight is not None else keys
+    # As in the forward: exact fp32 dots for float32 K/V (and the interpreter's bf16).
+    ieee = keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16)
+    common = (query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), keys.stride(0), keys.stride(1),
+              grad_context.stride(0), grad_context.stride(1),
+              gmass.stride(0) if grad_mass is not None else 0, gmass.stride(1) if grad_mass is not None else 0,
+              stats.stride(1))
+    _launch_slot_attention_bwd_query((s, num_heads, cdiv(q_len, group)),
+        query, keys, values, logw, grad_context, gmass, dq, stats[0], stats[1],
+        q_len, n, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d), *common,
+        HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None, HAS_GMASS=grad_mass is not None,
+        IEEE=ieee, GROUP=group, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
+    )
+    _launch_slot_attention_bwd_slots((s, num_heads, cdiv(n, block_n)),
+        query, keys, values, logw, grad_context, gmass, dk, dv, stats[0], stats[1],
+        q_len, n, d, 1.0 / math.sqrt(d), *common,
+        HAS_LOGW=slot_log_weight is not None, HAS_GMASS=grad_mass is not None,
+        IEEE=ieee, GROUP=group, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
+    )
+    return dq, dk, dv.to(values_dtype)

@@ -12,6 +12,9 @@ Past samples (constexpr HAS_PAST) read the old coefficients at given old-bin ind
 [S or 1, M] (uniform, quantile, multinomial or upstream sampling), -1 reading zeros. The sticky
 quantile bins come from kernels/sampling.py: building the CDF here would repeat it in every
 program of this grid (measured on the H100: 3× the whole step at S = 64).
+
+The backward (``rect_consolidate_backward``) runs on the same grid and CSR maps: each program
+writes its bin's scaled gradient row to its frames and adds it into the old rows its samples read.
 """
 from __future__ import annotations
 
@@ -139,3 +142,81 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )
     return out, cast
+
+
+@triton.jit
+def _rect_consolidate_backward_kernel(
+    grad_ptr, bins_ptr, grad_frames_ptr, grad_past_ptr,
+    past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
+    E, inv_tokens, stride_gs, stride_gn, stride_bs, stride_fs, stride_fl, stride_ps, stride_pn,
+    HAS_PAST: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    # The forward's grid and CSR walk, reversed: program (n, s, column block) reads its bin's
+    # gradient row once and writes it to the bin's frames and old rows.
+    n = tl.program_id(0)
+    s = tl.program_id(1).to(tl.int64)
+    offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    g = tl.load(grad_ptr + s * stride_gs + n * stride_gn + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    g = g * tl.load(scale_ptr + n)
+
+    # A frame lies in at most one bin: a plain store, and frames in no bin keep the zeros they
+    # were allocated with.
+    row = (g * inv_tokens).to(grad_frames_ptr.dtype.element_ty)
+    f_lo = tl.load(frame_start_ptr + n)
+    f_hi = tl.load(frame_start_ptr + n + 1)
+    for k in range(f_lo, f_hi):
+        j = tl.load(frame_idx_ptr + k).to(tl.int64)
+        tl.store(grad_frames_ptr + s * stride_fs + j * stride_fl + offs_e, row, mask=mask_e)
+
+    if HAS_PAST:
+        # Many samples may read one old bin (sticky sampling crowds them where attention was
+        # high), from programs of different new bins: atomic float32 adds, so the summation order
+        # (and the last bits of the past gradient) may vary between runs on the GPU.
+        p_lo = tl.load(past_start_ptr + n)
+        p_hi = tl.load(past_start_ptr + n + 1)
+        offs_p = tl.arange(0, BLOCK_P)
+        for k0 in range(p_lo, p_hi, BLOCK_P):
+            mask_p = k0 + offs_p < p_hi
+            i = tl.load(past_idx_ptr + k0 + offs_p, mask=mask_p, other=0)
+            src = tl.load(bins_ptr + s * stride_bs + i, mask=mask_p, other=-1)
+            write = (src >= 0)[:, None] & mask_e[None, :]  # a sample in no bin (-1) read zeros
+            targets = grad_past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn \
+                + offs_e[None, :]
+            tl.atomic_add(targets, tl.zeros([BLOCK_P, BLOCK_E], dtype=tl.float32) + g[None, :], mask=write)
+
+
+_launch_rect_consolidate_backward = CachedLaunch(_rect_consolidate_backward_kernel)
+
+
+@on_input_device
+def rect_consolidate_backward(grad: torch.Tensor, sample_bins: torch.Tensor | None, past_idx: torch.Tensor,
+                              past_start: torch.Tensor, frame_idx: torch.Tensor, frame_start: torch.Tensor,
+                              scale: torch.Tensor, num_frames: int, tokens: int, frames_dtype: torch.dtype,
+                              with_past: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the consolidation's backward; arguments come from the op's autograd (``infvideo.ops``).
+
+    grad [S, N, e] fp32 contiguous (∂L/∂B), sample_bins [S or 1, M] when ``with_past``, the CSR maps
+    and scale of the forward. Returns the gradient of each frame's tokens, one row per frame
+    [S, L, e] in ``frames_dtype`` (g_n / T), and of the old coefficients [S, N, e] fp32 (an empty
+    tensor without ``with_past``).
+    """
+    s, n, e = grad.shape
+    grad_frames = torch.zeros(s, num_frames, e, device=grad.device, dtype=frames_dtype)
+    grad_past = torch.zeros(s, n, e, device=grad.device, dtype=torch.float32) if with_past else grad.new_empty(0)
+    if with_past and sample_bins.dim() == 1:
+        sample_bins = sample_bins[None]
+    bins_t = sample_bins.contiguous() if with_past else past_start
+    # The forward's column blocks: each program's row of g is one contiguous read.
+    block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
+    _launch_rect_consolidate_backward((n, s, cdiv(e, block_e)),
+        grad, bins_t, grad_frames, grad_past if with_past else grad,
+        past_idx, past_start, frame_idx, frame_start, scale,
+        e, 1.0 / tokens, grad.stride(0), grad.stride(1),
+        bins_t.stride(0) if with_past and bins_t.shape[0] > 1 else 0,
+        grad_frames.stride(0), grad_frames.stride(1),
+        grad_past.stride(0) if with_past else 0, grad_past.stride(1) if with_past else 0,
+        HAS_PAST=with_past, BLOCK_E=block_e, BLOCK_P=16,
+        num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"],
+    )
+    return grad_frames, grad_past

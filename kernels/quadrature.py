@@ -18,6 +18,10 @@ score tiles; 32 rows with 32 points spilled); the two cuBLAS products of the ref
 quadrature still take about a third of its time there, so the memory step keeps those (ops.step). The dots
 use "tf32x3" (three tensor-core passes, float32 accuracy): |aᵀψ| reaches ~10², so the plain tf32
 error would move the exponent by 10⁻¹.
+
+The backward (``quadrature_attention_backward``) has the same structure: batched products give
+a and dr = dc·Vᵀ, one kernel sweeps the points twice per block of rows (the normaliser, then the
+score gradient ∂a and r with ψ evaluated on the fly), and products of ∂a and r give dq, dK, dV.
 """
 from __future__ import annotations
 
@@ -149,3 +153,126 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     vh = values.reshape(s, n, num_heads, values.shape[-1] // num_heads).transpose(1, 2).to(torch.float32)
     context = torch.matmul(r[:, :, :q_len], vh)  # [S, H, Q, d_v]
     return context.transpose(1, 2).reshape(s, q_len, -1).to(query.dtype), density
+
+
+@triton.jit
+def _quadrature_rows_backward_kernel(
+    a_ptr, dr_ptr, gdens_ptr, mu_ptr, sigma_ptr, t_ptr, logw_ptr, da_ptr, r_ptr,
+    R, N, T, Q, QP, stride_ar, stride_dg,
+    HAS_GDENS: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    # With w_j = p(t_j) ω_j the quadrature's softmax weights, r = Σ_j w_j ψ_j and the density
+    # output p_j = w_j / ω_j, the upstream gradients dr [N] and dp_j give
+    # e_j = w_j (dr·ψ_j) + p_j dp_j and ∂a = Σ_j e_j ψ_j − (Σ_j e_j) r: after the pass that finds
+    # the normaliser, one more sweep accumulates Σ e ψ, Σ e and r itself (which the caller needs
+    # for dV), ψ again evaluated on the fly.
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_r = rows < R
+    mask_n = offs_n < N
+    tile = mask_r[:, None] & mask_n[None, :]
+    a = tl.load(a_ptr + rows[:, None] * stride_ar + offs_n[None, :], mask=tile, other=0.0)
+    dr = tl.load(dr_ptr + rows[:, None] * stride_ar + offs_n[None, :], mask=tile, other=0.0)
+
+    sigma = tl.load(sigma_ptr + offs_n, mask=mask_n, other=1.0)
+    mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
+    inv_sigma = 1.0 / sigma
+    norm = inv_sigma * 0.3989422804014327  # 1 / (σ √(2π))
+
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        points = t0 + offs_t
+        mask_t = points < T
+        psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
+        scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
+        scores += tl.load(logw_ptr + points, mask=mask_t, other=0.0)[None, :]
+        scores = tl.where(mask_t[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
+        m_i = m_new
+    inv_l = 1.0 / l_i
+
+    real = mask_r & (rows % QP < Q)  # padding queries add nothing to the density
+    acc_e = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_eps = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_r = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        points = t0 + offs_t
+        mask_t = points < T
+        psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
+        s = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
+        p = tl.where(mask_t[None, :], tl.exp(s - m_i[:, None]) * inv_l[:, None], 0.0)
+        w = p * tl.exp(tl.load(logw_ptr + points, mask=mask_t, other=0.0))[None, :]
+        e = w * tl.dot(dr, tl.trans(psi), input_precision=PRECISION)
+        if HAS_GDENS:
+            groups = rows // GROUP
+            dp = tl.load(gdens_ptr + groups[:, None] * stride_dg + points[None, :],
+                         mask=real[:, None] & mask_t[None, :], other=0.0)
+            e += p * dp
+        acc_e += tl.sum(e, axis=1)
+        acc_eps += tl.dot(e, psi, input_precision=PRECISION)
+        acc_r += tl.dot(w, psi, input_precision=PRECISION)
+
+    tl.store(da_ptr + rows[:, None] * stride_ar + offs_n[None, :], acc_eps - acc_e[:, None] * acc_r, mask=tile)
+    tl.store(r_ptr + rows[:, None] * stride_ar + offs_n[None, :], acc_r, mask=tile)
+
+
+_launch_quadrature_rows_backward = CachedLaunch(_quadrature_rows_backward_kernel)
+
+
+@on_input_device
+def quadrature_attention_backward(grad_context: torch.Tensor, grad_density: torch.Tensor | None,
+                                  query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
+                                  mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, log_weight: torch.Tensor
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the quadrature attention's backward; arguments come from the op's autograd.
+
+    grad_context [S, Q, D], grad_density [S, H·QB, T] or None, and the forward's inputs. Returns
+    dq, dK, dV in the dtypes of query, keys and values. As in the forward, the score product
+    a = q·Kᵀ/√d and the products with V and of ∂a run as batched matmuls around one kernel (the
+    gradient of the scores, ∂a, and the weights r, [S, H, Q, N] each).
+    """
+    s, q_len, model = query.shape
+    n = keys.shape[1]
+    t = grid.numel()
+    d = model // num_heads
+    group = QUERY_GROUP
+    padded = cdiv(q_len, group) * group
+    scale = 1.0 / math.sqrt(d)
+    qh = query.reshape(s, q_len, num_heads, d).transpose(1, 2).to(torch.float32)
+    kh = keys.reshape(s, n, num_heads, d).transpose(1, 2).to(torch.float32)
+    vh = values.reshape(s, n, num_heads, values.shape[-1] // num_heads).transpose(1, 2).to(torch.float32)
+    go = grad_context.reshape(s, q_len, num_heads, -1).transpose(1, 2).to(torch.float32)  # [S, H, Q, d_v]
+    a = torch.matmul(qh * scale, kh.transpose(-1, -2))  # [S, H, Q, N]
+    dr = torch.matmul(go, vh.transpose(-1, -2))
+    if padded != q_len:
+        a = torch.nn.functional.pad(a, (0, 0, 0, padded - q_len))
+        dr = torch.nn.functional.pad(dr, (0, 0, 0, padded - q_len))
+    a, dr = a.contiguous(), dr.contiguous()
+    rows = s * num_heads * padded
+    da = torch.empty_like(a)
+    r = torch.empty_like(a)
+    gdens = grad_density.float().contiguous() if grad_density is not None else a
+    block_n = max(16, next_power_of_2(n))
+    # Three [BLOCK_M, N] accumulators (the forward holds one): half its rows for wide N.
+    block_m = max(group, min(CONFIG["block_m"], 4096 // block_n))
+    _launch_quadrature_rows_backward((cdiv(rows, block_m),),
+        a, dr, gdens, mu, sigma, grid, log_weight, da, r,
+        rows, n, t, q_len, padded, a.stride(2), gdens.stride(1) if grad_density is not None else 0,
+        HAS_GDENS=grad_density is not None,
+        PRECISION="ieee" if query.device.type == "cpu" else CONFIG["precision"],
+        GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=CONFIG["block_t"], num_warps=CONFIG["num_warps"],
+    )
+    da, r = da[:, :, :q_len], r[:, :, :q_len]
+    dq = torch.matmul(da, kh) * scale
+    dk = torch.matmul(da.transpose(-1, -2), qh) * scale
+    dv = torch.matmul(r.transpose(-1, -2), go)
+
+    def merge(x, like):
+        return x.transpose(1, 2).reshape(like.shape).to(like.dtype)
+
+    return merge(dq, query), merge(dk, keys), merge(dv, values)

@@ -120,8 +120,9 @@ CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def kernel_id(pair) -> str:
-    return "-".join(pair)
+def kernel_id(value) -> str:
+    """pytest id of a (device, backend) pair, or of one of its values (pytest asks per value)."""
+    return value if isinstance(value, str) else "-".join(value)
 
 
 def config_id(config: dict) -> str:
@@ -146,3 +147,27 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[S, rows, H·d] -> [S, H, rows, d] in float32."""
     s, rows, model = x.shape
     return x.reshape(s, rows, heads, model // heads).transpose(1, 2).float()
+
+
+# Gradient tolerances (relative, ‖a − b‖ / ‖b‖) of a kernel's backward against float64 reference
+# gradients: float32 kernels accumulate in float32 (1e-4, the issue's bound); float16 / bfloat16
+# inputs round the tensors the backward reads and the gradients it writes (a few units of their
+# epsilon, 2^-11 / 2^-8, summed over the row).
+GRAD_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+
+
+def grads_of(fn, inputs: list, cotangents: list) -> list:
+    """∂/∂inputs of Σ_k ⟨fn(*inputs)[k], cotangents[k]⟩ (None cotangents skip an output): one
+    backward through whatever fn records, for comparing two implementations at the same point."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    outputs = fn(*leaves)
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    loss = sum((out.to(torch.float64) * w.to(out.device, torch.float64)).sum()
+               for out, w in zip(outputs, cotangents) if w is not None)
+    return list(torch.autograd.grad(loss, leaves, allow_unused=True))
+
+
+def parameter_grads(layer: nn.Module) -> torch.Tensor:
+    """A layer's parameter gradients as one float64 vector (weight and bias together: the key
+    bias alone has a gradient near 0, since softmax ignores a score added to every slot)."""
+    return torch.cat([p.grad.detach().reshape(-1).to("cpu", torch.float64) for p in layer.parameters()])

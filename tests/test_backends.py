@@ -150,15 +150,22 @@ def test_registry():
 
 
 @pytest.mark.skipif("cpu" not in backends.built(), reason="the C++ extension is not built")
-def test_grad_steps_run_on_the_reference():
-    memory = LongTermMemory(num_basis=12, past_samples=20)
-    pk, pv = nn.Linear(24, 16), nn.Linear(24, 16)
-    frames = torch.randn(2, 7, 24, requires_grad=True)
-    out = memory(frames, torch.randn(2, 5, 16), pk, pv, 4)
-    assert memory.backend_on(torch.device("cpu")) == "cpu"
-    out.sum().backward()  # ran on the differentiable reference
-    assert frames.grad is not None and torch.isfinite(frames.grad).all()
-    assert factored_attention.applies(pk, pv, 128, 128, torch.empty(1, 32, 128), 2, None)
+def test_grad_steps_run_on_the_fused_kernels():
+    """At shapes where the CPU step folds the projections into the queries (factored attention,
+    which has no backward), a step that autograd records projects K and V and runs the slot
+    attention's backward instead, with the reference's gradients."""
+    query = torch.randn(2, 32, 128)
+    pk, pv = nn.Linear(128, 128), nn.Linear(128, 128)
+    assert factored_attention.applies(pk, pv, 128, 128, query, 2, None)
+    grads = []
+    for backend in ("cpu", "torch"):
+        memory = LongTermMemory(num_basis=128, past_samples=20, backend=backend)
+        frames = torch.randn(2, 7, 128, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        pk.zero_grad()
+        memory(frames, query, pk, pv, 2).sum().backward()
+        grads.append((frames.grad, pk.weight.grad.clone()))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("device,backend", [k for k in OP_KERNELS if k[1] != "triton"], ids=kernel_id)

@@ -9,6 +9,7 @@ tens of seconds). Run alone with ``python -m pytest tests/test_benchmarks.py --b
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,22 @@ def test_cli_bench_runs_the_grid(tmp_path, capsys):
     # The CSV keeps 4 significant digits: the same rows, each starting with the same case.
     assert [line.split("|")[1:7] for line in redrawn[1:]] == [line.split("|")[1:7] for line in measured[1:]]
     assert not plots or (tmp_path / "r_grid.png").is_file()
+
+
+def test_backward_bench_parses_and_redraws(tmp_path):
+    """bench/bench_backward_gpu.py (a GPU benchmark) imports here, parses its arguments, refuses
+    to measure without a GPU, and redraws its table from a CSV in its own format."""
+    spec = importlib.util.spec_from_file_location("bench_backward_gpu",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "bench_backward_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--streams", "1", "16", "64", "--no-compile", "--out", str(tmp_path)])
+    assert args.streams == [1, 16, 64] and args.no_compile
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a GPU"):
+            bench.main(["--out", str(tmp_path)])
+    csv_path = tmp_path / "backward.csv"
+    csv_path.write_text("S,provider,p20_us,p50_us,p80_us,peak_mib,device,torch,triton,commit\n"
+                        "1,torch reference,10,11,12,5.5,test,2,3,abc\n16,torch reference,20,21,22,,test,2,3,abc\n")
+    bench.main(["--from-csv", str(csv_path), "--out", str(tmp_path)])
+    assert "| torch reference |" in (tmp_path / "backward.md").read_text()

@@ -11,6 +11,7 @@ from infvideo.cli import main  # noqa: E402
 
 
 def test_demo_writes_png_and_exits_cleanly(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # the optional plot extra draws the PNG (the next test covers its absence)
     png = tmp_path / "demo.png"
     main(["demo", "--frames", "96", "--chunk", "32", "--num-basis", "16", "--past-samples", "32",
           "--png", str(png)])

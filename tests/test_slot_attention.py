@@ -2,6 +2,8 @@
 
 Tolerances (relative): 1e-5 with float32 keys/values (exact fp32 dots), 2e-2 with fp16/bf16 ones
 (the reference sees the same rounded K/V in float32; the context is rounded to the query's dtype).
+Gradients (the registered backward, context and mass cotangents together) against float64
+reference gradients at the same rounded inputs: conftest.GRAD_TOL.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import infvideo.ops as ops
 from infvideo.config import MemoryConfig
 from infvideo.reference import attention as ref_attention
 from infvideo.reference import fit as ref_fit
-from conftest import DTYPES, OP_KERNELS, kernel_cases, kernel_id, rel_err, split_heads
+from conftest import DTYPES, GRAD_TOL, OP_KERNELS, grads_of, kernel_cases, kernel_id, rel_err, split_heads
 
 # (streams, Q, D, H, N). 16 streams take two blocks of queries per Triton program; Q = 33 leaves
 # one group of 16 queries partly empty.
@@ -57,3 +59,107 @@ def test_opcheck(device, backend):
     for q_len, log_weight, null in ((3, logw, -3.0), (17, None, None)):  # one and two groups of queries
         query = torch.randn(2, q_len, 8, generator=gen).to(device)
         torch.library.opcheck(op, (query, keys, keys, 2, log_weight, null, backend))
+
+
+def _reference(query, keys, values, heads, const):
+    """Context and mass of the slot attention in the inputs' dtype (float64 here), from the reference."""
+    streams, q_len, model = query.shape
+
+    def split(x):  # conftest.split_heads without its cast to float32
+        return x.reshape(streams, x.shape[1], heads, model // heads).transpose(1, 2)
+
+    a = split(query) @ split(keys).transpose(-1, -2)
+    r = ref_attention.slot_weights(a / math.sqrt(model // heads), const)
+    context = (r @ split(values)).transpose(1, 2).reshape(streams, q_len, model)
+    groups = -(-q_len // 16)
+    padded = torch.nn.functional.pad(r, (0, 0, 0, groups * 16 - q_len))
+    return context, padded.reshape(streams, heads, groups, 16, -1).sum(3).reshape(streams, heads * groups, -1)
+
+
+# Head widths 8, 12 (not a power of 2) and 16; N = 70 spans two tiles of slots; Q = 33 leaves a
+# group of 16 queries partly empty.
+GRAD_CASES = kernel_cases([(2, 5, 24, 3, 13), (2, 7, 24, 2, 20), (3, 19, 24, 3, 40), (1, 33, 32, 2, 70)], large=[(2, 32, 768, 12, 256)],
+                          gpu=[(16, 32, 768, 12, 256), (3, 7, 96, 3, 1000)])
+
+
+@pytest.mark.parametrize("device,backend,case", GRAD_CASES)
+@pytest.mark.parametrize("preset", ["exact", "paper"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gradient_matches_reference(device, backend, case, preset, dtype):
+    """dq, dK, dV of the registered backward (flash-style recomputation, null slot and log-weights
+    of the paper preset, the mass output's gradient too) against float64 reference gradients."""
+    streams, q_len, model, heads, n = case
+    gen = torch.Generator().manual_seed(3 * n + q_len)
+    inputs = [torch.randn(streams, rows, model, generator=gen).to(device, dtype) for rows in (q_len, n, n)]
+    cotangents = [torch.randn(streams, q_len, model, generator=gen),
+                  torch.randn(streams, heads * -(-q_len // 16), n, generator=gen)]
+    const = ref_attention.attention_constants(MemoryConfig(num_basis=n, preset=preset))
+    const32 = ref_fit.on_device(const, device, torch.float32)
+    null = None if const.null_log_weight is None else float(const.null_log_weight)
+    got = grads_of(lambda q, k, v: ops.slot_attention(q, k, v, heads, const32.log_weight, null, backend=backend),
+                   inputs, cotangents)
+    const64 = ref_fit.on_device(const, device, torch.float64)
+    want = grads_of(lambda q, k, v: _reference(q, k, v, heads, const64), [x.double() for x in inputs], cotangents)
+    for name, a, b in zip(("query", "keys", "values"), got, want):
+        assert a.dtype == dtype, name
+        assert rel_err(a, b) < GRAD_TOL[dtype], name
+
+
+@pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)
+def test_backward_opcheck(device, backend):
+    """opcheck with inputs that require grad: the autograd registration on the op itself, and the
+    backward op's schema, fake and kernels as torch.compile's AOT dispatch traces them."""
+    gen = torch.Generator().manual_seed(1)
+    logw = torch.randn(7, generator=gen).to(device)
+    for q_len, log_weight, null in ((3, logw, -3.0), (17, None, None)):
+        query, keys, values = (torch.randn(2, rows, 8, generator=gen).to(device).requires_grad_()
+                               for rows in (q_len, 7, 7))
+        torch.library.opcheck(torch.ops.infvideo.slot_attention.default,
+                              (query, keys, values, 2, log_weight, null, backend))
+        grad_mass = torch.randn(2, 2 * -(-q_len // 16), 7, generator=gen).to(device)
+        torch.library.opcheck(torch.ops.infvideo.slot_attention_backward.default,
+                              (torch.randn(2, q_len, 8, generator=gen).to(device), grad_mass, query.detach(),
+                               keys.detach(), values.detach(), 2, log_weight, null, backend))
+
+
+def test_reference_gradcheck():
+    """The reference the kernels' gradients are compared with is itself right (float64 gradcheck,
+    null slot and log-weights of the paper preset)."""
+    const = ref_fit.on_device(ref_attention.attention_constants(MemoryConfig(num_basis=9, preset="paper")),
+                              torch.device("cpu"), torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(2, rows, 8, generator=gen, dtype=torch.float64).requires_grad_() for rows in (17, 9, 9)]
+    assert torch.autograd.gradcheck(lambda q, k, v: _reference(q, k, v, 2, const), inputs)
+
+
+@pytest.mark.parametrize("device,backend", [k for k in OP_KERNELS if k[1] != "triton"], ids=kernel_id)
+def test_backward_rejects_bad_input_naming_the_argument(device, backend):
+    """Direct calls of the backward op reach the C++ checks (CPU) or the plain-torch kernel's (CUDA)."""
+    query, keys = torch.randn(2, 3, 8, device=device), torch.randn(2, 7, 8, device=device)
+    with pytest.raises((RuntimeError, ValueError), match="grad_context"):
+        torch.ops.infvideo.slot_attention_backward(torch.randn(2, 4, 8, device=device), None, query, keys, keys, 2,
+                                                   None, None, backend)
+    with pytest.raises((RuntimeError, ValueError), match="grad_mass"):
+        torch.ops.infvideo.slot_attention_backward(torch.randn(2, 3, 8, device=device),
+                                                   torch.randn(2, 5, 7, device=device), query, keys, keys, 2, None,
+                                                   None, backend)
+
+
+@pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)
+@pytest.mark.parametrize("preset", ["exact", "paper"])
+def test_backward_kernels_match_plain_torch(device, backend, preset):
+    """Each backward kernel against the plain-torch formulation (the CUDA key's kernel)."""
+    from infvideo.ops.slot_attention import slot_attention_backward_torch
+
+    gen = torch.Generator().manual_seed(7)
+    streams, q_len, model, heads, n = 3, 19, 24, 3, 40
+    query, keys, values = (torch.randn(streams, rows, model, generator=gen).to(device) for rows in (q_len, n, n))
+    grad_context = torch.randn(streams, q_len, model, generator=gen).to(device)
+    grad_mass = torch.randn(streams, heads * 2, n, generator=gen).to(device)
+    const = ref_fit.on_device(ref_attention.attention_constants(MemoryConfig(num_basis=n, preset=preset)), device,
+                              torch.float32)
+    null = None if const.null_log_weight is None else float(const.null_log_weight)
+    args = (grad_context, grad_mass, query, keys, values, heads, const.log_weight, null)
+    for got, want in zip(torch.ops.infvideo.slot_attention_backward(*args, backend),
+                         slot_attention_backward_torch(*args)):
+        assert rel_err(got, want) < 1e-5

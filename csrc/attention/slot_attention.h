@@ -63,6 +63,12 @@ std::tuple<at::Tensor, at::Tensor> slot_attention_cpu(const at::Tensor& query, c
                                                     const at::Tensor& values, int64_t num_heads,
                                                     const std::optional<at::Tensor>& slot_log_weight,
                                                     std::optional<double> null_log_weight);
+// The backward (slot_attention_backward_cpu.cpp): dq, dK, dV in the dtypes of query, keys and
+// values, from grad_context [S, Q, D] and grad_mass [S, H·⌈Q/16⌉, N] (or none), recomputing r.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> slot_attention_backward_cpu(
+    const at::Tensor& grad_context, const std::optional<at::Tensor>& grad_mass, const at::Tensor& query,
+    const at::Tensor& keys, const at::Tensor& values, int64_t num_heads,
+    const std::optional<at::Tensor>& slot_log_weight, std::optional<double> null_log_weight);
 #ifdef INFVIDEO_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> slot_attention_cuda(const at::Tensor& query, const at::Tensor& keys,
                                                     const at::Tensor& values, int64_t num_heads,

@@ -77,8 +77,8 @@ inline float row_sum(const float* __restrict row, int64_t slots) {
   return total;
 }
 
-// One row of scores [N] → weights, in place, added into the row's group mass [N]. Each step is
-// its own loop so that each vectorises.
+// One row of scores [N] → weights, in place, added into the row's group mass [N] (nullptr: none,
+// the backward's recomputation). Each step is its own loop so that each vectorises.
 inline void softmax_row(float* __restrict row, float* __restrict group_mass, const float* __restrict log_weight,
                         int64_t slots, float scale, bool has_null, float null_log_weight) {
   if (log_weight != nullptr) {
@@ -96,6 +96,12 @@ inline void softmax_row(float* __restrict row, float* __restrict group_mass, con
   }
   const float total = row_sum(row, slots) + (has_null ? exp_nonpositive(null_log_weight - top) : 0.0f);
   const float inv_total = 1.0f / total;
+  if (group_mass == nullptr) {
+    for (int64_t n = 0; n < slots; ++n) {
+      row[n] *= inv_total;
+    }
+    return;
+  }
   for (int64_t n = 0; n < slots; ++n) {
     row[n] *= inv_total;
     group_mass[n] += row[n];

@@ -109,6 +109,13 @@ std::tuple<at::Tensor, at::Tensor> rect_consolidate_cpu(
     const at::Tensor& past_idx, const at::Tensor& past_start, const at::Tensor& frame_idx,
     const at::Tensor& frame_start, const at::Tensor& scale, bool frames_in_order, int64_t max_per_bin,
     std::optional<at::ScalarType> cast_dtype);
+// The backward (rect_consolidate_backward_cpu.cpp): gradients of the frames, one row per frame
+// [S, L, e] in frames_dtype (each token's share, g_n / T), and of the old coefficients [S, N, e]
+// float32 (empty without with_past), from grad = dL/dB [S, N, e] and the forward's maps.
+std::tuple<at::Tensor, at::Tensor> rect_consolidate_backward_cpu(
+    const at::Tensor& grad, const std::optional<at::Tensor>& sample_bins, const at::Tensor& past_idx,
+    const at::Tensor& past_start, const at::Tensor& frame_idx, const at::Tensor& frame_start, const at::Tensor& scale,
+    int64_t num_frames, int64_t tokens, at::ScalarType frames_dtype, bool with_past);
 #ifdef INFVIDEO_WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> rect_consolidate_cuda(
     const at::Tensor& frames, const std::optional<at::Tensor>& past, const std::optional<at::Tensor>& sample_bins,

@@ -104,6 +104,61 @@ void test_slot_attention() {
                "slot_attention rejects heads that do not divide the width");
 }
 
+// The backward against the same math in double: the probabilities recomputed, ∂a = r (dr − δ).
+void test_slot_attention_backward() {
+  const int64_t heads = 2, head_dim = 4, slots = 9, queries = 19, model = heads * head_dim;
+  const at::Tensor query = at::randn({2, queries, model}), keys = at::randn({2, slots, model});
+  const at::Tensor values = at::randn({2, slots, model}), log_weight = at::randn({slots});
+  const at::Tensor grad_context = at::randn({2, queries, model}), grad_mass = at::randn({2, heads * 2, slots});
+  const double null_log_weight = -0.7;
+  auto [dq, dk, dv] = infvideo::slot_attention_backward(grad_context, grad_mass, query, keys, values, heads,
+                                                        log_weight, null_log_weight);
+
+  const auto split = [&](const at::Tensor& x) { return x.to(at::kDouble).view({2, -1, heads, head_dim}).transpose(1, 2); };
+  const auto merge = [&](const at::Tensor& x) { return x.transpose(1, 2).reshape({2, -1, model}); };
+  const double scale = 1.0 / std::sqrt(double(head_dim));
+  const at::Tensor q = split(query), k = split(keys), v = split(values), go = split(grad_context);
+  at::Tensor logits = at::matmul(q, k.transpose(-1, -2)) * scale + log_weight.to(at::kDouble);
+  logits = at::cat({logits, at::full({2, heads, queries, 1}, null_log_weight, logits.options())}, -1);
+  const at::Tensor r = at::softmax(logits, -1).narrow(-1, 0, slots);
+  const at::Tensor group = grad_mass.to(at::kDouble).view({2, heads, 2, slots}).repeat_interleave(16, 2);
+  const at::Tensor dr = at::matmul(go, v.transpose(-1, -2)) + group.narrow(2, 0, queries);
+  const at::Tensor da = r * (dr - (r * dr).sum(-1, true));
+  expect(relative_error(dq, merge(at::matmul(da, k) * scale)) < 1e-5, "slot_attention_backward: dq");
+  expect(relative_error(dk, merge(at::matmul(da.transpose(-1, -2), q) * scale)) < 1e-5, "slot_attention_backward: dK");
+  expect(relative_error(dv, merge(at::matmul(r.transpose(-1, -2), go))) < 1e-5, "slot_attention_backward: dV");
+  expect_error([&] { infvideo::slot_attention_backward(grad_context.narrow(1, 0, 3), grad_mass, query, keys, values,
+                                                       heads); },
+               "grad_context", "slot_attention_backward rejects a cotangent of the wrong shape");
+}
+
+// 4 bins, 5 frames (frame 4 in no bin), 6 past samples; a sample reading bin -1 adds nothing.
+void test_rect_consolidate_backward() {
+  const at::Tensor grad = at::randn({2, 4, 7});
+  const at::Tensor scale = at::rand({4}) + 0.5;
+  const at::Tensor frame_idx = at::arange(4, at::kInt), frame_start = at::tensor({0, 1, 2, 3, 4}, at::kInt);
+  const at::Tensor past_idx = at::arange(6, at::kInt), past_start = at::tensor({0, 2, 4, 5, 6}, at::kInt);
+  const at::Tensor bins = at::tensor({0, 0, 3, -1, 1, 0}, at::kLong).view({1, 6});
+  auto [grad_frames, grad_past] = infvideo::rect_consolidate_backward(grad, bins, past_idx, past_start, frame_idx,
+                                                                      frame_start, scale, 5, 3, at::kFloat, true);
+  const at::Tensor g = grad * scale.view({1, 4, 1});
+  at::Tensor want_frames = at::zeros({2, 5, 7});
+  want_frames.narrow(1, 0, 4).copy_(g / 3);
+  expect(relative_error(grad_frames, want_frames) < 1e-6, "rect_consolidate_backward: frames (a token's share)");
+  at::Tensor want_past = at::zeros({2, 4, 7});
+  const int64_t sample_bin[6] = {0, 0, 1, 1, 2, 3}, old_bin[6] = {0, 0, 3, -1, 1, 0};
+  for (int64_t i = 0; i < 6; ++i) {
+    if (old_bin[i] >= 0) {
+      want_past.select(1, old_bin[i]).add_(g.select(1, sample_bin[i]));
+    }
+  }
+  expect(relative_error(grad_past, want_past) < 1e-6, "rect_consolidate_backward: past (sums over shared old bins)");
+  expect_error([&] { infvideo::rect_consolidate_backward(grad, at::tensor({4}, at::kLong).view({1, 1}), past_idx,
+                                                         past_start, frame_idx, frame_start, scale, 5, 3, at::kFloat,
+                                                         true); },
+               "past_idx", "rect_consolidate_backward rejects maps beyond the samples");
+}
+
 }  // namespace
 
 int main() {
@@ -111,6 +166,8 @@ int main() {
   test_rect_consolidate();
   test_quantile_bins();
   test_slot_attention();
+  test_slot_attention_backward();
+  test_rect_consolidate_backward();
   std::printf("all infvideo C++ tests passed\n");
   return 0;
 }

@@ -14,6 +14,11 @@ after autograd and before the device's kernel (torch's own ``custom_op`` selects
 for factory ops): ``triton`` launches the Triton kernel, ``cpu`` / ``cuda`` redispatch to the C++
 kernel of the tensors' device, ``auto`` follows ``infvideo.backends.backend_for``. Fake tensors,
 ``torch.compile`` and ``opcheck`` see the one schema and its fake; meta tensors go to the fake.
+
+An op's backward (registered on the op with ``torch.library.register_autograd``) is a second op,
+``infvideo::<op>_backward``, whose last argument is the forward's ``backend`` and which picks its
+kernel here the same way; its plain-torch body is the kernel of a device without one of its own
+(the CUDA key until csrc has CUDA backward kernels).
 """
 from __future__ import annotations
 
@@ -47,14 +52,22 @@ def select_kernels(name: str, triton_kernel) -> None:
     _LIB.impl(name, select, "BackendSelect", with_keyset=True)
 
 
-def direct_triton(first: torch.Tensor, backend: str) -> bool:
+def direct_triton(first: torch.Tensor, backend: str, *others: torch.Tensor | None) -> bool:
     """Whether a call from the fused step may launch an op's Triton kernel itself: ``backend`` is
-    ``"triton"``, the inputs are plain CUDA tensors and nothing traces (no torch.compile, no
-    dispatch mode such as fake tensors). The dispatcher's way to the same launcher (autograd
-    wrapper, BackendSelect, Python select) costs more host time than the kernels of a small step
-    take on the GPU; torch.compile, export and opcheck still see ``torch.ops.infvideo.<op>``."""
+    ``"triton"``, the inputs are plain CUDA tensors, nothing traces (no torch.compile, no
+    dispatch mode such as fake tensors) and autograd need not record the call (grad disabled, or
+    neither ``first`` nor ``others`` requires grad). The dispatcher's way to the same launcher
+    (autograd wrapper, BackendSelect, Python select) costs more host time than the kernels of a
+    small step take on the GPU; torch.compile, export, opcheck and every grad-enabled call see
+    ``torch.ops.infvideo.<op>``, whose registered autograd records the backward."""
     return (backend == "triton" and type(first) is torch.Tensor and first.is_cuda
-            and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None)
+            and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+            and not records_grad(first, *others))
+
+
+def records_grad(*tensors: torch.Tensor | None) -> bool:
+    """Grad mode is on and one of ``tensors`` requires grad: autograd must see the op."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def no_default_kernel(*args):

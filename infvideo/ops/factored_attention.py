@@ -71,7 +71,8 @@ def factored_slot_attention(query: Tensor, coef: Tensor, proj_key: nn.Linear, pr
     Every product is float32 (on the GPU, three-TF32 tensor-core dots). ``backend``: ``"cpu"`` (the
     C++ kernel, ``csrc/attention/factored_attention_cpu.cpp``: the four products and the softmax
     in one parallel pass), ``"triton"`` (``kernels/factored_attention.py``) or ``"auto"``
-    (``infvideo.backends``); there is no C++ CUDA kernel.
+    (``infvideo.backends``); there is no C++ CUDA kernel. Forward-only: a step that autograd
+    records projects K and V and runs ``slot_attention``, whose backward is registered.
     """
     if slot_log_weight is not None and not (slot_log_weight.dtype == torch.float32 and slot_log_weight.is_contiguous()
                                             and slot_log_weight.device == query.device):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -61,6 +62,46 @@ def _(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density
                             dtype=torch.float32))
 
 
+@torch.library.custom_op("infvideo::quadrature_attention_backward", mutates_args=())
+def _quadrature_attention_backward(grad_context: Tensor, grad_density: Optional[Tensor], query: Tensor, keys: Tensor,
+                                   values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor, grid: Tensor,
+                                   log_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    if not backends.triton_runs_on(query.device):
+        raise RuntimeError(f"infvideo::quadrature_attention_backward: its one kernel is Triton, which cannot run on "
+                           f"{query.device} tensors here (install Triton; CUDA tensors, or TRITON_INTERPRET=1 on the CPU)")
+    return backends.triton_kernels()["quadrature"].quadrature_attention_backward(
+        grad_context, grad_density, query, keys, values, num_heads, mu, sigma, grid, log_weight)
+
+
+@_quadrature_attention_backward.register_fake
+def _(grad_context, grad_density, query, keys, values, num_heads, mu, sigma, grid, log_weight):
+    return torch.empty_like(query), torch.empty_like(keys), torch.empty_like(values)
+
+
+def _setup_context(ctx, inputs, output):
+    query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density = inputs
+    ctx.save_for_backward(query, keys, values, mu, sigma, grid, log_weight)
+    ctx.num_heads, ctx.write_density = num_heads, write_density
+
+
+def _backward(ctx, grad_context, grad_density):
+    query, keys, values, mu, sigma, grid, log_weight = ctx.saved_tensors
+    if grad_context is None:
+        grad_context = torch.zeros_like(query)
+    # Without write_density the density output is a zero placeholder: nothing flows from it.
+    grad_density = grad_density.contiguous() if ctx.write_density and grad_density is not None else None
+    dq, dk, dv = torch.ops.infvideo.quadrature_attention_backward(
+        grad_context.contiguous(), grad_density, query, keys, values, ctx.num_heads, mu, sigma, grid, log_weight)
+    need = ctx.needs_input_grad
+    return dq if need[0] else None, dk if need[1] else None, dv if need[2] else None, *(None,) * 6
+
+
+# Gradients for query, keys and values (the Gibbs density's softmax over the quadrature points,
+# recomputed flash-style, and the density output's gradient); the basis and the grid are
+# constants of the configuration, not differentiable.
+_quadrature_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
 def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor,
                          grid: Tensor, log_weight: Tensor, write_density: bool = True) -> tuple[Tensor, Tensor]:
     """Context of the Gibbs density p(t) ∝ exp(aᵀψ(t)) over Gaussian ψ_n = 𝒩(μ_n, σ_n²).
@@ -74,6 +115,10 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
 
     query / keys / values are float32, float16 or bfloat16 on one device, any strides; the
     constants any float dtype (cast to float32 on the query's device).
+
+    Differentiable with respect to query, keys and values (from the context and the density):
+    ``infvideo::quadrature_attention_backward`` recomputes the quadrature's softmax tile by tile
+    (its one kernel is Triton's, like the forward's). The basis and grid are constants.
     """
     _check(query, keys, values, num_heads, mu, sigma, grid, log_weight)
     return quadrature_attention_unchecked(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density)

@@ -10,6 +10,7 @@ from . import _library, _validate
 _OP = "infvideo.ops.quantile_bins"
 
 
+# Sample indices are not differentiable (integer outputs): the op has no backward.
 @torch.library.custom_op("infvideo::quantile_bins", mutates_args=())
 def _quantile_bins(mass: Tensor, num_samples: int, backend: str = "auto") -> Tensor:
     return _library.no_default_kernel()
@@ -34,6 +35,9 @@ def quantile_bins(mass: Tensor, num_samples: int, backend: str = "auto") -> Tens
     expanded inputs included); num_samples: M >= 1. Returns [S, M] int32, sorted: the same bins as
     ``infvideo.reference.sticky.quantile_bins``. ``backend``: ``"triton"``, ``"cpu"`` / ``"cuda"``
     (the csrc kernels) or ``"auto"`` (``infvideo.backends``).
+
+    Not differentiable: the output is integer indices (piecewise constant in the masses), so no
+    backward is registered and autograd treats the bins as constants.
     """
     _validate.tensor(_OP, "mass", mass, (2, 3), "[S, K] or [S, G, K]", dtypes=None)
     _validate.positive_int(_OP, "num_samples", num_samples)

@@ -1,6 +1,7 @@
 """``torch.ops.infvideo.rect_consolidate``: pool + gather + segmented shrunk sum, one fused pass."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -84,6 +85,100 @@ def _triton_kernel(*args):
 _library.select_kernels("rect_consolidate", _triton_kernel)
 
 
+_BACKWARD_OP = "infvideo::rect_consolidate_backward"
+
+
+# The backward: B is linear in the pooled frames and the sampled old rows, so its gradient is the
+# same CSR walk in reverse: each bin's scaled gradient row g_n = scale_n · ∂L/∂B_n is written to
+# its frames (every token of frame j gets g_n / T) and added into the old rows its past samples read.
+def rect_consolidate_backward_torch(grad: Tensor, sample_bins: Tensor | None, past_idx: Tensor, past_start: Tensor,
+                                    frame_idx: Tensor, frame_start: Tensor, scale: Tensor, num_frames: int,
+                                    tokens: int, frames_dtype: torch.dtype, with_past: bool) -> tuple[Tensor, Tensor]:
+    """``infvideo::rect_consolidate_backward`` in plain torch, on any device: the gradient of each
+    frame's tokens, one row per frame [S, L, e] in ``frames_dtype`` (g_n / T for frame j in bin n,
+    g_n = scale_n · grad_n; zeros for frames in no bin), and of the old coefficients [S, N, e]
+    float32 (Σ of g_n over the samples that read each old row; an empty tensor without
+    ``with_past``). The op's kernel on the CUDA key (csrc has no CUDA backward yet).
+    """
+    _validate.tensor(_BACKWARD_OP, "grad", grad, (3,), "[S, N, e]", dtypes=None)
+    _validate.match(_BACKWARD_OP, "grad", grad.shape[1], scale.shape[0], "bins (dim 1)", "scale")
+    _validate.positive_int(_BACKWARD_OP, "num_frames", num_frames)
+    _validate.positive_int(_BACKWARD_OP, "tokens", tokens)
+    if with_past and sample_bins is None:
+        raise ValueError(f"{_BACKWARD_OP}: sample_bins is required with with_past")
+    streams, bins, width = grad.shape
+    g = grad.float() * scale.float()[:, None]
+    slots = torch.arange(bins, device=grad.device)
+    frame_bin = torch.repeat_interleave(slots, frame_start.diff(), output_size=frame_idx.numel())
+    grad_frames = g.new_zeros(streams, num_frames, width)
+    grad_frames[:, frame_idx.long()] = g[:, frame_bin] / tokens
+    if not with_past:
+        return grad_frames.to(frames_dtype), g.new_empty(0)
+    past_bin = torch.repeat_interleave(slots, past_start.diff(), output_size=past_idx.numel())
+    src = sample_bins.reshape(-1, sample_bins.shape[-1]).expand(streams, -1)[:, past_idx.long()].long()
+    rows = g[:, past_bin] * (src >= 0)[..., None]
+    flat = src.clamp_min(0) + torch.arange(streams, device=grad.device)[:, None] * bins
+    grad_past = g.new_zeros(streams * bins, width).index_add_(0, flat.reshape(-1), rows.reshape(-1, width))
+    return grad_frames.to(frames_dtype), grad_past.view(streams, bins, width)
+
+
+@torch.library.custom_op("infvideo::rect_consolidate_backward", mutates_args=())
+def _rect_consolidate_backward(grad: Tensor, sample_bins: Optional[Tensor], past_idx: Tensor, past_start: Tensor,
+                               frame_idx: Tensor, frame_start: Tensor, scale: Tensor, num_frames: int, tokens: int,
+                               frames_dtype: torch.dtype, with_past: bool, backend: str = "auto"
+                               ) -> tuple[Tensor, Tensor]:
+    return rect_consolidate_backward_torch(grad, sample_bins, past_idx, past_start, frame_idx, frame_start, scale,
+                                           num_frames, tokens, frames_dtype, with_past)
+
+
+@_rect_consolidate_backward.register_fake
+def _(grad, sample_bins, past_idx, past_start, frame_idx, frame_start, scale, num_frames, tokens, frames_dtype,
+      with_past, backend="auto"):
+    streams, _, width = grad.shape
+    return (grad.new_empty(streams, num_frames, width, dtype=frames_dtype),
+            grad.new_empty(grad.shape if with_past else (0,), dtype=torch.float32))
+
+
+def _triton_backward(*args):
+    return backends.triton_kernels()["consolidate"].rect_consolidate_backward(*args)
+
+
+_library.select_kernels("rect_consolidate_backward", _triton_backward)
+
+
+def _setup_context(ctx, inputs, output):
+    frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, scale = inputs[:8]
+    ctx.save_for_backward(sample_bins, past_idx, past_start, frame_idx, frame_start, scale)
+    ctx.frames_shape, ctx.frames_dtype = frames.shape, frames.dtype
+    ctx.past_dtype = None if past is None else past.dtype
+    ctx.backend = inputs[-1]
+
+
+def _backward(ctx, grad_coef, grad_cast):
+    sample_bins, past_idx, past_start, frame_idx, frame_start, scale = ctx.saved_tensors
+    shape = ctx.frames_shape
+    grad = grad_coef
+    if grad_cast is not None and grad_cast.numel():
+        grad = grad_cast.float() if grad is None else grad + grad_cast.float()
+    nothing = (None,) * 10
+    if grad is None:
+        return None, None, *nothing
+    need_frames, need_past = ctx.needs_input_grad[:2]
+    with_past = need_past and ctx.past_dtype is not None
+    tokens = math.prod(shape[2:-1])
+    grad_frames, grad_past = torch.ops.infvideo.rect_consolidate_backward(
+        grad.contiguous(), sample_bins if with_past else None, past_idx, past_start, frame_idx, frame_start, scale,
+        shape[1], tokens, ctx.frames_dtype, with_past, ctx.backend)
+    # Every token of a frame has the same gradient: a broadcast view over the token dimensions.
+    grad_frames = grad_frames.view(shape[0], shape[1], *(1,) * (len(shape) - 3), shape[-1]).expand(shape)
+    return (grad_frames if need_frames else None, grad_past.to(ctx.past_dtype) if with_past else None, *nothing)
+
+
+# ∂B/∂frames and ∂B/∂past only: sample_bins and the plan (CSR maps, scale) are constants of the
+# configuration and the sampler, not differentiable.
+_rect_consolidate.register_autograd(_backward, setup_context=_setup_context)
+
+
 def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
                      cast_dtype: torch.dtype | None = None, backend: str = "auto"):
     """New coefficients B [S, N, e] (float32) from a chunk, in one pass over its tokens.
@@ -101,6 +196,13 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
     The values of sample_bins must lie in [-1, N): not checked (that would read the device), except
     by the CPU kernel, which reads them anyway. ``backend``: ``"triton"``, ``"cpu"`` / ``"cuda"``
     (the csrc kernels) or ``"auto"`` (``infvideo.backends``).
+
+    Differentiable with respect to frames and past (both outputs' gradients flow back): the
+    backward, ``infvideo::rect_consolidate_backward``, walks the same CSR maps in reverse (each
+    token of frame j receives scale_n · ∂L/∂B_n / T; each past sample adds its bin's scaled
+    gradient into the old row it read), on the kernel ``backend`` picks. sample_bins and the plan
+    are not differentiable. Triton sums the past's gradient with atomic adds, so its last bits may
+    vary between runs on a GPU (a memory step never asks for it: its past is detached).
     """
     _check(frames, past, plan, sample_bins, cast_dtype)
     return rect_consolidate_unchecked(frames, past, plan, sample_bins, cast_dtype, backend)
@@ -124,7 +226,7 @@ def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPl
     extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None
     args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start, plan.scale,
             plan.frames_in_order, plan.max_per_bin, extra)
-    if _library.direct_triton(frames, backend):
+    if _library.direct_triton(frames, backend, past):
         coef, cast = _triton_kernel(*args)
     else:
         coef, cast = torch.ops.infvideo.rect_consolidate(*args, backend)

@@ -103,14 +103,20 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
     return hit[1], hit[2]
 
 
-def _project_pair(proj_key, proj_value, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """K = proj_key(B), V = proj_value(B): one product over stacked weights for two plain Linears."""
+def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """K = proj_key(B), V = proj_value(B): one product over stacked weights for two plain Linears.
+    ``grad``: autograd records the step, so the weights are stacked afresh (the cache holds
+    detached copies, through which no gradient reaches the layers)."""
     # The stacked-weight cache keys on storage pointers and version counters, which a compiled
     # graph cannot guard on: there the two products stay separate.
     if (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
             and proj_key.weight.dtype == proj_value.weight.dtype
             and (proj_key.bias is None) == (proj_value.bias is None)):
-        weight, bias = _stacked(proj_key, proj_value)
+        if grad:
+            weight = torch.cat([proj_key.weight, proj_value.weight])
+            bias = None if proj_key.bias is None else torch.cat([proj_key.bias, proj_value.bias])
+        else:
+            weight, bias = _stacked(proj_key, proj_value)
         both = torch.nn.functional.linear(_library.cast(coef, weight.dtype), weight, bias)
         return both.split([proj_key.out_features, proj_value.out_features], dim=-1)
     weight = getattr(proj_key, "weight", None)
@@ -158,6 +164,9 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     the configuration, its constants against the chunk, the stream count and device of frames,
     query and past; the ops inside run unchecked). With rectangular bins and quantile or uniform
     sampling the step makes no host synchronisation and traces whole under torch.compile.
+    Differentiable within the step with respect to frames, query and the projections' parameters
+    (and past): every op it calls has its backward registered (``torch.library.register_autograd``),
+    and a step that autograd records goes through ``torch.ops.infvideo.*`` so that it is recorded.
     ``backend``: the ops'
     kernels, ``"triton"``, ``"cuda"`` or ``"cpu"`` (csrc); on the CPU the slot attention takes the
     projections folded into the queries (``factored_attention``) where that needs fewer
@@ -165,7 +174,9 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
-    factored = _folds_projections(cfg, consts, frames, query, proj_key, proj_value, num_heads, backend)
+    grad = step_records_grad(frames, query, proj_key, proj_value)
+    # The factored attention has no backward: a step that autograd records projects K and V.
+    factored = not grad and _folds_projections(cfg, consts, frames, query, proj_key, proj_value, num_heads, backend)
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
     fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, cast_dtype, backend)
     if fused is None:
@@ -181,7 +192,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
                                                                    consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
-    keys, values = _project_pair(proj_key, proj_value, projected)
+    keys, values = _project_pair(proj_key, proj_value, projected, grad)
     if consts.quad is not None:
         quad = consts.quad
         context, density = quadrature_attention_unchecked(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
@@ -197,6 +208,15 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         kh = keys.reshape(keys.shape[0], keys.shape[1], num_heads, d).transpose(1, 2).to(torch.float32)
         new_stats = upstream_statistic(cfg, torch.matmul(qh, kh.transpose(-1, -2)) / d ** 0.5)
     return context, coef, new_stats
+
+
+def step_records_grad(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value) -> bool:
+    """Whether autograd records a memory step: grad mode is on and frames, query or a parameter of
+    the projections requires grad (the default for an nn.Module's parameters)."""
+    if not torch.is_grad_enabled():  # inference: nothing to look at
+        return False
+    params = [p for proj in (proj_key, proj_value) if isinstance(proj, nn.Module) for p in proj.parameters()]
+    return _library.records_grad(frames, query, *params)
 
 
 _OP = "infvideo.ops.fused_step"
