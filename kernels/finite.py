@@ -53,31 +53,26 @@ def _raise_flags_kernel(flags_ptr, host_flags_ptr, p0, n0, f0, b0, p1, n1, f1, b
 
 
 @triton.jit
-def _select_block(new_ptr, old_ptr, out_ptr, n, block, keep, out_is_new, out_is_old, BLOCK: tl.constexpr):
-    # Only a value that differs from what `out` already holds is written: an eager step (out is
-    # new) writes only when it is refused, a captured one (out is old) only when it commits.
+def _select_block(new_ptr, old_ptr, out_ptr, n, block, keep, BLOCK: tl.constexpr):
     offs = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     if keep:
-        if out_is_new == 0:
-            tl.store(out_ptr + offs, tl.load(new_ptr + offs, mask=mask), mask=mask)
+        tl.store(out_ptr + offs, tl.load(new_ptr + offs, mask=mask), mask=mask)
     else:
-        if out_is_old == 0:
-            tl.store(out_ptr + offs, tl.load(old_ptr + offs, mask=mask), mask=mask)
+        tl.store(out_ptr + offs, tl.load(old_ptr + offs, mask=mask), mask=mask)
 
 
 @triton.jit
-def _select_committed_kernel(flags_ptr, num_flags, FLAG_BLOCK: tl.constexpr, new0, old0, out0, n0, b0, same0, new1,
-                             old1, out1, n1, same1, BLOCK: tl.constexpr):
-    # same0 / same1: 1 when out is new, 2 when out is old, 0 otherwise.
+def _select_committed_kernel(flags_ptr, num_flags, FLAG_BLOCK: tl.constexpr, new0, old0, out0, n0, b0, new1, old1, out1, n1,
+                             BLOCK: tl.constexpr):
     offs = tl.arange(0, FLAG_BLOCK)
     flags = tl.load(flags_ptr + offs, mask=offs < num_flags, other=0)
     keep = tl.max(flags, axis=0) == 0
     pid = tl.program_id(0)
     if pid < b0:
-        _select_block(new0, old0, out0, n0, pid, keep, same0 == 1, same0 == 2, BLOCK)
+        _select_block(new0, old0, out0, n0, pid, keep, BLOCK)
     else:
-        _select_block(new1, old1, out1, n1, pid - b0, keep, same1 == 1, same1 == 2, BLOCK)
+        _select_block(new1, old1, out1, n1, pid - b0, keep, BLOCK)
 
 
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
@@ -118,15 +113,9 @@ def select_committed(flags: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.
     if not 0 < len(pairs) <= 2:
         raise ValueError(f"select_committed takes 1 or 2 pairs, got {len(pairs)}")
     first = pairs[0]
-    second = pairs[1] if len(pairs) == 2 else first
+    second = pairs[1] if len(pairs) == 2 else (first[0], first[1], first[2])
     n0, n1 = first[0].numel(), second[0].numel() if len(pairs) == 2 else 0
     b0 = cdiv(n0, BLOCK)
     grid = (b0 + cdiv(n1, BLOCK),)
-    _launch_select_committed(grid, flags, flags.numel(), next_power_of_2(flags.numel()), *first, n0, b0, _same(first),
-                             *second, n1, _same(second), BLOCK=BLOCK)
-
-
-def _same(pair) -> int:
-    """1 when a pair's out is its new tensor, 2 when it is its old one, else 0."""
-    new, old, out = pair
-    return 1 if out.data_ptr() == new.data_ptr() else 2 if out.data_ptr() == old.data_ptr() else 0
+    _launch_select_committed(grid, flags, flags.numel(), next_power_of_2(flags.numel()), *first, n0, b0, *second, n1,
+                             BLOCK=BLOCK)

@@ -136,6 +136,12 @@ QUADRATURE_KERNEL = False
 # issue's sizes; half-precision projections keep K and V (their products use the tensor cores).
 FACTORED_ON_GPU = False
 
+# The backward kernels (Triton, C++ CPU) are checked against the reference on the CPU, the Triton
+# ones in Triton's interpreter only: until a GPU run has compiled and checked them there
+# (tests/test_*attention.py, tests/test_rect_consolidate.py, bench/bench_backward_gpu.py), a CUDA
+# step that autograd records takes the differentiable reference (LongTermMemory warns once).
+FUSED_GRAD_ON_GPU = False
+
 
 def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value,
                        num_heads: int, backend: str) -> bool:
