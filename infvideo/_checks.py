@@ -20,9 +20,9 @@ def tensor(name: str, value, dims: tuple[int, ...]) -> torch.Tensor:
     return value
 
 
-def nonfinite(tensors: list[torch.Tensor]) -> int | None:
-    """The index of the first tensor holding NaN or Inf (None: all finite), with one host
-    synchronisation for all.
+def nonfinite_flags(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[len(tensors)] bool on the tensors' device: which of them hold NaN or Inf, without reading
+    the device.
 
     NaN and Inf survive a sum, which is one fast reduction per tensor; only a finite overflow of
     the float32 sum (entries near 1e38, unusable anyway) would be reported too. (A float64 sum of
@@ -30,7 +30,13 @@ def nonfinite(tensors: list[torch.Tensor]) -> int | None:
     """
     sums = torch.stack([value.detach().sum(dtype=torch.float64 if value.dtype == torch.float64 else torch.float32)
                         for value in tensors])
-    return next((i for i, ok in enumerate(torch.isfinite(sums).tolist()) if not ok), None)
+    return ~torch.isfinite(sums)
+
+
+def nonfinite(tensors: list[torch.Tensor]) -> int | None:
+    """The index of the first tensor holding NaN or Inf (None: all finite), with one host
+    synchronisation for all (:func:`nonfinite_flags`)."""
+    return next((i for i, bad in enumerate(nonfinite_flags(tensors).tolist()) if bad), None)
 
 
 def finite(named: list[tuple[str, torch.Tensor]]) -> None:

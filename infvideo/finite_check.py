@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _checks
 from .backends import triton_runs_on
 
 # The flags, by what raised them: the new coefficients stand for the frames (a non-finite frame
@@ -65,21 +66,21 @@ class DeviceCheck:
             if self.mapped:
                 return
         else:
-            for index, value in named:
-                bad = ~torch.isfinite(value.detach().sum(dtype=torch.float64 if value.dtype == torch.float64
-                                                         else torch.float32))
-                self.flags[index].bitwise_or_(bad.to(torch.int32))
+            bad = _checks.nonfinite_flags([value for _, value in named]).to(torch.int32)
+            for position, (index, _) in enumerate(named):
+                self.flags[index].bitwise_or_(bad[position])
         self.seen.copy_(self.flags, non_blocking=True)
 
     def select(self, pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """For each (new, old, out): ``out`` = ``new`` while every flag is down, else ``old``."""
-        fused = [pair for pair in pairs if self.fused and pair[0].is_floating_point()
-                 and all(t.is_contiguous() for t in pair)]
+        fused, rest = [], []
+        for pair in pairs:  # the kernel takes floating, contiguous tensors
+            kernel = self.fused and pair[0].is_floating_point() and all(t.is_contiguous() for t in pair)
+            (fused if kernel else rest).append(pair)
         if fused:
             from .kernels.finite import select_committed
             for start in range(0, len(fused), 2):
                 select_committed(self.flags, fused[start:start + 2])
-        rest = [pair for pair in pairs if not any(pair is done for done in fused)]
         if rest:
             keep = self.flags.max() == 0
             for new, old, out in rest:
