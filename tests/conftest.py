@@ -59,6 +59,24 @@ def random_linear(in_features: int, out_features: int, seed: int, dtype=torch.fl
     return make_linear(w.to(dtype), None if b is None else b.to(dtype))
 
 
+def assert_compiled_steps_match(fused, reference, frames_shape: tuple, query: torch.Tensor, pk, pv, heads: int,
+                                gen: torch.Generator, device, chunks: int = 3) -> None:
+    """One eager step of both memories (it puts the fused step's constants on the device), then
+    ``chunks`` steps of ``torch.compile(fused, fullgraph=True)`` (inductor on CUDA, dynamo alone on
+    the CPU) against the reference's: context and coefficients within 1e-4."""
+    with torch.no_grad():
+        frames = torch.randn(*frames_shape, generator=gen).to(device)
+        fused(frames, query, pk, pv, heads)
+        reference(frames, query, pk, pv, heads)
+        step = torch.compile(fused, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
+        for _ in range(chunks):
+            frames = torch.randn(*frames_shape, generator=gen).to(device)
+            out = step(frames, query, pk, pv, heads)
+            expected = reference(frames, query, pk, pv, heads)
+            assert rel_err(out, expected) < 1e-4
+            assert rel_err(fused.coef, reference.coef) < 1e-4
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64 (on the CPU, so the two may live on different devices)."""
     a = a.detach().to("cpu", torch.float64)

@@ -17,7 +17,7 @@ from infvideo.backends import available_backends, backend_for, info
 from infvideo.config import MemoryConfig
 from infvideo.ops import factored_attention
 from infvideo.reference import fit as ref_fit
-from conftest import CUDA, DTYPES, OP_KERNELS, config_id, kernel_id, rel_err
+from conftest import CUDA, DTYPES, OP_KERNELS, assert_compiled_steps_match, config_id, kernel_id, rel_err
 
 MEMORY_CONFIGS = [dict(), dict(preset="paper"), dict(sticky=False), dict(sticky=False, preset="paper"),
                   dict(sampling="multinomial"), dict(sampling="upstream"), dict(basis="gaussian"),
@@ -99,17 +99,7 @@ def test_compiled_step_fullgraph_matches_reference(device, backend, config):
                                **{**config, "check_finite": True}).to(device)
     gen = torch.Generator().manual_seed(2)
     query = torch.randn(2, 5, 16, generator=gen).to(device)
-    with torch.no_grad():
-        frames = torch.randn(2, 7, 5, 24, generator=gen).to(device)
-        fused(frames, query, pk, pv, 4)
-        reference(frames, query, pk, pv, 4)
-        step = torch.compile(fused, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
-        for _ in range(3):
-            frames = torch.randn(2, 7, 5, 24, generator=gen).to(device)
-            out = step(frames, query, pk, pv, 4)
-            expected = reference(frames, query, pk, pv, 4)
-            assert rel_err(out, expected) < 1e-4
-            assert rel_err(fused.coef, reference.coef) < 1e-4
+    assert_compiled_steps_match(fused, reference, (2, 7, 5, 24), query, pk, pv, 4, gen, device)
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")

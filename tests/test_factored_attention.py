@@ -19,7 +19,7 @@ from torch import nn
 from infvideo import LongTermMemory, backends
 from infvideo.ops import factored_attention, step as step_module
 from infvideo.reference import attention as ref_attention
-from conftest import OP_KERNELS, kernel_id, random_linear, rel_err
+from conftest import OP_KERNELS, assert_compiled_steps_match, kernel_id, random_linear, rel_err
 
 # No C++ CUDA kernel: the GPU's is Triton's.
 KERNELS = [k for k in OP_KERNELS if k[1] != "cuda"]
@@ -207,14 +207,4 @@ def test_compiled_folded_step_fullgraph(monkeypatch, device):
     gen = torch.Generator().manual_seed(2)
     query = torch.randn(2, 4, 12, generator=gen).to(device)
     assert factored_attention.applies(pk, pv, 40, 16, query, 2, None)
-    with torch.no_grad():
-        frames = torch.randn(2, 6, 3, 16, generator=gen).to(device)
-        fused(frames, query, pk, pv, 2)
-        reference(frames, query, pk, pv, 2)
-        step = torch.compile(fused, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
-        for _ in range(3):
-            frames = torch.randn(2, 6, 3, 16, generator=gen).to(device)
-            out = step(frames, query, pk, pv, 2)
-            expected = reference(frames, query, pk, pv, 2)
-            assert rel_err(out, expected) < 1e-4
-            assert rel_err(fused.coef, reference.coef) < 1e-4
+    assert_compiled_steps_match(fused, reference, (2, 6, 3, 16), query, pk, pv, 2, gen, device)
