@@ -12,7 +12,9 @@ cotangent, for the tokens, the query and the four projection parameters. Provide
 ops with their registered backward (Triton forward and backward kernels; where the extension has
 CUDA kernels, their forward with the backward ops' plain-torch CUDA implementation), the torch
 reference, and ``torch.compile`` of the reference's step (the memory's state commit stays
-outside the graph). GPU time per call from ``triton.testing.do_bench``, and the
+outside the graph). GPU time per call from ``triton.testing.do_bench`` (eager calls: a step whose
+host work outlasts its kernels shows its host time) and ``do_bench_cudagraph`` (the call
+captured in a CUDA graph and replayed: the GPU's work alone), and the
 peak memory one call allocates above what was allocated before it. Writes backward.csv,
 backward.md and backward.png into --out.
 """
@@ -28,7 +30,6 @@ from torch import nn
 
 from infvideo import LongTermMemory, available_backends
 from infvideo.benchmarks import harness
-from infvideo.ops import step as step_ops
 from infvideo.plot import line_charts
 
 LENGTH, TOKENS, BASIS, SAMPLES, WIDTH, HEADS, QUERIES = 256, 32, 256, 512, 768, 12, 32
@@ -99,10 +100,15 @@ def measure(streams: int, args) -> list[dict]:
             step()
         peak = harness.peak_bytes(step, torch.device("cuda"))
         p20, p50, p80 = harness.percentiles(harness.gpu_time(step, args.budget))
-        rows.append(dict(S=streams, provider=provider, p20_us=p20, p50_us=p50, p80_us=p80,
+        try:  # the same call replayed from a CUDA graph: the GPU's work without the host's
+            graph = harness.percentiles(harness.gpu_time(step, args.budget, graph=True))[1]
+        except Exception as err:  # reported, not fatal: the eager row still counts
+            print(f"  S={streams} {provider}: CUDA graph capture failed: {type(err).__name__}: {err}", flush=True)
+            graph = None
+        rows.append(dict(S=streams, provider=provider, p20_us=p20, p50_us=p50, p80_us=p80, graph_us=graph,
                          peak_mib=None if peak is None else peak / 2**20))
-        print(f"  S={streams:<3d} {provider:48s} p50 {p50:12,.1f} µs  peak {rows[-1]['peak_mib'] or 0:9,.1f} MiB",
-              flush=True)
+        print(f"  S={streams:<3d} {provider:48s} p50 {p50:12,.1f} µs  in a graph {graph or 0:10,.1f} µs  "
+              f"peak {rows[-1]['peak_mib'] or 0:9,.1f} MiB", flush=True)
 
     for provider, options in MEMORIES.items():
         if options["backend"] not in available_backends():
@@ -126,12 +132,16 @@ def report(rows: list[dict], meta: dict, out: Path) -> None:
     sizes = sorted({r["S"] for r in rows})
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     time_cell = {(r["provider"], r["S"]): r["p50_us"] for r in rows}
+    graph_cell = {(r["provider"], r["S"]): r.get("graph_us") for r in rows}
     peak_cell = {(r["provider"], r["S"]): r["peak_mib"] for r in rows}
-    headers = ["provider", *[f"S={s} µs" for s in sizes], *[f"S={s} MiB" for s in sizes]]
+    headers = ["provider", *[f"S={s} µs" for s in sizes], *[f"S={s} graph µs" for s in sizes],
+               *[f"S={s} MiB" for s in sizes]]
     table = harness.markdown_table(headers, [[p, *[time_cell.get((p, s)) for s in sizes],
+                                              *[graph_cell.get((p, s)) for s in sizes],
                                               *[peak_cell.get((p, s)) for s in sizes]] for p in providers])
     text = (f"One trainable LTM step (forward + backward), L={LENGTH} bf16 tokens ×{TOKENS} per frame, N={BASIS}, "
-            f"M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, {QUERIES} queries: p50 µs per step and peak MiB on "
+            f"M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, {QUERIES} queries: p50 µs per step (eager calls, and "
+            f"replayed from a CUDA graph) and peak MiB on "
             f"{meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']})\n\n{table}\n")
     (out / "backward.md").write_text(text)
     print(text)
@@ -140,8 +150,10 @@ def report(rows: list[dict], meta: dict, out: Path) -> None:
         return {p: ([s for s in sizes if cell.get((p, s)) is not None],
                     [cell[p, s] for s in sizes if cell.get((p, s)) is not None]) for p in providers}
     if line_charts(str(out / "backward.png"), [
-            dict(title="forward + backward", xlabel="streams S", ylabel="GPU time per step, p50 (µs)",
+            dict(title="forward + backward, eager", xlabel="streams S", ylabel="GPU time per step, p50 (µs)",
                  lines=lines(time_cell)),
+            dict(title="forward + backward, CUDA graph", xlabel="streams S", ylabel="GPU time per step, p50 (µs)",
+                 lines=lines(graph_cell)),
             dict(title="peak memory of one step", xlabel="streams S", ylabel="MiB", lines=lines(peak_cell))],
             suptitle=f"trainable step on {meta['device']}: L={LENGTH} bf16 frames, N={BASIS}, e=D={WIDTH}"):
         print(f"wrote {out / 'backward.png'}")
@@ -151,6 +163,7 @@ def read_csv(path: str) -> tuple[list[dict], dict]:
     with open(path, newline="") as fh:
         records = list(csv.DictReader(fh))
     rows = [dict(S=int(r["S"]), provider=r["provider"], peak_mib=float(r["peak_mib"]) if r["peak_mib"] else None,
+                 graph_us=float(r["graph_us"]) if r.get("graph_us") else None,
                  **{k: float(r[k]) for k in ("p20_us", "p50_us", "p80_us")}) for r in records]
     return rows, {k: records[0][k] for k in ("device", "torch", "triton", "commit")}
 
@@ -176,9 +189,6 @@ def main(argv=None) -> None:
         raise SystemExit("bench_backward_gpu.py needs a GPU")
     meta = harness.metadata(torch.device("cuda"))
     print(meta, flush=True)
-    # The fused rows measure the backward kernels, which the memory keeps off on CUDA until they
-    # are checked there (ops.step.FUSED_GRAD_ON_GPU): this run is part of that check.
-    step_ops.FUSED_GRAD_ON_GPU = True
     rows = []
     for streams in args.streams:
         rows += measure(streams, args)

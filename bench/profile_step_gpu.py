@@ -1,6 +1,11 @@
 """Where a step's time goes on the GPU: per-kernel CUDA time (torch.profiler) and host-side Python time.
 
-    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss]
+    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss|grad1|grad64|folded64]
+
+Cases: no-grad steps (s1, s64, gauss); a trainable step, forward and ``torch.autograd.grad`` into
+tokens, query and both projections' parameters (grad1, grad64, the setting of
+bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
+``ops.step.FACTORED_ON_GPU``). Host time (cProfile) is printed for the S=1 cases.
 """
 from __future__ import annotations
 
@@ -13,10 +18,14 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from infvideo import LongTermMemory
+from infvideo.benchmarks import harness
+from infvideo.ops import step as step_ops
 
 WIDTH, HEADS, QUERIES = 768, 12, 32
 CASES = {"s1": (1, 256, torch.bfloat16, 32, {}), "s64": (64, 256, torch.bfloat16, 32, {}),
-         "gauss": (16, 256, torch.float32, None, dict(basis="gaussian", quad_points=1000))}
+         "gauss": (16, 256, torch.float32, None, dict(basis="gaussian", quad_points=1000)),
+         "grad1": (1, 256, torch.bfloat16, 32, {}), "grad64": (64, 256, torch.bfloat16, 32, {}),
+         "folded64": (64, 256, torch.float32, 32, {})}
 
 
 def make(streams, length, dtype, tokens):
@@ -24,8 +33,28 @@ def make(streams, length, dtype, tokens):
     torch.manual_seed(0)
     pk, pv = nn.Linear(WIDTH, WIDTH).cuda().to(dtype), nn.Linear(WIDTH, WIDTH).cuda().to(dtype)
     shape = (streams, length, tokens, WIDTH) if tokens else (streams, length, WIDTH)
+    if dtype == torch.float32 and tokens:  # folded64: bf16 tokens, fp32 projections
+        frames = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        return pk, pv, frames, torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=dtype)
     frames = torch.randn(shape, device="cuda", dtype=dtype)
     return pk, pv, frames, torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=dtype)
+
+
+def step_call(name, memory, pk, pv, frames, query):
+    """One call of the case: a no-grad step, or a step and its backward for the grad cases."""
+    if not name.startswith("grad"):
+        def call():
+            with torch.no_grad():
+                memory(frames, query, pk, pv, HEADS)
+        return call
+    frames.requires_grad_()
+    query.requires_grad_()
+    wrt = [frames, query, *pk.parameters(), *pv.parameters()]
+    cotangent = torch.randn_like(query)
+
+    def call():
+        torch.autograd.grad(memory(frames, query, pk, pv, HEADS), wrt, cotangent)
+    return call
 
 
 def main():
@@ -36,25 +65,29 @@ def main():
         streams, length, dtype, tokens, kwargs = CASES[name]
         pk, pv, frames, query = make(streams, length, dtype, tokens)
         memory = LongTermMemory(backend="triton", check_finite=False, cuda_graphs=False, **kwargs).cuda()
-        with torch.no_grad():
-            for _ in range(5):
-                memory(frames, query, pk, pv, HEADS)
+        step_ops.FACTORED_ON_GPU = name.startswith("folded")
+        call = step_call(name, memory, pk, pv, frames, query)
+        for _ in range(5):
+            call()
+        torch.cuda.synchronize()
+        wall = harness.percentiles(harness.call_latency(call, torch.device("cuda"), budget_s=0.3))[1]
+        gpu = harness.percentiles(harness.gpu_time(call, 0.3))[1]
+        print(f"== {name}: p50 µs per call, wall-clock {wall:,.1f}, do_bench {gpu:,.1f}")
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                call()
             torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(10):
-                    memory(frames, query, pk, pv, HEADS)
-                torch.cuda.synchronize()
-            print(f"== {name}: CUDA time per kernel (10 steps)")
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
-            if name == "s1":
-                host = cProfile.Profile()
-                host.enable()
-                for _ in range(200):
-                    memory(frames, query, pk, pv, HEADS)
-                host.disable()
-                torch.cuda.synchronize()
-                print("== s1 host time (200 steps)")
-                pstats.Stats(host).sort_stats("tottime").print_stats(18)
+        print(f"== {name}: CUDA time per kernel (10 steps)")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=60))
+        if streams == 1:
+            host = cProfile.Profile()
+            host.enable()
+            for _ in range(50):
+                call()
+            host.disable()
+            torch.cuda.synchronize()
+            print(f"== {name} host time (50 calls)")
+            pstats.Stats(host).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from .finite_check import FRAMES as FRAMES_FLAG
 from .finite_check import QUERY as QUERY_FLAG
 from .graphs import StepGraphs, traced
 from .ops import fused_step, step_constants
-from .ops import step as fused_ops
 from .ops.step import step_records_grad
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
@@ -69,9 +68,7 @@ class LongTermMemory(nn.Module):
             records (grad enabled and frames, query or a projection parameter requiring grad, the
             default for an nn.Module) runs the fused ops forward and their registered backward
             kernels. Float64 steps with gradients take the torch reference on a fused backend
-            (its kernels take float32 / float16 / bfloat16), and so do CUDA steps with gradients
-            until the backward kernels are enabled there (``infvideo.ops.step.FUSED_GRAD_ON_GPU``,
-            off: they have not yet been checked on a GPU); the memory warns once.
+            (its kernels take float32 / float16 / bfloat16); the memory warns once.
         density: ``"gibbs"`` (continuous softmax) or ``"gaussian"`` (𝒩(μ, σ²) fitted to the
             softmax moments; Gaussian basis only).
         generator: torch.Generator for ``multinomial`` / ``upstream`` sampling (without one they
@@ -383,11 +380,6 @@ class LongTermMemory(nn.Module):
                             "kernels take float32, float16 and bfloat16 inputs (their backward accumulates in "
                             "float32)")
         fused = backend in FUSED and dtype == torch.float32
-        if fused and frames.is_cuda and not fused_ops.FUSED_GRAD_ON_GPU \
-                and step_records_grad(frames, query, proj_key, proj_value):
-            self._warn_once("cuda-grad", "a CUDA step with gradients runs on the torch reference: the fused "
-                            "backward kernels are not yet enabled on the GPU (infvideo.ops.step.FUSED_GRAD_ON_GPU)")
-            fused = False
         if fused:
             key = (frames.shape[1], frames.device)
             consts = self._step_constants.get(key)

@@ -19,12 +19,6 @@ from conftest import GRAD_TOL, OP_KERNELS, kernel_id, parameter_grads, random_li
 S, L, E, H, Q, M = 2, 5, 6, 2, 3, 6
 
 
-@pytest.fixture(autouse=True)
-def _fused_grad_on_gpu(monkeypatch):
-    """These tests check the fused backward wherever it runs, CUDA included, where the memory keeps
-    it off by default until a GPU run has checked it (ops.step.FUSED_GRAD_ON_GPU)."""
-    from infvideo.ops import step
-    monkeypatch.setattr(step, "FUSED_GRAD_ON_GPU", True)
 
 CONFIGS = {
     "rect-exact": dict(num_basis=7, past_samples=M),
@@ -175,24 +169,6 @@ def test_grad_step_runs_the_fused_ops(device, backend):
                "slot_attention_backward"):
         assert f"infvideo::{op}" in seen, op
     assert pk.weight.grad is not None and pv.bias.grad is not None
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_grad_step_takes_the_reference_by_default(monkeypatch):
-    """With FUSED_GRAD_ON_GPU off (the default), a CUDA step with gradients runs on the reference,
-    says so once, and gives the reference's gradients."""
-    from infvideo.ops import step
-    monkeypatch.setattr(step, "FUSED_GRAD_ON_GPU", False)
-    memory = LongTermMemory(num_basis=7, past_samples=6, backend="triton").cuda()
-    twin = LongTermMemory(num_basis=7, past_samples=6, backend="torch").cuda()
-    pk, pv = random_linear(E, 4, seed=1).cuda(), random_linear(E, 4, seed=2).cuda()
-    frames, query = _randn(S, L, E, seed=1).float().cuda(), _randn(S, Q, 4, seed=2).float().cuda()
-    with pytest.warns(RuntimeWarning, match="CUDA step with gradients runs on the torch reference"):
-        out = memory(frames, query, pk, pv, H)
-    assert torch.equal(out, twin(frames, query, pk, pv, H))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        memory(frames, query, pk, pv, H)
 
 
 def test_float64_grad_step_warns_once():

@@ -4,7 +4,8 @@ Wrappers here check public-shaped tensors and call the registered ops, whose ``b
 picks the Triton kernel or the C++/CUDA one of the tensors' device (``_library``,
 ``infvideo.backends``). rect_consolidate, slot_attention and quadrature_attention have their
 backward registered on the op (``torch.library.register_autograd``), as a second op
-``infvideo::<op>_backward`` with the same backend choice; quantile_bins is not differentiable.
+``infvideo::<op>_backward`` with the same backend choice (eager calls of a Triton kernel record
+the same backward without the dispatcher: ``_library.launch``); quantile_bins is not differentiable.
 """
 from .. import backends
 from .quadrature_attention import quadrature_attention, quadrature_constants

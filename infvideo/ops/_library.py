@@ -52,22 +52,55 @@ def select_kernels(name: str, triton_kernel) -> None:
     _LIB.impl(name, select, "BackendSelect", with_keyset=True)
 
 
-def direct_triton(first: torch.Tensor, backend: str, *others: torch.Tensor | None) -> bool:
-    """Whether a call from the fused step may launch an op's Triton kernel itself: ``backend`` is
-    ``"triton"``, the inputs are plain CUDA tensors, nothing traces (no torch.compile, no
-    dispatch mode such as fake tensors) and autograd need not record the call (grad disabled, or
-    neither ``first`` nor ``others`` requires grad). The dispatcher's way to the same launcher
-    (autograd wrapper, BackendSelect, Python select) costs more host time than the kernels of a
-    small step take on the GPU; torch.compile, export, opcheck and every grad-enabled call see
-    ``torch.ops.infvideo.<op>``, whose registered autograd records the backward."""
+def direct_triton(first: torch.Tensor, backend: str) -> bool:
+    """Whether a call may launch an op's Triton kernel itself instead of going through
+    ``torch.ops.infvideo.<op>``: ``backend`` is ``"triton"``, ``first`` is a plain CUDA tensor,
+    and nothing needs to see the op: no torch.compile or export tracing, no dispatch mode (fake
+    tensors, opcheck), no profiler recording op names. The dispatcher's way to the same launcher
+    (the custom op's autograd wrapper, BackendSelect, the Python select) costs more host time than
+    the kernels of a small step take on the GPU."""
     return (backend == "triton" and type(first) is torch.Tensor and first.is_cuda
             and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
-            and not records_grad(first, *others))
+            and not torch._C._autograd._profiler_enabled())
 
 
 def records_grad(*tensors: torch.Tensor | None) -> bool:
     """Grad mode is on and one of ``tensors`` requires grad: autograd must see the op."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# op name -> the autograd.Function that records an eager call of its Triton kernel (register_autograd).
+_DIRECT_AUTOGRAD: dict[str, type] = {}
+
+
+def register_autograd(name: str, triton_kernel, backward, setup_context) -> None:
+    """``torch.library.register_autograd`` of ``infvideo::<name>``, and the same ``setup_context``
+    and ``backward`` as an ``autograd.Function`` around the op's Triton kernel, through which
+    :func:`launch` records eager grad-enabled calls without the dispatcher (the backward is the
+    op's own, so both ways give the same gradients)."""
+    torch.library.register_autograd(f"infvideo::{name}", backward, setup_context=setup_context)
+
+    def forward(ctx, *args):
+        output = triton_kernel(*args[:-1])
+        setup_context(ctx, args, output)
+        return output
+
+    _DIRECT_AUTOGRAD[name] = type(f"Direct_{name}", (torch.autograd.Function,),
+                                  {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+def launch(name: str, triton_kernel, args: tuple, backend: str, *differentiable: torch.Tensor | None):
+    """``torch.ops.infvideo.<name>(*args, backend)``, or the same Triton kernel called directly
+    where :func:`direct_triton` allows it; a call that autograd must record (grad mode on and one
+    of ``differentiable`` requiring grad) then goes through the op's registered autograd
+    (:func:`register_autograd`)."""
+    if direct_triton(args[0], backend):
+        if not records_grad(*differentiable):
+            return triton_kernel(*args)
+        function = _DIRECT_AUTOGRAD.get(name)
+        if function is not None:
+            return function.apply(*args, backend)
+    return getattr(torch.ops.infvideo, name)(*args, backend)
 
 
 def no_default_kernel(*args):

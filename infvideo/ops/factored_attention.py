@@ -78,9 +78,7 @@ def factored_slot_attention(query: Tensor, coef: Tensor, proj_key: nn.Linear, pr
                                             and slot_log_weight.device == query.device):
         slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
     args = (query, coef, proj_key.weight, proj_value.weight, proj_value.bias, num_heads, slot_log_weight)
-    if _library.direct_triton(query, backend):
-        return _triton_kernel(*args)
-    return torch.ops.infvideo.factored_slot_attention(*args, backend)
+    return _library.launch("factored_slot_attention", _triton_kernel, args, backend, query)
 
 
 _OP = "infvideo::factored_slot_attention"

@@ -49,6 +49,4 @@ def quantile_bins_unchecked(mass: Tensor, num_samples: int, backend: str = "auto
     if mass.dim() == 2:
         mass = mass[:, None]
     mass = mass.contiguous()
-    if _library.direct_triton(mass, backend):
-        return _triton_kernel(mass, num_samples)
-    return torch.ops.infvideo.quantile_bins(mass, num_samples, backend)
+    return _library.launch("quantile_bins", _triton_kernel, (mass, num_samples), backend)

@@ -166,9 +166,10 @@ def _backward(ctx, grad_coef, grad_cast):
     need_frames, need_past = ctx.needs_input_grad[:2]
     with_past = need_past and ctx.past_dtype is not None
     tokens = math.prod(shape[2:-1])
-    grad_frames, grad_past = torch.ops.infvideo.rect_consolidate_backward(
-        grad.contiguous(), sample_bins if with_past else None, past_idx, past_start, frame_idx, frame_start, scale,
-        shape[1], tokens, ctx.frames_dtype, with_past, ctx.backend)
+    grad_frames, grad_past = _library.launch(
+        "rect_consolidate_backward", _triton_backward,
+        (grad.contiguous(), sample_bins if with_past else None, past_idx, past_start, frame_idx, frame_start, scale,
+         shape[1], tokens, ctx.frames_dtype, with_past), ctx.backend)
     # Every token of a frame has the same gradient: a broadcast view over the token dimensions.
     grad_frames = grad_frames.view(shape[0], shape[1], *(1,) * (len(shape) - 3), shape[-1]).expand(shape)
     return (grad_frames if need_frames else None, grad_past.to(ctx.past_dtype) if with_past else None, *nothing)
@@ -176,7 +177,7 @@ def _backward(ctx, grad_coef, grad_cast):
 
 # ∂B/∂frames and ∂B/∂past only: sample_bins and the plan (CSR maps, scale) are constants of the
 # configuration and the sampler, not differentiable.
-_rect_consolidate.register_autograd(_backward, setup_context=_setup_context)
+_library.register_autograd("rect_consolidate", _triton_kernel, _backward, _setup_context)
 
 
 def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
@@ -226,10 +227,7 @@ def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPl
     extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None
     args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start, plan.scale,
             plan.frames_in_order, plan.max_per_bin, extra)
-    if _library.direct_triton(frames, backend, past):
-        coef, cast = _triton_kernel(*args)
-    else:
-        coef, cast = torch.ops.infvideo.rect_consolidate(*args, backend)
+    coef, cast = _library.launch("rect_consolidate", _triton_kernel, args, backend, frames, past)
     if cast_dtype is None:
         return coef
     return coef, (coef.to(cast_dtype) if extra is None else cast)

@@ -104,16 +104,17 @@ def _backward(ctx, grad_context, grad_mass):
     query, keys, values, slot_log_weight = ctx.saved_tensors
     if grad_context is None:
         grad_context = torch.zeros_like(query)
-    dq, dk, dv = torch.ops.infvideo.slot_attention_backward(
-        grad_context.contiguous(), None if grad_mass is None else grad_mass.contiguous(), query, keys, values,
-        ctx.num_heads, slot_log_weight, ctx.null_log_weight, ctx.backend)
+    dq, dk, dv = _library.launch(
+        "slot_attention_backward", _triton_backward,
+        (grad_context.contiguous(), None if grad_mass is None else grad_mass.contiguous(), query, keys, values,
+         ctx.num_heads, slot_log_weight, ctx.null_log_weight), ctx.backend)
     need = ctx.needs_input_grad
     return dq if need[0] else None, dk if need[1] else None, dv if need[2] else None, None, None, None, None
 
 
 # Gradients for query, keys and values; the log-weights and the null slot are constants of the
 # configuration (the bins' widths, the paper grid's mass outside the bins), not differentiable.
-_slot_attention.register_autograd(_backward, setup_context=_setup_context)
+_library.register_autograd("slot_attention", _triton_kernel, _backward, _setup_context)
 
 
 def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
@@ -156,9 +157,7 @@ def slot_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_he
                                             and slot_log_weight.device == query.device):
         slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
     args = (query, keys, values, num_heads, slot_log_weight, None if null_log_weight is None else float(null_log_weight))
-    if _library.direct_triton(query, backend, keys, values):
-        return _triton_kernel(*args)
-    return torch.ops.infvideo.slot_attention(*args, backend)
+    return _library.launch("slot_attention", _triton_kernel, args, backend, query, keys, values)
 
 
 _OP = "infvideo.ops.slot_attention"

@@ -136,12 +136,6 @@ QUADRATURE_KERNEL = False
 # issue's sizes; half-precision projections keep K and V (their products use the tensor cores).
 FACTORED_ON_GPU = False
 
-# The backward kernels (Triton, C++ CPU) are checked against the reference on the CPU, the Triton
-# ones in Triton's interpreter only: until a GPU run has compiled and checked them there
-# (tests/test_*attention.py, tests/test_rect_consolidate.py, bench/bench_backward_gpu.py), a CUDA
-# step that autograd records takes the differentiable reference (LongTermMemory warns once).
-FUSED_GRAD_ON_GPU = False
-
 
 def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value,
                        num_heads: int, backend: str) -> bool:
@@ -171,8 +165,9 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     query and past; the ops inside run unchecked). With rectangular bins and quantile or uniform
     sampling the step makes no host synchronisation and traces whole under torch.compile.
     Differentiable within the step with respect to frames, query and the projections' parameters
-    (and past): every op it calls has its backward registered (``torch.library.register_autograd``),
-    and a step that autograd records goes through ``torch.ops.infvideo.*`` so that it is recorded.
+    (and past): every op it calls has its backward registered (``torch.library.register_autograd``);
+    an eager step records the same backward around the Triton kernels without the dispatcher
+    (``_library.launch``), a traced or profiled one through ``torch.ops.infvideo.*``.
     ``backend``: the ops'
     kernels, ``"triton"``, ``"cuda"`` or ``"cpu"`` (csrc); on the CPU the slot attention takes the
     projections folded into the queries (``factored_attention``) where that needs fewer

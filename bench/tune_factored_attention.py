@@ -1,0 +1,113 @@
+"""Tiles and dot precision of the folded slot attention's Triton kernels on the GPU (issue 22).
+
+    PYTHONPATH=$PWD python bench/tune_factored_attention.py [--streams 64]
+
+Times ``factored_slot_attention`` (float32 projections folded into the queries) for each softmax
+tile (rows per program, slice of e per dot, warps) and dot precision, its query products alone,
+and beside them the K/V way (the float32 projection on cuBLAS, then ``slot_attention``), with the
+context's error against float64.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+
+import torch
+import triton.testing
+from torch import nn
+
+from infvideo.kernels import factored_attention as folded
+from infvideo.ops import slot_attention
+
+WIDTH, HEADS, QUERIES, BASIS = 768, 12, 32, 256
+
+
+def reference(query, coef, pk, pv):
+    """The context in float64 through K and V."""
+    s, q_len, model = query.shape
+    d = model // HEADS
+    keys = nn.functional.linear(coef.double(), pk.weight.double(), pk.bias.double())
+    values = nn.functional.linear(coef.double(), pv.weight.double(), pv.bias.double())
+
+    def heads(x):
+        return x.reshape(s, -1, HEADS, d).transpose(1, 2)
+    r = torch.softmax(heads(query.double()) @ heads(keys).transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return (r @ heads(values)).transpose(1, 2).reshape(s, q_len, model)
+
+
+def rel(a, b):
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+def tune_kv_products(streams, query, coef, weight, bias, want):
+    """K|V = B [W_k; W_v]ᵀ + b as one three-TF32 Triton product (the folded kernels' batched
+    product, one stream and head), per tile, then the slot attention."""
+    rows, width = streams * BASIS, WIDTH
+    flat = coef.reshape(rows, width)
+    out = torch.empty(rows, 2 * WIDTH, device="cuda")
+    for bm, bn, bk, warps, stages in itertools.product((64, 128), (64, 128), (32, 64), (4, 8), (2, 3)):
+        grid = (triton.cdiv(rows, bm) * triton.cdiv(2 * WIDTH, bn), 1, 1)
+
+        def project():
+            folded._head_products_kernel[grid](
+                flat, weight, bias, out, rows, 2 * WIDTH, width, 0, 0, flat.stride(0), flat.stride(1),
+                0, 0, weight.stride(1), weight.stride(0), 0, 0, out.stride(0), out.stride(1), 0, bias.stride(0),
+                HAS_BIAS=True, PRECISION="tf32x3", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+                num_stages=stages)
+
+        def step():
+            project()
+            keys, values = out.view(streams, BASIS, 2 * WIDTH).split(WIDTH, dim=-1)
+            return slot_attention(query, keys, values, HEADS)[0]
+        try:
+            ms = triton.testing.do_bench(project, return_mode="median")
+            total = triton.testing.do_bench(step, return_mode="median")
+            print(f"S={streams} K/V tf32x3 Triton bm={bm} bn={bn} bk={bk} warps={warps} stages={stages}: "
+                  f"product {ms * 1e3:7.1f} us, with attention {total * 1e3:7.1f} us  err {rel(step(), want):.1e}",
+                  flush=True)
+        except Exception as err:  # a tile the compiler rejects is reported, not fatal
+            print(f"S={streams} K/V bm={bm} bn={bn} bk={bk} warps={warps} stages={stages}: failed "
+                  f"{type(err).__name__}: {str(err)[:120]}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, nargs="+", default=[64])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    pk, pv = nn.Linear(WIDTH, WIDTH).cuda(), nn.Linear(WIDTH, WIDTH).cuda()
+    for streams in args.streams:
+        query = torch.randn(streams, QUERIES, WIDTH, device="cuda")
+        coef = torch.randn(streams, BASIS, WIDTH, device="cuda")
+        want = reference(query, coef, pk, pv)
+        weight, bias = torch.cat([pk.weight, pv.weight]), torch.cat([pk.bias, pv.bias])
+
+        def kv():
+            keys, values = nn.functional.linear(coef, weight, bias).split(WIDTH, dim=-1)
+            return slot_attention(query, keys, values, HEADS)[0]
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            ms = triton.testing.do_bench(kv, return_mode="median")
+            print(f"S={streams} K/V cuBLAS allow_tf32={tf32}: {ms * 1e3:8.1f} us  err {rel(kv(), want):.1e}", flush=True)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        tune_kv_products(streams, query, coef, weight, bias, want)
+        for precision, rows, block_e, warps in itertools.product(("tf32x3",), (16, 32), (32, 64),
+                                                                 (4, 8)):
+            folded.PRECISION, folded.BLOCK_R, folded.BLOCK_E, folded.SOFTMAX_WARPS = precision, rows, block_e, warps
+            folded.SCORES_PER_WARP = 1 << 16  # every slot in one tile
+            folded._precision.cache_clear()
+
+            def run():
+                return folded.factored_slot_attention(query, coef, pk.weight, pv.weight, pv.bias, HEADS, None)[0]
+            try:
+                ms = triton.testing.do_bench(run, return_mode="median")
+                print(f"S={streams} {precision:6s} rows={rows:3d} block_e={block_e:3d} warps={warps}: "
+                      f"{ms * 1e3:8.1f} us  err {rel(run(), want):.1e}", flush=True)
+            except Exception as err:  # a tile the compiler rejects is reported, not fatal
+                print(f"S={streams} {precision} rows={rows} block_e={block_e} warps={warps}: failed "
+                      f"{type(err).__name__}: {str(err)[:200]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
