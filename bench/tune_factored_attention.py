@@ -18,6 +18,7 @@ import triton.testing
 from torch import nn
 
 from infvideo.kernels import factored_attention as folded
+from infvideo.kernels import products
 from infvideo.ops import slot_attention
 
 WIDTH, HEADS, QUERIES, BASIS = 768, 12, 32, 256
@@ -41,7 +42,7 @@ def rel(a, b):
 
 
 def tune_kv_products(streams, query, coef, weight, bias, want):
-    """K|V = B [W_k; W_v]ᵀ + b as one three-TF32 Triton product (the folded kernels' batched
+    """K|V = B [W_k; W_v]ᵀ + b as one three-TF32 Triton product (``kernels.products``' batched
     product, one stream and head), per tile, then the slot attention."""
     rows, width = streams * BASIS, WIDTH
     flat = coef.reshape(rows, width)
@@ -50,7 +51,7 @@ def tune_kv_products(streams, query, coef, weight, bias, want):
         grid = (triton.cdiv(rows, bm) * triton.cdiv(2 * WIDTH, bn), 1, 1)
 
         def project():
-            folded._head_products_kernel[grid](
+            products._batched_product_kernel[grid](
                 flat, weight, bias, out, rows, 2 * WIDTH, width, 0, 0, flat.stride(0), flat.stride(1),
                 0, 0, weight.stride(1), weight.stride(0), 0, 0, out.stride(0), out.stride(1), 0, bias.stride(0),
                 HAS_BIAS=True, PRECISION="tf32x3", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
@@ -94,9 +95,9 @@ def main():
         tune_kv_products(streams, query, coef, weight, bias, want)
         for precision, rows, block_e, warps in itertools.product(("tf32x3",), (16, 32), (32, 64),
                                                                  (4, 8)):
-            folded.PRECISION, folded.BLOCK_R, folded.BLOCK_E, folded.SOFTMAX_WARPS = precision, rows, block_e, warps
+            products.PRECISION, folded.BLOCK_R, folded.BLOCK_E, folded.SOFTMAX_WARPS = precision, rows, block_e, warps
             folded.SCORES_PER_WARP = 1 << 16  # every slot in one tile
-            folded._precision.cache_clear()
+            products.precision.cache_clear()
 
             def run():
                 return folded.factored_slot_attention(query, coef, pk.weight, pv.weight, pv.bias, HEADS, None)[0]

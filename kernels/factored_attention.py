@@ -2,25 +2,21 @@
 
 Per stream, head h and query q (rows h·Q + q of the H·Q folded queries):
 
-    u = W_k,hᵀ q_h                              [e]   (_head_products: one batched product)
+    u = W_k,hᵀ q_h                              [e]   (products.head_products: one batched product)
     r = softmax_n(u · B_n / √d + log w_n)       [N]   (_folded_softmax_kernel)
     m = Σ_n r_n B_n                             [e]   (same kernel, from the weights it holds)
-    context_h = W_v,h m + b_v,h                 [d]   (_head_products again)
+    context_h = W_v,h m + b_v,h                 [d]   (products.head_products again)
 
 K = B W_kᵀ and V = B W_vᵀ are never formed: for N slots large against H·Q the two head products
 and the two products with B need fewer multiply-adds than the two projections (the op layer,
 ``infvideo.ops.factored_attention.applies``, decides). The key bias drops out: it shifts every
 score of a row alike, and there is no null slot.
 
-Every product runs in float32 (inputs of other float types are converted as they are loaded). On
-the GPU the dots take ``PRECISION = "tf32x3"``: three TF32 tensor-core products per dot (the big
-and small halves of both operands, less the small·small term), which keeps float32 accuracy where a
-plain TF32 dot would not, and runs on the tensor cores where ``"ieee"`` would not. The CPU
-interpreter takes ``"ieee"``.
+Every product runs in float32 (inputs of other float types are converted as they are loaded), on
+the GPU as three TF32 tensor-core dots (``products.precision``).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -28,51 +24,13 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
+from . import products
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-
-# The dots' input precision for float32 operands on the GPU (Triton's tl.dot ``input_precision``).
-PRECISION = "tf32x3"
+from .products import head_products
 
 # The mass is summed over groups of this many consecutive folded rows h·Q + q (the op's output
 # [S, ⌈H·Q/16⌉, N]); the softmax kernel's row blocks are whole groups.
 QUERY_GROUP = 16
-
-
-@triton.jit
-def _head_products_kernel(
-    a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
-    stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
-    stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and head h, all by strides, so the
-    # heads are read in place from [S, Q, D] and [D, e] tensors (no transposed copies).
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    pm = tl.program_id(0) // tiles_n
-    pn = tl.program_id(0) % tiles_n
-    h = tl.program_id(1).to(tl.int64)
-    s = tl.program_id(2).to(tl.int64)
-    offs_m = pm * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pn * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    a_base = a_ptr + s * stride_as + h * stride_ah
-    b_base = b_ptr + s * stride_bs + h * stride_bh
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        a = tl.load(a_base + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-        b = tl.load(b_base + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn,
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + h * stride_bias_h + offs_n * stride_bias_n, mask=mask_n, other=0.0
-                       ).to(tl.float32)[None, :]
-    tl.store(c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -166,37 +124,15 @@ def _folded_softmax_kernel(
                      mask=mask_r[:, None] & mask_n[None, :])
 
 
-_launch_products = CachedLaunch(_head_products_kernel)
 _launch_softmax = CachedLaunch(_folded_softmax_kernel)
 
-# Rows of folded queries per softmax program: whole mass groups, and the smallest row count of a
-# tensor-core dot. Every slot is held in one tile while the [BLOCK_R, BLOCK_N] scores stay within
-# SCORES_PER_WARP float32 values a warp (in registers); more slots take the two-pass path.
-BLOCK_R, SOFTMAX_WARPS, SCORES_PER_WARP = 32, 8, 1024
+# Rows of folded queries per softmax program: one mass group (the best of the tile sweep in
+# bench/tune_factored_attention.py on an H200; 32 rows took 4x longer there). Every slot is held
+# in one tile while the [BLOCK_R, BLOCK_N] scores stay within SCORES_PER_WARP float32 values a warp
+# (in registers); more slots take the two-pass path.
+BLOCK_R, SOFTMAX_WARPS, SCORES_PER_WARP = 16, 4, 1024
 # Width of the slices of e that the softmax kernel's dots take per step.
 BLOCK_E = 32
-
-
-@functools.lru_cache(maxsize=None)
-def _precision(device: torch.device) -> str:
-    # The interpreter computes a dot exactly in float32 whatever it is told, "ieee" says so; GPUs
-    # before Ampere have no TF32 tensor cores.
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
-        return "ieee"
-    return PRECISION
-
-
-def _head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
-                   bias=None, bias_strides=(0, 0)):
-    """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
-    row, column) strides, for every stream and head."""
-    block_m = max(16, min(64, next_power_of_2(m)))
-    block_n = max(16, min(64, next_power_of_2(n)))
-    block_k = max(16, min(32, next_power_of_2(k)))
-    _launch_products((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
-                     a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
-                     *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
-                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
 
 
 @on_input_device
@@ -214,7 +150,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     d = model // num_heads
     rows = num_heads * q_len
     device = query.device
-    precision = _precision(device)
+    precision = products.precision(device)
     if coef.dtype != torch.float32 or coef.stride(-1) != 1:
         coef = coef.to(torch.float32).contiguous()
     if slot_log_weight is not None and (slot_log_weight.dtype != torch.float32 or slot_log_weight.stride(0) != 1):
@@ -222,7 +158,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
 
     # u [S, H·Q, e] = each head's queries through its d rows of W_k.
     folded = torch.empty(s, rows, width, device=device, dtype=torch.float32)
-    _head_products(query, (query.stride(0), d * query.stride(2), query.stride(1), query.stride(2)),
+    head_products(query, (query.stride(0), d * query.stride(2), query.stride(1), query.stride(2)),
                    w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
                    folded, (rows * width, q_len * width, width, 1), q_len, width, d, num_heads, s, precision)
 
@@ -246,12 +182,12 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
         mixed = out
     else:
         mixed = folded  # u is spent: its buffer takes Σ_n r_n B_n
-        _head_products(out, (out.stride(0), 0, out.stride(1), 1), coef, (coef.stride(0), 0, coef.stride(1), 1),
+        head_products(out, (out.stride(0), 0, out.stride(1), 1), coef, (coef.stride(0), 0, coef.stride(1), 1),
                        mixed, (mixed.stride(0), 0, mixed.stride(1), 1), rows, width, n, 1, s, precision)
 
     # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v.
     context = torch.empty(s, q_len, model, device=device, dtype=query.dtype)
-    _head_products(mixed, (mixed.stride(0), q_len * width, width, 1),
+    head_products(mixed, (mixed.stride(0), q_len * width, width, 1),
                    w_value, (0, d * w_value.stride(0), w_value.stride(1), w_value.stride(0)),
                    context, (context.stride(0), d, context.stride(1), 1), q_len, d, width, num_heads, s, precision,
                    bias=b_value, bias_strides=(0, 0) if b_value is None else (d * b_value.stride(0), b_value.stride(0)))

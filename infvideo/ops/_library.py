@@ -59,9 +59,14 @@ def direct_triton(first: torch.Tensor, backend: str) -> bool:
     tensors, opcheck), no profiler recording op names. The dispatcher's way to the same launcher
     (the custom op's autograd wrapper, BackendSelect, the Python select) costs more host time than
     the kernels of a small step take on the GPU."""
-    return (backend == "triton" and type(first) is torch.Tensor and first.is_cuda
-            and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
-            and not torch._C._autograd._profiler_enabled())
+    return backend == "triton" and eager_cuda(first) and not torch._C._autograd._profiler_enabled()
+
+
+def eager_cuda(tensor: torch.Tensor) -> bool:
+    """``tensor`` is a plain CUDA tensor of an eager call: no torch.compile or export tracing, no
+    dispatch mode (fake tensors, opcheck)."""
+    return (type(tensor) is torch.Tensor and tensor.is_cuda and not torch.compiler.is_compiling()
+            and _get_current_dispatch_mode() is None)
 
 
 def records_grad(*tensors: torch.Tensor | None) -> bool:

@@ -9,6 +9,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from .. import backends
 from ..config import MemoryConfig
 from ..reference import sticky
 from ..reference.attention import Quadrature, SlotWeights, attention_constants
@@ -103,10 +104,12 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
     return hit[1], hit[2]
 
 
-def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
+                  backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """K = proj_key(B), V = proj_value(B): one product over stacked weights for two plain Linears.
     ``grad``: autograd records the step, so the weights are stacked afresh (the cache holds
-    detached copies, through which no gradient reaches the layers)."""
+    detached copies, through which no gradient reaches the layers). Float32 weights on the
+    ``"triton"`` backend take three-TF32 tensor-core dots (``TF32X3_PROJECTIONS``) outside autograd."""
     # The stacked-weight cache keys on storage pointers and version counters, which a compiled
     # graph cannot guard on: there the two products stay separate.
     if (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
@@ -117,7 +120,11 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False) 
             bias = None if proj_key.bias is None else torch.cat([proj_key.bias, proj_value.bias])
         else:
             weight, bias = _stacked(proj_key, proj_value)
-        both = torch.nn.functional.linear(_library.cast(coef, weight.dtype), weight, bias)
+        if (TF32X3_PROJECTIONS and not grad and backend == "triton" and weight.dtype == torch.float32
+                and _library.eager_cuda(coef)):
+            both = backends.triton_kernels()["products"].linear(coef, weight, bias)
+        else:
+            both = torch.nn.functional.linear(_library.cast(coef, weight.dtype), weight, bias)
         return both.split([proj_key.out_features, proj_value.out_features], dim=-1)
     weight = getattr(proj_key, "weight", None)
     if weight is not None:
@@ -130,10 +137,14 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False) 
 # cuBLAS products; bench/bench_step_gpu.py, "gaussian attention only"); the step keeps the faster one.
 QUADRATURE_KERNEL = False
 
-# The GPU step with float32 projections may take the folded attention (factored_attention's Triton
-# kernel: no K and V, three-TF32 tensor-core products) instead of projecting B on cuBLAS in float32
-# without tensor cores. Off until bench/bench_folded_gpu.py has measured both on the GPU at the
-# issue's sizes; half-precision projections keep K and V (their products use the tensor cores).
+# The GPU step's float32 K/V projection as one three-TF32 Triton product (kernels/products.py):
+# float32 accuracy on the tensor cores, where cuBLAS's float32 product runs without them
+# (bench/bench_projections_gpu.py measures both; bench/README.md, "Float32 projections on the GPU").
+TF32X3_PROJECTIONS = True
+
+# The GPU step with float32 projections may take the folded attention instead (factored_attention's
+# Triton kernel: no K and V, three-TF32 tensor-core products). Off: on an H200 its best tiles lost
+# to the three-TF32 K/V product (bench/README.md, "Float32 projections on the GPU").
 FACTORED_ON_GPU = False
 
 
@@ -193,7 +204,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
                                                                    consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
-    keys, values = _project_pair(proj_key, proj_value, projected, grad)
+    keys, values = _project_pair(proj_key, proj_value, projected, grad, backend)
     if consts.quad is not None:
         quad = consts.quad
         context, density = quadrature_attention_unchecked(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,

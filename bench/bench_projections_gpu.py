@@ -1,24 +1,23 @@
-"""Issue 22: the GPU step with the projections folded into the queries (``FACTORED_ON_GPU``) against K/V.
+"""Issue 22: the GPU step and its attention by way of projecting: float32 K/V on cuBLAS, three-TF32 K/V, folded.
 
-    PYTHONPATH=$PWD python bench/bench_folded_gpu.py --out DIR [--streams 16 64] [--tokens bf16 fp32]
+    PYTHONPATH=$PWD python bench/bench_projections_gpu.py --out DIR [--streams 1 16 64] [--tokens bf16 fp32]
         [--projections fp32 bf16] [--budget 0.2]
 
 Case: S streams, L = 256 frames of 32 tokens each (``--tokens`` dtype, pooled inside), N = 256,
 M = 512, e = D = 768, 12 heads, 32 queries (the queries in the tokens' dtype), sticky quantile
 sampling, ``--projections`` dtype; the memory is full (two steps before the timing). Rows per case:
 
-- ``step, K/V`` / ``step, folded``: ``LongTermMemory(backend="triton")`` (its CUDA graphs) with
-  ``infvideo.ops.step.FACTORED_ON_GPU`` False / True. The folded path takes float32 projections
-  only, so with bfloat16 projections the two rows run the same step (a check of the switch);
-- ``attention, K/V`` / ``attention, folded``: the attention alone on the same coefficients
-  (the stacked K/V projection and ``slot_attention``, against ``factored_slot_attention``);
+- ``step, <variant>``: ``LongTermMemory(backend="triton")`` (its CUDA graphs) with the
+  ``infvideo.ops.step`` switches of VARIANTS: K and V from cuBLAS in float32
+  (``TF32X3_PROJECTIONS`` off), from one three-TF32 Triton product (``kernels/products.py``), or
+  never formed (``FACTORED_ON_GPU``: ``factored_slot_attention``). The switches act on float32
+  projections only: with bfloat16 projections the rows run the same step (a check of the switches);
+- ``attention, <variant>``: the attention alone on the same float32 coefficients;
 - the input + state read floor (``bench_step_gpu.floor_us`` at the measured read bandwidth).
 
-GPU time per call from ``harness.gpu_time`` (``triton.testing.do_bench``). ``rel_diff``: the
-folded row's output against the K/V row's (same inputs and state), relative. What the GPU run
-decides: whether ``FACTORED_ON_GPU`` becomes True, i.e. whether the folded rows are faster with
-float32 projections at both stream counts and both token dtypes. Writes folded.csv and folded.md
-into --out.
+GPU time per call from ``harness.gpu_time`` (``triton.testing.do_bench``). ``rel_diff``: a step's
+output against the first variant's (same inputs and state), an attention's context against the
+same attention in float64. Writes projections.csv and projections.md into --out.
 """
 from __future__ import annotations
 
@@ -51,43 +50,78 @@ def inputs(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dty
     return pk, pv, tokens, query
 
 
+# Step variants: the ops.step switches each sets (the rest keep their defaults).
+VARIANTS = {"cuBLAS float32 K/V": dict(TF32X3_PROJECTIONS=False, FACTORED_ON_GPU=False),
+            "three-TF32 K/V": dict(TF32X3_PROJECTIONS=True, FACTORED_ON_GPU=False),
+            "folded": dict(TF32X3_PROJECTIONS=False, FACTORED_ON_GPU=True)}
+
+
+def switched(settings: dict):
+    """Sets ``settings`` on ops.step; returns the values they replaced."""
+    old = {name: getattr(step_module, name) for name in settings}
+    for name, value in settings.items():
+        setattr(step_module, name, value)
+    return old
+
+
 def step_rows(streams, pk, pv, tokens, query, budget) -> list[tuple[str, list[float], torch.Tensor]]:
-    """(provider, times, output) of the memory step with FACTORED_ON_GPU off, then on."""
+    """(provider, times, output) of the memory step in each of VARIANTS."""
     rows = []
-    for folded in (False, True):
-        # The memory captures its step into CUDA graphs on the first calls: set the switch first.
-        step_module.FACTORED_ON_GPU = folded
+    for name, settings in VARIANTS.items():
+        # The memory captures its step into CUDA graphs on the first calls: switch first.
+        old = switched(settings)
         try:
             memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton").cuda()
             for _ in range(2):
                 memory(tokens, query, pk, pv, HEADS)
             times = harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), budget)
-            # From the same state in both rows: one more step after the timed calls would differ.
+            # From the same state in every row: one more step after the timed calls would differ.
             fresh = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton").cuda()
             for _ in range(3):
                 out = fresh(tokens, query, pk, pv, HEADS)
         finally:
-            step_module.FACTORED_ON_GPU = False
-        rows.append((f"step, {'folded' if folded else 'K/V'}", times, out))
+            switched(old)
+        rows.append((f"step, {name}", times, out))
         del memory, fresh
     return rows
 
 
 def attention_rows(streams, pk, pv, query, budget) -> list[tuple[str, list[float], torch.Tensor]]:
-    """(provider, times, context) of the attention alone on the same float32 coefficients."""
+    """(provider, times, context) of the attention alone on the same float32 coefficients in each
+    of VARIANTS, and the float64 context (K/V and the softmax in float64) as the last row."""
     coef = torch.randn(streams, BASIS, WIDTH, device="cuda")
     log_weight = step_constants(MemoryConfig(num_basis=BASIS, past_samples=SAMPLES), LENGTH,
                                 torch.device("cuda")).slot_log_weight
 
     def kv():
-        keys, values = step_module._project_pair(pk, pv, coef)
+        keys, values = step_module._project_pair(pk, pv, coef, backend="triton")
         return slot_attention_unchecked(query, keys, values, HEADS, log_weight, None, "triton")[0]
 
     def folded():
         return factored_attention.factored_slot_attention(query, coef, pk, pv, HEADS, log_weight, "triton")[0]
 
-    return [(name, harness.gpu_time(fn, budget), fn()) for name, fn in (("attention, K/V", kv),
-                                                                        ("attention, folded", folded))]
+    rows = []
+    for name, settings in VARIANTS.items():
+        fn = folded if settings["FACTORED_ON_GPU"] else kv
+        old = switched(settings)
+        try:
+            rows.append((f"attention, {name}", harness.gpu_time(fn, budget), fn()))
+        finally:
+            switched(old)
+    keys, values = (torch.nn.functional.linear(coef.double(), p.weight.double(), p.bias.double()) for p in (pk, pv))
+    exact = slot_attention_torch64(query.double(), keys, values, log_weight.double())
+    return rows + [("attention, float64", None, exact)]
+
+
+def slot_attention_torch64(query, keys, values, log_weight):
+    """The slot attention's context in float64 (plain torch)."""
+    s, q_len, model = query.shape
+    d = model // HEADS
+
+    def heads(x):
+        return x.reshape(s, -1, HEADS, d).transpose(1, 2)
+    r = torch.softmax(heads(query) @ heads(keys).transpose(-1, -2) / d ** 0.5 + log_weight, dim=-1)
+    return (r @ heads(values)).transpose(1, 2).reshape(s, q_len, model)
 
 
 def measure(streams: int, tokens: str, projections: str, budget: float, bandwidth: float) -> list[dict]:
@@ -96,13 +130,17 @@ def measure(streams: int, tokens: str, projections: str, budget: float, bandwidt
     case = dict(S=streams, tokens=tokens, projections=projections)
     rows = []
     with torch.no_grad():
-        timed = step_rows(streams, pk, pv, frames, query, budget) + attention_rows(streams, pk, pv, query, budget)
-    for index, (provider, times, out) in enumerate(timed):
+        steps = step_rows(streams, pk, pv, frames, query, budget)
+        attention = attention_rows(streams, pk, pv, query, budget)
+    exact = attention.pop()[2]
+    # Steps against the first variant's (same inputs and state), the attention against float64.
+    timed = [(name, times, out, rel_diff(out, steps[0][2]) if index else None)
+             for index, (name, times, out) in enumerate(steps)]
+    timed += [(name, times, out, rel_diff(out, exact)) for name, times, out in attention]
+    for provider, times, out, diff in timed:
         p20, p50, p80 = harness.percentiles(times)
-        # Odd rows are the folded ones: each against the K/V row before it.
-        diff = rel_diff(out, timed[index - 1][2]) if index % 2 else None
         rows.append(dict(**case, provider=provider, p20_us=p20, p50_us=p50, p80_us=p80, rel_diff=diff))
-        print(f"  S={streams:<3d} tokens {tokens} projections {projections} {provider:20s} p50 {p50:10,.1f} µs"
+        print(f"  S={streams:<3d} tokens {tokens} projections {projections} {provider:32s} p50 {p50:10,.1f} µs"
               + ("" if diff is None else f"  rel diff {diff:.1e}"), flush=True)
     floor = floor_us(streams, [frames, query, pk.weight, pv.weight], bandwidth)
     rows.append(dict(**case, provider=FLOOR, p20_us=floor, p50_us=floor, p80_us=floor, rel_diff=None))
@@ -116,23 +154,24 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def report(rows: list[dict], meta: dict, out: Path) -> None:
-    """folded.md: one row per case, one column per provider (p50 µs)."""
+    """projections.md: one row per case, one column per provider (p50 µs)."""
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     cases = list(dict.fromkeys((r["S"], r["tokens"], r["projections"]) for r in rows))
     cell = {(r["S"], r["tokens"], r["projections"], r["provider"]): r["p50_us"] for r in rows}
     table = harness.markdown_table(["S", "tokens", "projections", *providers],
                                    [[*case, *[cell.get((*case, p)) for p in providers]] for case in cases])
-    text = (f"Folded attention (FACTORED_ON_GPU) against K/V: L={LENGTH} frames ×{TOKENS} tokens, N={BASIS}, "
+    text = (f"The GPU step and its attention by projection variant (rel diff: steps against the first "
+            f"variant, attention against float64): L={LENGTH} frames ×{TOKENS} tokens, N={BASIS}, "
             f"M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, {QUERIES} queries; p50 GPU µs (do_bench) on "
             f"{meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']})\n\n{table}\n")
-    (out / "folded.md").write_text(text)
+    (out / "projections.md").write_text(text)
     print(text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--streams", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--tokens", choices=sorted(DTYPES), nargs="+", default=["bf16", "fp32"])
     parser.add_argument("--projections", choices=sorted(DTYPES), nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--budget", type=float, default=0.2, help="seconds of timed calls per row")
@@ -142,7 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("bench_folded_gpu.py needs a GPU")
+        raise SystemExit("bench_projections_gpu.py needs a GPU")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = harness.metadata(torch.device("cuda"))
@@ -154,7 +193,7 @@ def main(argv=None) -> None:
             for projections in args.projections:
                 rows += measure(streams, tokens, projections, args.budget, bandwidth)
                 torch.cuda.empty_cache()
-    harness.write_csv(out / "folded.csv", rows, meta)
+    harness.write_csv(out / "projections.csv", rows, meta)
     report(rows, meta, out)
 
 

@@ -1,0 +1,107 @@
+"""Float32 matrix products on tensor cores: three TF32 dots per product, float32 accuracy.
+
+Used where a float32 product would otherwise run without tensor cores: the K/V projection of the
+step with float32 projections (:func:`linear`), and the folded attention's per-head products
+(:func:`head_products`). ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
+operand into its TF32 part and the remainder and adds the three products that matter (big·big,
+big·small, small·big): the result is as accurate as a float32 product (errors near 1e-7 relative
+against float64) where a single TF32 product is off by about 1e-3. The CPU interpreter computes
+its dots exactly in float32 and is told ``"ieee"``.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import CachedLaunch, cdiv, next_power_of_2
+
+PRECISION = "tf32x3"
+
+# linear()'s tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for many rows (the tile sweep of
+# bench/tune_factored_attention.py on an H200 at 16,384 × 768 × 1,536), and smaller ones below
+# LARGE_ROWS, where the big tiles would leave most of the GPU idle.
+LARGE_TILES, SMALL_TILES, LARGE_ROWS = (128, 128, 64, 8, 3), (64, 64, 32, 4, 3), 4096
+
+
+@triton.jit
+def _batched_product_kernel(
+    a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
+    stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
+    stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and head h, all by strides, so that
+    # heads are read in place from [S, Q, D] and [D, e] tensors and weights [n, k] serve as Bᵀ
+    # (no transposed copies).
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    pm = tl.program_id(0) // tiles_n
+    pn = tl.program_id(0) % tiles_n
+    h = tl.program_id(1).to(tl.int64)
+    s = tl.program_id(2).to(tl.int64)
+    offs_m = pm * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pn * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    a_base = a_ptr + s * stride_as + h * stride_ah
+    b_base = b_ptr + s * stride_bs + h * stride_bh
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a = tl.load(a_base + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        b = tl.load(b_base + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn,
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + h * stride_bias_h + offs_n * stride_bias_n, mask=mask_n, other=0.0
+                       ).to(tl.float32)[None, :]
+    tl.store(c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None].to(tl.int64) * stride_cm
+             + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+_launch = CachedLaunch(_batched_product_kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def precision(device: torch.device) -> str:
+    """The dots' input precision on ``device``: ``PRECISION`` on GPUs with TF32 tensor cores
+    (Ampere and later), ``"ieee"`` elsewhere (the interpreter computes a dot exactly in float32
+    whatever it is told; older GPUs have no TF32)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return "ieee"
+    return PRECISION
+
+
+def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
+                  bias=None, bias_strides=(0, 0)):
+    """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
+    row, column) strides, for every stream and head."""
+    block_m = max(16, min(64, next_power_of_2(m)))
+    block_n = max(16, min(64, next_power_of_2(n)))
+    block_k = max(16, min(32, next_power_of_2(k)))
+    _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
+            a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
+            *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``torch.nn.functional.linear(x, weight, bias)`` in float32 through three-TF32 dots: x [..., k]
+    (any float; its last dimension unit-stride), weight [n, k], bias [n] or None; float32 out."""
+    rows, k = x.numel() // x.shape[-1], x.shape[-1]
+    n = weight.shape[0]
+    flat = x.reshape(rows, k)
+    out = torch.empty(rows, n, device=x.device, dtype=torch.float32)
+    block_m, block_n, block_k, warps, stages = LARGE_TILES if rows >= LARGE_ROWS else SMALL_TILES
+    _launch((cdiv(rows, block_m) * cdiv(n, block_n), 1, 1),
+            flat, weight, bias if bias is not None else out, out, rows, n, k,
+            0, 0, flat.stride(0), flat.stride(1), 0, 0, weight.stride(1), weight.stride(0),
+            0, 0, out.stride(0), out.stride(1), 0, 0 if bias is None else bias.stride(0),
+            HAS_BIAS=bias is not None, PRECISION=precision(x.device),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    return out.view(*x.shape[:-1], n)

@@ -1,0 +1,88 @@
+"""``infvideo.kernels.products``: float32 products as three TF32 tensor-core dots (the GPU step's
+float32 K/V projection), against float64, and the step that takes them.
+
+Tolerance: 1e-5 relative against float64 for every input dtype (the inputs are converted to
+float32 exactly; the dots keep float32 accuracy: about 4e-7 on an H200 at the step's sizes, where a
+single TF32 product is off by 3e-4). Triton runs in its interpreter on the CPU (small shapes) and
+on CUDA tensors on a GPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from infvideo import LongTermMemory, backends
+from infvideo.ops import step as step_module
+from conftest import CUDA, rel_err
+
+DEVICES = [d for d in ("cpu", "cuda") if backends.triton_runs_on(torch.device(d)) and (d != "cuda" or CUDA)]
+# (rows dims, k, n): odd sizes, row counts on either side of the tile choice (LARGE_ROWS) on a GPU.
+SHAPES = [((3, 7), 10, 12), ((1, 33), 24, 40), ((65,), 9, 17)]
+GPU_SHAPES = [((16, 256), 768, 1536), ((5, 1000), 96, 200)]
+
+
+def cases():
+    return [pytest.param(device, shape, id=f"{device}-{shape}") for device in DEVICES
+            for shape in SHAPES + (GPU_SHAPES if device == "cuda" else [])]
+
+
+@pytest.mark.parametrize("device,shape", cases())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_linear_matches_float64(device, shape, dtype, bias):
+    products = backends.triton_kernels()["products"]
+    rows, k, n = shape
+    gen = torch.Generator().manual_seed(sum(rows) + k + n)
+    x = torch.randn(*rows, k, generator=gen).to(device, dtype)
+    weight = torch.randn(n, k, generator=gen).to(device) / k ** 0.5
+    b = torch.randn(n, generator=gen).to(device) if bias else None
+    got = products.linear(x, weight, b)
+    want = nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert rel_err(got, want) < 1e-5
+
+
+def test_linear_reads_strided_rows_and_transposed_weights():
+    """Rows with a stride (a slice of a wider tensor) and a weight that is a transposed view."""
+    device = DEVICES[0] if DEVICES else pytest.skip("Triton cannot run here")
+    products = backends.triton_kernels()["products"]
+    gen = torch.Generator().manual_seed(3)
+    wide = torch.randn(2, 9, 30, generator=gen).to(device)
+    x = wide[..., 3:23]
+    weight_t = torch.randn(20, 14, generator=gen).to(device)
+    got = products.linear(x, weight_t.t(), None)
+    assert rel_err(got, x.double() @ weight_t.double()) < 1e-5
+
+
+@pytest.mark.skipif(not CUDA or not backends.triton_runs_on(torch.device("cuda")), reason="needs CUDA and Triton")
+def test_step_takes_three_tf32_projections(monkeypatch):
+    """A Triton step with float32 projections on CUDA projects K|V through ``products.linear`` and
+    matches the reference step over several chunks (1e-4: test_backends' Triton tolerance, the
+    consolidation sums in another order on the GPU); with the switch off it takes cuBLAS."""
+    products = backends.triton_kernels()["products"]
+    calls = []
+    original = products.linear
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(products, "linear", spy)
+    torch.manual_seed(0)
+    pk, pv = nn.Linear(48, 36).cuda(), nn.Linear(48, 36).cuda()
+    fused = LongTermMemory(num_basis=40, past_samples=30, backend="triton").cuda()
+    reference = LongTermMemory(num_basis=40, past_samples=30, backend="torch").cuda()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(3):
+            frames = torch.randn(3, 10, 4, 48, generator=gen).cuda()
+            query = torch.randn(3, 5, 36, generator=gen).cuda()
+            assert rel_err(fused(frames, query, pk, pv, 3), reference(frames, query, pk, pv, 3)) < 1e-4
+    assert calls
+    monkeypatch.setattr(step_module, "TF32X3_PROJECTIONS", False)
+    calls.clear()
+    with torch.no_grad():
+        LongTermMemory(num_basis=40, past_samples=30, backend="triton", cuda_graphs=False).cuda()(
+            frames, query, pk, pv, 3)
+    assert not calls
