@@ -109,7 +109,7 @@ def attention_rows(streams, pk, pv, query, budget) -> list[tuple[str, list[float
         finally:
             switched(old)
     keys, values = (torch.nn.functional.linear(coef.double(), p.weight.double(), p.bias.double()) for p in (pk, pv))
-    exact = slot_attention_torch64(query.double(), keys, values, log_weight.double())
+    exact = slot_attention_torch64(query.double(), keys, values, None if log_weight is None else log_weight.double())
     return rows + [("attention, float64", None, exact)]
 
 
@@ -120,7 +120,8 @@ def slot_attention_torch64(query, keys, values, log_weight):
 
     def heads(x):
         return x.reshape(s, -1, HEADS, d).transpose(1, 2)
-    r = torch.softmax(heads(query) @ heads(keys).transpose(-1, -2) / d ** 0.5 + log_weight, dim=-1)
+    scores = heads(query) @ heads(keys).transpose(-1, -2) / d ** 0.5
+    r = torch.softmax(scores if log_weight is None else scores + log_weight, dim=-1)
     return (r @ heads(values)).transpose(1, 2).reshape(s, q_len, model)
 
 

@@ -108,8 +108,9 @@ def line_charts(path: str, panels: list[dict], suptitle: str | None = None) -> b
     Each panel: ``title``, ``xlabel``, ``ylabel``, ``lines`` {label: (x, y) or (x, y, error bar)} (one
     line per provider, the same colour in every panel), optionally ``floor`` (x, y) drawn dashed
     (the memory-bandwidth floor), ``log_x`` / ``log_y`` (default True), ``from_zero`` (a linear y
-    axis starting at 0, so that flat reads as flat).
+    axis starting at 0, so that flat reads as flat). Panels without a point are left out.
     """
+    panels = [panel for panel in panels if any(len(line[0]) for line in panel["lines"].values())]
     plt = pyplot("the plot")
     if plt is None or not panels:
         return False

@@ -100,5 +100,9 @@ def test_backward_bench_parses_and_redraws(tmp_path):
     csv_path = tmp_path / "backward.csv"
     csv_path.write_text("S,provider,p20_us,p50_us,p80_us,peak_mib,device,torch,triton,commit\n"
                         "1,torch reference,10,11,12,5.5,test,2,3,abc\n16,torch reference,20,21,22,,test,2,3,abc\n")
-    bench.main(["--from-csv", str(csv_path), "--out", str(tmp_path)])
+    bench.main(["--from-csv", str(csv_path), "--out", str(tmp_path)])  # written before the graph column
     assert "| torch reference |" in (tmp_path / "backward.md").read_text()
+    csv_path.write_text("S,provider,p20_us,p50_us,p80_us,graph_us,peak_mib,device,torch,triton,commit\n"
+                        "1,torch reference,10,11,12,4.5,5.5,test,2,3,abc\n16,torch reference,20,21,22,,,test,2,3,abc\n")
+    bench.main(["--from-csv", str(csv_path), "--out", str(tmp_path)])
+    assert "| torch reference | 11 | 21 | 4.5 |" in (tmp_path / "backward.md").read_text()
