@@ -139,12 +139,9 @@ def report(rows: list[dict], meta: dict, out: Path) -> None:
     table = harness.markdown_table(headers, [[p, *[time_cell.get((p, s)) for s in sizes],
                                               *[graph_cell.get((p, s)) for s in sizes],
                                               *[peak_cell.get((p, s)) for s in sizes]] for p in providers])
-    text = (f"One trainable LTM step (forward + backward), L={LENGTH} bf16 tokens ×{TOKENS} per frame, N={BASIS}, "
-            f"M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, {QUERIES} queries: p50 µs per step (eager calls, and "
-            f"replayed from a CUDA graph) and peak MiB on "
-            f"{meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']})\n\n{table}\n")
-    (out / "backward.md").write_text(text)
-    print(text)
+    harness.write_markdown(out / "backward.md", f"One trainable LTM step (forward + backward), L={LENGTH} bf16 tokens "
+                           f"×{TOKENS} per frame, N={BASIS}, M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, {QUERIES} queries: "
+                           "p50 µs per step (eager calls, and replayed from a CUDA graph) and peak MiB", table, meta)
 
     def lines(cell):
         return {p: ([s for s in sizes if cell.get((p, s)) is not None],

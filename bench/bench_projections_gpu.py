@@ -161,12 +161,9 @@ def report(rows: list[dict], meta: dict, out: Path) -> None:
     cell = {(r["S"], r["tokens"], r["projections"], r["provider"]): r["p50_us"] for r in rows}
     table = harness.markdown_table(["S", "tokens", "projections", *providers],
                                    [[*case, *[cell.get((*case, p)) for p in providers]] for case in cases])
-    text = (f"The GPU step and its attention by projection variant (rel diff: steps against the first "
-            f"variant, attention against float64): L={LENGTH} frames ×{TOKENS} tokens, N={BASIS}, "
-            f"M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, {QUERIES} queries; p50 GPU µs (do_bench) on "
-            f"{meta['device']} (torch {meta['torch']}, triton {meta['triton']}, commit {meta['commit']})\n\n{table}\n")
-    (out / "projections.md").write_text(text)
-    print(text)
+    harness.write_markdown(out / "projections.md", f"The GPU step and its attention by projection variant: L={LENGTH} "
+                           f"frames ×{TOKENS} tokens, N={BASIS}, M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, "
+                           f"{QUERIES} queries; p50 GPU µs (do_bench)", table, meta)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

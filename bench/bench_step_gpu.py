@@ -129,11 +129,8 @@ def report(rows: list[dict], meta: dict, out: Path) -> None:
                                    [[p, *[cell.get((p, s)) for s in sizes]] for p in providers])
     latency = rows[0].get("timer") == "latency"
     measure_name = "wall-clock µs per eager call" if latency else "GPU µs per step (do_bench)"
-    text = (f"One LTM step, L={LENGTH} bf16 tokens ×{TOKENS} per frame, N={BASIS}, M={SAMPLES}, e=D={WIDTH}, "
-            f"{HEADS} heads, {QUERIES} queries: p50 {measure_name} on {meta['device']} (torch {meta['torch']}, "
-            f"triton {meta['triton']}, commit {meta['commit']})\n\n{table}\n")
-    (out / "step.md").write_text(text)
-    print(text)
+    harness.write_markdown(out / "step.md", f"One LTM step, L={LENGTH} bf16 tokens ×{TOKENS} per frame, N={BASIS}, "
+                           f"M={SAMPLES}, e=D={WIDTH}, {HEADS} heads, {QUERIES} queries: p50 {measure_name}", table, meta)
     lines = {p: ([s for s in sizes if (p, s) in cell], [cell[p, s] for s in sizes if (p, s) in cell])
              for p in providers if p != FLOOR}
     floor = ([s for s in sizes if (FLOOR, s) in cell], [cell[FLOOR, s] for s in sizes if (FLOOR, s) in cell])

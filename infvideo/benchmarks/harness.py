@@ -171,6 +171,16 @@ def metadata(device: torch.device) -> dict:
                 python=platform.python_version(), commit=commit())
 
 
+def write_markdown(path: Path, heading: str, table: str, meta: dict) -> str:
+    """Writes and prints ``heading`` + " on <device> (torch, triton, commit)" and the table below
+    it; returns the text."""
+    text = (f"{heading} on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, "
+            f"commit {meta['commit']})\n\n{table}\n")
+    path.write_text(text)
+    print(text)
+    return text
+
+
 def write_csv(path: Path, rows: list[dict], meta: dict) -> None:
     """One CSV row per dict (columns: the union of keys in first-seen order, then the metadata)."""
     columns: list[str] = []
