@@ -190,6 +190,25 @@ def _mass_grad(gmass_ptr, s, h, blocks, offs_q, rows, mask_q, mask_n, stride_gms
 
 
 @triton.jit
+def _probs_and_grads(q, go, lse, k_base, v_base, logw_ptr, gmass_ptr, s, h, blocks, offs_q, mask_q, rows, mask_n,
+                     cols, mask_d, stride_kn, stride_vn, stride_gms, stride_gmg, HAS_LOGW: tl.constexpr,
+                     HAS_GMASS: tl.constexpr, IEEE: tl.constexpr, GROUP: tl.constexpr):
+    """(K, r, dr) of one tile of slots for a block of queries: the keys, the probabilities from
+    the rows' log-normaliser, and dr = dc·V (+ the mass gradient of the queries' group)."""
+    tile_nd = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=tile_nd, other=0.0)
+    v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=tile_nd, other=0.0)
+    scores = _dot(q, tl.trans(k), IEEE)
+    if HAS_LOGW:
+        scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
+    p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
+    dr = _dot(go, tl.trans(v), IEEE)
+    if HAS_GMASS:
+        dr += _mass_grad(gmass_ptr, s, h, blocks, offs_q, rows, mask_q, mask_n, stride_gms, stride_gmg, GROUP)
+    return k, p, dr
+
+
+@triton.jit
 def _slot_attention_bwd_query_kernel(
     q_ptr, k_ptr, v_ptr, logw_ptr, go_ptr, gmass_ptr, dq_ptr, lse_ptr, delta_ptr,
     Q, N, HEAD_DIM, null_logw, sm_scale,
@@ -238,32 +257,18 @@ def _slot_attention_bwd_query_kernel(
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < N
-        tile_nd = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=tile_nd, other=0.0)
-        v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=tile_nd, other=0.0)
-        scores = _dot(q, tl.trans(k), IEEE)
-        if HAS_LOGW:
-            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
-        p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
-        dr = _dot(go, tl.trans(v), IEEE)
-        if HAS_GMASS:
-            dr += _mass_grad(gmass_ptr, s, h, blocks, offs_q, rows, mask_q, mask_n, stride_gms, stride_gmg, GROUP)
+        k, p, dr = _probs_and_grads(q, go, lse, k_base, v_base, logw_ptr, gmass_ptr, s, h, blocks, offs_q, mask_q,
+                                    rows, mask_n, cols, mask_d, stride_kn, stride_vn, stride_gms, stride_gmg,
+                                    HAS_LOGW, HAS_GMASS, IEEE, GROUP)
         delta += tl.sum(p * dr, axis=1)
 
     dq = tl.zeros([GROUP, BLOCK_D], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < N
-        tile_nd = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=tile_nd, other=0.0)
-        v = tl.load(v_base + rows[:, None] * stride_vn + cols[None, :], mask=tile_nd, other=0.0)
-        scores = _dot(q, tl.trans(k), IEEE)
-        if HAS_LOGW:
-            scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
-        p = tl.where(mask_n[None, :], tl.exp(scores - lse[:, None]), 0.0)
-        dr = _dot(go, tl.trans(v), IEEE)
-        if HAS_GMASS:
-            dr += _mass_grad(gmass_ptr, s, h, blocks, offs_q, rows, mask_q, mask_n, stride_gms, stride_gmg, GROUP)
+        k, p, dr = _probs_and_grads(q, go, lse, k_base, v_base, logw_ptr, gmass_ptr, s, h, blocks, offs_q, mask_q,
+                                    rows, mask_n, cols, mask_d, stride_kn, stride_vn, stride_gms, stride_gmg,
+                                    HAS_LOGW, HAS_GMASS, IEEE, GROUP)
         dq += _dot(p * (dr - delta[:, None]), k, IEEE)
 
     tl.store(dq_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :],

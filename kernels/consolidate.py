@@ -27,6 +27,15 @@ from ._launch import CachedLaunch, cdiv, next_power_of_2
 
 
 @triton.jit
+def _sample_bins(past_idx_ptr, bins_ptr, k0, p_hi, offs_p):
+    """The old bin read by each past sample k0 + offs_p of a new bin's CSR row (−1: none, also
+    past the row's end at p_hi)."""
+    mask_p = k0 + offs_p < p_hi
+    i = tl.load(past_idx_ptr + k0 + offs_p, mask=mask_p, other=0)
+    return tl.load(bins_ptr + i, mask=mask_p, other=-1)
+
+
+@triton.jit
 def _rect_consolidate_kernel(
     frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr,
     past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
@@ -77,9 +86,7 @@ def _rect_consolidate_kernel(
         p_hi = tl.load(past_start_ptr + n + 1)
         offs_p = tl.arange(0, BLOCK_P)
         for k0 in range(p_lo, p_hi, BLOCK_P):
-            mask_p = k0 + offs_p < p_hi
-            i = tl.load(past_idx_ptr + k0 + offs_p, mask=mask_p, other=0)
-            src = tl.load(bins_ptr + s * stride_bs + i, mask=mask_p, other=-1)
+            src = _sample_bins(past_idx_ptr, bins_ptr + s * stride_bs, k0, p_hi, offs_p)
             read = (src >= 0)[:, None] & mask_e[None, :]  # a sample in no bin (-1) reads zeros
             rows = tl.load(past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn
                            + offs_e[None, :], mask=read, other=0.0)
@@ -177,9 +184,7 @@ def _rect_consolidate_backward_kernel(
         p_hi = tl.load(past_start_ptr + n + 1)
         offs_p = tl.arange(0, BLOCK_P)
         for k0 in range(p_lo, p_hi, BLOCK_P):
-            mask_p = k0 + offs_p < p_hi
-            i = tl.load(past_idx_ptr + k0 + offs_p, mask=mask_p, other=0)
-            src = tl.load(bins_ptr + s * stride_bs + i, mask=mask_p, other=-1)
+            src = _sample_bins(past_idx_ptr, bins_ptr + s * stride_bs, k0, p_hi, offs_p)
             write = (src >= 0)[:, None] & mask_e[None, :]  # a sample in no bin (-1) read zeros
             targets = grad_past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn \
                 + offs_e[None, :]

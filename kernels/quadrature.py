@@ -36,6 +36,24 @@ from ._launch import CachedLaunch, cdiv, next_power_of_2
 
 
 @triton.jit
+def _basis_params(mu_ptr, sigma_ptr, offs_n, mask_n):
+    """(μ, 1/σ, 1/(σ√(2π))) of the basis functions offs_n."""
+    sigma = tl.load(sigma_ptr + offs_n, mask=mask_n, other=1.0)
+    mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
+    inv_sigma = 1.0 / sigma
+    return mu, inv_sigma, inv_sigma * 0.3989422804014327
+
+
+@triton.jit
+def _tile_scores(a, t_ptr, logw_ptr, mu, inv_sigma, norm, points, mask_t, mask_n, PRECISION: tl.constexpr):
+    """(ψ [BLOCK_T, N], s = aψᵀ + log ω [rows, BLOCK_T], −inf past the last point) of one tile of points."""
+    psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
+    scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
+    scores += tl.load(logw_ptr + points, mask=mask_t, other=0.0)[None, :]
+    return psi, tl.where(mask_t[None, :], scores, float("-inf"))
+
+
+@triton.jit
 def _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n):
     t = tl.load(t_ptr + rows, mask=mask_t, other=0.0)
     z = (t[:, None] - mu[None, :]) * inv_sigma[None, :]
@@ -59,10 +77,7 @@ def _quadrature_rows_kernel(
     a = tl.load(a_ptr + rows[:, None] * stride_ar + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
                 other=0.0)
 
-    sigma = tl.load(sigma_ptr + offs_n, mask=mask_n, other=1.0)
-    mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
-    inv_sigma = 1.0 / sigma
-    norm = inv_sigma * 0.3989422804014327  # 1 / (σ √(2π))
+    mu, inv_sigma, norm = _basis_params(mu_ptr, sigma_ptr, offs_n, mask_n)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -70,10 +85,7 @@ def _quadrature_rows_kernel(
     for t0 in range(0, T, BLOCK_T):
         points = t0 + offs_t
         mask_t = points < T
-        psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
-        scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
-        scores += tl.load(logw_ptr + points, mask=mask_t, other=0.0)[None, :]
-        scores = tl.where(mask_t[None, :], scores, float("-inf"))
+        psi, scores = _tile_scores(a, t_ptr, logw_ptr, mu, inv_sigma, norm, points, mask_t, mask_n, PRECISION)
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(scores - m_new[:, None])
@@ -177,20 +189,14 @@ def _quadrature_rows_backward_kernel(
     a = tl.load(a_ptr + rows[:, None] * stride_ar + offs_n[None, :], mask=tile, other=0.0)
     dr = tl.load(dr_ptr + rows[:, None] * stride_ar + offs_n[None, :], mask=tile, other=0.0)
 
-    sigma = tl.load(sigma_ptr + offs_n, mask=mask_n, other=1.0)
-    mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
-    inv_sigma = 1.0 / sigma
-    norm = inv_sigma * 0.3989422804014327  # 1 / (σ √(2π))
+    mu, inv_sigma, norm = _basis_params(mu_ptr, sigma_ptr, offs_n, mask_n)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for t0 in range(0, T, BLOCK_T):
         points = t0 + offs_t
         mask_t = points < T
-        psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
-        scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
-        scores += tl.load(logw_ptr + points, mask=mask_t, other=0.0)[None, :]
-        scores = tl.where(mask_t[None, :], scores, float("-inf"))
+        psi, scores = _tile_scores(a, t_ptr, logw_ptr, mu, inv_sigma, norm, points, mask_t, mask_n, PRECISION)
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
         m_i = m_new
