@@ -33,6 +33,7 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
+from .quadrature_table import table_rows
 
 
 @triton.jit
@@ -118,7 +119,9 @@ def _quadrature_rows_kernel(
 QUERY_GROUP = 16
 # Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them (block_m,
 # the rows of a program, is a multiple of QUERY_GROUP).
-CONFIG = {"block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3"}
+CONFIG = {"block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3", "variant": "on_the_fly"}
+# "variant": "on_the_fly" (this module's kernel, ψ evaluated in registers) or "table"
+# (quadrature_table: ψ from a table, banded score products), chosen by measurement on a GPU.
 
 
 
@@ -151,17 +154,20 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     groups = num_heads * padded // group
     density = (torch.empty(s, groups, t, device=query.device, dtype=torch.float32) if write_density
                else torch.zeros(s, groups, 1, device=query.device, dtype=torch.float32))  # a defined placeholder
-    block_n = max(16, next_power_of_2(n))
-    # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.
-    block_m = max(group, min(CONFIG["block_m"], 8192 // block_n))
-    block_t = CONFIG["block_t"]
-    _launch_quadrature_rows((cdiv(rows, block_m),),
-        a, mu, sigma, grid, log_weight, r, density,
-        rows, n, t, q_len, padded, a.stride(2), r.stride(2), density.stride(1),
-        # The CPU interpreter has no tensor cores to emulate: plain float32 there.
-        WRITE_DENSITY=write_density, PRECISION="ieee" if query.device.type == "cpu" else CONFIG["precision"],
-        GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=CONFIG["num_warps"],
-    )
+    # The CPU interpreter has no tensor cores to emulate: plain float32 there.
+    precision = "ieee" if query.device.type == "cpu" else CONFIG["precision"]
+    if CONFIG["variant"] == "table":
+        table_rows(a, mu, sigma, grid, log_weight, r, density, q_len, padded, write_density, precision, group)
+    else:
+        block_n = max(16, next_power_of_2(n))
+        # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.
+        block_m = max(group, min(CONFIG["block_m"], 8192 // block_n))
+        _launch_quadrature_rows((cdiv(rows, block_m),),
+            a, mu, sigma, grid, log_weight, r, density,
+            rows, n, t, q_len, padded, a.stride(2), r.stride(2), density.stride(1),
+            WRITE_DENSITY=write_density, PRECISION=precision,
+            GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=CONFIG["block_t"], num_warps=CONFIG["num_warps"],
+        )
     vh = values.reshape(s, n, num_heads, values.shape[-1] // num_heads).transpose(1, 2).to(torch.float32)
     context = torch.matmul(r[:, :, :q_len], vh)  # [S, H, Q, d_v]
     return context.transpose(1, 2).reshape(s, q_len, -1).to(query.dtype), density

@@ -23,10 +23,18 @@ CASES = [param for param in kernel_cases([(2, 5, 24, 3, 12, 50)],
          if param.values[1] == "triton"]
 
 
+@pytest.fixture(params=["on_the_fly", "table"])
+def variant(request, monkeypatch):
+    """Each forward kernel: ψ evaluated in registers, or read from a table with banded scores."""
+    from infvideo.kernels import quadrature
+    monkeypatch.setitem(quadrature.CONFIG, "variant", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("preset", ["exact", "paper"])
 @pytest.mark.parametrize("device,backend,case", CASES)
-def test_matches_reference(device, backend, case, preset):
-    """Either preset's rule (Gauss–Legendre panels / trapezoid) through the same kernel."""
+def test_matches_reference(device, backend, case, preset, variant):
+    """Either preset's rule (Gauss–Legendre panels / trapezoid) through either kernel."""
     streams, q_len, model, heads, n, points = case
     cfg = MemoryConfig(num_basis=n, basis="gaussian", quad_points=points, preset=preset)
     gen = torch.Generator().manual_seed(n)
@@ -45,6 +53,63 @@ def test_matches_reference(device, backend, case, preset):
     assert rel_err(density.reshape(streams, heads, -1, nodes).sum(2), dens.sum(2)) < 1e-4
 
 
+@pytest.mark.parametrize("device,backend,case", CASES)
+def test_float32_within_1e5_of_float64_on_the_same_nodes(device, backend, case, variant):
+    """The kernels' own arithmetic (float32 scores, three-TF32 dots on a GPU) against float64 on the
+    nodes, weights and basis they are given (float32 constants, upcast): within 1e-5, sharp
+    densities included. (Against the rule's float64 nodes the float32 rounding of the nodes
+    themselves adds about 1e-5 on sharp densities: test_matches_reference's 1e-4.)"""
+    streams, q_len, model, heads, n, points = case
+    quad = ops.quadrature_constants(MemoryConfig(num_basis=n, basis="gaussian", quad_points=points),
+                                    torch.device(device))
+    mu, sigma, grid, log_weight = (x.double() for x in (quad.mu, quad.sigma, quad.grid, quad.log_weight))
+    basis = torch.exp(-0.5 * ((grid[:, None] - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    gen = torch.Generator().manual_seed(7)
+    for scale in (0.05, 0.3):  # random and sharp densities
+        query = torch.randn(streams, q_len, model, generator=gen).to(device)
+        keys = torch.randn(streams, n, model, generator=gen).to(device) * scale
+        values = torch.randn(streams, n, model, generator=gen).to(device)
+        context, _ = ops.quadrature_attention(query, keys, values, heads, quad.mu, quad.sigma, quad.grid,
+                                              quad.log_weight)
+        a = split_heads(query, heads).double() @ split_heads(keys, heads).double().transpose(-1, -2)
+        r, _ = ref_attention.quadrature_weights(a / math.sqrt(model // heads),
+                                                ref_attention.Quadrature(basis, log_weight, None))
+        expected = (r @ split_heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
+        assert rel_err(context, expected) < 1e-5, scale
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_table_kernel_takes_any_basis_order(device, monkeypatch):
+    """The table kernel's bands assume nothing of the basis order: a shuffled basis (bands as wide
+    as the basis) gives the sorted one's result, entry for entry permuted."""
+    from infvideo.kernels import quadrature
+    monkeypatch.setitem(quadrature.CONFIG, "variant", "table")
+    cfg = MemoryConfig(num_basis=24, basis="gaussian", quad_points=70)
+    quad = ops.quadrature_constants(cfg, torch.device(device))
+    gen = torch.Generator().manual_seed(4)
+    query = torch.randn(2, 5, 12, generator=gen).to(device)
+    keys = torch.randn(2, 24, 12, generator=gen).to(device) * 0.3
+    values = torch.randn(2, 24, 12, generator=gen).to(device)
+    order = torch.randperm(24, generator=gen).to(device)
+    sorted_out = ops.quadrature_attention(query, keys, values, 2, quad.mu, quad.sigma, quad.grid, quad.log_weight)
+    shuffled = ops.quadrature_attention(query, keys[:, order], values[:, order], 2, quad.mu[order],
+                                        quad.sigma[order], quad.grid, quad.log_weight)
+    for got, want in zip(shuffled, sorted_out):
+        assert rel_err(got, want) < 1e-5
+
+
+def test_table_bands_are_narrow_for_the_configurations():
+    """The default Gaussian basis (N = 256, σ = 0.005 and 0.01) at T = 1,000: each tile of 32
+    points needs a band of at most 64 of the 256 basis functions (CUTOFF·σ around the tile)."""
+    from infvideo.kernels.quadrature_table import basis_table
+    for preset in ("exact", "paper"):
+        quad = ops.quadrature_constants(MemoryConfig(basis="gaussian", quad_points=1000, preset=preset),
+                                        torch.device("cpu"))
+        table, lo, band = basis_table(quad.mu, quad.sigma, quad.grid, 32)
+        assert table.shape == (quad.grid.numel(), 256) and band <= 64
+        assert lo.shape == (-(-quad.grid.numel() // 32),) and int(lo.min()) >= 0 and int(lo.max()) < 256
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     gen = torch.Generator().manual_seed(0)
@@ -58,7 +123,7 @@ def test_opcheck(device):
 
 @pytest.mark.parametrize("preset", ["exact", "paper"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_step_on_the_kernel_matches_reference(device, preset, monkeypatch):
+def test_fused_step_on_the_kernel_matches_reference(device, preset, monkeypatch, variant):
     """The fused step with its quadrature on this kernel (``ops.step.QUADRATURE_KERNEL``): context,
     coefficients and the sticky statistic (the rule's bins from the kernel's density) as the reference."""
     from torch import nn
