@@ -37,24 +37,16 @@ VARIANTS = ("on_the_fly", "table")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def float64_attention(quad, query, keys, values):
-    """The context in float64 on the nodes, weights and basis the kernels see (their float32
-    constants, upcast): what the kernels' own arithmetic is measured against."""
+def float64_rule(quad) -> ref_attention.Quadrature:
+    """The reference's quadrature constants in float64 on the nodes, weights and basis the kernels
+    see (their float32 constants, upcast): what the kernels' own arithmetic is measured against."""
     mu, sigma, grid, log_weight = (x.double() for x in (quad.mu, quad.sigma, quad.grid, quad.log_weight))
     psi = torch.exp(-0.5 * ((grid[:, None] - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
-    s, q_len, model = query.shape
-    d = model // HEADS
-
-    def heads(x):
-        return x.double().reshape(x.shape[0], x.shape[1], HEADS, d).transpose(1, 2)
-    a = heads(query) @ heads(keys).transpose(-1, -2) / math.sqrt(d)
-    r, _ = ref_attention.quadrature_weights(a, ref_attention.Quadrature(psi, log_weight, None))
-    return (r @ heads(values)).transpose(1, 2).reshape(s, q_len, model)
+    return ref_attention.Quadrature(psi, log_weight, None)
 
 
-def reference_attention(cfg: MemoryConfig, query, keys, values, dtype=torch.float32):
-    """(context, density) of the reference quadrature in ``dtype``."""
-    const = on_device(ref_attention.attention_constants(cfg), query.device, dtype)
+def quadrature_context(const: ref_attention.Quadrature, query, keys, values, dtype):
+    """(context [S, Q, D], density) of the reference quadrature on ``const``, computed in ``dtype``."""
     s, q_len, model = query.shape
     d = model // HEADS
 
@@ -62,8 +54,7 @@ def reference_attention(cfg: MemoryConfig, query, keys, values, dtype=torch.floa
         return x.reshape(x.shape[0], x.shape[1], HEADS, d).transpose(1, 2).to(dtype)
     a = heads(query) @ heads(keys).transpose(-1, -2) / math.sqrt(d)
     r, density = ref_attention.quadrature_weights(a, const)
-    context = (r @ heads(values)).transpose(1, 2).reshape(s, q_len, model)
-    return context.to(query.dtype), density
+    return (r @ heads(values)).transpose(1, 2).reshape(s, q_len, model), density
 
 
 def attention_rows(streams: int, budget: float) -> list[dict]:
@@ -75,8 +66,13 @@ def attention_rows(streams: int, budget: float) -> list[dict]:
         query = torch.randn(streams, QUERIES, WIDTH, device="cuda", generator=gen).to(dtype)
         keys = (torch.randn(streams, BASIS, WIDTH, device="cuda", generator=gen) * 0.05).to(dtype)
         values = torch.randn(streams, BASIS, WIDTH, device="cuda", generator=gen).to(dtype)
-        exact = float64_attention(quad, query, keys, values)
-        providers = {"torch two-product": lambda: reference_attention(cfg, query, keys, values)}
+        exact = quadrature_context(float64_rule(quad), query, keys, values, torch.float64)[0]
+        const = on_device(ref_attention.attention_constants(cfg), query.device, torch.float32)
+
+        def two_product():
+            context, density = quadrature_context(const, query, keys, values, torch.float32)
+            return context.to(query.dtype), density
+        providers = {"torch two-product": two_product}
         for variant in VARIANTS:
             def fused(variant=variant):
                 quadrature.CONFIG["variant"] = variant

@@ -33,10 +33,9 @@ def make(streams, length, dtype, tokens):
     torch.manual_seed(0)
     pk, pv = nn.Linear(WIDTH, WIDTH).cuda().to(dtype), nn.Linear(WIDTH, WIDTH).cuda().to(dtype)
     shape = (streams, length, tokens, WIDTH) if tokens else (streams, length, WIDTH)
-    if dtype == torch.float32 and tokens:  # folded64: bf16 tokens, fp32 projections
-        frames = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
-        return pk, pv, frames, torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=dtype)
-    frames = torch.randn(shape, device="cuda", dtype=dtype)
+    # Float32 with tokens (folded64): bf16 tokens beside the float32 projections and query.
+    frames_dtype = torch.bfloat16 if dtype == torch.float32 and tokens else dtype
+    frames = torch.randn(shape, device="cuda", dtype=frames_dtype)
     return pk, pv, frames, torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=dtype)
 
 

@@ -23,6 +23,7 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._online_softmax import running_max_sum
 
 
 @triton.jit
@@ -38,14 +39,6 @@ def _slot_scores(q, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
     if HAS_LOGW:
         scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
     return scores
-
-
-@triton.jit
-def _running_max_sum(scores, mask_n, m_i, l_i):
-    """The online softmax's row maximum and normaliser after one more tile of scores."""
-    scores = tl.where(mask_n[None, :], scores, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-    return m_new, l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
 
 
 @triton.jit
@@ -89,14 +82,14 @@ def _slot_attention_kernel(
         mask_n = offs_n < N
         kept = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, offs_n, mask_n, cols, mask_d, stride_kn,
                             HAS_LOGW, IEEE)
-        m_i, l_i = _running_max_sum(kept, mask_n, m_i, l_i)
+        m_i, l_i = running_max_sum(kept, mask_n, m_i, l_i)
     else:
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + offs_n
             mask_n = rows < N
             scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
                                   HAS_LOGW, IEEE)
-            m_i, l_i = _running_max_sum(scores, mask_n, m_i, l_i)
+            m_i, l_i = running_max_sum(scores, mask_n, m_i, l_i)
 
     inv_l = 1.0 / l_i
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
@@ -250,7 +243,7 @@ def _slot_attention_bwd_query_kernel(
         scores = _dot(q, tl.trans(k), IEEE)
         if HAS_LOGW:
             scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
-        m_i, l_i = _running_max_sum(scores, mask_n, m_i, l_i)
+        m_i, l_i = running_max_sum(scores, mask_n, m_i, l_i)
     lse = m_i + tl.log(l_i)
 
     delta = tl.zeros([GROUP], dtype=tl.float32)

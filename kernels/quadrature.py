@@ -33,6 +33,7 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._online_softmax import accumulate, running_max_sum, store_group_density
 from .quadrature_table import table_rows
 
 
@@ -87,12 +88,7 @@ def _quadrature_rows_kernel(
         points = t0 + offs_t
         mask_t = points < T
         psi, scores = _tile_scores(a, t_ptr, logw_ptr, mu, inv_sigma, norm, points, mask_t, mask_n, PRECISION)
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p, psi, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = accumulate(scores, psi, m_i, l_i, acc, PRECISION)
 
     tl.store(r_ptr + rows[:, None] * stride_rr + offs_n[None, :], acc / l_i[:, None],
              mask=mask_r[:, None] & mask_n[None, :])
@@ -100,18 +96,13 @@ def _quadrature_rows_kernel(
     if WRITE_DENSITY:
         inv_l = 1.0 / l_i
         real = mask_r & (rows % QP < Q)  # padding queries add nothing
-        groups = pid * (BLOCK_M // GROUP) + tl.arange(0, BLOCK_M // GROUP)
-        mask_g = groups * GROUP < R
         for t0 in range(0, T, BLOCK_T):
             points = t0 + offs_t
             mask_t = points < T
             psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
             scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
             p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
-            p = tl.where(real[:, None] & mask_t[None, :], p, 0.0)
-            per_group = tl.sum(tl.reshape(p, (BLOCK_M // GROUP, GROUP, BLOCK_T)), axis=1)
-            tl.store(dens_ptr + groups[:, None] * stride_dg + points[None, :], per_group,
-                     mask=mask_g[:, None] & mask_t[None, :])
+            store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
 
 
 # The density is summed over groups of this many queries per head: the op's output shape
@@ -203,9 +194,7 @@ def _quadrature_rows_backward_kernel(
         points = t0 + offs_t
         mask_t = points < T
         psi, scores = _tile_scores(a, t_ptr, logw_ptr, mu, inv_sigma, norm, points, mask_t, mask_n, PRECISION)
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
-        m_i = m_new
+        m_i, l_i = running_max_sum(scores, mask_t, m_i, l_i)
     inv_l = 1.0 / l_i
 
     real = mask_r & (rows % QP < Q)  # padding queries add nothing to the density

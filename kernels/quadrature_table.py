@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._online_softmax import accumulate, store_group_density
 
 # ψ_n(t) counts where |t − μ_n| ≤ CUTOFF·σ_n.
 CUTOFF = 8.0
@@ -64,14 +65,9 @@ def _table_rows_kernel(
         mask_t = points < T
         scores = _banded_scores(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, t0 // BLOCK_T, points, mask_t, N,
                                 stride_ar, stride_pt, PRECISION, BAND)
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
         psi = tl.load(psi_ptr + points[:, None] * stride_pt + offs_n[None, :], mask=mask_t[:, None] & mask_n[None, :],
                       other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p, psi, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = accumulate(scores, psi, m_i, l_i, acc, PRECISION)
 
     tl.store(r_ptr + rows[:, None] * stride_rr + offs_n[None, :], acc / l_i[:, None],
              mask=mask_r[:, None] & mask_n[None, :])
@@ -79,8 +75,6 @@ def _table_rows_kernel(
     if WRITE_DENSITY:
         inv_l = 1.0 / l_i
         real = mask_r & (rows % QP < Q)  # padding queries add nothing
-        groups = pid * (BLOCK_M // GROUP) + tl.arange(0, BLOCK_M // GROUP)
-        mask_g = groups * GROUP < R
         for t0 in range(0, T, BLOCK_T):
             points = t0 + offs_t
             mask_t = points < T
@@ -89,10 +83,7 @@ def _table_rows_kernel(
             # The density is p(t_j) without the rule's weight ω_j, which the scores include.
             logw = tl.load(logw_ptr + points, mask=mask_t, other=0.0)
             p = tl.exp(scores - logw[None, :] - m_i[:, None]) * inv_l[:, None]
-            p = tl.where(real[:, None] & mask_t[None, :], p, 0.0)
-            per_group = tl.sum(tl.reshape(p, (BLOCK_M // GROUP, GROUP, BLOCK_T)), axis=1)
-            tl.store(dens_ptr + groups[:, None] * stride_dg + points[None, :], per_group,
-                     mask=mask_g[:, None] & mask_t[None, :])
+            store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
 
 
 _launch_table_rows = CachedLaunch(_table_rows_kernel)
@@ -120,6 +111,8 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     z = (grid[:, None] - mu[None, :]) / sigma[None, :]
     table = (torch.exp(-0.5 * z * z) / (sigma[None, :] * 2.5066282746310002)).to(torch.float32).contiguous()
     tiles = cdiv(t, block_t)
+    if grid.is_cuda and torch.cuda.is_current_stream_capturing():
+        return table, torch.zeros(tiles, device=grid.device, dtype=torch.int32), max(16, next_power_of_2(n))
     padded = torch.cat([grid, grid[-1:].expand(tiles * block_t - t)]).view(tiles, block_t)
     reach = CUTOFF * sigma
     active = (mu[None, :] + reach[None, :] >= padded.amin(1)[:, None]) & \
@@ -127,18 +120,13 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     index = torch.arange(n, device=mu.device)
     lo = torch.where(active, index, n).amin(1).clamp_max(n - 1)
     hi = torch.where(active, index + 1, 0).amax(1)
-    capturing = grid.is_cuda and torch.cuda.is_current_stream_capturing()
-    width = n if capturing else max(1, int((hi - lo).clamp_min(1).max()))
-    band = min(max(16, next_power_of_2(width)), max(16, next_power_of_2(n)))
-    if capturing:
-        lo = torch.zeros_like(lo)
-    built = (table, lo.to(torch.int32).contiguous(), band)
-    if not capturing:
-        if len(_TABLES) >= MAX_TABLES:
-            _TABLES.clear()
-        # The entry holds mu, sigma and grid: while it lives, no other tensor can take their
-        # storage, so a key's pointers name these tensors only.
-        _TABLES[key] = (mu, sigma, grid, *built)
+    width = max(1, int((hi - lo).clamp_min(1).max()))
+    built = (table, lo.to(torch.int32).contiguous(), min(max(16, next_power_of_2(width)), max(16, next_power_of_2(n))))
+    if len(_TABLES) >= MAX_TABLES:
+        _TABLES.clear()
+    # The entry holds mu, sigma and grid: while it lives, no other tensor can take their storage,
+    # so a key's pointers name these tensors only.
+    _TABLES[key] = (mu, sigma, grid, *built)
     return built
 
 
