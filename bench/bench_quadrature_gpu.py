@@ -7,7 +7,8 @@ heads, 32 queries, e = D = 768; query, keys and values in float32 and in bfloat1
 reference (a = qKᵀ/√d, then the two products a·ψᵀ and p·ψ over [S, H, Q, T] and the sticky
 density), the fused op with ψ evaluated in registers (``quadrature.CONFIG["variant"] =
 "on_the_fly"``) and with ψ read from a table and banded score products (``"table"``); each
-context's error against the same attention in float64 on the same (float32) nodes and basis. Then the eager Gaussian step (bf16 tokens
+context's error against the same attention in float64 on the same (float32) nodes and basis; GPU
+time of eager calls and of the same call replayed from a CUDA graph (no host time). Then the eager Gaussian step (bf16 tokens
 [S, 256, 32, 768], bf16 projections, sticky quantile sampling, the memory full): the torch
 reference step, the Triton step with its quadrature on torch products (``QUADRATURE_KERNEL``
 off), and on each kernel variant. GPU time per call from ``harness.gpu_time`` (do_bench). Writes
@@ -82,10 +83,11 @@ def attention_rows(streams: int, budget: float) -> list[dict]:
         for provider, fn in providers.items():
             error = rel_err(fn()[0], exact)
             p20, p50, p80 = harness.percentiles(harness.gpu_time(fn, budget))
+            graph = harness.percentiles(harness.gpu_time(fn, budget, graph=True))[1]
             rows.append(dict(what="attention", S=streams, dtype=name, provider=provider, p20_us=p20, p50_us=p50,
-                             p80_us=p80, rel_err=error))
-            print(f"  attention S={streams:<3d} {name} {provider:24s} p50 {p50:10,.1f} µs  error {error:.1e}",
-                  flush=True)
+                             p80_us=p80, graph_us=graph, rel_err=error))
+            print(f"  attention S={streams:<3d} {name} {provider:24s} p50 {p50:10,.1f} µs, in a graph {graph:10,.1f} µs"
+                  f"  error {error:.1e}", flush=True)
     quadrature.CONFIG["variant"] = "on_the_fly"
     return rows
 
@@ -113,7 +115,7 @@ def step_rows(streams: int, budget: float) -> list[dict]:
             step_module.QUADRATURE_KERNEL, quadrature.CONFIG["variant"] = False, "on_the_fly"
         p20, p50, p80 = harness.percentiles(times)
         rows.append(dict(what="step", S=streams, dtype="bf16", provider=provider, p20_us=p20, p50_us=p50,
-                         p80_us=p80, rel_err=None))
+                         p80_us=p80, graph_us=None, rel_err=None))
         print(f"  step S={streams:<3d} {provider:40s} p50 {p50:10,.1f} µs", flush=True)
     return rows
 
@@ -142,9 +144,10 @@ def main(argv=None) -> None:
     for streams in args.streams:
         rows += step_rows(streams, args.budget)
     harness.write_csv(out / "quadrature.csv", rows, meta)
-    table = harness.markdown_table(["what", "S", "dtype", "provider", "p50 µs", "error vs float64"],
-                                   [[r["what"], r["S"], r["dtype"], r["provider"], r["p50_us"], r["rel_err"]]
-                                    for r in rows])
+    table = harness.markdown_table(["what", "S", "dtype", "provider", "p50 µs", "in a CUDA graph µs",
+                                    "error vs float64"],
+                                   [[r["what"], r["S"], r["dtype"], r["provider"], r["p50_us"], r["graph_us"],
+                                     r["rel_err"]] for r in rows])
     harness.write_markdown(out / "quadrature.md", f"Gaussian basis, N={BASIS}, T={POINTS} (exact preset), {HEADS} "
                            f"heads, {QUERIES} queries, e=D={WIDTH}: p50 GPU µs (do_bench)", table, meta)
 

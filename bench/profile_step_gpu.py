@@ -1,8 +1,10 @@
 """Where a step's time goes on the GPU: per-kernel CUDA time (torch.profiler) and host-side Python time.
 
-    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss|grad1|grad64|folded64]
+    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss16|gauss64|grad1|grad64|folded64]
+        [--quadrature-kernel]
 
-Cases: no-grad steps (s1, s64, gauss); a trainable step, forward and ``torch.autograd.grad`` into
+Cases: no-grad steps (s1, s64, and the Gaussian basis's gauss16 and gauss64 in the setting of
+bench_quadrature_gpu.py, their quadrature on the table kernel with --quadrature-kernel); a trainable step, forward and ``torch.autograd.grad`` into
 tokens, query and both projections' parameters (grad1, grad64, the setting of
 bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
 ``ops.step.FACTORED_ON_GPU``). Host time (cProfile) is printed for the S=1 cases.
@@ -19,11 +21,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from infvideo import LongTermMemory
 from infvideo.benchmarks import harness
+from infvideo.kernels import quadrature
 from infvideo.ops import step as step_ops
 
 WIDTH, HEADS, QUERIES = 768, 12, 32
 CASES = {"s1": (1, 256, torch.bfloat16, 32, {}), "s64": (64, 256, torch.bfloat16, 32, {}),
-         "gauss": (16, 256, torch.float32, None, dict(basis="gaussian", quad_points=1000)),
+         **{f"gauss{s}": (s, 256, torch.bfloat16, 32, dict(basis="gaussian", quad_points=1000, past_samples=512))
+            for s in (16, 64)},
          "grad1": (1, 256, torch.bfloat16, 32, {}), "grad64": (64, 256, torch.bfloat16, 32, {}),
          "folded64": (64, 256, torch.float32, 32, {})}
 
@@ -59,7 +63,12 @@ def step_call(name, memory, pk, pv, frames, query):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", choices=sorted(CASES), action="append")
+    parser.add_argument("--quadrature-kernel", action="store_true",
+                        help="the Gaussian steps' quadrature on the table kernel (ops.step.QUADRATURE_KERNEL)")
     args = parser.parse_args()
+    if args.quadrature_kernel:
+        step_ops.QUADRATURE_KERNEL = True
+        quadrature.CONFIG["variant"] = "table"
     for name in args.case or sorted(CASES):
         streams, length, dtype, tokens, kwargs = CASES[name]
         pk, pv, frames, query = make(streams, length, dtype, tokens)

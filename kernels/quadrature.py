@@ -148,7 +148,10 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     # The CPU interpreter has no tensor cores to emulate: plain float32 there.
     precision = "ieee" if query.device.type == "cpu" else CONFIG["precision"]
     if CONFIG["variant"] == "table":
-        table_rows(a, mu, sigma, grid, log_weight, r, density, q_len, padded, write_density, precision, group)
+        # The weights' product reaches the context linearly: tf32 is below half-type outputs' rounding.
+        weight_precision = "tf32" if precision == "tf32x3" and query.dtype != torch.float32 else precision
+        table_rows(a, mu, sigma, grid, log_weight, r, density, q_len, padded, write_density, precision,
+                   weight_precision, group)
     else:
         block_n = max(16, next_power_of_2(n))
         # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.

@@ -1,18 +1,20 @@
-"""The quadrature attention's rows from a table of basis values, with banded score products.
+"""The quadrature attention's weights r from a table of basis values, split over tiles of points.
 
-The ψ-on-the-fly kernel (``quadrature._quadrature_rows_kernel``) evaluates [BLOCK_T, N] Gaussians
-per tile of points in registers and feeds them to two tensor-core products as operands, which
-takes a trip through shared memory each time, and it multiplies every row of scores by all N basis
-values although a narrow Gaussian is nil away from its centre. This variant:
+The ψ-on-the-fly kernel (``quadrature._quadrature_rows_kernel``) runs one program per block of
+rows through all T points: few programs, and both of its products span all N basis functions
+although a narrow Gaussian is nil away from its centre. Here:
 
-- reads ψ(t_j) from a table [T, N] (float32, built once per basis and rule, about 1 MB for
-  N = 256, T = 1,000: it stays in L2), loaded straight into the products' operand layout;
-- takes the score product s = aψᵀ over a band of the basis only: for each tile of points the
-  basis functions whose centre lies within ``CUTOFF``·σ of a point of the tile (beyond it
-  ψ < e^{-CUTOFF²/2} of its peak: e^{-32} ≈ 10⁻¹⁴, below float32 rounding of the sum), a contiguous
-  index range when the centres are sorted (the configurations' are), [lo, lo + BAND);
-- keeps the running Σ_j p_j ω_j ψ(t_j) over all N (the dense product with the table tile), so
-  that r needs no scatter, and with WRITE_DENSITY sweeps the points again for Σ_q p(t_j).
+- ψ(t_j) comes from a table [T, N] (float32, built once per basis and rule, about 1 MB for
+  N = 256, T = 1,000: it stays in L2);
+- each tile of BLOCK_T points needs only a band of the basis: the functions whose centre lies
+  within ``CUTOFF``·σ of a point of the tile (beyond it ψ < e^{-CUTOFF²/2} of its peak:
+  e^{-32} ≈ 10⁻¹⁴, below float32 rounding of the sum), a contiguous index range when the centres
+  are sorted (the configurations' are), [lo, lo + BAND);
+- one program per (block of rows, tile of points) computes the tile's scores s = a·ψᵀ + log ω and
+  its share Σ_j e^{s_j − m} ψ(t_j) of r over the band only, with its own maximum m and sum: a
+  partial [rows, tiles, BAND]. A second kernel rescales the partials to the row's maximum, adds
+  them into r [rows, N] in tile order (deterministic, no atomics) and, in programs of its own,
+  recomputes each tile's scores for the density Σ_q p(t_j), which needs the final normaliser.
 
 Any basis and rule are exact: an unsorted basis only widens the band (up to all of N).
 """
@@ -23,74 +25,98 @@ import triton
 import triton.language as tl
 
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-from ._online_softmax import accumulate, store_group_density
+from ._online_softmax import store_group_density
 
 # ψ_n(t) counts where |t − μ_n| ≤ CUTOFF·σ_n.
 CUTOFF = 8.0
 
 
 @triton.jit
-def _banded_scores(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, points, mask_t, N, stride_ar, stride_pt,
-                   PRECISION: tl.constexpr, BAND: tl.constexpr):
-    """s = a[:, band]·ψ(t)[band] + log ω of one tile of points, −inf past the last point."""
+def _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, N, T, stride_ar, stride_pt,
+                 PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BAND: tl.constexpr):
+    """(ψ [BLOCK_T, BAND], s = a[:, band]·ψᵀ + log ω [rows, BLOCK_T] (−inf past the last point),
+    log ω, the points and their mask) of one tile of points over its band of the basis."""
+    points = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = points < T
     band = tl.load(lo_ptr + tile) + tl.arange(0, BAND)
     mask_b = band < N
     a = tl.load(a_ptr + rows[:, None] * stride_ar + band[None, :], mask=mask_r[:, None] & mask_b[None, :], other=0.0)
     psi = tl.load(psi_ptr + points[:, None] * stride_pt + band[None, :], mask=mask_t[:, None] & mask_b[None, :],
                   other=0.0)
-    scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
-    scores += tl.load(logw_ptr + points, mask=mask_t, other=0.0)[None, :]
-    return tl.where(mask_t[None, :], scores, float("-inf"))
+    logw = tl.load(logw_ptr + points, mask=mask_t, other=0.0)
+    scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION) + logw[None, :]
+    return psi, tl.where(mask_t[None, :], scores, float("-inf")), logw, points, mask_t
 
 
 @triton.jit
-def _table_rows_kernel(
-    a_ptr, psi_ptr, lo_ptr, logw_ptr, r_ptr, dens_ptr,
-    R, N, T, Q, QP, stride_ar, stride_pt, stride_rr, stride_dg,
-    WRITE_DENSITY: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BAND: tl.constexpr,
+def _tile_weights_kernel(
+    a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr,
+    R, N, T, TILES, stride_ar, stride_pt,
+    SCORE_PRECISION: tl.constexpr, WEIGHT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
+    BAND: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_t = tl.arange(0, BLOCK_T)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tile = tl.program_id(1)
     mask_r = rows < R
-    mask_n = offs_n < N
+    psi, scores, _, _, _ = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, N, T, stride_ar,
+                                        stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
+    m = tl.max(scores, axis=1)
+    p = tl.exp(scores - m[:, None])
+    part = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
+    cell = rows * TILES + tile
+    tl.store(part_ptr + cell[:, None] * BAND + tl.arange(0, BAND)[None, :], part, mask=mask_r[:, None])
+    tl.store(max_ptr + cell, m, mask=mask_r)
+    tl.store(sum_ptr + cell, tl.sum(p, axis=1), mask=mask_r)
 
-    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        points = t0 + offs_t
-        mask_t = points < T
-        scores = _banded_scores(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, t0 // BLOCK_T, points, mask_t, N,
-                                stride_ar, stride_pt, PRECISION, BAND)
-        psi = tl.load(psi_ptr + points[:, None] * stride_pt + offs_n[None, :], mask=mask_t[:, None] & mask_n[None, :],
-                      other=0.0)
-        m_i, l_i, acc = accumulate(scores, psi, m_i, l_i, acc, PRECISION)
 
-    tl.store(r_ptr + rows[:, None] * stride_rr + offs_n[None, :], acc / l_i[:, None],
-             mask=mask_r[:, None] & mask_n[None, :])
-
-    if WRITE_DENSITY:
-        inv_l = 1.0 / l_i
+@triton.jit
+def _combine_kernel(
+    a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr, r_ptr, dens_ptr,
+    R, N, T, TILES, Q, QP, stride_ar, stride_pt, stride_rr, stride_dg,
+    PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_TILES: tl.constexpr, BAND: tl.constexpr,
+):
+    # Program (i, 0) writes r of row block i; programs (i, j > 0) the density of tile j − 1.
+    pid = tl.program_id(0).to(tl.int64)
+    job = tl.program_id(1)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_r = rows < R
+    tiles = tl.arange(0, BLOCK_TILES)
+    cells = rows[:, None] * TILES + tiles[None, :]
+    mask_c = mask_r[:, None] & (tiles < TILES)[None, :]
+    tile_max = tl.load(max_ptr + cells, mask=mask_c, other=float("-inf"))
+    m = tl.max(tile_max, axis=1)
+    m = tl.where(mask_r, m, 0.0)  # rows past the end: no NaN from −inf − (−inf), nor 1/0 below
+    total = tl.sum(tl.load(sum_ptr + cells, mask=mask_c, other=0.0) * tl.exp(tile_max - m[:, None]), axis=1)
+    inv_l = 1.0 / tl.where(mask_r, total, 1.0)
+    if job == 0:
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for tile in range(0, TILES):
+            # The tile's partial covers basis functions [lo, lo + BAND): read it into those columns.
+            col = offs_n - tl.load(lo_ptr + tile)
+            inside = mask_n & (col >= 0) & (col < BAND)
+            scale = tl.exp(tl.load(max_ptr + rows * TILES + tile, mask=mask_r, other=0.0) - m) * inv_l
+            part = tl.load(part_ptr + (rows * TILES + tile)[:, None] * BAND + col[None, :],
+                           mask=mask_r[:, None] & inside[None, :], other=0.0)
+            acc += part * scale[:, None]
+        tl.store(r_ptr + rows[:, None] * stride_rr + offs_n[None, :], acc, mask=mask_r[:, None] & mask_n[None, :])
+    else:
+        _, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, job - 1, N, T,
+                                                       stride_ar, stride_pt, PRECISION, BLOCK_T, BAND)
+        # The density is p(t_j) without the rule's weight ω_j, which the scores include.
+        p = tl.exp(scores - logw[None, :] - m[:, None]) * inv_l[:, None]
         real = mask_r & (rows % QP < Q)  # padding queries add nothing
-        for t0 in range(0, T, BLOCK_T):
-            points = t0 + offs_t
-            mask_t = points < T
-            scores = _banded_scores(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, t0 // BLOCK_T, points, mask_t, N,
-                                    stride_ar, stride_pt, PRECISION, BAND)
-            # The density is p(t_j) without the rule's weight ω_j, which the scores include.
-            logw = tl.load(logw_ptr + points, mask=mask_t, other=0.0)
-            p = tl.exp(scores - logw[None, :] - m_i[:, None]) * inv_l[:, None]
-            store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
+        store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
 
 
-_launch_table_rows = CachedLaunch(_table_rows_kernel)
+_launch_tile_weights = CachedLaunch(_tile_weights_kernel)
+_launch_combine = CachedLaunch(_combine_kernel)
 
-# Tiles of the table kernel: rows of scores per program (a multiple of the density's 16-query
-# groups), points per tile, warps; module-level so a tile sweep can vary them.
-CONFIG = {"block_m": 64, "block_t": 32, "num_warps": 8}
+# Tiles: rows of scores per program (a multiple of the density's 16-query groups), points per
+# tile, warps of each kernel; module-level so a tile sweep can vary them.
+CONFIG = {"block_m": 64, "block_t": 64, "num_warps": 4, "combine_warps": 8}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
@@ -111,8 +137,9 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     z = (grid[:, None] - mu[None, :]) / sigma[None, :]
     table = (torch.exp(-0.5 * z * z) / (sigma[None, :] * 2.5066282746310002)).to(torch.float32).contiguous()
     tiles = cdiv(t, block_t)
+    full = max(16, next_power_of_2(n))
     if grid.is_cuda and torch.cuda.is_current_stream_capturing():
-        return table, torch.zeros(tiles, device=grid.device, dtype=torch.int32), max(16, next_power_of_2(n))
+        return table, torch.zeros(tiles, device=grid.device, dtype=torch.int32), full
     padded = torch.cat([grid, grid[-1:].expand(tiles * block_t - t)]).view(tiles, block_t)
     reach = CUTOFF * sigma
     active = (mu[None, :] + reach[None, :] >= padded.amin(1)[:, None]) & \
@@ -120,8 +147,10 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     index = torch.arange(n, device=mu.device)
     lo = torch.where(active, index, n).amin(1).clamp_max(n - 1)
     hi = torch.where(active, index + 1, 0).amax(1)
-    width = max(1, int((hi - lo).clamp_min(1).max()))
-    built = (table, lo.to(torch.int32).contiguous(), min(max(16, next_power_of_2(width)), max(16, next_power_of_2(n))))
+    band = min(max(16, next_power_of_2(int((hi - lo).clamp_min(1).max()))), full)
+    # A band that would run past the basis starts earlier instead: each tile's columns stay inside [0, N).
+    lo = lo.clamp(max=max(0, n - band))
+    built = (table, lo.to(torch.int32).contiguous(), band)
     if len(_TABLES) >= MAX_TABLES:
         _TABLES.clear()
     # The entry holds mu, sigma and grid: while it lives, no other tensor can take their storage,
@@ -130,16 +159,30 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     return built
 
 
-def table_rows(a, mu, sigma, grid, log_weight, r, density, q_len, padded, write_density, precision, group):
-    """r [rows, N] (and the density) of the scores a [rows, N] through the table kernel."""
+def table_rows(a, mu, sigma, grid, log_weight, r, density, q_len, padded, write_density, precision,
+               weight_precision, group):
+    """r [rows, N] (and the density) of the scores a [rows, N]: the tiles' partials, then their sum.
+
+    ``precision`` is the score product's (exponentiated: float32 accuracy needed); ``weight_precision``
+    the product of the weights with ψ, whose error reaches the context linearly."""
     rows, n = a.shape[0] * a.shape[1] * a.shape[2], a.shape[3]
     t = grid.numel()
     block_t = CONFIG["block_t"]
     table, lo, band = basis_table(mu, sigma, grid, block_t)
-    block_n = max(16, next_power_of_2(n))
+    tiles = cdiv(t, block_t)
     block_m = max(group, CONFIG["block_m"])
-    _launch_table_rows((cdiv(rows, block_m),),
-                       a, table, lo, log_weight, r, density,
-                       rows, n, t, q_len, padded, a.stride(2), table.stride(0), r.stride(2), density.stride(1),
-                       WRITE_DENSITY=write_density, PRECISION=precision, GROUP=group, BLOCK_M=block_m,
-                       BLOCK_N=block_n, BLOCK_T=block_t, BAND=band, num_warps=CONFIG["num_warps"])
+    part = torch.empty(rows, tiles, band, device=a.device, dtype=torch.float32)
+    tile_max = torch.empty(rows, tiles, device=a.device, dtype=torch.float32)
+    tile_sum = torch.empty_like(tile_max)
+    row_blocks = cdiv(rows, block_m)
+    _launch_tile_weights((row_blocks, tiles),
+                         a, table, lo, log_weight, part, tile_max, tile_sum,
+                         rows, n, t, tiles, a.stride(2), table.stride(0),
+                         SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, BLOCK_M=block_m,
+                         BLOCK_T=block_t, BAND=band, num_warps=CONFIG["num_warps"])
+    _launch_combine((row_blocks, tiles + 1 if write_density else 1),
+                    a, table, lo, log_weight, part, tile_max, tile_sum, r, density,
+                    rows, n, t, tiles, q_len, padded, a.stride(2), table.stride(0), r.stride(2), density.stride(1),
+                    PRECISION=precision, GROUP=group, BLOCK_M=block_m, BLOCK_N=max(16, next_power_of_2(n)),
+                    BLOCK_T=block_t, BLOCK_TILES=max(2, next_power_of_2(tiles)), BAND=band,
+                    num_warps=CONFIG["combine_warps"])

@@ -78,6 +78,31 @@ def test_float32_within_1e5_of_float64_on_the_same_nodes(device, backend, case, 
         assert rel_err(context, expected) < 1e-5, scale
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("device,backend,case", CASES)
+def test_half_types_within_their_rounding(device, backend, case, dtype, variant):
+    """Half-type inputs: the context against float64 on the same (rounded) inputs within 1.5× the
+    error of what torch gets at best in that dtype, the float32 quadrature with its output rounded
+    to the dtype. (The table kernel takes the weights' product in single tf32 on a GPU: its
+    error, ~5e-4 per term, stays below that rounding.)"""
+    streams, q_len, model, heads, n, points = case
+    quad = ops.quadrature_constants(MemoryConfig(num_basis=n, basis="gaussian", quad_points=points),
+                                    torch.device(device))
+    mu, sigma, grid, log_weight = (x.double() for x in (quad.mu, quad.sigma, quad.grid, quad.log_weight))
+    basis = torch.exp(-0.5 * ((grid[:, None] - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    gen = torch.Generator().manual_seed(11)
+    query = torch.randn(streams, q_len, model, generator=gen).to(device, dtype)
+    keys = (torch.randn(streams, n, model, generator=gen) * 0.3).to(device, dtype)
+    values = torch.randn(streams, n, model, generator=gen).to(device, dtype)
+    context, _ = ops.quadrature_attention(query, keys, values, heads, quad.mu, quad.sigma, quad.grid, quad.log_weight)
+    a = split_heads(query, heads).double() @ split_heads(keys, heads).double().transpose(-1, -2)
+    r, _ = ref_attention.quadrature_weights(a / math.sqrt(model // heads),
+                                            ref_attention.Quadrature(basis, log_weight, None))
+    expected = (r @ split_heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
+    assert context.dtype == dtype
+    assert rel_err(context, expected) <= 1.5 * rel_err(expected.to(dtype), expected)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_table_kernel_takes_any_basis_order(device, monkeypatch):
     """The table kernel's bands assume nothing of the basis order: a shuffled basis (bands as wide
@@ -99,15 +124,18 @@ def test_table_kernel_takes_any_basis_order(device, monkeypatch):
 
 
 def test_table_bands_are_narrow_for_the_configurations():
-    """The default Gaussian basis (N = 256, σ = 0.005 and 0.01) at T = 1,000: each tile of 32
-    points needs a band of at most 64 of the 256 basis functions (CUTOFF·σ around the tile)."""
+    """The default Gaussian basis (N = 256, σ = 0.005 and 0.01) at T = 1,000: each tile of the
+    table kernel's points needs a band of at most 64 of the 256 basis functions (CUTOFF·σ around
+    the tile)."""
+    from infvideo.kernels import quadrature_table
     from infvideo.kernels.quadrature_table import basis_table
     for preset in ("exact", "paper"):
         quad = ops.quadrature_constants(MemoryConfig(basis="gaussian", quad_points=1000, preset=preset),
                                         torch.device("cpu"))
-        table, lo, band = basis_table(quad.mu, quad.sigma, quad.grid, 32)
+        block_t = quadrature_table.CONFIG["block_t"]
+        table, lo, band = basis_table(quad.mu, quad.sigma, quad.grid, block_t)
         assert table.shape == (quad.grid.numel(), 256) and band <= 64
-        assert lo.shape == (-(-quad.grid.numel() // 32),) and int(lo.min()) >= 0 and int(lo.max()) < 256
+        assert lo.shape == (-(-quad.grid.numel() // block_t),) and int(lo.min()) >= 0 and int(lo.max()) < 256
 
 
 @pytest.mark.parametrize("device", DEVICES)
