@@ -4,9 +4,10 @@
 
 Times ``ops.quadrature_attention`` with ``quadrature.CONFIG["variant"] = "table"`` (Gaussian basis
 N = 256, T = 1,000 of the exact preset, 12 heads, 32 queries, e = D = 768) for each tile of
-``quadrature_table.CONFIG`` (rows per program, points per tile, warps of both kernels), float32
-and bfloat16 inputs, with and without the density, and prints each one's p50 GPU time (replayed from a CUDA graph) and the
-context's error against float64 on the same nodes.
+``quadrature_table.CONFIG`` (rows per program and warps of each kernel, one kernel's at a time),
+float32 and bfloat16 inputs, with and without the density, and prints each one's p50 GPU time
+(replayed from a CUDA graph) and the context's error against float64 on the same nodes; then the
+defaults' time per kernel (torch.profiler).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import itertools
 
 import torch
 import triton.testing
+from torch.profiler import ProfilerActivity, profile
 
 from infvideo import ops
 from infvideo.config import MemoryConfig
@@ -38,9 +40,11 @@ def main():
         keys = (torch.randn(shape, device="cuda", generator=gen) * 0.05).to(dtype)
         values = torch.randn(shape, device="cuda", generator=gen).to(dtype)
         exact = quadrature_context(float64_rule(quad), query, keys, values, torch.float64)[0]
-        for block_m, block_t, warps, combine_warps in itertools.product((32, 64, 128), (32, 64), (4, 8), (4, 8)):
-            quadrature_table.CONFIG.update(block_m=block_m, block_t=block_t, num_warps=warps,
-                                           combine_warps=combine_warps)
+        sweeps = [dict(block_m=m, num_warps=w) for m, w in itertools.product((32, 64, 128), (4, 8))]
+        sweeps += [dict(combine_warps=w) for w in (2, 4, 8)]
+        sweeps += [dict(density_m=m, density_warps=w) for m, w in itertools.product((32, 64, 128), (4, 8))]
+        for change in sweeps:  # one kernel's tile at a time, the others at their defaults
+            quadrature_table.CONFIG.update(base, **change)
             times = []
             for density in (True, False):
                 def call(density=density):
@@ -50,11 +54,18 @@ def main():
                     error = rel_err(call()[0], exact)
                     times.append(triton.testing.do_bench_cudagraph(call, rep=100, return_mode="median") * 1e3)
                 except Exception as exc:  # a tile that does not compile (registers, shared memory)
-                    print(f"{dtype} {block_m} {block_t} {warps} {combine_warps}: {type(exc).__name__}", flush=True)
+                    print(f"{dtype} {change}: {type(exc).__name__}", flush=True)
                     break
             else:
-                print(f"{str(dtype):15s} block_m {block_m:3d} block_t {block_t:3d} warps {warps} combine {combine_warps}:"
-                      f" {times[0]:8.1f} µs with density, {times[1]:8.1f} without, error {error:.1e}", flush=True)
+                print(f"{str(dtype):15s} {str(change):40s}: {times[0]:8.1f} µs with density, {times[1]:8.1f} without,"
+                      f" error {error:.1e}", flush=True)
+        quadrature_table.CONFIG.update(base)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                call(True)
+            torch.cuda.synchronize()
+        print(f"{dtype}, defaults {base}: CUDA time per kernel (10 calls)")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50))
     quadrature_table.CONFIG.update(base)
 
 

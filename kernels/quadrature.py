@@ -34,7 +34,7 @@ import triton.language as tl
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
 from ._online_softmax import accumulate, running_max_sum, store_group_density
-from .quadrature_table import table_rows
+from .quadrature_table import table_attention
 
 
 @triton.jit
@@ -141,27 +141,29 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
         a = torch.nn.functional.pad(a, (0, 0, 0, padded - q_len))
     a = a.contiguous()
     rows = s * num_heads * padded
-    r = torch.empty(s, num_heads, padded, n, device=query.device, dtype=torch.float32)
     groups = num_heads * padded // group
     density = (torch.empty(s, groups, t, device=query.device, dtype=torch.float32) if write_density
                else torch.zeros(s, groups, 1, device=query.device, dtype=torch.float32))  # a defined placeholder
     # The CPU interpreter has no tensor cores to emulate: plain float32 there.
     precision = "ieee" if query.device.type == "cpu" else CONFIG["precision"]
     if CONFIG["variant"] == "table":
-        # The weights' product reaches the context linearly: tf32 is below half-type outputs' rounding.
-        weight_precision = "tf32" if precision == "tf32x3" and query.dtype != torch.float32 else precision
-        table_rows(a, mu, sigma, grid, log_weight, r, density, q_len, padded, write_density, precision,
-                   weight_precision, group)
-    else:
-        block_n = max(16, next_power_of_2(n))
-        # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.
-        block_m = max(group, min(CONFIG["block_m"], 8192 // block_n))
-        _launch_quadrature_rows((cdiv(rows, block_m),),
-            a, mu, sigma, grid, log_weight, r, density,
-            rows, n, t, q_len, padded, a.stride(2), r.stride(2), density.stride(1),
-            WRITE_DENSITY=write_density, PRECISION=precision,
-            GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=CONFIG["block_t"], num_warps=CONFIG["num_warps"],
-        )
+        # The products with ψ and V reach the context linearly: single tf32 (10-bit mantissa) is
+        # well below a bfloat16 output's rounding (7 bits), not below float16's.
+        weight_precision = "tf32" if precision == "tf32x3" and query.dtype == torch.bfloat16 else precision
+        context = torch.empty(s, q_len, values.shape[-1], device=query.device, dtype=query.dtype)
+        table_attention(a, values, mu, sigma, grid, log_weight, context, density, num_heads, q_len, padded,
+                        write_density, precision, weight_precision, group)
+        return context, density
+    r = torch.empty(s, num_heads, padded, n, device=query.device, dtype=torch.float32)
+    block_n = max(16, next_power_of_2(n))
+    # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.
+    block_m = max(group, min(CONFIG["block_m"], 8192 // block_n))
+    _launch_quadrature_rows((cdiv(rows, block_m),),
+        a, mu, sigma, grid, log_weight, r, density,
+        rows, n, t, q_len, padded, a.stride(2), r.stride(2), density.stride(1),
+        WRITE_DENSITY=write_density, PRECISION=precision,
+        GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=CONFIG["block_t"], num_warps=CONFIG["num_warps"],
+    )
     vh = values.reshape(s, n, num_heads, values.shape[-1] // num_heads).transpose(1, 2).to(torch.float32)
     context = torch.matmul(r[:, :, :q_len], vh)  # [S, H, Q, d_v]
     return context.transpose(1, 2).reshape(s, q_len, -1).to(query.dtype), density

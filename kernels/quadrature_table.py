@@ -13,8 +13,9 @@ although a narrow Gaussian is nil away from its centre. Here:
 - one program per (block of rows, tile of points) computes the tile's scores s = a·ψᵀ + log ω and
   its share Σ_j e^{s_j − m} ψ(t_j) of r over the band only, with its own maximum m and sum: a
   partial [rows, tiles, BAND]. A second kernel rescales the partials to the row's maximum, adds
-  them into r [rows, N] in tile order (deterministic, no atomics) and, in programs of its own,
-  recomputes each tile's scores for the density Σ_q p(t_j), which needs the final normaliser.
+  them into r in tile order (deterministic, no atomics) and writes the context r·V of its head's
+  queries; a third recomputes each tile's scores for the density Σ_q p(t_j), which needs the
+  final normaliser.
 
 Any basis and rule are exact: an unsorted basis only widens the band (up to all of N).
 """
@@ -70,17 +71,8 @@ def _tile_weights_kernel(
 
 
 @triton.jit
-def _combine_kernel(
-    a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr, r_ptr, dens_ptr,
-    R, N, T, TILES, Q, QP, stride_ar, stride_pt, stride_rr, stride_dg,
-    PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_TILES: tl.constexpr, BAND: tl.constexpr,
-):
-    # Program (i, 0) writes r of row block i; programs (i, j > 0) the density of tile j − 1.
-    pid = tl.program_id(0).to(tl.int64)
-    job = tl.program_id(1)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_r = rows < R
+def _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES: tl.constexpr):
+    """(m, 1/l) of each row from its tiles' maxima and sums: the softmax over all points."""
     tiles = tl.arange(0, BLOCK_TILES)
     cells = rows[:, None] * TILES + tiles[None, :]
     mask_c = mask_r[:, None] & (tiles < TILES)[None, :]
@@ -88,35 +80,75 @@ def _combine_kernel(
     m = tl.max(tile_max, axis=1)
     m = tl.where(mask_r, m, 0.0)  # rows past the end: no NaN from −inf − (−inf), nor 1/0 below
     total = tl.sum(tl.load(sum_ptr + cells, mask=mask_c, other=0.0) * tl.exp(tile_max - m[:, None]), axis=1)
-    inv_l = 1.0 / tl.where(mask_r, total, 1.0)
-    if job == 0:
-        offs_n = tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for tile in range(0, TILES):
-            # The tile's partial covers basis functions [lo, lo + BAND): read it into those columns.
-            col = offs_n - tl.load(lo_ptr + tile)
-            inside = mask_n & (col >= 0) & (col < BAND)
-            scale = tl.exp(tl.load(max_ptr + rows * TILES + tile, mask=mask_r, other=0.0) - m) * inv_l
-            part = tl.load(part_ptr + (rows * TILES + tile)[:, None] * BAND + col[None, :],
-                           mask=mask_r[:, None] & inside[None, :], other=0.0)
-            acc += part * scale[:, None]
-        tl.store(r_ptr + rows[:, None] * stride_rr + offs_n[None, :], acc, mask=mask_r[:, None] & mask_n[None, :])
-    else:
-        _, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, job - 1, N, T,
-                                                       stride_ar, stride_pt, PRECISION, BLOCK_T, BAND)
-        # The density is p(t_j) without the rule's weight ω_j, which the scores include.
-        p = tl.exp(scores - logw[None, :] - m[:, None]) * inv_l[:, None]
-        real = mask_r & (rows % QP < Q)  # padding queries add nothing
-        store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
+    return m, 1.0 / tl.where(mask_r, total, 1.0)
+
+
+@triton.jit
+def _combine_kernel(
+    lo_ptr, part_ptr, max_ptr, sum_ptr, v_ptr, ctx_ptr, R, N, TILES, H, Q, QP, DV,
+    stride_vs, stride_vn, stride_cs, stride_cq,
+    PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr,
+):
+    # One program per GROUP rows: queries of one (stream, head), as QP is a multiple of GROUP.
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * GROUP + tl.arange(0, GROUP)
+    mask_r = rows < R
+    m, inv_l = _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    r = tl.zeros([GROUP, BLOCK_N], dtype=tl.float32)
+    for tile in range(0, TILES):
+        # The tile's partial covers basis functions [lo, lo + BAND): read it into those columns.
+        col = offs_n - tl.load(lo_ptr + tile)
+        inside = mask_n & (col >= 0) & (col < BAND)
+        scale = tl.exp(tl.load(max_ptr + rows * TILES + tile, mask=mask_r, other=0.0) - m) * inv_l
+        part = tl.load(part_ptr + (rows * TILES + tile)[:, None] * BAND + col[None, :],
+                       mask=mask_r[:, None] & inside[None, :], other=0.0)
+        r += part * scale[:, None]
+    # The context of these queries: r · V of their head, straight into [S, Q, D].
+    head = (pid * GROUP) // QP
+    stream = head // H
+    offs_d = tl.arange(0, BLOCK_D)
+    cols = (head % H) * DV + offs_d
+    mask_d = offs_d < DV
+    v = tl.load(v_ptr + stream * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    context = tl.dot(r, v, input_precision=PRECISION)
+    queries = rows % QP
+    tl.store(ctx_ptr + stream * stride_cs + queries[:, None] * stride_cq + cols[None, :],
+             context.to(ctx_ptr.dtype.element_ty), mask=(mask_r & (queries < Q))[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _density_kernel(
+    a_ptr, psi_ptr, lo_ptr, logw_ptr, max_ptr, sum_ptr, dens_ptr,
+    R, N, T, TILES, Q, QP, stride_ar, stride_pt, stride_dg,
+    PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr,
+):
+    # The density needs the row's final normaliser, known only once every tile is done: the
+    # tile's scores are recomputed (a banded product) rather than stored ([rows, T] float32).
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_r = rows < R
+    m, inv_l = _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES)
+    _, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tl.program_id(1),
+                                                   N, T, stride_ar, stride_pt, PRECISION, BLOCK_T, BAND)
+    # The density is p(t_j) without the rule's weight ω_j, which the scores include.
+    p = tl.exp(scores - logw[None, :] - m[:, None]) * inv_l[:, None]
+    real = mask_r & (rows % QP < Q)  # padding queries add nothing
+    store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
 
 
 _launch_tile_weights = CachedLaunch(_tile_weights_kernel)
 _launch_combine = CachedLaunch(_combine_kernel)
+_launch_density = CachedLaunch(_density_kernel)
 
-# Tiles: rows of scores per program (a multiple of the density's 16-query groups), points per
-# tile, warps of each kernel; module-level so a tile sweep can vary them.
-CONFIG = {"block_m": 64, "block_t": 64, "num_warps": 4, "combine_warps": 8}
+# Tiles, module-level so a sweep can vary them (bench/tune_quadrature.py): points per tile; rows
+# per program and warps of the tiles' kernel and of the density (rows a multiple of the density's
+# 16-query groups); warps of the sum of the partials (16 rows, one head's, per program).
+CONFIG = {"block_t": 64, "block_m": 64, "num_warps": 4, "combine_warps": 4, "density_m": 64, "density_warps": 4}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
@@ -159,12 +191,13 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     return built
 
 
-def table_rows(a, mu, sigma, grid, log_weight, r, density, q_len, padded, write_density, precision,
-               weight_precision, group):
-    """r [rows, N] (and the density) of the scores a [rows, N]: the tiles' partials, then their sum.
+def table_attention(a, values, mu, sigma, grid, log_weight, context, density, num_heads, q_len, padded,
+                    write_density, precision, weight_precision, group):
+    """The context [S, Q, D] (written into ``context``) and the density of the scores a [S, H, QP, N]:
+    the tiles' partials, then their sum times V.
 
     ``precision`` is the score product's (exponentiated: float32 accuracy needed); ``weight_precision``
-    the product of the weights with ψ, whose error reaches the context linearly."""
+    that of the products with ψ and V, whose error reaches the context linearly."""
     rows, n = a.shape[0] * a.shape[1] * a.shape[2], a.shape[3]
     t = grid.numel()
     block_t = CONFIG["block_t"]
@@ -174,15 +207,23 @@ def table_rows(a, mu, sigma, grid, log_weight, r, density, q_len, padded, write_
     part = torch.empty(rows, tiles, band, device=a.device, dtype=torch.float32)
     tile_max = torch.empty(rows, tiles, device=a.device, dtype=torch.float32)
     tile_sum = torch.empty_like(tile_max)
-    row_blocks = cdiv(rows, block_m)
-    _launch_tile_weights((row_blocks, tiles),
+    _launch_tile_weights((cdiv(rows, block_m), tiles),
                          a, table, lo, log_weight, part, tile_max, tile_sum,
                          rows, n, t, tiles, a.stride(2), table.stride(0),
                          SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, BLOCK_M=block_m,
                          BLOCK_T=block_t, BAND=band, num_warps=CONFIG["num_warps"])
-    _launch_combine((row_blocks, tiles + 1 if write_density else 1),
-                    a, table, lo, log_weight, part, tile_max, tile_sum, r, density,
-                    rows, n, t, tiles, q_len, padded, a.stride(2), table.stride(0), r.stride(2), density.stride(1),
-                    PRECISION=precision, GROUP=group, BLOCK_M=block_m, BLOCK_N=max(16, next_power_of_2(n)),
-                    BLOCK_T=block_t, BLOCK_TILES=max(2, next_power_of_2(tiles)), BAND=band,
+    block_tiles = max(2, next_power_of_2(tiles))
+    head_dim = values.shape[-1] // num_heads
+    _launch_combine((cdiv(rows, group),),
+                    lo, part, tile_max, tile_sum, values, context, rows, n, tiles, num_heads, q_len, padded, head_dim,
+                    values.stride(0), values.stride(1), context.stride(0), context.stride(1),
+                    PRECISION=weight_precision, GROUP=group, BLOCK_N=max(16, next_power_of_2(n)),
+                    BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_TILES=block_tiles, BAND=band,
                     num_warps=CONFIG["combine_warps"])
+    if write_density:
+        density_m = max(group, CONFIG["density_m"])
+        _launch_density((cdiv(rows, density_m), tiles),
+                        a, table, lo, log_weight, tile_max, tile_sum, density,
+                        rows, n, t, tiles, q_len, padded, a.stride(2), table.stride(0), density.stride(1),
+                        PRECISION=precision, GROUP=group, BLOCK_M=density_m, BLOCK_T=block_t,
+                        BLOCK_TILES=block_tiles, BAND=band, num_warps=CONFIG["density_warps"])

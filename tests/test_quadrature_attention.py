@@ -100,7 +100,9 @@ def test_half_types_within_their_rounding(device, backend, case, dtype, variant)
                                             ref_attention.Quadrature(basis, log_weight, None))
     expected = (r @ split_heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
     assert context.dtype == dtype
-    assert rel_err(context, expected) <= 1.5 * rel_err(expected.to(dtype), expected)
+    # The CPU interpreter casts float32 to bfloat16 by truncation (twice round-to-nearest's error).
+    slack = 3.0 if device == "cpu" else 1.5
+    assert rel_err(context, expected) <= slack * rel_err(expected.to(dtype), expected)
 
 
 @pytest.mark.parametrize("device", DEVICES)
