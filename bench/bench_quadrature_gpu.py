@@ -5,13 +5,12 @@
 Attention alone (S = 16, N = 256, T = 1,000 nodes of the exact preset's Gauss–Legendre panels, 12
 heads, 32 queries, e = D = 768; query, keys and values in float32 and in bfloat16): the torch
 reference (a = qKᵀ/√d, then the two products a·ψᵀ and p·ψ over [S, H, Q, T] and the sticky
-density), the fused op with ψ evaluated in registers (``quadrature.CONFIG["variant"] =
-"on_the_fly"``) and with ψ read from a table and banded score products (``"table"``); each
+density) and the fused op (ψ from a table, banded tile products: ``kernels/quadrature_table.py``); each
 context's error against the same attention in float64 on the same (float32) nodes and basis; GPU
 time of eager calls and of the same call replayed from a CUDA graph (no host time). Then the eager Gaussian step (bf16 tokens
 [S, 256, 32, 768], bf16 projections, sticky quantile sampling, the memory full): the torch
 reference step, the Triton step with its quadrature on torch products (``QUADRATURE_KERNEL``
-off), and on each kernel variant. GPU time per call from ``harness.gpu_time`` (do_bench). Writes
+off) and on the fused op (its default). GPU time per call from ``harness.gpu_time`` (do_bench). Writes
 quadrature.csv and quadrature.md into --out.
 """
 from __future__ import annotations
@@ -28,13 +27,11 @@ from infvideo import LongTermMemory
 from infvideo import ops
 from infvideo.benchmarks import harness
 from infvideo.config import MemoryConfig
-from infvideo.kernels import quadrature
 from infvideo.ops import step as step_module
 from infvideo.reference import attention as ref_attention
 from infvideo.reference.fit import on_device
 
 LENGTH, TOKENS, BASIS, SAMPLES, WIDTH, HEADS, QUERIES, POINTS = 256, 32, 256, 512, 768, 12, 32, 1000
-VARIANTS = ("on_the_fly", "table")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -73,13 +70,11 @@ def attention_rows(streams: int, budget: float) -> list[dict]:
         def two_product():
             context, density = quadrature_context(const, query, keys, values, torch.float32)
             return context.to(query.dtype), density
-        providers = {"torch two-product": two_product}
-        for variant in VARIANTS:
-            def fused(variant=variant):
-                quadrature.CONFIG["variant"] = variant
-                return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid,
-                                                quad.log_weight)
-            providers[f"fused, {variant}"] = fused
+
+        def fused():
+            return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid,
+                                            quad.log_weight)
+        providers = {"torch two-product": two_product, "fused": fused}
         for provider, fn in providers.items():
             error = rel_err(fn()[0], exact)
             p20, p50, p80 = harness.percentiles(harness.gpu_time(fn, budget))
@@ -88,7 +83,6 @@ def attention_rows(streams: int, budget: float) -> list[dict]:
                              p80_us=p80, graph_us=graph, rel_err=error))
             print(f"  attention S={streams:<3d} {name} {provider:24s} p50 {p50:10,.1f} µs, in a graph {graph:10,.1f} µs"
                   f"  error {error:.1e}", flush=True)
-    quadrature.CONFIG["variant"] = "on_the_fly"
     return rows
 
 
@@ -98,12 +92,11 @@ def step_rows(streams: int, budget: float) -> list[dict]:
     pv = nn.Linear(WIDTH, WIDTH).cuda().to(torch.bfloat16)
     tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device="cuda", dtype=torch.bfloat16)
     query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=torch.bfloat16)
-    settings = {"torch reference": ("torch", False, "on_the_fly"),
-                "Triton, quadrature on torch products": ("triton", False, "on_the_fly"),
-                **{f"Triton, fused quadrature ({v})": ("triton", True, v) for v in VARIANTS}}
+    settings = {"torch reference": ("torch", False), "Triton, quadrature on torch products": ("triton", False),
+                "Triton, fused quadrature": ("triton", True)}
     rows = []
-    for provider, (backend, kernel, variant) in settings.items():
-        step_module.QUADRATURE_KERNEL, quadrature.CONFIG["variant"] = kernel, variant
+    for provider, (backend, kernel) in settings.items():
+        step_module.QUADRATURE_KERNEL = kernel
         try:
             memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, basis="gaussian", quad_points=POINTS,
                                     backend=backend, cuda_graphs=False).cuda()
@@ -112,7 +105,7 @@ def step_rows(streams: int, budget: float) -> list[dict]:
                     memory(tokens, query, pk, pv, HEADS)
                 times = harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), budget)
         finally:
-            step_module.QUADRATURE_KERNEL, quadrature.CONFIG["variant"] = False, "on_the_fly"
+            step_module.QUADRATURE_KERNEL = True
         p20, p50, p80 = harness.percentiles(times)
         rows.append(dict(what="step", S=streams, dtype="bf16", provider=provider, p20_us=p20, p50_us=p50,
                          p80_us=p80, graph_us=None, rel_err=None))

@@ -1,10 +1,9 @@
 """Where a step's time goes on the GPU: per-kernel CUDA time (torch.profiler) and host-side Python time.
 
     PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss16|gauss64|grad1|grad64|folded64]
-        [--quadrature-kernel]
 
 Cases: no-grad steps (s1, s64, and the Gaussian basis's gauss16 and gauss64 in the setting of
-bench_quadrature_gpu.py, their quadrature on the table kernel with --quadrature-kernel); a trainable step, forward and ``torch.autograd.grad`` into
+bench_quadrature_gpu.py); a trainable step, forward and ``torch.autograd.grad`` into
 tokens, query and both projections' parameters (grad1, grad64, the setting of
 bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
 ``ops.step.FACTORED_ON_GPU``). Host time (cProfile) is printed for the S=1 cases.
@@ -21,7 +20,6 @@ from torch.profiler import ProfilerActivity, profile
 
 from infvideo import LongTermMemory
 from infvideo.benchmarks import harness
-from infvideo.kernels import quadrature
 from infvideo.ops import step as step_ops
 
 WIDTH, HEADS, QUERIES = 768, 12, 32
@@ -63,12 +61,7 @@ def step_call(name, memory, pk, pv, frames, query):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", choices=sorted(CASES), action="append")
-    parser.add_argument("--quadrature-kernel", action="store_true",
-                        help="the Gaussian steps' quadrature on the table kernel (ops.step.QUADRATURE_KERNEL)")
     args = parser.parse_args()
-    if args.quadrature_kernel:
-        step_ops.QUADRATURE_KERNEL = True
-        quadrature.CONFIG["variant"] = "table"
     for name in args.case or sorted(CASES):
         streams, length, dtype, tokens, kwargs = CASES[name]
         pk, pv, frames, query = make(streams, length, dtype, tokens)

@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python bench/tune_quadrature.py [--streams 16]
 
-Times ``ops.quadrature_attention`` with ``quadrature.CONFIG["variant"] = "table"`` (Gaussian basis
+Times ``ops.quadrature_attention`` (Gaussian basis
 N = 256, T = 1,000 of the exact preset, 12 heads, 32 queries, e = D = 768) for each tile of
 ``quadrature_table.CONFIG`` (rows per program and warps of each kernel, one kernel's at a time),
 float32 and bfloat16 inputs, with and without the density, and prints each one's p50 GPU time
@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from infvideo import ops
 from infvideo.config import MemoryConfig
-from infvideo.kernels import quadrature, quadrature_table
+from infvideo.kernels import quadrature_table
 
 from bench_quadrature_gpu import BASIS, HEADS, POINTS, QUERIES, WIDTH, float64_rule, quadrature_context, rel_err
 
@@ -31,7 +31,6 @@ def main():
     args = parser.parse_args()
     quad = ops.quadrature_constants(MemoryConfig(num_basis=BASIS, basis="gaussian", quad_points=POINTS),
                                     torch.device("cuda"))
-    quadrature.CONFIG["variant"] = "table"
     gen = torch.Generator(device="cuda").manual_seed(0)
     shape = (args.streams, BASIS, WIDTH)
     base = dict(quadrature_table.CONFIG)

@@ -14,16 +14,6 @@ def running_max_sum(scores, mask_n, m_i, l_i):
 
 
 @triton.jit
-def accumulate(scores, values, m_i, l_i, acc, PRECISION: tl.constexpr):
-    """(m, l, acc) after one more tile: the row maximum, the normaliser and Σ exp(s − m)·values,
-    the earlier tiles' sums rescaled to the new maximum (scores are −inf where nothing counts)."""
-    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-    alpha = tl.exp(m_i - m_new)
-    p = tl.exp(scores - m_new[:, None])
-    return m_new, l_i * alpha + tl.sum(p, axis=1), acc * alpha[:, None] + tl.dot(p, values, input_precision=PRECISION)
-
-
-@triton.jit
 def store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr):
     """Σ of the density p [BLOCK_M, BLOCK_T] over each group of GROUP rows of program ``pid``'s

@@ -2,26 +2,20 @@
 
 The score s(t) = aᵀψ(t) has no closed-form normaliser, so Z = ∫ exp s and r_n = ∫ p ψ_n are taken
 with a quadrature rule on T nodes given as nodes and log-weights (the configuration's:
-Gauss–Legendre panels in the exact preset, the trapezoid in the paper one; any order of nodes). The slot scores a = q·Kᵀ/√d [S, H, Q, N] come from one small
-batched product; the kernel then treats every (stream, head, query) as one row of a: a program
-takes BLOCK_M rows, computes the basis values ψ(t) [BLOCK_T, N] of each tile of points on the fly
-(never stored), feeds s = aψᵀ + log ω to an online softmax and accumulates Σ_j p_j ω_j ψ(t_j) with
-the usual rescaling, and writes r [rows, N]. No [T, N] or [S, H, Q, N, T] tensor reaches memory;
-the context c = r·V is a second small batched product. With WRITE_DENSITY a second sweep writes
-Σ_q p(t_j) per block of 16 queries of one head, [S, H·QB, T], for the next sticky step (the sticky
-samplers add groups up): queries are padded to a multiple of 16 so no block spans two heads.
+Gauss–Legendre panels in the exact preset, the trapezoid in the paper one; any order of nodes).
+The slot scores a = q·Kᵀ [S, H, Q, N] come from one three-TF32 batched product reading the heads
+in place (``products.head_products``); every (stream, head, query) is then one row of scores, and
+the kernels of ``quadrature_table`` take the softmax over the nodes by tiles of points with banded
+products, sum r and write the context r·V, and the density Σ_q p(t_j) per block of 16 queries of
+one head, [S, H·QB, T], for the next sticky step (queries padded to a multiple of 16 so no block
+spans two heads). No [T, N] basis beyond one cached table, and no [S, H, Q, T] tensor, reaches
+memory. The score dots use "tf32x3" (three tensor-core passes, float32 accuracy): |aᵀψ| reaches
+~10², so the plain tf32 error would move the exponent by 10⁻¹.
 
-Rows from all heads share the basis tiles, so a tile's exponentials and the tensor-core products
-run on BLOCK_M rows at once. Measured at S = 16, N = 256, T = 1000 on an H200, 16 rows and 32
-points per tile on 4 warps was the fastest (half the time of one program per head with [16, 16]
-score tiles; 32 rows with 32 points spilled); the two cuBLAS products of the reference's
-quadrature still take about a third of its time there, so the memory step keeps those (ops.step). The dots
-use "tf32x3" (three tensor-core passes, float32 accuracy): |aᵀψ| reaches ~10², so the plain tf32
-error would move the exponent by 10⁻¹.
-
-The backward (``quadrature_attention_backward``) has the same structure: batched products give
-a and dr = dc·Vᵀ, one kernel sweeps the points twice per block of rows (the normaliser, then the
-score gradient ∂a and r with ψ evaluated on the fly), and products of ∂a and r give dq, dK, dV.
+The backward (``quadrature_attention_backward``) has its own structure: batched products give a
+and dr = dc·Vᵀ, one kernel sweeps the points twice per block of rows (the normaliser, then the
+score gradient ∂a and r with ψ evaluated on the fly in registers), and products of ∂a and r give
+dq, dK, dV.
 """
 from __future__ import annotations
 
@@ -33,7 +27,8 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-from ._online_softmax import accumulate, running_max_sum, store_group_density
+from ._online_softmax import running_max_sum
+from .products import head_products
 from .quadrature_table import table_attention
 
 
@@ -63,60 +58,12 @@ def _basis_tile(t_ptr, mu, inv_sigma, norm, rows, mask_t, mask_n):
     return tl.where(mask_t[:, None] & mask_n[None, :], psi, 0.0)
 
 
-@triton.jit
-def _quadrature_rows_kernel(
-    a_ptr, mu_ptr, sigma_ptr, t_ptr, logw_ptr, r_ptr, dens_ptr,
-    R, N, T, Q, QP, stride_ar, stride_rr, stride_dg,
-    WRITE_DENSITY: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_t = tl.arange(0, BLOCK_T)
-    mask_r = rows < R
-    mask_n = offs_n < N
-    a = tl.load(a_ptr + rows[:, None] * stride_ar + offs_n[None, :], mask=mask_r[:, None] & mask_n[None, :],
-                other=0.0)
-
-    mu, inv_sigma, norm = _basis_params(mu_ptr, sigma_ptr, offs_n, mask_n)
-
-    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        points = t0 + offs_t
-        mask_t = points < T
-        psi, scores = _tile_scores(a, t_ptr, logw_ptr, mu, inv_sigma, norm, points, mask_t, mask_n, PRECISION)
-        m_i, l_i, acc = accumulate(scores, psi, m_i, l_i, acc, PRECISION)
-
-    tl.store(r_ptr + rows[:, None] * stride_rr + offs_n[None, :], acc / l_i[:, None],
-             mask=mask_r[:, None] & mask_n[None, :])
-
-    if WRITE_DENSITY:
-        inv_l = 1.0 / l_i
-        real = mask_r & (rows % QP < Q)  # padding queries add nothing
-        for t0 in range(0, T, BLOCK_T):
-            points = t0 + offs_t
-            mask_t = points < T
-            psi = _basis_tile(t_ptr, mu, inv_sigma, norm, points, mask_t, mask_n)
-            scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
-            p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
-            store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
-
-
 # The density is summed over groups of this many queries per head: the op's output shape
 # (infvideo.ops: G = H·⌈Q/16⌉), not a tile to tune.
 QUERY_GROUP = 16
-# Tile shapes and dot precision; module-level so bench/tune_consolidate.py can vary them (block_m,
-# the rows of a program, is a multiple of QUERY_GROUP).
-CONFIG = {"block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3", "variant": "on_the_fly"}
-# "variant": "on_the_fly" (this module's kernel, ψ evaluated in registers) or "table"
-# (quadrature_table: ψ from a table, banded score products), chosen by measurement on a GPU.
-
-
-
-_launch_quadrature_rows = CachedLaunch(_quadrature_rows_kernel)
+# The backward kernel's tiles and the dot precision of both directions; module-level so a sweep
+# can vary them (block_m, the rows of a program, is a multiple of QUERY_GROUP).
+CONFIG = {"block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3"}
 
 @on_input_device
 def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
@@ -134,39 +81,24 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
     d = model // num_heads
     group = QUERY_GROUP
     padded = cdiv(q_len, group) * group
-    qh = query.reshape(s, q_len, num_heads, d).transpose(1, 2).to(torch.float32)
-    kh = keys.reshape(s, n, num_heads, d).transpose(1, 2).to(torch.float32)
-    a = torch.matmul(qh * (1.0 / math.sqrt(d)), kh.transpose(-1, -2))  # [S, H, Q, N]
-    if padded != q_len:
-        a = torch.nn.functional.pad(a, (0, 0, 0, padded - q_len))
-    a = a.contiguous()
-    rows = s * num_heads * padded
+    # The CPU interpreter has no tensor cores to emulate: plain float32 there.
+    precision = "ieee" if query.device.type == "cpu" else CONFIG["precision"]
+    # Padding queries get zero scores: finite, and left out of the density and the context.
+    a = (torch.empty if padded == q_len else torch.zeros)(s, num_heads, padded, n, device=query.device,
+                                                           dtype=torch.float32)
+    head_products(query, (query.stride(0), d * query.stride(2), query.stride(1), query.stride(2)),
+                  keys, (keys.stride(0), d * keys.stride(2), keys.stride(2), keys.stride(1)),
+                  a, a.stride(), q_len, n, d, num_heads, s, precision)
     groups = num_heads * padded // group
     density = (torch.empty(s, groups, t, device=query.device, dtype=torch.float32) if write_density
                else torch.zeros(s, groups, 1, device=query.device, dtype=torch.float32))  # a defined placeholder
-    # The CPU interpreter has no tensor cores to emulate: plain float32 there.
-    precision = "ieee" if query.device.type == "cpu" else CONFIG["precision"]
-    if CONFIG["variant"] == "table":
-        # The products with ψ and V reach the context linearly: single tf32 (10-bit mantissa) is
-        # well below a bfloat16 output's rounding (7 bits), not below float16's.
-        weight_precision = "tf32" if precision == "tf32x3" and query.dtype == torch.bfloat16 else precision
-        context = torch.empty(s, q_len, values.shape[-1], device=query.device, dtype=query.dtype)
-        table_attention(a, values, mu, sigma, grid, log_weight, context, density, num_heads, q_len, padded,
-                        write_density, precision, weight_precision, group)
-        return context, density
-    r = torch.empty(s, num_heads, padded, n, device=query.device, dtype=torch.float32)
-    block_n = max(16, next_power_of_2(n))
-    # A [BLOCK_M, N] score-weight tile and its accumulator stay in registers: fewer rows for wide N.
-    block_m = max(group, min(CONFIG["block_m"], 8192 // block_n))
-    _launch_quadrature_rows((cdiv(rows, block_m),),
-        a, mu, sigma, grid, log_weight, r, density,
-        rows, n, t, q_len, padded, a.stride(2), r.stride(2), density.stride(1),
-        WRITE_DENSITY=write_density, PRECISION=precision,
-        GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=CONFIG["block_t"], num_warps=CONFIG["num_warps"],
-    )
-    vh = values.reshape(s, n, num_heads, values.shape[-1] // num_heads).transpose(1, 2).to(torch.float32)
-    context = torch.matmul(r[:, :, :q_len], vh)  # [S, H, Q, d_v]
-    return context.transpose(1, 2).reshape(s, q_len, -1).to(query.dtype), density
+    # The products with ψ and V reach the context linearly: single tf32 (10-bit mantissa) is well
+    # below a bfloat16 output's rounding (7 bits), not below float16's.
+    weight_precision = "tf32" if precision == "tf32x3" and query.dtype == torch.bfloat16 else precision
+    context = torch.empty(s, q_len, values.shape[-1], device=query.device, dtype=query.dtype)
+    table_attention(a, 1.0 / math.sqrt(d), values, mu, sigma, grid, log_weight, context, density, num_heads, q_len,
+                    padded, write_density, precision, weight_precision, group)
+    return context, density
 
 
 @triton.jit

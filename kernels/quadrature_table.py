@@ -1,8 +1,9 @@
 """The quadrature attention's weights r from a table of basis values, split over tiles of points.
 
-The ψ-on-the-fly kernel (``quadrature._quadrature_rows_kernel``) runs one program per block of
-rows through all T points: few programs, and both of its products span all N basis functions
-although a narrow Gaussian is nil away from its centre. Here:
+A program per block of rows sweeping all T points with ψ evaluated in registers (the backward's
+structure, ``quadrature._quadrature_rows_backward_kernel``) leaves most of the GPU idle, and both of
+its products span all N basis functions although a narrow Gaussian is nil away from its centre.
+Here:
 
 - ψ(t_j) comes from a table [T, N] (float32, built once per basis and rule, about 1 MB for
   N = 256, T = 1,000: it stays in L2);
@@ -33,9 +34,9 @@ CUTOFF = 8.0
 
 
 @triton.jit
-def _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, N, T, stride_ar, stride_pt,
+def _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T, stride_ar, stride_pt,
                  PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BAND: tl.constexpr):
-    """(ψ [BLOCK_T, BAND], s = a[:, band]·ψᵀ + log ω [rows, BLOCK_T] (−inf past the last point),
+    """(ψ [BLOCK_T, BAND], s = scale·a[:, band]·ψᵀ + log ω [rows, BLOCK_T] (−inf past the last point),
     log ω, the points and their mask) of one tile of points over its band of the basis."""
     points = tile * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_t = points < T
@@ -45,22 +46,22 @@ def _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, N, T, str
     psi = tl.load(psi_ptr + points[:, None] * stride_pt + band[None, :], mask=mask_t[:, None] & mask_b[None, :],
                   other=0.0)
     logw = tl.load(logw_ptr + points, mask=mask_t, other=0.0)
-    scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION) + logw[None, :]
+    scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION) * scale + logw[None, :]
     return psi, tl.where(mask_t[None, :], scores, float("-inf")), logw, points, mask_t
 
 
 @triton.jit
 def _tile_weights_kernel(
     a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr,
-    R, N, T, TILES, stride_ar, stride_pt,
+    R, N, T, TILES, scale, stride_ar, stride_pt,
     SCORE_PRECISION: tl.constexpr, WEIGHT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
     BAND: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     tile = tl.program_id(1)
     mask_r = rows < R
-    psi, scores, _, _, _ = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, N, T, stride_ar,
-                                        stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
+    psi, scores, _, _, _ = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T,
+                                        stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
     m = tl.max(scores, axis=1)
     p = tl.exp(scores - m[:, None])
     part = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
@@ -123,7 +124,7 @@ def _combine_kernel(
 @triton.jit
 def _density_kernel(
     a_ptr, psi_ptr, lo_ptr, logw_ptr, max_ptr, sum_ptr, dens_ptr,
-    R, N, T, TILES, Q, QP, stride_ar, stride_pt, stride_dg,
+    R, N, T, TILES, Q, QP, scale, stride_ar, stride_pt, stride_dg,
     PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_TILES: tl.constexpr, BAND: tl.constexpr,
 ):
@@ -134,7 +135,7 @@ def _density_kernel(
     mask_r = rows < R
     m, inv_l = _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES)
     _, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tl.program_id(1),
-                                                   N, T, stride_ar, stride_pt, PRECISION, BLOCK_T, BAND)
+                                                   scale, N, T, stride_ar, stride_pt, PRECISION, BLOCK_T, BAND)
     # The density is p(t_j) without the rule's weight ω_j, which the scores include.
     p = tl.exp(scores - logw[None, :] - m[:, None]) * inv_l[:, None]
     real = mask_r & (rows % QP < Q)  # padding queries add nothing
@@ -148,7 +149,7 @@ _launch_density = CachedLaunch(_density_kernel)
 # Tiles, module-level so a sweep can vary them (bench/tune_quadrature.py): points per tile; rows
 # per program and warps of the tiles' kernel and of the density (rows a multiple of the density's
 # 16-query groups); warps of the sum of the partials (16 rows, one head's, per program).
-CONFIG = {"block_t": 64, "block_m": 64, "num_warps": 4, "combine_warps": 4, "density_m": 64, "density_warps": 4}
+CONFIG = {"block_t": 64, "block_m": 128, "num_warps": 4, "combine_warps": 4, "density_m": 64, "density_warps": 4}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
@@ -191,10 +192,10 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     return built
 
 
-def table_attention(a, values, mu, sigma, grid, log_weight, context, density, num_heads, q_len, padded,
+def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, density, num_heads, q_len, padded,
                     write_density, precision, weight_precision, group):
-    """The context [S, Q, D] (written into ``context``) and the density of the scores a [S, H, QP, N]:
-    the tiles' partials, then their sum times V.
+    """The context [S, Q, D] (written into ``context``) and the density of the scores scale·a, a
+    [S, H, QP, N]: the tiles' partials, then their sum times V.
 
     ``precision`` is the score product's (exponentiated: float32 accuracy needed); ``weight_precision``
     that of the products with ψ and V, whose error reaches the context linearly."""
@@ -209,7 +210,7 @@ def table_attention(a, values, mu, sigma, grid, log_weight, context, density, nu
     tile_sum = torch.empty_like(tile_max)
     _launch_tile_weights((cdiv(rows, block_m), tiles),
                          a, table, lo, log_weight, part, tile_max, tile_sum,
-                         rows, n, t, tiles, a.stride(2), table.stride(0),
+                         rows, n, t, tiles, scale, a.stride(2), table.stride(0),
                          SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, BLOCK_M=block_m,
                          BLOCK_T=block_t, BAND=band, num_warps=CONFIG["num_warps"])
     block_tiles = max(2, next_power_of_2(tiles))
@@ -224,6 +225,6 @@ def table_attention(a, values, mu, sigma, grid, log_weight, context, density, nu
         density_m = max(group, CONFIG["density_m"])
         _launch_density((cdiv(rows, density_m), tiles),
                         a, table, lo, log_weight, tile_max, tile_sum, density,
-                        rows, n, t, tiles, q_len, padded, a.stride(2), table.stride(0), density.stride(1),
+                        rows, n, t, tiles, q_len, padded, scale, a.stride(2), table.stride(0), density.stride(1),
                         PRECISION=precision, GROUP=group, BLOCK_M=density_m, BLOCK_T=block_t,
                         BLOCK_TILES=block_tiles, BAND=band, num_warps=CONFIG["density_warps"])

@@ -23,18 +23,10 @@ CASES = [param for param in kernel_cases([(2, 5, 24, 3, 12, 50)],
          if param.values[1] == "triton"]
 
 
-@pytest.fixture(params=["on_the_fly", "table"])
-def variant(request, monkeypatch):
-    """Each forward kernel: ψ evaluated in registers, or read from a table with banded scores."""
-    from infvideo.kernels import quadrature
-    monkeypatch.setitem(quadrature.CONFIG, "variant", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("preset", ["exact", "paper"])
 @pytest.mark.parametrize("device,backend,case", CASES)
-def test_matches_reference(device, backend, case, preset, variant):
-    """Either preset's rule (Gauss–Legendre panels / trapezoid) through either kernel."""
+def test_matches_reference(device, backend, case, preset):
+    """Either preset's rule (Gauss–Legendre panels / trapezoid)."""
     streams, q_len, model, heads, n, points = case
     cfg = MemoryConfig(num_basis=n, basis="gaussian", quad_points=points, preset=preset)
     gen = torch.Generator().manual_seed(n)
@@ -54,7 +46,7 @@ def test_matches_reference(device, backend, case, preset, variant):
 
 
 @pytest.mark.parametrize("device,backend,case", CASES)
-def test_float32_within_1e5_of_float64_on_the_same_nodes(device, backend, case, variant):
+def test_float32_within_1e5_of_float64_on_the_same_nodes(device, backend, case):
     """The kernels' own arithmetic (float32 scores, three-TF32 dots on a GPU) against float64 on the
     nodes, weights and basis they are given (float32 constants, upcast): within 1e-5, sharp
     densities included. (Against the rule's float64 nodes the float32 rounding of the nodes
@@ -80,7 +72,7 @@ def test_float32_within_1e5_of_float64_on_the_same_nodes(device, backend, case, 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("device,backend,case", CASES)
-def test_half_types_within_their_rounding(device, backend, case, dtype, variant):
+def test_half_types_within_their_rounding(device, backend, case, dtype):
     """Half-type inputs: the context against float64 on the same (rounded) inputs within 1.5× the
     error of what torch gets at best in that dtype, the float32 quadrature with its output rounded
     to the dtype. (The table kernel takes the weights' product in single tf32 on a GPU: its
@@ -109,8 +101,6 @@ def test_half_types_within_their_rounding(device, backend, case, dtype, variant)
 def test_table_kernel_takes_any_basis_order(device, monkeypatch):
     """The table kernel's bands assume nothing of the basis order: a shuffled basis (bands as wide
     as the basis) gives the sorted one's result, entry for entry permuted."""
-    from infvideo.kernels import quadrature
-    monkeypatch.setitem(quadrature.CONFIG, "variant", "table")
     cfg = MemoryConfig(num_basis=24, basis="gaussian", quad_points=70)
     quad = ops.quadrature_constants(cfg, torch.device(device))
     gen = torch.Generator().manual_seed(4)
@@ -153,7 +143,7 @@ def test_opcheck(device):
 
 @pytest.mark.parametrize("preset", ["exact", "paper"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_step_on_the_kernel_matches_reference(device, preset, monkeypatch, variant):
+def test_fused_step_on_the_kernel_matches_reference(device, preset, monkeypatch):
     """The fused step with its quadrature on this kernel (``ops.step.QUADRATURE_KERNEL``): context,
     coefficients and the sticky statistic (the rule's bins from the kernel's density) as the reference."""
     from torch import nn

@@ -132,10 +132,10 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
     return proj_key(coef), proj_value(coef)
 
 
-# The fused quadrature kernel (ops.quadrature_attention) keeps no [S, H, Q, T] tensor but, measured
-# at S = 16, N = 256, T = 1000, takes about 3x the GPU time of the reference's quadrature (two
-# cuBLAS products; bench/bench_step_gpu.py, "gaussian attention only"); the step keeps the faster one.
-QUADRATURE_KERNEL = False
+# The Gaussian basis's attention on the fused quadrature op (ops.quadrature_attention: banded
+# tile products, no [S, H, Q, T] tensor) rather than the reference's two products over all points
+# and basis functions; off only to compare the two (bench/bench_quadrature_gpu.py).
+QUADRATURE_KERNEL = True
 
 # The GPU step's float32 K/V projection as one three-TF32 Triton product (kernels/products.py):
 # float32 accuracy on the tensor cores, where cuBLAS's float32 product runs without them
