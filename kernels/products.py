@@ -31,12 +31,12 @@ def _batched_product_kernel(
     a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
     stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
     stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACCUMULATE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and head h, all by strides, so that
-    # heads are read in place from [S, Q, D] and [D, e] tensors and weights [n, k] serve as Bᵀ
-    # (no transposed copies).
+    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) (+ C[s, h] with ACCUMULATE) for every stream s and
+    # head h, all by strides, so that heads are read in place from [S, Q, D] and [D, e] tensors and
+    # weights [n, k] serve as Bᵀ (no transposed copies).
     tiles_n = tl.cdiv(N, BLOCK_N)
     pm = tl.program_id(0) // tiles_n
     pn = tl.program_id(0) % tiles_n
@@ -48,7 +48,13 @@ def _batched_product_kernel(
     mask_n = offs_n < N
     a_base = a_ptr + s * stride_as + h * stride_ah
     b_base = b_ptr + s * stride_bs + h * stride_bh
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    c_tile = (c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None].to(tl.int64) * stride_cm
+              + offs_n[None, :] * stride_cn)
+    mask_c = mask_m[:, None] & mask_n[None, :]
+    if ACCUMULATE:
+        acc = tl.load(c_tile, mask=mask_c, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
@@ -60,8 +66,7 @@ def _batched_product_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + h * stride_bias_h + offs_n * stride_bias_n, mask=mask_n, other=0.0
                        ).to(tl.float32)[None, :]
-    tl.store(c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None].to(tl.int64) * stride_cm
-             + offs_n[None, :] * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(c_tile, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
 
 
 _launch = CachedLaunch(_batched_product_kernel)
@@ -78,15 +83,15 @@ def precision(device: torch.device) -> str:
 
 
 def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
-                  bias=None, bias_strides=(0, 0)):
+                  bias=None, bias_strides=(0, 0), accumulate=False):
     """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
-    row, column) strides, for every stream and head."""
+    row, column) strides, for every stream and head; ``accumulate`` adds c's own values."""
     block_m = max(16, min(64, next_power_of_2(m)))
     block_n = max(16, min(64, next_power_of_2(n)))
     block_k = max(16, min(32, next_power_of_2(k)))
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
-            *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
+            *bias_strides, HAS_BIAS=bias is not None, ACCUMULATE=accumulate, PRECISION=precision,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
 
 
@@ -102,6 +107,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
             flat, weight, bias if bias is not None else out, out, rows, n, k,
             0, 0, flat.stride(0), flat.stride(1), 0, 0, weight.stride(1), weight.stride(0),
             0, 0, out.stride(0), out.stride(1), 0, 0 if bias is None else bias.stride(0),
-            HAS_BIAS=bias is not None, PRECISION=precision(x.device),
+            HAS_BIAS=bias is not None, ACCUMULATE=False, PRECISION=precision(x.device),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out.view(*x.shape[:-1], n)

@@ -71,7 +71,8 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
                          write_density: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused quadrature attention; inputs are checked by ``infvideo.ops``.
 
-    query [S, Q, D], keys/values [S, N, D] (last strides 1), mu/sigma [N], grid/log_weight [T] (fp32).
+    query [S, Q, D], keys/values [S, N, D] (last strides 1), mu/sigma [N] and grid [T] (float64: the
+    basis table is built from them), log_weight [T] (float32).
     Returns the context [S, Q, D] and Σ_q p(t_j) per head and block of 16 queries [S, H·QB, T]
     (float32; [S, H·QB, 1] zeros unless write_density).
     """
@@ -195,6 +196,7 @@ def quadrature_attention_backward(grad_context: torch.Tensor, grad_density: torc
     da = torch.empty_like(a)
     r = torch.empty_like(a)
     gdens = grad_density.float().contiguous() if grad_density is not None else a
+    mu, sigma, grid = (x.to(torch.float32) for x in (mu, sigma, grid))  # ψ evaluated in float32 registers
     block_n = max(16, next_power_of_2(n))
     # Three [BLOCK_M, N] accumulators (the forward holds one): half its rows for wide N.
     block_m = max(group, min(CONFIG["block_m"], 4096 // block_n))

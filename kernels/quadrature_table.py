@@ -55,20 +55,23 @@ def _tile_weights_kernel(
     a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr,
     R, N, T, TILES, scale, stride_ar, stride_pt,
     SCORE_PRECISION: tl.constexpr, WEIGHT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
-    BAND: tl.constexpr,
+    BAND: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
 ):
+    # Several tiles per program, each with its own partial: the loop lets the next tile's loads
+    # overlap this one's products (num_stages).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    tile = tl.program_id(1)
     mask_r = rows < R
-    psi, scores, _, _, _ = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T,
-                                        stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
-    m = tl.max(scores, axis=1)
-    p = tl.exp(scores - m[:, None])
-    part = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
-    cell = rows * TILES + tile
-    tl.store(part_ptr + cell[:, None] * BAND + tl.arange(0, BAND)[None, :], part, mask=mask_r[:, None])
-    tl.store(max_ptr + cell, m, mask=mask_r)
-    tl.store(sum_ptr + cell, tl.sum(p, axis=1), mask=mask_r)
+    first = tl.program_id(1) * TILES_PER_PROGRAM
+    for tile in range(first, tl.minimum(first + TILES_PER_PROGRAM, TILES)):
+        psi, scores, _, _, _ = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T,
+                                            stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
+        m = tl.max(scores, axis=1)
+        p = tl.exp(scores - m[:, None])
+        part = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
+        cell = rows * TILES + tile
+        tl.store(part_ptr + cell[:, None] * BAND + tl.arange(0, BAND)[None, :], part, mask=mask_r[:, None])
+        tl.store(max_ptr + cell, m, mask=mask_r)
+        tl.store(sum_ptr + cell, tl.sum(p, axis=1), mask=mask_r)
 
 
 @triton.jit
@@ -91,31 +94,36 @@ def _combine_kernel(
     PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_TILES: tl.constexpr, BAND: tl.constexpr,
 ):
-    # One program per GROUP rows: queries of one (stream, head), as QP is a multiple of GROUP.
+    # One program per GROUP rows: queries of one (stream, head), as QP is a multiple of GROUP. r
+    # and the context r·V go by slices of BLOCK_N basis functions, each the sum of the tiles whose
+    # band meets it, so that no [rows, N] tile and no [N, d] slice of V sit in registers at once.
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * GROUP + tl.arange(0, GROUP)
     mask_r = rows < R
     m, inv_l = _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    r = tl.zeros([GROUP, BLOCK_N], dtype=tl.float32)
-    for tile in range(0, TILES):
-        # The tile's partial covers basis functions [lo, lo + BAND): read it into those columns.
-        col = offs_n - tl.load(lo_ptr + tile)
-        inside = mask_n & (col >= 0) & (col < BAND)
-        scale = tl.exp(tl.load(max_ptr + rows * TILES + tile, mask=mask_r, other=0.0) - m) * inv_l
-        part = tl.load(part_ptr + (rows * TILES + tile)[:, None] * BAND + col[None, :],
-                       mask=mask_r[:, None] & inside[None, :], other=0.0)
-        r += part * scale[:, None]
-    # The context of these queries: r · V of their head, straight into [S, Q, D].
     head = (pid * GROUP) // QP
     stream = head // H
     offs_d = tl.arange(0, BLOCK_D)
     cols = (head % H) * DV + offs_d
     mask_d = offs_d < DV
-    v = tl.load(v_ptr + stream * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    context = tl.dot(r, v, input_precision=PRECISION)
+    context = tl.zeros([GROUP, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        r = tl.zeros([GROUP, BLOCK_N], dtype=tl.float32)
+        for tile in range(0, TILES):
+            lo = tl.load(lo_ptr + tile)
+            if (lo < n0 + BLOCK_N) & (lo + BAND > n0):
+                # The tile's partial covers basis functions [lo, lo + BAND): read it into those columns.
+                col = offs_n - lo
+                inside = mask_n & (col >= 0) & (col < BAND)
+                weight = tl.exp(tl.load(max_ptr + rows * TILES + tile, mask=mask_r, other=0.0) - m) * inv_l
+                part = tl.load(part_ptr + (rows * TILES + tile)[:, None] * BAND + col[None, :],
+                               mask=mask_r[:, None] & inside[None, :], other=0.0)
+                r += part * weight[:, None]
+        v = tl.load(v_ptr + stream * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        context = tl.dot(r, v, context, input_precision=PRECISION)
     queries = rows % QP
     tl.store(ctx_ptr + stream * stride_cs + queries[:, None] * stride_cq + cols[None, :],
              context.to(ctx_ptr.dtype.element_ty), mask=(mask_r & (queries < Q))[:, None] & mask_d[None, :])
@@ -126,7 +134,7 @@ def _density_kernel(
     a_ptr, psi_ptr, lo_ptr, logw_ptr, max_ptr, sum_ptr, dens_ptr,
     R, N, T, TILES, Q, QP, scale, stride_ar, stride_pt, stride_dg,
     PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr,
+    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
 ):
     # The density needs the row's final normaliser, known only once every tile is done: the
     # tile's scores are recomputed (a banded product) rather than stored ([rows, T] float32).
@@ -134,12 +142,14 @@ def _density_kernel(
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_r = rows < R
     m, inv_l = _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES)
-    _, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tl.program_id(1),
-                                                   scale, N, T, stride_ar, stride_pt, PRECISION, BLOCK_T, BAND)
-    # The density is p(t_j) without the rule's weight ω_j, which the scores include.
-    p = tl.exp(scores - logw[None, :] - m[:, None]) * inv_l[:, None]
     real = mask_r & (rows % QP < Q)  # padding queries add nothing
-    store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
+    first = tl.program_id(1) * TILES_PER_PROGRAM
+    for tile in range(first, tl.minimum(first + TILES_PER_PROGRAM, TILES)):
+        _, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale,
+                                                       N, T, stride_ar, stride_pt, PRECISION, BLOCK_T, BAND)
+        # The density is p(t_j) without the rule's weight ω_j, which the scores include.
+        p = tl.exp(scores - logw[None, :] - m[:, None]) * inv_l[:, None]
+        store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
 
 
 _launch_tile_weights = CachedLaunch(_tile_weights_kernel)
@@ -147,9 +157,12 @@ _launch_combine = CachedLaunch(_combine_kernel)
 _launch_density = CachedLaunch(_density_kernel)
 
 # Tiles, module-level so a sweep can vary them (bench/tune_quadrature.py): points per tile; rows
-# per program and warps of the tiles' kernel and of the density (rows a multiple of the density's
-# 16-query groups); warps of the sum of the partials (16 rows, one head's, per program).
-CONFIG = {"block_t": 64, "block_m": 128, "num_warps": 4, "combine_warps": 4, "density_m": 64, "density_warps": 4}
+# per program (a multiple of the density's 16-query groups), tiles per program, warps and
+# pipeline stages of the tiles' kernel and of the density; warps of the sum of the partials (16
+# rows, one head's, per program) and the basis functions of its slices.
+CONFIG = {"block_t": 64, "block_m": 128, "tiles_per_program": 1, "num_warps": 4, "num_stages": 1,
+          "density_m": 64, "density_tiles": 1, "density_warps": 4, "density_stages": 1,
+          "combine_n": 64, "combine_warps": 4}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
@@ -167,8 +180,10 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     if hit is not None:
         return hit[3:]
     t, n = grid.numel(), mu.numel()
-    z = (grid[:, None] - mu[None, :]) / sigma[None, :]
-    table = (torch.exp(-0.5 * z * z) / (sigma[None, :] * 2.5066282746310002)).to(torch.float32).contiguous()
+    # In float64: the float32 table then carries one rounding, as the reference's basis values do
+    # (float32 arithmetic would add ~z²·2⁻²⁴ relative at z = (t − μ)/σ, 4·10⁻⁶ at the cut-off).
+    z = (grid.double()[:, None] - mu.double()[None, :]) / sigma.double()[None, :]
+    table = (torch.exp(-0.5 * z * z) / (sigma.double()[None, :] * 2.5066282746310002)).to(torch.float32).contiguous()
     tiles = cdiv(t, block_t)
     full = max(16, next_power_of_2(n))
     if grid.is_cuda and torch.cuda.is_current_stream_capturing():
@@ -208,23 +223,27 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
     part = torch.empty(rows, tiles, band, device=a.device, dtype=torch.float32)
     tile_max = torch.empty(rows, tiles, device=a.device, dtype=torch.float32)
     tile_sum = torch.empty_like(tile_max)
-    _launch_tile_weights((cdiv(rows, block_m), tiles),
+    per_program = CONFIG["tiles_per_program"]
+    _launch_tile_weights((cdiv(rows, block_m), cdiv(tiles, per_program)),
                          a, table, lo, log_weight, part, tile_max, tile_sum,
                          rows, n, t, tiles, scale, a.stride(2), table.stride(0),
                          SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, BLOCK_M=block_m,
-                         BLOCK_T=block_t, BAND=band, num_warps=CONFIG["num_warps"])
+                         BLOCK_T=block_t, BAND=band, TILES_PER_PROGRAM=per_program,
+                         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
     block_tiles = max(2, next_power_of_2(tiles))
     head_dim = values.shape[-1] // num_heads
     _launch_combine((cdiv(rows, group),),
                     lo, part, tile_max, tile_sum, values, context, rows, n, tiles, num_heads, q_len, padded, head_dim,
                     values.stride(0), values.stride(1), context.stride(0), context.stride(1),
-                    PRECISION=weight_precision, GROUP=group, BLOCK_N=max(16, next_power_of_2(n)),
+                    PRECISION=weight_precision, GROUP=group, BLOCK_N=max(16, min(CONFIG["combine_n"], next_power_of_2(n))),
                     BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_TILES=block_tiles, BAND=band,
                     num_warps=CONFIG["combine_warps"])
     if write_density:
         density_m = max(group, CONFIG["density_m"])
-        _launch_density((cdiv(rows, density_m), tiles),
+        per_program = CONFIG["density_tiles"]
+        _launch_density((cdiv(rows, density_m), cdiv(tiles, per_program)),
                         a, table, lo, log_weight, tile_max, tile_sum, density,
                         rows, n, t, tiles, q_len, padded, scale, a.stride(2), table.stride(0), density.stride(1),
                         PRECISION=precision, GROUP=group, BLOCK_M=density_m, BLOCK_T=block_t,
-                        BLOCK_TILES=block_tiles, BAND=band, num_warps=CONFIG["density_warps"])
+                        BLOCK_TILES=block_tiles, BAND=band, TILES_PER_PROGRAM=per_program,
+                        num_warps=CONFIG["density_warps"], num_stages=CONFIG["density_stages"])

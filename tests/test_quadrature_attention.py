@@ -115,6 +115,30 @@ def test_table_kernel_takes_any_basis_order(device, monkeypatch):
         assert rel_err(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiles_do_not_change_the_result(device, monkeypatch):
+    """Tiles per program (a last program with fewer), rows per program and the combine's slices of
+    the basis (one meeting no band of some tiles) give the default tiles' context and density."""
+    from infvideo.kernels import quadrature_table
+    cfg = MemoryConfig(num_basis=128, basis="gaussian", quad_points=300)
+    quad = ops.quadrature_constants(cfg, torch.device(device))
+    assert quadrature_table.basis_table(quad.mu, quad.sigma, quad.grid, 64)[2] < 128  # bands narrower than N
+    gen = torch.Generator().manual_seed(5)
+    query = torch.randn(3, 20, 24, generator=gen).to(device)
+    keys = torch.randn(3, 128, 24, generator=gen).to(device) * 0.3
+    values = torch.randn(3, 128, 24, generator=gen).to(device)
+
+    def run():
+        return ops.quadrature_attention(query, keys, values, 2, quad.mu, quad.sigma, quad.grid, quad.log_weight)
+    want = run()
+    for change in (dict(tiles_per_program=3, density_tiles=2, block_m=32), dict(combine_n=16, density_m=16),
+                   dict(block_t=32, tiles_per_program=4)):
+        for key, value in change.items():
+            monkeypatch.setitem(quadrature_table.CONFIG, key, value)
+        for got, expected in zip(run(), want):
+            assert rel_err(got, expected) < 1e-5, change
+
+
 def test_table_bands_are_narrow_for_the_configurations():
     """The default Gaussian basis (N = 256, σ = 0.005 and 0.01) at T = 1,000: each tile of the
     table kernel's points needs a band of at most 64 of the 256 basis functions (CUTOFF·σ around

@@ -62,11 +62,15 @@ def direct_triton(first: torch.Tensor, backend: str) -> bool:
     return backend == "triton" and eager_cuda(first) and not torch._C._autograd._profiler_enabled()
 
 
-def eager_cuda(tensor: torch.Tensor) -> bool:
-    """``tensor`` is a plain CUDA tensor of an eager call: no torch.compile or export tracing, no
+def eager(tensor: torch.Tensor) -> bool:
+    """``tensor`` is a plain tensor of an eager call: no torch.compile or export tracing, no
     dispatch mode (fake tensors, opcheck)."""
-    return (type(tensor) is torch.Tensor and tensor.is_cuda and not torch.compiler.is_compiling()
-            and _get_current_dispatch_mode() is None)
+    return type(tensor) is torch.Tensor and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
+
+
+def eager_cuda(tensor: torch.Tensor) -> bool:
+    """``tensor`` is a plain CUDA tensor of an eager call (:func:`eager`)."""
+    return tensor.is_cuda and eager(tensor)
 
 
 def records_grad(*tensors: torch.Tensor | None) -> bool:

@@ -1,7 +1,7 @@
 """``torch.ops.infvideo.quadrature_attention``: Gibbs density over a Gaussian basis, by quadrature."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
 
@@ -39,8 +39,26 @@ def quadrature_host_constants(cfg: MemoryConfig) -> QuadratureConstants:
 
 
 def quadrature_constants(cfg: MemoryConfig, device: torch.device) -> QuadratureConstants:
-    """The configuration's quadrature constants in float32 on ``device`` (built and moved once)."""
-    return on_device(quadrature_host_constants(cfg), device, torch.float32)
+    """The configuration's quadrature constants on ``device`` (built and moved once): float32, but
+    for the basis and the nodes (mu, sigma, grid) in float64 (:func:`device_constants`)."""
+    return device_constants(quadrature_host_constants(cfg), device)
+
+
+_device_constants: dict = {}
+
+
+def device_constants(host: QuadratureConstants, device: torch.device) -> QuadratureConstants:
+    """``host`` on ``device``: float32, but for mu, sigma and grid in float64, from which the op
+    builds its float32 table of basis values. Nodes rounded to float32 would move a narrow
+    Gaussian's values by up to ~10⁻⁴ relative in its tails (|t − μ|/σ² times the rounding), and the
+    sticky statistic with them."""
+    key = (id(host), device)
+    hit = _device_constants.get(key)
+    if hit is None or hit[0] is not host:
+        exact = on_device(host, device, torch.float64)
+        hit = (host, replace(on_device(host, device, torch.float32), mu=exact.mu, sigma=exact.sigma, grid=exact.grid))
+        _device_constants[key] = hit
+    return hit[1]
 
 
 @torch.library.custom_op("infvideo::quadrature_attention", mutates_args=())
@@ -114,7 +132,8 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
     [S, G, 1] zeros if not write_density).
 
     query / keys / values are float32, float16 or bfloat16 on one device, any strides; the
-    constants any float dtype (cast to float32 on the query's device).
+    constants any float dtype, moved to the query's device: the basis and nodes in float64 (the
+    op's table of basis values is built from them and rounded once), the log-weights in float32.
 
     Differentiable with respect to query, keys and values (from the context and the density):
     ``infvideo::quadrature_attention_backward`` recomputes the quadrature's softmax tile by tile
@@ -127,11 +146,11 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
 def quadrature_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor, grid: Tensor,
            log_weight: Tensor, write_density: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`quadrature_attention` without the input checks (for ``fused_step``, whose inputs are checked)."""
-    f32 = dict(device=query.device, dtype=torch.float32)
+    f64 = dict(device=query.device, dtype=torch.float64)
     unit = _library.rows_unit_stride
-    args = (unit(query), unit(keys), unit(values), num_heads, mu.to(**f32).contiguous(),
-            sigma.to(**f32).contiguous(), grid.to(**f32).contiguous(), log_weight.to(**f32).contiguous(),
-            bool(write_density))
+    args = (unit(query), unit(keys), unit(values), num_heads, mu.to(**f64).contiguous(),
+            sigma.to(**f64).contiguous(), grid.to(**f64).contiguous(),
+            log_weight.to(device=query.device, dtype=torch.float32).contiguous(), bool(write_density))
     return torch.ops.infvideo.quadrature_attention(*args)
 
 

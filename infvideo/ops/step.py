@@ -3,7 +3,7 @@ cuBLAS, attention with the sticky statistic in the same pass."""
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -13,11 +13,13 @@ from .. import backends
 from ..config import MemoryConfig
 from ..reference import sticky
 from ..reference.attention import Quadrature, SlotWeights, attention_constants
-from ..reference.fit import SegmentedFit, consolidation_fit, first_fit, on_device
+from ..reference.consolidate import consolidate_dense
+from ..reference.fit import DenseFit, SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
 from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
 from . import _library, _validate, factored_attention
-from .quadrature_attention import QuadratureConstants, quadrature_attention_unchecked, quadrature_host_constants
+from .quadrature_attention import (QuadratureConstants, device_constants, quadrature_attention_unchecked,
+                                   quadrature_host_constants)
 from .quantile_bins import quantile_bins_unchecked
 from .rect_consolidate import RectPlan, rect_consolidate_unchecked, rect_plan
 from .slot_attention import slot_attention_unchecked
@@ -57,9 +59,22 @@ def _host_constants(cfg: MemoryConfig, length: int) -> StepConstants:
         quadrature_host_constants(cfg) if isinstance(const, Quadrature) else None)
 
 
+_step_constants: dict = {}
+
+
 def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> StepConstants:
-    """The step's constants on ``device`` (float32), built once per configuration, length and device."""
-    return on_device(_host_constants(cfg, length), device, torch.float32)
+    """The step's constants on ``device`` (float32; the quadrature's basis and nodes float64:
+    ``device_constants``), built once per configuration, length and device."""
+    host = _host_constants(cfg, length)
+    key = (id(host), device)
+    hit = _step_constants.get(key)
+    if hit is None or hit[0] is not host:
+        moved = on_device(host, device, torch.float32)
+        if host.quad is not None:
+            moved = replace(moved, quad=device_constants(host.quad, device))
+        hit = (host, moved)
+        _step_constants[key] = hit
+    return hit[1]
 
 
 def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator,
@@ -83,6 +98,35 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     if filled is None:
         return later
     return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
+
+
+def _dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_basis: torch.Tensor | None,
+                        fit: DenseFit) -> torch.Tensor:
+    """``reference.consolidate_dense`` on three-TF32 tensor-core products (``kernels/products.py``),
+    float32 frames [S, L, e] and past [S, N, e]: B = G_framesᵀ X + (G_pastᵀ Ψ_u) B_past. The past
+    part goes through its [N, N] map: N(M + e)·N multiply-adds per stream against 2MNe for
+    G_pastᵀ (Ψ_u B_past), never more when M ≥ N and e ≥ N (the configurations')."""
+    products = backends.triton_kernels()["products"]
+    streams, length, width = frames.shape
+    n = fit.frame_g.shape[1]
+    precision = products.precision(frames.device)
+    coef = torch.empty(streams, n, width, device=frames.device, dtype=torch.float32)
+
+    def rows(x):  # (stream, head, row, column) strides of [S, rows, columns] or a shared [rows, columns]
+        return (x.stride(0) if x.ndim == 3 else 0, 0, x.stride(-2), x.stride(-1))
+
+    def columns(x):  # the same of xᵀ
+        return (x.stride(0) if x.ndim == 3 else 0, 0, x.stride(-1), x.stride(-2))
+
+    products.head_products(fit.frame_g, columns(fit.frame_g), frames, rows(frames), coef, rows(coef), n, width, length,
+                           1, streams, precision)
+    if past is not None:
+        mix = torch.empty(streams, n, n, device=frames.device, dtype=torch.float32)
+        products.head_products(fit.past_g, columns(fit.past_g), sample_basis, rows(sample_basis), mix, rows(mix), n, n,
+                               fit.past_g.shape[0], 1, streams, precision)
+        products.head_products(mix, rows(mix), past, rows(past), coef, rows(coef), n, width, n, 1, streams, precision,
+                               accumulate=True)
+    return coef
 
 
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
@@ -192,7 +236,10 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
     fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, cast_dtype, backend)
     if fused is None:
-        coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator)
+        # The dense fits' products as direct kernel launches: eager, outside autograd.
+        dense_fit = _dense_fit_products if backend == "triton" and not grad and _library.eager(frames) else \
+            consolidate_dense
+        coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator, dense_fit)
         projected = coef
     else:
         coef, projected = fused

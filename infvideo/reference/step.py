@@ -74,7 +74,7 @@ def _as_dense_fit(fit: SegmentedFit, num_basis: int) -> DenseFit:
     return DenseFit(dense(fit.past_bins), dense(fit.frame_bins))
 
 
-def _apply_fit(fit, frames, past, samples: PastSamples | None, num_basis):
+def _apply_fit(fit, frames, past, samples: PastSamples | None, num_basis, dense_fit=consolidate_dense):
     if isinstance(fit, SegmentedFit) and (past is None or samples.bins is not None):
         return consolidate_segmented(frames, past, None if past is None else samples.bins, fit,
                                      True if past is None else samples.in_bins)
@@ -86,7 +86,7 @@ def _apply_fit(fit, frames, past, samples: PastSamples | None, num_basis):
         if dense is None:
             dense = torch.nn.functional.one_hot(samples.bins.clamp_min(0), num_basis).to(frames.dtype)
             dense = dense * (samples.bins >= 0)[..., None].to(frames.dtype)
-    return consolidate_dense(frames, past, dense, fit)
+    return dense_fit(frames, past, dense, fit)
 
 
 def past_samples(cfg: MemoryConfig, stats: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
@@ -117,11 +117,13 @@ def past_samples(cfg: MemoryConfig, stats: torch.Tensor | None, dtype: torch.dty
 
 def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tensor | None,
                       filled: torch.Tensor | None, stats: torch.Tensor | None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, dense_fit=consolidate_dense) -> torch.Tensor:
     """New coefficients [S, N, e] from pooled frames [S, L, e] and each stream's old state.
 
     ``past`` None: every stream starts a new video. Otherwise ``filled`` is None when every stream
-    holds one, or a bool mask [S] of those that do (the others start anew).
+    holds one, or a bool mask [S] of those that do (the others start anew). ``dense_fit``: what
+    applies a dense fit (``consolidate_dense``'s arguments and result), for the fused step's own
+    products.
     """
     length, dtype, device = frames.shape[1], frames.dtype, frames.device
     n = cfg.num_basis
@@ -130,11 +132,11 @@ def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tenso
     first = on_device(first_fit(cfg, length), device, dtype)
     later_fit = on_device(consolidation_fit(cfg, length), device, dtype)
     if past is None or filled is not None:
-        start = _apply_fit(first, frames, None, None, n)
+        start = _apply_fit(first, frames, None, None, n, dense_fit)
         if past is None:
             return start
     samples = past_samples(cfg, stats, dtype, device, generator)
-    later = _apply_fit(later_fit, frames, past.to(dtype), samples, n)
+    later = _apply_fit(later_fit, frames, past.to(dtype), samples, n, dense_fit)
     if filled is None:
         return later
     return torch.where(filled[:, None, None], later, start)
