@@ -5,7 +5,7 @@
 Times ``ops.quadrature_attention`` (Gaussian basis
 N = 256, T = 1,000 of the exact preset, 12 heads, 32 queries, e = D = 768) for each tile of
 ``quadrature_table.CONFIG`` (rows per program and warps of each kernel, one kernel's at a time),
-float32 and bfloat16 inputs, with and without the density, and prints each one's p50 GPU time
+float32 and bfloat16 inputs, the density written, and prints each one's p50 GPU time
 (replayed from a CUDA graph) and the context's error against float64 on the same nodes; then the
 defaults' time per kernel (torch.profiler).
 """
@@ -39,29 +39,28 @@ def main():
         keys = (torch.randn(shape, device="cuda", generator=gen) * 0.05).to(dtype)
         values = torch.randn(shape, device="cuda", generator=gen).to(dtype)
         exact = quadrature_context(float64_rule(quad), query, keys, values, torch.float64)[0]
-        sweeps = [dict(block_m=m, num_warps=w) for m, w in itertools.product((32, 64, 128), (4, 8))]
-        sweeps += [dict(combine_warps=w) for w in (2, 4, 8)]
-        sweeps += [dict(density_m=m, density_warps=w) for m, w in itertools.product((32, 64, 128), (4, 8))]
+        sweeps = [dict(block_m=m, tiles_per_program=k, num_stages=st)
+                  for m, k, st in itertools.product((64, 128), (1, 2, 4), (1, 2, 3)) if k > 1 or st == 1]
+        sweeps += [dict(block_m=128, num_warps=8), dict(block_m=256, num_warps=8)]
+        sweeps += [dict(combine_n=n, combine_warps=w) for n, w in itertools.product((32, 64, 128), (2, 4))]
+        sweeps += [dict(density_m=m, density_tiles=k, density_stages=st)
+                   for m, k, st in itertools.product((64, 128), (1, 4), (1, 2)) if k > 1 or st == 1]
+
+        def call():
+            return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)
         for change in sweeps:  # one kernel's tile at a time, the others at their defaults
             quadrature_table.CONFIG.update(base, **change)
-            times = []
-            for density in (True, False):
-                def call(density=density):
-                    return torch.ops.infvideo.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma,
-                                                                   quad.grid, quad.log_weight, density)
-                try:
-                    error = rel_err(call()[0], exact)
-                    times.append(triton.testing.do_bench_cudagraph(call, rep=100, return_mode="median") * 1e3)
-                except Exception as exc:  # a tile that does not compile (registers, shared memory)
-                    print(f"{dtype} {change}: {type(exc).__name__}", flush=True)
-                    break
-            else:
-                print(f"{str(dtype):15s} {str(change):40s}: {times[0]:8.1f} µs with density, {times[1]:8.1f} without,"
-                      f" error {error:.1e}", flush=True)
+            try:
+                error = rel_err(call()[0], exact)
+                time = triton.testing.do_bench_cudagraph(call, rep=50, return_mode="median") * 1e3
+            except Exception as exc:  # a tile that does not compile (registers, shared memory)
+                print(f"{dtype} {change}: {type(exc).__name__}", flush=True)
+                continue
+            print(f"{str(dtype):15s} {str(change):60s}: {time:8.1f} µs, error {error:.1e}", flush=True)
         quadrature_table.CONFIG.update(base)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(10):
-                call(True)
+                call()
             torch.cuda.synchronize()
         print(f"{dtype}, defaults {base}: CUDA time per kernel (10 calls)")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50))
