@@ -10,7 +10,8 @@ context's error against the same attention in float64 on the same (float32) node
 time of eager calls and of the same call replayed from a CUDA graph (no host time). Then the eager Gaussian step (bf16 tokens
 [S, 256, 32, 768], bf16 projections, sticky quantile sampling, the memory full): the torch
 reference step, the Triton step with its quadrature on torch products (``QUADRATURE_KERNEL``
-off) and on the fused op (its default). GPU time per call from ``harness.gpu_time`` (do_bench). Writes
+off) and on the fused op (its default), the latter also with the dense fits' products on small
+tiles (``products.HEAD_LARGE_TILES = None``). GPU time per call from ``harness.gpu_time`` (do_bench). Writes
 quadrature.csv and quadrature.md into --out.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from infvideo import LongTermMemory
 from infvideo import ops
 from infvideo.benchmarks import harness
+from infvideo.kernels import products
 from infvideo.config import MemoryConfig
 from infvideo.ops import step as step_module
 from infvideo.reference import attention as ref_attention
@@ -92,11 +94,14 @@ def step_rows(streams: int, budget: float) -> list[dict]:
     pv = nn.Linear(WIDTH, WIDTH).cuda().to(torch.bfloat16)
     tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device="cuda", dtype=torch.bfloat16)
     query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=torch.bfloat16)
-    settings = {"torch reference": ("torch", False), "Triton, quadrature on torch products": ("triton", False),
-                "Triton, fused quadrature": ("triton", True)}
+    large = products.HEAD_LARGE_TILES
+    settings = {"torch reference": ("torch", False, large),
+                "Triton, quadrature on torch products": ("triton", False, large),
+                "Triton, fused quadrature": ("triton", True, large),
+                "Triton, fused quadrature, small product tiles": ("triton", True, None)}
     rows = []
-    for provider, (backend, kernel) in settings.items():
-        step_module.QUADRATURE_KERNEL = kernel
+    for provider, (backend, kernel, tiles) in settings.items():
+        step_module.QUADRATURE_KERNEL, products.HEAD_LARGE_TILES = kernel, tiles
         try:
             memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, basis="gaussian", quad_points=POINTS,
                                     backend=backend, cuda_graphs=False).cuda()
@@ -105,7 +110,7 @@ def step_rows(streams: int, budget: float) -> list[dict]:
                     memory(tokens, query, pk, pv, HEADS)
                 times = harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), budget)
         finally:
-            step_module.QUADRATURE_KERNEL = True
+            step_module.QUADRATURE_KERNEL, products.HEAD_LARGE_TILES = True, large
         p20, p50, p80 = harness.percentiles(times)
         rows.append(dict(what="step", S=streams, dtype="bf16", provider=provider, p20_us=p20, p50_us=p50,
                          p80_us=p80, graph_us=None, rel_err=None))

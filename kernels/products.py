@@ -82,17 +82,25 @@ def precision(device: torch.device) -> str:
     return PRECISION
 
 
+# head_products' tiles for matrices of at least 128 × 128 per stream and head (the Gaussian step's
+# fits), as (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); None: the small tiles everywhere.
+HEAD_LARGE_TILES = (128, 128, 32, 8, 3)
+
+
 def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
                   bias=None, bias_strides=(0, 0), accumulate=False):
     """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
     row, column) strides, for every stream and head; ``accumulate`` adds c's own values."""
-    block_m = max(16, min(64, next_power_of_2(m)))
-    block_n = max(16, min(64, next_power_of_2(n)))
-    block_k = max(16, min(32, next_power_of_2(k)))
+    if HEAD_LARGE_TILES is not None and m >= 128 and n >= 128:
+        block_m, block_n, block_k, warps, stages = HEAD_LARGE_TILES
+    else:
+        block_m = max(16, min(64, next_power_of_2(m)))
+        block_n = max(16, min(64, next_power_of_2(n)))
+        block_k, warps, stages = max(16, min(32, next_power_of_2(k))), 4, 3
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
             *bias_strides, HAS_BIAS=bias is not None, ACCUMULATE=accumulate, PRECISION=precision,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

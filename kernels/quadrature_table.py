@@ -160,7 +160,7 @@ _launch_density = CachedLaunch(_density_kernel)
 # per program (a multiple of the density's 16-query groups), tiles per program, warps and
 # pipeline stages of the tiles' kernel and of the density; warps of the sum of the partials (16
 # rows, one head's, per program) and the basis functions of its slices.
-CONFIG = {"block_t": 64, "block_m": 128, "tiles_per_program": 1, "num_warps": 4, "num_stages": 1,
+CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
           "density_m": 64, "density_tiles": 1, "density_warps": 4, "density_stages": 1,
           "combine_n": 64, "combine_warps": 4}
 

@@ -55,6 +55,25 @@ def test_linear_reads_strided_rows_and_transposed_weights():
     assert rel_err(got, x.double() @ weight_t.double()) < 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("large", [True, False], ids=["large-tiles", "small-tiles"])
+def test_head_products_accumulate_per_stream(device, large, monkeypatch):
+    """c[s] += a[s] @ b[s] with a shared a (stream stride 0) read transposed, odd sizes past one
+    large tile, on either tile choice."""
+    products = backends.triton_kernels()["products"]
+    if not large:
+        monkeypatch.setattr(products, "HEAD_LARGE_TILES", None)
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(70, 130, generator=gen).to(device)  # used as aᵀ [130, 70]
+    b = torch.randn(3, 70, 150, generator=gen).to(device)
+    c = torch.randn(3, 130, 150, generator=gen).to(device)
+    want = c.double() + a.double().t() @ b.double()
+    products.head_products(a, (0, 0, a.stride(1), a.stride(0)), b, (b.stride(0), 0, b.stride(1), b.stride(2)),
+                           c, (c.stride(0), 0, c.stride(1), c.stride(2)), 130, 150, 70, 1, 3,
+                           products.precision(torch.device(device)), accumulate=True)
+    assert rel_err(c, want) < 1e-5
+
+
 @pytest.mark.skipif(not CUDA or not backends.triton_runs_on(torch.device("cuda")), reason="needs CUDA and Triton")
 def test_step_takes_three_tf32_projections(monkeypatch):
     """A Triton step with float32 projections on CUDA projects K|V through ``products.linear`` and
