@@ -1,18 +1,17 @@
-"""Issue 18: the Gaussian basis's continuous attention on the GPU, its kernels against the torch two-product quadrature.
+"""Issue 18: the Gaussian basis's continuous attention on the GPU, the fused op against the torch two-product quadrature.
 
     PYTHONPATH=$PWD python bench/bench_quadrature_gpu.py --out DIR [--streams 16 64] [--budget 0.2]
 
 Attention alone (S = 16, N = 256, T = 1,000 nodes of the exact preset's Gauss–Legendre panels, 12
 heads, 32 queries, e = D = 768; query, keys and values in float32 and in bfloat16): the torch
 reference (a = qKᵀ/√d, then the two products a·ψᵀ and p·ψ over [S, H, Q, T] and the sticky
-density) and the fused op (ψ from a table, banded tile products: ``kernels/quadrature_table.py``); each
-context's error against the same attention in float64 on the same (float32) nodes and basis; GPU
-time of eager calls and of the same call replayed from a CUDA graph (no host time). Then the eager Gaussian step (bf16 tokens
-[S, 256, 32, 768], bf16 projections, sticky quantile sampling, the memory full): the torch
-reference step, the Triton step with its quadrature on torch products (``QUADRATURE_KERNEL``
-off) and on the fused op (its default), the latter also with the dense fits' products on small
-tiles (``products.HEAD_LARGE_TILES = None``). GPU time per call from ``harness.gpu_time`` (do_bench). Writes
-quadrature.csv and quadrature.md into --out.
+density) and the fused op (ψ from a table, banded tile products: ``kernels/quadrature_table.py``);
+each context's error against the same attention in float64 on the same nodes and basis; GPU time
+of eager calls and of the same call replayed from a CUDA graph (no host time). Then the eager
+Gaussian step (bf16 tokens [S, 256, 32, 768], bf16 projections, sticky quantile sampling, the
+memory full): the torch reference step, the Triton step with its quadrature on torch products
+(``QUADRATURE_KERNEL`` off) and on the fused op (its default). GPU time per call from
+``harness.gpu_time`` (do_bench). Writes quadrature.csv and quadrature.md into --out.
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ from torch import nn
 from infvideo import LongTermMemory
 from infvideo import ops
 from infvideo.benchmarks import harness
-from infvideo.kernels import products
 from infvideo.config import MemoryConfig
 from infvideo.ops import step as step_module
 from infvideo.reference import attention as ref_attention
@@ -83,7 +81,8 @@ def attention_rows(streams: int, budget: float) -> list[dict]:
             graph = harness.percentiles(harness.gpu_time(fn, budget, graph=True))[1]
             rows.append(dict(what="attention", S=streams, dtype=name, provider=provider, p20_us=p20, p50_us=p50,
                              p80_us=p80, graph_us=graph, rel_err=error))
-            print(f"  attention S={streams:<3d} {name} {provider:24s} p50 {p50:10,.1f} µs, in a graph {graph:10,.1f} µs"
+            print(f"  attention S={streams:<3d} {name} {provider:24s} p50 {p50:10,.1f} µs, "
+                  f"in a graph {graph:10,.1f} µs"
                   f"  error {error:.1e}", flush=True)
     return rows
 
@@ -94,14 +93,11 @@ def step_rows(streams: int, budget: float) -> list[dict]:
     pv = nn.Linear(WIDTH, WIDTH).cuda().to(torch.bfloat16)
     tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device="cuda", dtype=torch.bfloat16)
     query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=torch.bfloat16)
-    large = products.HEAD_LARGE_TILES
-    settings = {"torch reference": ("torch", False, large),
-                "Triton, quadrature on torch products": ("triton", False, large),
-                "Triton, fused quadrature": ("triton", True, large),
-                "Triton, fused quadrature, small product tiles": ("triton", True, None)}
+    settings = {"torch reference": ("torch", False), "Triton, quadrature on torch products": ("triton", False),
+                "Triton, fused quadrature": ("triton", True)}
     rows = []
-    for provider, (backend, kernel, tiles) in settings.items():
-        step_module.QUADRATURE_KERNEL, products.HEAD_LARGE_TILES = kernel, tiles
+    for provider, (backend, kernel) in settings.items():
+        step_module.QUADRATURE_KERNEL = kernel
         try:
             memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, basis="gaussian", quad_points=POINTS,
                                     backend=backend, cuda_graphs=False).cuda()
@@ -110,7 +106,7 @@ def step_rows(streams: int, budget: float) -> list[dict]:
                     memory(tokens, query, pk, pv, HEADS)
                 times = harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), budget)
         finally:
-            step_module.QUADRATURE_KERNEL, products.HEAD_LARGE_TILES = True, large
+            step_module.QUADRATURE_KERNEL = True
         p20, p50, p80 = harness.percentiles(times)
         rows.append(dict(what="step", S=streams, dtype="bf16", provider=provider, p20_us=p20, p50_us=p50,
                          p80_us=p80, graph_us=None, rel_err=None))

@@ -16,7 +16,6 @@ import pstats
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 from infvideo import LongTermMemory
 from infvideo.benchmarks import harness
@@ -74,12 +73,8 @@ def main():
         wall = harness.percentiles(harness.call_latency(call, torch.device("cuda"), budget_s=0.3))[1]
         gpu = harness.percentiles(harness.gpu_time(call, 0.3))[1]
         print(f"== {name}: p50 µs per call, wall-clock {wall:,.1f}, do_bench {gpu:,.1f}")
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                call()
-            torch.cuda.synchronize()
         print(f"== {name}: CUDA time per kernel (10 steps)")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=60))
+        print(harness.kernel_times(call))
         if streams == 1:
             host = cProfile.Profile()
             host.enable()

@@ -1,7 +1,8 @@
-"""Tile shapes of the fused consolidation and quadrature kernels on the GPU, per configuration.
+"""Tile shapes of the fused consolidation kernel on the GPU, per configuration (the quadrature's:
+bench/tune_quadrature.py).
 
-    python bench/tune_consolidate.py [--streams 1 64] [--skip-quadrature] [--block-e 128 256] [--rows 64 128]
-                                     [--warps 2 4 8] [--stages 2 3]
+    python bench/tune_consolidate.py [--streams 1 64] [--block-e 128 256] [--rows 64 128] [--warps 2 4 8]
+                                     [--stages 2 3]
 """
 from __future__ import annotations
 
@@ -41,32 +42,12 @@ def main(streams_list=STREAMS, block_es=BLOCK_E, rows_list=(64, 128), warps_list
                   f"{ms * 1e3:.1f} us, {nbytes / ms / 1e6:.0f} GB/s")
 
 
-def tune_quadrature():
-    from infvideo.kernels import quadrature
-    cfg = MemoryConfig(basis="gaussian", quad_points=1000)
-    quad = ops.quadrature_constants(cfg, torch.device("cuda"))
-    query = torch.randn(16, 32, 768, device="cuda")
-    keys = torch.randn(16, 256, 768, device="cuda") * 0.05
-    values = torch.randn(16, 256, 768, device="cuda")
-    for block_m, block_t, warps in itertools.product((16, 32, 64), (16, 32, 64), (4, 8)):
-        quadrature.CONFIG.update(block_m=block_m, block_t=block_t, num_warps=warps)
-        try:
-            ms = triton.testing.do_bench(lambda: ops.quadrature_attention(query, keys, values, 12, quad.mu, quad.sigma,
-                                                                          quad.grid, quad.log_weight), return_mode="median")
-            print(f"quadrature S=16 block_m={block_m} block_t={block_t} warps={warps}: {ms * 1e3:.1f} us", flush=True)
-        except Exception as err:  # a shape the compiler rejects is reported, not fatal
-            print(f"quadrature block_m={block_m} block_t={block_t} warps={warps}: failed {err}")
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, nargs="+", default=list(STREAMS))
-    parser.add_argument("--skip-quadrature", action="store_true")
     parser.add_argument("--block-e", type=int, nargs="+", default=list(BLOCK_E))
     parser.add_argument("--rows", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     args = parser.parse_args()
-    if not args.skip_quadrature:
-        tune_quadrature()
     main(args.streams, args.block_e, args.rows, args.warps, args.stages)

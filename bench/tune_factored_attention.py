@@ -54,8 +54,8 @@ def tune_kv_products(streams, query, coef, weight, bias, want):
             products._batched_product_kernel[grid](
                 flat, weight, bias, out, rows, 2 * WIDTH, width, 0, 0, flat.stride(0), flat.stride(1),
                 0, 0, weight.stride(1), weight.stride(0), 0, 0, out.stride(0), out.stride(1), 0, bias.stride(0),
-                HAS_BIAS=True, ACCUMULATE=False, PRECISION="tf32x3", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-                num_stages=stages)
+                HAS_BIAS=True, ACCUMULATE=False, PRECISION="tf32x3", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                num_warps=warps, num_stages=stages)
 
         def step():
             project()

@@ -16,9 +16,9 @@ import itertools
 
 import torch
 import triton.testing
-from torch.profiler import ProfilerActivity, profile
 
 from infvideo import ops
+from infvideo.benchmarks import harness
 from infvideo.config import MemoryConfig
 from infvideo.kernels import quadrature_table
 
@@ -58,12 +58,8 @@ def main():
                 continue
             print(f"{str(dtype):15s} {str(change):60s}: {time:8.1f} µs, error {error:.1e}", flush=True)
         quadrature_table.CONFIG.update(base)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                call()
-            torch.cuda.synchronize()
         print(f"{dtype}, defaults {base}: CUDA time per kernel (10 calls)")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50))
+        print(harness.kernel_times(call, row_limit=12))
     quadrature_table.CONFIG.update(base)
 
 

@@ -1,8 +1,9 @@
 """Float32 matrix products on tensor cores: three TF32 dots per product, float32 accuracy.
 
 Used where a float32 product would otherwise run without tensor cores: the K/V projection of the
-step with float32 projections (:func:`linear`), and the folded attention's per-head products
-(:func:`head_products`). ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
+step with float32 projections (:func:`linear`); per-head and per-stream products read in place
+(:func:`head_products`): the folded attention's, the quadrature attention's scores, the Gaussian
+step's fits. ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
 operand into its TF32 part and the remainder and adds the three products that matter (big·big,
 big·small, small·big): the result is as accurate as a float32 product (errors near 1e-7 relative
 against float64) where a single TF32 product is off by about 1e-3. The CPU interpreter computes
@@ -82,25 +83,19 @@ def precision(device: torch.device) -> str:
     return PRECISION
 
 
-# head_products' tiles for matrices of at least 128 × 128 per stream and head (the Gaussian step's
-# fits), as (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); None: the small tiles everywhere.
-HEAD_LARGE_TILES = (128, 128, 32, 8, 3)
-
-
 def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
                   bias=None, bias_strides=(0, 0), accumulate=False):
     """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
     row, column) strides, for every stream and head; ``accumulate`` adds c's own values."""
-    if HEAD_LARGE_TILES is not None and m >= 128 and n >= 128:
-        block_m, block_n, block_k, warps, stages = HEAD_LARGE_TILES
-    else:
-        block_m = max(16, min(64, next_power_of_2(m)))
-        block_n = max(16, min(64, next_power_of_2(n)))
-        block_k, warps, stages = max(16, min(32, next_power_of_2(k))), 4, 3
+    # Measured on an H200 for the Gaussian step's fits ([256, 768] per stream): 128 × 128 tiles on
+    # 8 warps were no faster than these.
+    block_m = max(16, min(64, next_power_of_2(m)))
+    block_n = max(16, min(64, next_power_of_2(n)))
+    block_k = max(16, min(32, next_power_of_2(k)))
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
             *bias_strides, HAS_BIAS=bias is not None, ACCUMULATE=accumulate, PRECISION=precision,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -116,5 +111,5 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
             0, 0, flat.stride(0), flat.stride(1), 0, 0, weight.stride(1), weight.stride(0),
             0, 0, out.stride(0), out.stride(1), 0, 0 if bias is None else bias.stride(0),
             HAS_BIAS=bias is not None, ACCUMULATE=False, PRECISION=precision(x.device),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
     return out.view(*x.shape[:-1], n)

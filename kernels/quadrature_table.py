@@ -235,7 +235,8 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
     _launch_combine((cdiv(rows, group),),
                     lo, part, tile_max, tile_sum, values, context, rows, n, tiles, num_heads, q_len, padded, head_dim,
                     values.stride(0), values.stride(1), context.stride(0), context.stride(1),
-                    PRECISION=weight_precision, GROUP=group, BLOCK_N=max(16, min(CONFIG["combine_n"], next_power_of_2(n))),
+                    PRECISION=weight_precision, GROUP=group,
+                    BLOCK_N=max(16, min(CONFIG["combine_n"], next_power_of_2(n))),
                     BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_TILES=block_tiles, BAND=band,
                     num_warps=CONFIG["combine_warps"])
     if write_density:

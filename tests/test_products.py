@@ -56,13 +56,10 @@ def test_linear_reads_strided_rows_and_transposed_weights():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("large", [True, False], ids=["large-tiles", "small-tiles"])
-def test_head_products_accumulate_per_stream(device, large, monkeypatch):
-    """c[s] += a[s] @ b[s] with a shared a (stream stride 0) read transposed, odd sizes past one
-    large tile, on either tile choice."""
+def test_head_products_accumulate_per_stream(device):
+    """c[s] += a[s] @ b[s] with a shared a (stream stride 0) read transposed, odd sizes over
+    several tiles."""
     products = backends.triton_kernels()["products"]
-    if not large:
-        monkeypatch.setattr(products, "HEAD_LARGE_TILES", None)
     gen = torch.Generator().manual_seed(2)
     a = torch.randn(70, 130, generator=gen).to(device)  # used as aᵀ [130, 70]
     b = torch.randn(3, 70, 150, generator=gen).to(device)

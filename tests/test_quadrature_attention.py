@@ -48,14 +48,11 @@ def test_matches_reference(device, backend, case, preset):
 @pytest.mark.parametrize("device,backend,case", CASES)
 def test_float32_within_1e5_of_float64_on_the_same_nodes(device, backend, case):
     """The kernels' own arithmetic (float32 scores, three-TF32 dots on a GPU) against float64 on the
-    nodes, weights and basis they are given (float32 constants, upcast): within 1e-5, sharp
-    densities included. (Against the rule's float64 nodes the float32 rounding of the nodes
-    themselves adds about 1e-5 on sharp densities: test_matches_reference's 1e-4.)"""
+    nodes, weights and basis they are given (float64 nodes and basis, float32 log-weights,
+    upcast): within 1e-5, sharp densities included."""
     streams, q_len, model, heads, n, points = case
     quad = ops.quadrature_constants(MemoryConfig(num_basis=n, basis="gaussian", quad_points=points),
                                     torch.device(device))
-    mu, sigma, grid, log_weight = (x.double() for x in (quad.mu, quad.sigma, quad.grid, quad.log_weight))
-    basis = torch.exp(-0.5 * ((grid[:, None] - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
     gen = torch.Generator().manual_seed(7)
     for scale in (0.05, 0.3):  # random and sharp densities
         query = torch.randn(streams, q_len, model, generator=gen).to(device)
@@ -63,11 +60,18 @@ def test_float32_within_1e5_of_float64_on_the_same_nodes(device, backend, case):
         values = torch.randn(streams, n, model, generator=gen).to(device)
         context, _ = ops.quadrature_attention(query, keys, values, heads, quad.mu, quad.sigma, quad.grid,
                                               quad.log_weight)
-        a = split_heads(query, heads).double() @ split_heads(keys, heads).double().transpose(-1, -2)
-        r, _ = ref_attention.quadrature_weights(a / math.sqrt(model // heads),
-                                                ref_attention.Quadrature(basis, log_weight, None))
-        expected = (r @ split_heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
-        assert rel_err(context, expected) < 1e-5, scale
+        assert rel_err(context, _same_nodes_context(query, keys, values, heads, quad)) < 1e-5, scale
+
+
+def _same_nodes_context(query, keys, values, heads, quad):
+    """The quadrature attention in float64 on the op's own constants (upcast) and inputs."""
+    streams, q_len, model = query.shape
+    mu, sigma, grid, log_weight = (x.double() for x in (quad.mu, quad.sigma, quad.grid, quad.log_weight))
+    basis = torch.exp(-0.5 * ((grid[:, None] - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    a = split_heads(query, heads).double() @ split_heads(keys, heads).double().transpose(-1, -2)
+    r, _ = ref_attention.quadrature_weights(a / math.sqrt(model // heads),
+                                            ref_attention.Quadrature(basis, log_weight, None))
+    return (r @ split_heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -80,17 +84,12 @@ def test_half_types_within_their_rounding(device, backend, case, dtype):
     streams, q_len, model, heads, n, points = case
     quad = ops.quadrature_constants(MemoryConfig(num_basis=n, basis="gaussian", quad_points=points),
                                     torch.device(device))
-    mu, sigma, grid, log_weight = (x.double() for x in (quad.mu, quad.sigma, quad.grid, quad.log_weight))
-    basis = torch.exp(-0.5 * ((grid[:, None] - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
     gen = torch.Generator().manual_seed(11)
     query = torch.randn(streams, q_len, model, generator=gen).to(device, dtype)
     keys = (torch.randn(streams, n, model, generator=gen) * 0.3).to(device, dtype)
     values = torch.randn(streams, n, model, generator=gen).to(device, dtype)
     context, _ = ops.quadrature_attention(query, keys, values, heads, quad.mu, quad.sigma, quad.grid, quad.log_weight)
-    a = split_heads(query, heads).double() @ split_heads(keys, heads).double().transpose(-1, -2)
-    r, _ = ref_attention.quadrature_weights(a / math.sqrt(model // heads),
-                                            ref_attention.Quadrature(basis, log_weight, None))
-    expected = (r @ split_heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
+    expected = _same_nodes_context(query, keys, values, heads, quad)
     assert context.dtype == dtype
     # The CPU interpreter casts float32 to bfloat16 by truncation (twice round-to-nearest's error).
     slack = 3.0 if device == "cpu" else 1.5

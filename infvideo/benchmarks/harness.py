@@ -99,6 +99,17 @@ def time_calls(fn, device: torch.device, budget_s: float = 0.1, warmups: int = 2
     return host_time(fn, device, budget_s, warmups)
 
 
+def kernel_times(fn, calls: int = 10, row_limit: int = 16, name_width: int = 60) -> str:
+    """torch.profiler's table of CUDA time per kernel over ``calls`` calls of ``fn()`` (the GPU
+    synchronised at the end), most time first."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=row_limit, max_name_column_width=name_width)
+
+
 def peak_bytes(fn, device: torch.device) -> int | None:
     """Bytes one call of ``fn()`` allocates at its peak, above what was allocated before (None if
     this torch cannot tell: the CPU figure comes from the profiler's allocation events)."""
