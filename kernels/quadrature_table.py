@@ -1,4 +1,4 @@
-"""The quadrature attention's weights r from a table of basis values, split over tiles of points.
+"""The quadrature attention's forward: a table of basis values, split over tiles of points.
 
 A program per block of rows sweeping all T points with ψ evaluated in registers (the backward's
 structure, ``quadrature._quadrature_rows_backward_kernel``) leaves most of the GPU idle, and both of
@@ -11,7 +11,7 @@ Here:
   within ``CUTOFF``·σ of a point of the tile (beyond it ψ < e^{-CUTOFF²/2} of its peak:
   e^{-32} ≈ 10⁻¹⁴, below float32 rounding of the sum), a contiguous index range when the centres
   are sorted (the configurations' are), [lo, lo + BAND);
-- one program per (block of rows, tile of points) computes the tile's scores s = a·ψᵀ + log ω and
+- one program per (block of rows, tiles of points) computes a tile's scores s = a·ψᵀ/√d + log ω and
   its share Σ_j e^{s_j − m} ψ(t_j) of r over the band only, with its own maximum m and sum: a
   partial [rows, tiles, BAND]. A second kernel rescales the partials to the row's maximum, adds
   them into r in tile order (deterministic, no atomics) and writes the context r·V of its head's
