@@ -65,25 +65,28 @@ QUERY_GROUP = 16
 # can vary them (block_m, the rows of a program, is a multiple of QUERY_GROUP).
 CONFIG = {"block_m": 16, "block_t": 32, "num_warps": 4, "precision": "tf32x3"}
 
+
+def _layout(query: torch.Tensor, keys: torch.Tensor, num_heads: int):
+    """(S, Q, N, head width d, Q padded to whole query groups, the dots' precision) of a call."""
+    s, q_len, model = query.shape
+    # The CPU interpreter has no tensor cores to emulate: plain float32 there.
+    precision = "ieee" if query.device.type == "cpu" else CONFIG["precision"]
+    return s, q_len, keys.shape[1], model // num_heads, cdiv(q_len, QUERY_GROUP) * QUERY_GROUP, precision
+
 @on_input_device
 def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
                          mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, log_weight: torch.Tensor,
                          write_density: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused quadrature attention; inputs are checked by ``infvideo.ops``.
 
-    query [S, Q, D], keys/values [S, N, D] (last strides 1), mu/sigma [N] and grid [T] (float64: the
-    basis table is built from them), log_weight [T] (float32).
+    query [S, Q, D], keys/values [S, N, D] (last strides 1), mu/sigma [N] and grid [T] (any float
+    dtype: the basis table is built from them in float64), log_weight [T] (float32).
     Returns the context [S, Q, D] and Σ_q p(t_j) per head and block of 16 queries [S, H·QB, T]
     (float32; [S, H·QB, 1] zeros unless write_density).
     """
-    s, q_len, model = query.shape
-    n = keys.shape[1]
+    s, q_len, n, d, padded, precision = _layout(query, keys, num_heads)
     t = grid.numel()
-    d = model // num_heads
     group = QUERY_GROUP
-    padded = cdiv(q_len, group) * group
-    # The CPU interpreter has no tensor cores to emulate: plain float32 there.
-    precision = "ieee" if query.device.type == "cpu" else CONFIG["precision"]
     # Padding queries get zero scores: finite, and left out of the density and the context.
     a = (torch.empty if padded == q_len else torch.zeros)(s, num_heads, padded, n, device=query.device,
                                                            dtype=torch.float32)
@@ -175,12 +178,9 @@ def quadrature_attention_backward(grad_context: torch.Tensor, grad_density: torc
     a = q·Kᵀ/√d and the products with V and of ∂a run as batched matmuls around one kernel (the
     gradient of the scores, ∂a, and the weights r, [S, H, Q, N] each).
     """
-    s, q_len, model = query.shape
-    n = keys.shape[1]
+    s, q_len, n, d, padded, precision = _layout(query, keys, num_heads)
     t = grid.numel()
-    d = model // num_heads
     group = QUERY_GROUP
-    padded = cdiv(q_len, group) * group
     scale = 1.0 / math.sqrt(d)
     qh = query.reshape(s, q_len, num_heads, d).transpose(1, 2).to(torch.float32)
     kh = keys.reshape(s, n, num_heads, d).transpose(1, 2).to(torch.float32)
@@ -204,7 +204,7 @@ def quadrature_attention_backward(grad_context: torch.Tensor, grad_density: torc
         a, dr, gdens, mu, sigma, grid, log_weight, da, r,
         rows, n, t, q_len, padded, a.stride(2), gdens.stride(1) if grad_density is not None else 0,
         HAS_GDENS=grad_density is not None,
-        PRECISION="ieee" if query.device.type == "cpu" else CONFIG["precision"],
+        PRECISION=precision,
         GROUP=group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=CONFIG["block_t"], num_warps=CONFIG["num_warps"],
     )
     da, r = da[:, :, :q_len], r[:, :, :q_len]

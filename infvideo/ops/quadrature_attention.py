@@ -132,8 +132,10 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
     [S, G, 1] zeros if not write_density).
 
     query / keys / values are float32, float16 or bfloat16 on one device, any strides; the
-    constants any float dtype, moved to the query's device: the basis and nodes in float64 (the
-    op's table of basis values is built from them and rounded once), the log-weights in float32.
+    constants any float dtype, moved to the query's device: the op's table of basis values is
+    built from the basis and nodes in float64 and rounded once (give them in float64, as
+    :func:`quadrature_constants` does, for nodes without float32 rounding), the log-weights are
+    taken in float32.
 
     Differentiable with respect to query, keys and values (from the context and the density):
     ``infvideo::quadrature_attention_backward`` recomputes the quadrature's softmax tile by tile
@@ -146,10 +148,11 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
 def quadrature_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor, grid: Tensor,
            log_weight: Tensor, write_density: bool = True) -> tuple[Tensor, Tensor]:
     """:func:`quadrature_attention` without the input checks (for ``fused_step``, whose inputs are checked)."""
-    f64 = dict(device=query.device, dtype=torch.float64)
     unit = _library.rows_unit_stride
-    args = (unit(query), unit(keys), unit(values), num_heads, mu.to(**f64).contiguous(),
-            sigma.to(**f64).contiguous(), grid.to(**f64).contiguous(),
+
+    def basis(x):  # kept in its dtype: a cast here would be a new tensor, and a new table, every call
+        return x.to(device=query.device).contiguous()
+    args = (unit(query), unit(keys), unit(values), num_heads, basis(mu), basis(sigma), basis(grid),
             log_weight.to(device=query.device, dtype=torch.float32).contiguous(), bool(write_density))
     return torch.ops.infvideo.quadrature_attention(*args)
 
