@@ -1,4 +1,4 @@
-"""Sticky quantile sampling: the bins of u_i = F⁻¹((i - ½)/M) from per-group bin masses.
+"""Sticky quantile sampling: u_i = F⁻¹((i - ½)/M) from per-group bin masses.
 
 One program per (stream, run of blocks of BLOCK_M samples): it loads the G groups of masses [G, K]
 in one tile, adds them in float64 (so the bins agree with the reference's float64 search), forms
@@ -8,8 +8,15 @@ increase with i. Kept apart from the consolidation so the CDF is not rebuilt in 
 that much larger grid. Measured on the H100 (K = 256, M = 512), the search beat counting with a
 [16, K] comparison per block of samples at every stream count, by up to 4x at S = 64 (one program
 per stream with a [512, 256] comparison tile spilled, several times slower still).
+
+Two outputs share that search: the bins alone (rectangular basis: the consolidation reads old
+bins) and, for a smooth basis, ψ at the sample points (the Gaussian consolidation's Ψ_u), where
+the point is placed inside its bin by the piecewise-linear CDF and ψ is evaluated in float64 and
+rounded once, as ``reference.step.past_samples`` does.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -20,10 +27,8 @@ from ._launch import CachedLaunch, cdiv, next_power_of_2
 
 
 @triton.jit
-def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride_ms, stride_mg, stride_os,
-                          BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                          SEARCH_STEPS: tl.constexpr):
-    s = tl.program_id(0).to(tl.int64)
+def _stream_masses(mass_ptr, s, K, G, stride_ms, stride_mg, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Stream s's masses summed over groups [BLOCK_K] and their CDF (padded with +inf), float64.
     offs_g = tl.arange(0, BLOCK_G)
     offs_k = tl.arange(0, BLOCK_K)
     mask_k = offs_k < K
@@ -35,44 +40,111 @@ def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride
         weight += tl.sum(tile.to(tl.float64), axis=0)
     cdf = tl.cumsum(weight, axis=0)
     total = tl.max(tl.where(mask_k, cdf, 0.0), axis=0)
-    cdf = tl.where(mask_k, cdf, float("inf"))
+    return weight, tl.where(mask_k, cdf, float("inf")), total
+
+
+@triton.jit
+def _quantile_bins_of(cdf, level, K, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, SEARCH_STEPS: tl.constexpr):
+    # Binary search for the number of CDF values not above each level (searchsorted, right
+    # side): log2(BLOCK_K) + 1 gathers instead of a [BLOCK_M, BLOCK_K] comparison; clamped to K-1.
+    lo = tl.zeros([BLOCK_M], dtype=tl.int32)
+    hi = tl.zeros([BLOCK_M], dtype=tl.int32) + BLOCK_K
+    for _ in tl.static_range(SEARCH_STEPS):
+        open_range = lo < hi
+        mid = (lo + hi) // 2
+        right = tl.gather(cdf, tl.minimum(mid, BLOCK_K - 1), 0) <= level
+        lo = tl.where(open_range & right, mid + 1, lo)
+        hi = tl.where(open_range & ~right, mid, hi)
+    return tl.minimum(lo, K - 1)
+
+
+@triton.jit
+def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride_ms, stride_mg, stride_os,
+                          BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                          SEARCH_STEPS: tl.constexpr):
+    s = tl.program_id(0).to(tl.int64)
+    _, cdf, total = _stream_masses(mass_ptr, s, K, G, stride_ms, stride_mg, BLOCK_G, BLOCK_K)
     first = tl.program_id(1) * BLOCKS_PER_PROGRAM
     for b in range(first, first + BLOCKS_PER_PROGRAM):
         rows = b * BLOCK_M + tl.arange(0, BLOCK_M)
         level = (rows.to(tl.float64) + 0.5) / M * total
-        # Binary search for the number of CDF values not above each level (searchsorted, right
-        # side): log2(BLOCK_K) + 1 gathers instead of a [BLOCK_M, BLOCK_K] comparison.
-        lo = tl.zeros([BLOCK_M], dtype=tl.int32)
-        hi = tl.zeros([BLOCK_M], dtype=tl.int32) + BLOCK_K
-        for _ in tl.static_range(SEARCH_STEPS):
-            open_range = lo < hi
-            mid = (lo + hi) // 2
-            right = tl.gather(cdf, tl.minimum(mid, BLOCK_K - 1), 0) <= level
-            lo = tl.where(open_range & right, mid + 1, lo)
-            hi = tl.where(open_range & ~right, mid, hi)
-        tl.store(out_ptr + s * stride_os + rows, tl.minimum(lo, K - 1), mask=rows < M)
+        bins = _quantile_bins_of(cdf, level, K, BLOCK_K, BLOCK_M, SEARCH_STEPS)
+        tl.store(out_ptr + s * stride_os + rows, bins, mask=rows < M)
+
+
+@triton.jit
+def _quantile_basis_kernel(mass_ptr, mu_ptr, sigma_ptr, out_ptr, K, G, M, N, BLOCKS_PER_PROGRAM,
+                           stride_ms, stride_mg, stride_os, stride_om,
+                           BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_N: tl.constexpr, SEARCH_STEPS: tl.constexpr):
+    # ψ_n(u_i) [M, N] of stream s: u_i = (bin + fraction) / K, the fraction where the level falls
+    # between the CDF below the bin and the bin's own mass (reference.sticky.quantile_samples).
+    s = tl.program_id(0).to(tl.int64)
+    weight, cdf, total = _stream_masses(mass_ptr, s, K, G, stride_ms, stride_mg, BLOCK_G, BLOCK_K)
+    first = tl.program_id(1) * BLOCKS_PER_PROGRAM
+    for b in range(first, first + BLOCKS_PER_PROGRAM):
+        rows = b * BLOCK_M + tl.arange(0, BLOCK_M)
+        level = (rows.to(tl.float64) + 0.5) / M * total
+        bins = _quantile_bins_of(cdf, level, K, BLOCK_K, BLOCK_M, SEARCH_STEPS)
+        below = tl.where(bins > 0, tl.gather(cdf, tl.maximum(bins - 1, 0), 0), 0.0)
+        inside = tl.gather(weight, bins, 0)
+        fraction = tl.where(inside > 0, (level - below) / tl.where(inside > 0, inside, 1.0), 0.0)
+        fraction = tl.minimum(tl.maximum(fraction, 0.0), 1.0)
+        point = (bins.to(tl.float64) + fraction) / K
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < N
+            mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
+            sigma = tl.load(sigma_ptr + offs_n, mask=mask_n, other=1.0)
+            z = (point[:, None] - mu[None, :]) / sigma[None, :]
+            psi = tl.exp(-0.5 * z * z) / (sigma * 2.5066282746310002)[None, :]
+            tl.store(out_ptr + s * stride_os + rows[:, None].to(tl.int64) * stride_om + offs_n[None, :],
+                     psi.to(out_ptr.dtype.element_ty), mask=(rows < M)[:, None] & mask_n[None, :])
 
 
 # About two programs per SM of an H100: each program rebuilds its stream's CDF, so no more than
 # fill the GPU (one program per 16 samples, 2,048 at S = 64, was several times slower).
 PROGRAMS_WANTED = 264
 
-
-
 _launch_quantile_bins = CachedLaunch(_quantile_bins_kernel)
+_launch_quantile_basis = CachedLaunch(_quantile_basis_kernel)
+
+
+@functools.lru_cache(maxsize=256)
+def _search_layout(streams: int, groups: int, bins: int, num_samples: int, max_block_m: int):
+    """(grid, blocks per program, constexprs) of a search over masses [S, G, K] for M samples."""
+    block_k = next_power_of_2(bins)
+    block_m = min(next_power_of_2(num_samples), max_block_m)
+    blocks = cdiv(num_samples, block_m)
+    # Enough programs to fill the GPU, and no more: each one rebuilds its stream's CDF.
+    per_program = cdiv(blocks, min(blocks, cdiv(PROGRAMS_WANTED, streams)))
+    meta = dict(BLOCK_G=min(64, next_power_of_2(groups)), BLOCK_K=block_k, BLOCK_M=block_m,
+                SEARCH_STEPS=block_k.bit_length())  # log2(BLOCK_K) + 1 halvings close every range
+    return (streams, cdiv(blocks, per_program)), per_program, meta
+
 
 @on_input_device
 def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Sample bins [S, M] (int32, sorted) from masses [S, G, K] (any float dtype, last stride 1)."""
     s, g, k = mass.shape
     out = torch.empty(s, num_samples, device=mass.device, dtype=torch.int32)
-    block_k = next_power_of_2(k)
-    block_m = min(next_power_of_2(num_samples), 128)
-    steps = block_k.bit_length()  # log2(BLOCK_K) + 1 halvings close every range
-    blocks = cdiv(num_samples, block_m)
-    # Enough programs to fill the GPU, and no more: each one rebuilds its stream's CDF.
-    per_program = cdiv(blocks, min(blocks, cdiv(PROGRAMS_WANTED, s)))
-    _launch_quantile_bins((s, cdiv(blocks, per_program)),
-        mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
-        BLOCK_G=min(64, next_power_of_2(g)), BLOCK_K=block_k, BLOCK_M=block_m, SEARCH_STEPS=steps, num_warps=8)
+    grid, per_program, meta = _search_layout(s, g, k, num_samples, 128)
+    _launch_quantile_bins(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1),
+                          out.stride(0), **meta, num_warps=8)
+    return out
+
+
+@on_input_device
+def quantile_basis(mass: torch.Tensor, num_samples: int, mu: torch.Tensor, sigma: torch.Tensor,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """ψ at the quantile sample points, [S, M, N] in ``dtype``, from masses [S, G, K] (any float
+    dtype, last stride 1) and a Gaussian basis's centres and widths (float64 [N], contiguous):
+    ``reference.step.past_samples`` of a Gaussian basis with quantile sampling."""
+    s, g, k = mass.shape
+    n = mu.numel()
+    out = torch.empty(s, num_samples, n, device=mass.device, dtype=dtype)
+    grid, per_program, meta = _search_layout(s, g, k, num_samples, 32)
+    _launch_quantile_basis(grid, mass, mu, sigma, out, k, g, num_samples, n, per_program, mass.stride(0),
+                           mass.stride(1), out.stride(0), out.stride(1), **meta, BLOCK_N=min(128, next_power_of_2(n)),
+                           num_warps=4)
     return out

@@ -16,7 +16,9 @@ from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.consolidate import consolidate_dense
 from ..reference.fit import DenseFit, SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
-from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
+from ..reference.basis import gaussian_basis
+from ..reference.step import (PastSamples, attend, consolidate_chunk, past_samples, uniform_sample_basis,
+                              upstream_statistic)
 from . import _library, _validate, factored_attention
 from .quadrature_attention import (QuadratureConstants, device_constants, quadrature_attention_unchecked,
                                    quadrature_host_constants)
@@ -129,6 +131,20 @@ def _dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_
     return coef
 
 
+def _kernel_past_samples(cfg: MemoryConfig, stats: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
+                         generator: torch.Generator | None = None) -> PastSamples:
+    """``reference.step.past_samples``, with a Gaussian basis's quantile samples from one Triton
+    kernel (``kernels/sampling.py``: the search, the points and ψ at them in float64, rounded once)
+    instead of a dozen torch ops over [S, M, N] in float64."""
+    if cfg.basis != "gaussian" or not cfg.sticky or cfg.sampling != "quantile":
+        return past_samples(cfg, stats, dtype, device, generator)
+    basis = on_device(gaussian_basis(cfg.num_basis, cfg.sigmas), device, torch.float64)
+    mass = (stats if stats.dim() == 3 else stats[:, None]).contiguous()
+    sample_basis = backends.triton_kernels()["sampling"].quantile_basis(mass, cfg.past_samples, basis.mu, basis.sigma,
+                                                                        dtype)
+    return PastSamples(None, sample_basis)
+
+
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -236,10 +252,11 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
     fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, cast_dtype, backend)
     if fused is None:
-        # The dense fits' products as direct kernel launches: eager, outside autograd.
-        dense_fit = _dense_fit_products if backend == "triton" and not grad and _library.eager(frames) else \
-            consolidate_dense
-        coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator, dense_fit)
+        # The dense fits' products and the past samples as direct kernel launches: eager, outside autograd.
+        kernels = backend == "triton" and not grad and _library.eager(frames)
+        coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator,
+                                 _dense_fit_products if kernels else consolidate_dense,
+                                 _kernel_past_samples if kernels else None)
         projected = coef
     else:
         coef, projected = fused

@@ -117,13 +117,15 @@ def past_samples(cfg: MemoryConfig, stats: torch.Tensor | None, dtype: torch.dty
 
 def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tensor | None,
                       filled: torch.Tensor | None, stats: torch.Tensor | None,
-                      generator: torch.Generator | None = None, dense_fit=consolidate_dense) -> torch.Tensor:
+                      generator: torch.Generator | None = None, dense_fit=consolidate_dense,
+                      sampler=None) -> torch.Tensor:
     """New coefficients [S, N, e] from pooled frames [S, L, e] and each stream's old state.
 
     ``past`` None: every stream starts a new video. Otherwise ``filled`` is None when every stream
     holds one, or a bool mask [S] of those that do (the others start anew). ``dense_fit``: what
     applies a dense fit (``consolidate_dense``'s arguments and result), for the fused step's own
-    products.
+    products; ``sampler``: what finds the past samples (``past_samples``'s arguments and result;
+    None: ``past_samples``), for the fused step's own kernels.
     """
     length, dtype, device = frames.shape[1], frames.dtype, frames.device
     n = cfg.num_basis
@@ -135,7 +137,7 @@ def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tenso
         start = _apply_fit(first, frames, None, None, n, dense_fit)
         if past is None:
             return start
-    samples = past_samples(cfg, stats, dtype, device, generator)
+    samples = (sampler or past_samples)(cfg, stats, dtype, device, generator)
     later = _apply_fit(later_fit, frames, past.to(dtype), samples, n, dense_fit)
     if filled is None:
         return later
