@@ -6,7 +6,8 @@ Cases: no-grad steps (s1, s64, and the Gaussian basis's gauss16 and gauss64 in t
 bench_quadrature_gpu.py); a trainable step, forward and ``torch.autograd.grad`` into
 tokens, query and both projections' parameters (grad1, grad64, the setting of
 bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
-``ops.step.FACTORED_ON_GPU``). Host time (cProfile) is printed for the S=1 cases.
+``ops.step.FACTORED_ON_GPU``). Host time (cProfile) is printed for the S=1 cases and gauss16
+(host-bound steps).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def main():
         print(f"== {name}: p50 µs per call, wall-clock {wall:,.1f}, do_bench {gpu:,.1f}")
         print(f"== {name}: CUDA time per kernel (10 steps)")
         print(harness.kernel_times(call))
-        if streams == 1:
+        if streams == 1 or name == "gauss16":
             host = cProfile.Profile()
             host.enable()
             for _ in range(50):

@@ -83,19 +83,24 @@ def precision(device: torch.device) -> str:
     return PRECISION
 
 
+# head_products()'s largest tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Measured on an H200
+# for the Gaussian step's fits ([256, 768] per stream): 128 × 128 tiles on 8 warps were no faster.
+HEAD_TILES = (64, 64, 32, 4, 3)
+
+
 def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
-                  bias=None, bias_strides=(0, 0), accumulate=False):
+                  bias=None, bias_strides=(0, 0), accumulate=False, tiles=None):
     """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
-    row, column) strides, for every stream and head; ``accumulate`` adds c's own values."""
-    # Measured on an H200 for the Gaussian step's fits ([256, 768] per stream): 128 × 128 tiles on
-    # 8 warps were no faster than these.
-    block_m = max(16, min(64, next_power_of_2(m)))
-    block_n = max(16, min(64, next_power_of_2(n)))
-    block_k = max(16, min(32, next_power_of_2(k)))
+    row, column) strides, for every stream and head; ``accumulate`` adds c's own values.
+    ``tiles``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) at most, default ``HEAD_TILES``."""
+    tile_m, tile_n, tile_k, warps, stages = tiles or HEAD_TILES
+    block_m = max(16, min(tile_m, next_power_of_2(m)))
+    block_n = max(16, min(tile_n, next_power_of_2(n)))
+    block_k = max(16, min(tile_k, next_power_of_2(k)))
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
             *bias_strides, HAS_BIAS=bias is not None, ACCUMULATE=accumulate, PRECISION=precision,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
