@@ -10,9 +10,8 @@ that much larger grid. Measured on the H100 (K = 256, M = 512), the search beat 
 per stream with a [512, 256] comparison tile spilled, several times slower still).
 
 Two outputs share that search: the bins alone (rectangular basis: the consolidation reads old
-bins) and, for a smooth basis, ψ at the sample points (the Gaussian consolidation's Ψ_u), where
-the point is placed inside its bin by the piecewise-linear CDF and ψ is evaluated in float64 and
-rounded once, as ``reference.step.past_samples`` does.
+bins) and, for a smooth basis, the sample times in float64, each placed inside its bin by the
+piecewise-linear CDF (the Gaussian consolidation evaluates ψ at them: ``gaussian_fit.py``).
 """
 from __future__ import annotations
 
@@ -73,12 +72,11 @@ def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride
 
 
 @triton.jit
-def _quantile_basis_kernel(mass_ptr, mu_ptr, sigma_ptr, out_ptr, K, G, M, N, BLOCKS_PER_PROGRAM,
-                           stride_ms, stride_mg, stride_os, stride_om,
-                           BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_N: tl.constexpr, SEARCH_STEPS: tl.constexpr):
-    # ψ_n(u_i) [M, N] of stream s: u_i = (bin + fraction) / K, the fraction where the level falls
-    # between the CDF below the bin and the bin's own mass (reference.sticky.quantile_samples).
+def _quantile_points_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride_ms, stride_mg, stride_os,
+                            BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                            SEARCH_STEPS: tl.constexpr):
+    # u_i = (bin + fraction) / K, the fraction where the level falls between the CDF below the bin
+    # and the bin's own mass (reference.sticky.quantile_samples and sample_points).
     s = tl.program_id(0).to(tl.int64)
     weight, cdf, total = _stream_masses(mass_ptr, s, K, G, stride_ms, stride_mg, BLOCK_G, BLOCK_K)
     first = tl.program_id(1) * BLOCKS_PER_PROGRAM
@@ -90,16 +88,7 @@ def _quantile_basis_kernel(mass_ptr, mu_ptr, sigma_ptr, out_ptr, K, G, M, N, BLO
         inside = tl.gather(weight, bins, 0)
         fraction = tl.where(inside > 0, (level - below) / tl.where(inside > 0, inside, 1.0), 0.0)
         fraction = tl.minimum(tl.maximum(fraction, 0.0), 1.0)
-        point = (bins.to(tl.float64) + fraction) / K
-        for n0 in range(0, N, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < N
-            mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
-            sigma = tl.load(sigma_ptr + offs_n, mask=mask_n, other=1.0)
-            z = (point[:, None] - mu[None, :]) / sigma[None, :]
-            psi = tl.exp(-0.5 * z * z) / (sigma * 2.5066282746310002)[None, :]
-            tl.store(out_ptr + s * stride_os + rows[:, None].to(tl.int64) * stride_om + offs_n[None, :],
-                     psi.to(out_ptr.dtype.element_ty), mask=(rows < M)[:, None] & mask_n[None, :])
+        tl.store(out_ptr + s * stride_os + rows, (bins.to(tl.float64) + fraction) / K, mask=rows < M)
 
 
 # About two programs per SM of an H100: each program rebuilds its stream's CDF, so no more than
@@ -107,14 +96,14 @@ def _quantile_basis_kernel(mass_ptr, mu_ptr, sigma_ptr, out_ptr, K, G, M, N, BLO
 PROGRAMS_WANTED = 264
 
 _launch_quantile_bins = CachedLaunch(_quantile_bins_kernel)
-_launch_quantile_basis = CachedLaunch(_quantile_basis_kernel)
+_launch_quantile_points = CachedLaunch(_quantile_points_kernel)
 
 
 @functools.lru_cache(maxsize=256)
-def _search_layout(streams: int, groups: int, bins: int, num_samples: int, max_block_m: int):
+def _search_layout(streams: int, groups: int, bins: int, num_samples: int):
     """(grid, blocks per program, constexprs) of a search over masses [S, G, K] for M samples."""
     block_k = next_power_of_2(bins)
-    block_m = min(next_power_of_2(num_samples), max_block_m)
+    block_m = min(next_power_of_2(num_samples), 128)
     blocks = cdiv(num_samples, block_m)
     # Enough programs to fill the GPU, and no more: each one rebuilds its stream's CDF.
     per_program = cdiv(blocks, min(blocks, cdiv(PROGRAMS_WANTED, streams)))
@@ -128,23 +117,20 @@ def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Sample bins [S, M] (int32, sorted) from masses [S, G, K] (any float dtype, last stride 1)."""
     s, g, k = mass.shape
     out = torch.empty(s, num_samples, device=mass.device, dtype=torch.int32)
-    grid, per_program, meta = _search_layout(s, g, k, num_samples, 128)
+    grid, per_program, meta = _search_layout(s, g, k, num_samples)
     _launch_quantile_bins(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1),
                           out.stride(0), **meta, num_warps=8)
     return out
 
 
 @on_input_device
-def quantile_basis(mass: torch.Tensor, num_samples: int, mu: torch.Tensor, sigma: torch.Tensor,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """ψ at the quantile sample points, [S, M, N] in ``dtype``, from masses [S, G, K] (any float
-    dtype, last stride 1) and a Gaussian basis's centres and widths (float64 [N], contiguous):
-    ``reference.step.past_samples`` of a Gaussian basis with quantile sampling."""
+def quantile_points(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Sample times [S, M] (float64, sorted) from masses [S, G, K] (any float dtype, last stride 1):
+    ``reference.sticky.sample_points`` of ``quantile_samples``, the bins found as by
+    :func:`quantile_bins`."""
     s, g, k = mass.shape
-    n = mu.numel()
-    out = torch.empty(s, num_samples, n, device=mass.device, dtype=dtype)
-    grid, per_program, meta = _search_layout(s, g, k, num_samples, 32)
-    _launch_quantile_basis(grid, mass, mu, sigma, out, k, g, num_samples, n, per_program, mass.stride(0),
-                           mass.stride(1), out.stride(0), out.stride(1), **meta, BLOCK_N=min(128, next_power_of_2(n)),
-                           num_warps=4)
+    out = torch.empty(s, num_samples, device=mass.device, dtype=torch.float64)
+    grid, per_program, meta = _search_layout(s, g, k, num_samples)
+    _launch_quantile_points(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1),
+                            out.stride(0), **meta, num_warps=8)
     return out

@@ -2,6 +2,7 @@
 cuBLAS, attention with the sticky statistic in the same pass."""
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -13,12 +14,11 @@ from .. import backends
 from ..config import MemoryConfig
 from ..reference import sticky
 from ..reference.attention import Quadrature, SlotWeights, attention_constants
+from ..reference.basis import gaussian_parameters
 from ..reference.consolidate import consolidate_dense
 from ..reference.fit import DenseFit, SegmentedFit, consolidation_fit, first_fit, on_device
 from ..reference.pooling import pool_frames
-from ..reference.basis import gaussian_basis
-from ..reference.step import (PastSamples, attend, consolidate_chunk, past_samples, uniform_sample_basis,
-                              upstream_statistic)
+from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
 from . import _library, _validate, factored_attention
 from .quadrature_attention import (QuadratureConstants, device_constants, quadrature_attention_unchecked,
                                    quadrature_host_constants)
@@ -102,47 +102,75 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
 
 
-def _dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_basis: torch.Tensor | None,
-                        fit: DenseFit) -> torch.Tensor:
-    """``reference.consolidate_dense`` on three-TF32 tensor-core products (``kernels/products.py``),
-    float32 frames [S, L, e] and past [S, N, e]: B = G_framesᵀ X + (G_pastᵀ Ψ_u) B_past. The past
-    part goes through its [N, N] map: N(M + e)·N multiply-adds per stream against 2MNe for
-    G_pastᵀ (Ψ_u B_past), never more when M ≥ N and e ≥ N (the configurations')."""
+def _strides(x: torch.Tensor, transposed: bool = False) -> tuple:
+    """(stream, head, row, column) strides of [S, rows, columns] or a shared [rows, columns] for
+    ``products.head_products`` (of xᵀ when ``transposed``)."""
+    rows, columns = (x.stride(-1), x.stride(-2)) if transposed else (x.stride(-2), x.stride(-1))
+    return (x.stride(0) if x.ndim == 3 else 0, 0, rows, columns)
+
+
+# The fits' products' tiles (products.head_products): the sweep of bench/tune_fit_products.py.
+FIT_TILES = (128, 64, 32, 4, 3)
+
+
+def _fit_products(frames: torch.Tensor, past: torch.Tensor | None, mix: torch.Tensor | None,
+                  frame_g: torch.Tensor) -> torch.Tensor:
+    """B = G_framesᵀ X + mix B_past on three-TF32 tensor-core products (``kernels/products.py``):
+    float32 frames [S, L, e], past [S, N, e] and its map mix [S, N, N]."""
     products = backends.triton_kernels()["products"]
     streams, length, width = frames.shape
-    n = fit.frame_g.shape[1]
+    n = frame_g.shape[1]
     precision = products.precision(frames.device)
     coef = torch.empty(streams, n, width, device=frames.device, dtype=torch.float32)
-
-    def rows(x):  # (stream, head, row, column) strides of [S, rows, columns] or a shared [rows, columns]
-        return (x.stride(0) if x.ndim == 3 else 0, 0, x.stride(-2), x.stride(-1))
-
-    def columns(x):  # the same of xᵀ
-        return (x.stride(0) if x.ndim == 3 else 0, 0, x.stride(-1), x.stride(-2))
-
-    products.head_products(fit.frame_g, columns(fit.frame_g), frames, rows(frames), coef, rows(coef), n, width, length,
-                           1, streams, precision)
+    products.head_products(frame_g, _strides(frame_g, True), frames, _strides(frames), coef, _strides(coef), n, width,
+                           length, 1, streams, precision, tiles=FIT_TILES)
     if past is not None:
-        mix = torch.empty(streams, n, n, device=frames.device, dtype=torch.float32)
-        products.head_products(fit.past_g, columns(fit.past_g), sample_basis, rows(sample_basis), mix, rows(mix), n, n,
-                               fit.past_g.shape[0], 1, streams, precision)
-        products.head_products(mix, rows(mix), past, rows(past), coef, rows(coef), n, width, n, 1, streams, precision,
-                               accumulate=True)
+        products.head_products(mix, _strides(mix), past, _strides(past), coef, _strides(coef), n, width, n, 1, streams,
+                               precision, accumulate=True, tiles=FIT_TILES)
     return coef
 
 
-def _kernel_past_samples(cfg: MemoryConfig, stats: torch.Tensor | None, dtype: torch.dtype, device: torch.device,
-                         generator: torch.Generator | None = None) -> PastSamples:
-    """``reference.step.past_samples``, with a Gaussian basis's quantile samples from one Triton
-    kernel (``kernels/sampling.py``: the search, the points and ψ at them in float64, rounded once)
-    instead of a dozen torch ops over [S, M, N] in float64."""
+def _dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_basis: torch.Tensor | None,
+                        fit: DenseFit) -> torch.Tensor:
+    """``reference.consolidate_dense`` on three-TF32 tensor-core products, float32 frames [S, L, e]
+    and past [S, N, e]: B = G_framesᵀ X + (G_pastᵀ Ψ_u) B_past. The past part goes through its
+    [N, N] map: N(M + e)·N multiply-adds per stream against 2MNe for G_pastᵀ (Ψ_u B_past), never
+    more when M ≥ N and e ≥ N (the configurations')."""
+    mix = None
+    if past is not None:
+        products = backends.triton_kernels()["products"]
+        streams, n = frames.shape[0], fit.frame_g.shape[1]
+        mix = torch.empty(streams, n, n, device=frames.device, dtype=torch.float32)
+        products.head_products(fit.past_g, _strides(fit.past_g, True), sample_basis, _strides(sample_basis), mix,
+                               _strides(mix), n, n, fit.past_g.shape[0], 1, streams,
+                               products.precision(frames.device), tiles=FIT_TILES)
+    return _fit_products(frames, past, mix, fit.frame_g)
+
+
+@lru_cache(maxsize=64)
+def _gaussian_sample_constants(num_basis: int, sigmas: tuple, device: torch.device) -> tuple:
+    """(μ, 1/σ in float64, 1/(σ√2π) in float32) of a Gaussian basis on ``device``: what
+    ``gaussian_fit.sample_mix`` evaluates ψ from."""
+    mu, sigma = gaussian_parameters(num_basis, sigmas)
+    peak = 1 / (sigma * math.sqrt(2 * math.pi))
+    return mu.to(device), (1 / sigma).to(device), peak.to(device, torch.float32)
+
+
+def _kernel_later_fit(cfg: MemoryConfig, fit: DenseFit, frames: torch.Tensor, past: torch.Tensor,
+                      stats: torch.Tensor) -> torch.Tensor | None:
+    """A Gaussian basis's consolidation with sticky quantile sampling on Triton kernels: the sample
+    times from the statistic (``sampling.quantile_points``), G_pastᵀ Ψ_u with ψ evaluated inside
+    the product (``gaussian_fit.sample_mix``: Ψ_u [S, M, N] never reaches memory), then
+    :func:`_fit_products`. None for other configurations (``consolidate_chunk``'s ``later_fit``)."""
     if cfg.basis != "gaussian" or not cfg.sticky or cfg.sampling != "quantile":
-        return past_samples(cfg, stats, dtype, device, generator)
-    basis = on_device(gaussian_basis(cfg.num_basis, cfg.sigmas), device, torch.float64)
+        return None
+    kernels = backends.triton_kernels()
     mass = (stats if stats.dim() == 3 else stats[:, None]).contiguous()
-    sample_basis = backends.triton_kernels()["sampling"].quantile_basis(mass, cfg.past_samples, basis.mu, basis.sigma,
-                                                                        dtype)
-    return PastSamples(None, sample_basis)
+    points = kernels["sampling"].quantile_points(mass, cfg.past_samples)
+    mix = kernels["gaussian_fit"].sample_mix(fit.past_g, points,
+                                             *_gaussian_sample_constants(cfg.num_basis, cfg.sigmas, frames.device),
+                                             kernels["products"].precision(frames.device))
+    return _fit_products(frames, past, mix, fit.frame_g)
 
 
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
@@ -254,9 +282,13 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     if fused is None:
         # The dense fits' products and the past samples as direct kernel launches: eager, outside autograd.
         kernels = backend == "triton" and not grad and _library.eager(frames)
+        if kernels and cfg.basis == "gaussian":
+            # Every call, as consolidate_chunk fetches its fits: a CUDA graph captured after one
+            # eager step finds the constants on the device.
+            _gaussian_sample_constants(cfg.num_basis, cfg.sigmas, frames.device)
         coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator,
                                  _dense_fit_products if kernels else consolidate_dense,
-                                 _kernel_past_samples if kernels else None)
+                                 _kernel_later_fit if kernels else None)
         projected = coef
     else:
         coef, projected = fused
