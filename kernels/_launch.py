@@ -13,6 +13,7 @@ through Triton.
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 
@@ -45,6 +46,11 @@ def specialization_key(args, meta: dict) -> tuple:
 # Keys are per shape; a program that sees ever new shapes should not grow the cache without end.
 MAX_CACHED = 512
 
+# A key's first launch goes through Triton's compile-and-launch path one thread at a time: threads
+# compiling different kernels at once were seen (Triton 3.6, tests/test_determinism.py's threads)
+# to launch one kernel through another's launcher ("function takes exactly 40 arguments (41 given)").
+_FIRST_LAUNCH = threading.Lock()
+
 
 class CachedLaunch:
     """``launch(grid, *args, **meta)`` runs ``kernel[grid](*args, **meta)``, faster after the first call.
@@ -74,7 +80,8 @@ class CachedLaunch:
         compiled = self.compiled.get(key)
         grid = tuple(grid) + (1,) * (3 - len(grid))
         if compiled is None:
-            compiled = self.kernel[grid](*args, **meta)
+            with _FIRST_LAUNCH:
+                compiled = self.kernel[grid](*args, **meta)
             if all(hasattr(compiled, name) for name in ("__getitem__", "run", "function", "packed_metadata")):
                 if len(self.compiled) >= MAX_CACHED:
                     self.compiled.clear()

@@ -3,14 +3,14 @@
 A consolidation reads each stream's old signal at M sticky sample times u [S, M]; with a Gaussian
 basis its fit takes G_pastᵀ Ψ_u [N, N] per stream, Ψ_u[m, n] = ψ_n(u_m), before that map meets the
 old coefficients (``ops.step``). Here the [M, N] tile of ψ is computed in registers where the
-product needs it, so Ψ_u never reaches memory, and a block of samples whose times all lie more
-than ``CUTOFF`` widths from every centre of the output tile is skipped: its ψ values are below
-e^-32 of their peak (the cutoff of the quadrature's bands too), far under float32 rounding of the
-terms kept. The skip needs no order of the times; sorted times (every sampler's) make it pay.
+product needs it, so Ψ_u never reaches memory. The times come sorted (the quantile sampler's are),
+so the samples within ``CUTOFF`` widths of some centre of an output tile form one run, and the
+product loops over that run only: the samples left out have ψ below e^-32 of its peak there (the
+cutoff of the quadrature's bands too), far under float32 rounding of the terms kept.
 
-ψ_n(u) = exp(-z²/2) / (σ_n √2π), z = (u - μ_n) / σ_n: u - μ_n and z in float64 (times are float64
-and a narrow Gaussian's z would otherwise carry the time's float32 rounding, 1e-5 of σ), z²/2
-rounded to float32 before the exponential, whose error then stays below 1e-7 of ψ's peak.
+ψ_n(u) = exp(-z²/2) / (σ_n √2π), z = (u - μ_n) / σ_n: u - μ_n in float64 (times are float64, and
+a narrow Gaussian's z would otherwise carry the time's float32 rounding, 1e-5 of σ), then float32;
+the error of ψ stays below 1e-7 of its peak.
 """
 from __future__ import annotations
 
@@ -43,23 +43,30 @@ def _sample_mix_kernel(g_ptr, t_ptr, mu_ptr, inv_sigma_ptr, peak_ptr, out_ptr, N
     mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
     inv_sigma = tl.load(inv_sigma_ptr + offs_n, mask=mask_n, other=1.0)
     peak = tl.load(peak_ptr + offs_n, mask=mask_n, other=0.0)
-    # The times that can reach a column of this tile: μ ± CUTOFF·σ.
-    reach_lo = tl.min(tl.where(mask_n, mu - CUTOFF / inv_sigma, float("inf")), axis=0)
-    reach_hi = tl.max(tl.where(mask_n, mu + CUTOFF / inv_sigma, -float("inf")), axis=0)
-    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+    # The times that can reach a column of this tile, μ ± CUTOFF·σ, are one run of the sorted
+    # samples: those below and above it are counted, and the product loops over the run only.
+    reach = CUTOFF / inv_sigma.to(tl.float64)
+    reach_lo = tl.min(tl.where(mask_n, mu - reach, float("inf")), axis=0)
+    reach_hi = tl.max(tl.where(mask_n, mu + reach, -float("inf")), axis=0)
+    below = 0
+    above = 0
     for k0 in range(0, M, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < M
         t = tl.load(t_ptr + s * stride_ts + offs_k, mask=mask_k, other=0.0)
-        t_lo = tl.min(tl.where(mask_k, t, float("inf")), axis=0)
-        t_hi = tl.max(tl.where(mask_k, t, -float("inf")), axis=0)
-        if (t_hi >= reach_lo) & (t_lo <= reach_hi):
-            z = (t[:, None] - mu[None, :]) * inv_sigma[None, :]
-            half_square = (0.5 * z * z).to(tl.float32)
-            psi = tl.where(mask_k[:, None], tl.exp(-half_square) * peak[None, :], 0.0)
-            g = tl.load(g_ptr + offs_k[None, :] * stride_gm + offs_r[:, None] * stride_gn,
-                        mask=mask_k[None, :] & mask_r[:, None], other=0.0)
-            acc = tl.dot(g, psi, acc, input_precision=PRECISION)
+        below += tl.sum((mask_k & (t < reach_lo)).to(tl.int32), axis=0)
+        above += tl.sum((mask_k & (t > reach_hi)).to(tl.int32), axis=0)
+    end = M - above
+    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+    for k0 in range(below, end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < end
+        t = tl.load(t_ptr + s * stride_ts + offs_k, mask=mask_k, other=0.0)
+        z = (t[:, None] - mu[None, :]).to(tl.float32) * inv_sigma[None, :]
+        psi = tl.where(mask_k[:, None], tl.exp(-0.5 * z * z) * peak[None, :], 0.0)
+        g = tl.load(g_ptr + offs_k[None, :] * stride_gm + offs_r[:, None] * stride_gn,
+                    mask=mask_k[None, :] & mask_r[:, None], other=0.0)
+        acc = tl.dot(g, psi, acc, input_precision=PRECISION)
     tl.store(out_ptr + s * stride_os + offs_r[:, None] * stride_on + offs_n[None, :], acc,
              mask=mask_r[:, None] & mask_n[None, :])
 
@@ -71,8 +78,9 @@ _launch = CachedLaunch(_sample_mix_kernel)
 def sample_mix(past_g: torch.Tensor, points: torch.Tensor, mu: torch.Tensor, inv_sigma: torch.Tensor,
                peak: torch.Tensor, precision: str) -> torch.Tensor:
     """G_pastᵀ Ψ(u) [S, N, N] (float32) for the fit's past rows ``past_g`` [M, N] (float32, any
-    strides), sample times ``points`` [S, M] (float64, last stride 1) and the basis as centres
-    ``mu`` and 1/σ ``inv_sigma`` (float64 [N]) and peaks 1/(σ√2π) ``peak`` (float32 [N]);
+    strides), sample times ``points`` [S, M] (float64, last stride 1, sorted ascending in each row)
+    and the basis as centres ``mu`` (float64 [N]), 1/σ ``inv_sigma`` and peaks 1/(σ√2π) ``peak``
+    (float32 [N]);
     ``precision``: the dots' input precision (``products.precision``)."""
     streams, samples = points.shape
     n = mu.numel()

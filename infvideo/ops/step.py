@@ -149,11 +149,11 @@ def _dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_
 
 @lru_cache(maxsize=64)
 def _gaussian_sample_constants(num_basis: int, sigmas: tuple, device: torch.device) -> tuple:
-    """(μ, 1/σ in float64, 1/(σ√2π) in float32) of a Gaussian basis on ``device``: what
+    """(μ in float64, 1/σ and 1/(σ√2π) in float32) of a Gaussian basis on ``device``: what
     ``gaussian_fit.sample_mix`` evaluates ψ from."""
     mu, sigma = gaussian_parameters(num_basis, sigmas)
     peak = 1 / (sigma * math.sqrt(2 * math.pi))
-    return mu.to(device), (1 / sigma).to(device), peak.to(device, torch.float32)
+    return mu.to(device), (1 / sigma).to(device, torch.float32), peak.to(device, torch.float32)
 
 
 def _kernel_later_fit(cfg: MemoryConfig, fit: DenseFit, frames: torch.Tensor, past: torch.Tensor,
