@@ -1,14 +1,14 @@
-"""The Gaussian step's fit on the GPU (issue 18): its products' tiles, against cuBLAS float32.
+"""The Gaussian step's consolidation on the GPU (issue 18): its kernels' tiles, against torch.
 
     cd bench && PYTHONPATH=.. python tune_fit_products.py [--streams 16 64]
 
-B = G_framesᵀ X + (G_pastᵀ Ψ_u) B_past for pooled frames X [S, 256, 768], B_past [S, 256, 768] and
-ψ at 512 sticky quantile samples (N = 256, the exact preset's fit, random sticky masses):
-cuBLAS in float32 (no tensor cores) on Ψ_u; the step's Triton kernels
-(``ops.step._kernel_later_fit``: the sample times, G_pastᵀ Ψ_u with ψ evaluated inside the
-product, ``kernels/gaussian_fit.py``, then the three-TF32 products) at each tile of the sweep of
-``gaussian_fit.TILES`` and of the products' ``FIT_TILES``. GPU time p50 (CUDA graph replay) and
-each result's error against float64.
+B = G_framesᵀ pool(tokens) + (G_pastᵀ Ψ_u) B_past for bf16 tokens [S, 256, 32, 768], B_past
+[S, 256, 768] and ψ at 512 sticky quantile samples (N = 256, the exact preset's fit, random sticky
+masses): torch (pooling, then cuBLAS float32 products on Ψ_u); the step's Triton kernels
+(``ops.step._kernel_consolidation``: the sample times, G_pastᵀ Ψ_u with ψ evaluated inside the
+product, ``kernels/gaussian_fit.py``, then one pass over the tokens, ``kernels/dense_consolidate.py``)
+at each tile of the sweep; the first chunk's pass alone (no past) with its token read rate. GPU
+time p50 (CUDA graph replay) and each result's error against float64.
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import torch
 import triton.testing
 
 from infvideo.config import MemoryConfig
-from infvideo.kernels import gaussian_fit
+from infvideo.kernels import dense_consolidate, gaussian_fit
 from infvideo.ops import step as step_module
 from infvideo.reference.fit import consolidation_fit, on_device
 from infvideo.reference.step import past_samples
 
-LENGTH, WIDTH, SAMPLES = 256, 768, 512
+LENGTH, TOKENS, WIDTH, SAMPLES = 256, 32, 768, 512
 
 
 def main():
@@ -37,37 +37,51 @@ def main():
     n = fit.frame_g.shape[1]
     gen = torch.Generator(device="cuda").manual_seed(0)
     for streams in args.streams:
-        frames = torch.randn(streams, LENGTH, WIDTH, device="cuda", generator=gen)
+        tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device="cuda", generator=gen).to(torch.bfloat16)
         past = torch.randn(streams, n, WIDTH, device="cuda", generator=gen)
         mass = torch.rand(streams, 24, cfg.sticky_bins, device="cuda", generator=gen) ** 4
         basis = past_samples(cfg, mass, torch.float32, device).dense
-        exact = (torch.einsum("ln,sle->sne", fit.frame_g.double(), frames.double())
+        pooled64 = tokens.double().mean(2)
+        exact = (torch.einsum("ln,sle->sne", fit.frame_g.double(), pooled64)
                  + (fit.past_g.double().T @ past_samples(cfg, mass, torch.float64, device).dense) @ past.double())
+        del pooled64
 
-        def report(what, call):
-            error = float((call().double() - exact).norm() / exact.norm())
+        def report(what, call, nbytes=None):
+            error = float((call().double() - exact).norm() / exact.norm()) if nbytes is None else float("nan")
             took = triton.testing.do_bench_cudagraph(call, rep=50, return_mode="median") * 1e3
-            print(f"S={streams} {what}: {took:8.1f} µs, error {error:.1e}", flush=True)
+            rate = f", tokens at {nbytes / took / 1e6:.2f} TB/s" if nbytes else ""
+            print(f"S={streams} {what}: {took:8.1f} µs, error {error:.1e}{rate}", flush=True)
 
-        report("cuBLAS float32", lambda: torch.einsum("ln,sle->sne", fit.frame_g, frames)
+        report("torch: pooling, cuBLAS float32", lambda: torch.einsum("ln,sle->sne", fit.frame_g, tokens.float().mean(2))
                + (fit.past_g.T @ basis) @ past)
-        report("Triton products on Ψ_u", lambda: step_module._dense_fit_products(frames, past, basis, fit))
 
-        def later_fit():
-            return step_module._kernel_later_fit(cfg, fit, frames, past, mass)
+        def consolidation():
+            return step_module._kernel_consolidation(cfg, tokens, past, None, mass, None)
 
-        base_mix, base_fit = gaussian_fit.TILES, step_module.FIT_TILES
-        for tiles in itertools.product((64, 128), (64, 128), (32, 64), (4, 8)):
+        def first_pass():
+            return dense_consolidate.dense_consolidate(tokens, fit.frame_g, None, None, "tf32x3")
+
+        report("Triton consolidation", consolidation)
+        report("Triton first chunk's pass", first_pass, tokens.numel() * tokens.element_size())
+        if streams != max(args.streams):
+            continue
+        base_config, base_mix = dict(dense_consolidate.CONFIG), gaussian_fit.TILES
+        for block_l, block_t, block_e, warps, stages in itertools.product((16, 32), (8, 16), (32, 64), (4, 8), (1, 2)):
+            dense_consolidate.CONFIG.update(block_l=block_l, block_t=block_t, block_e=block_e, num_warps=warps,
+                                            num_stages=stages)
+            try:
+                report(f"first chunk's pass, {dense_consolidate.CONFIG}", first_pass,
+                       tokens.numel() * tokens.element_size())
+            except Exception as exc:  # a tile that does not compile (registers, shared memory)
+                print(f"S={streams} {dense_consolidate.CONFIG}: {type(exc).__name__}", flush=True)
+        dense_consolidate.CONFIG.update(base_config)
+        for tiles in [(128, 64, 32, 4), (64, 64, 32, 4), (128, 128, 32, 8), (256, 64, 32, 8)]:
             gaussian_fit.TILES = tiles
             try:
-                report(f"Triton later fit, mix tiles {tiles}", later_fit)
-            except Exception as exc:  # a tile that does not compile (registers, shared memory)
+                report(f"Triton consolidation, mix tiles {tiles}", consolidation)
+            except Exception as exc:
                 print(f"S={streams} mix tiles {tiles}: {type(exc).__name__}", flush=True)
         gaussian_fit.TILES = base_mix
-        for tiles in [(128, 64, 32, 4, 3), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 64, 32, 4, 3)]:
-            step_module.FIT_TILES = tiles
-            report(f"Triton later fit, product tiles {tiles}", later_fit)
-        step_module.FIT_TILES = base_fit
 
 
 if __name__ == "__main__":

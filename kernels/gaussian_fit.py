@@ -23,7 +23,7 @@ from ._launch import CachedLaunch, cdiv
 
 CUTOFF = 8.0
 # (rows of G_pastᵀ, basis columns, samples) per tile, warps.
-TILES = (64, 64, 32, 4)
+TILES = (128, 64, 32, 4)
 
 
 @triton.jit

@@ -102,49 +102,37 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
 
 
-def _strides(x: torch.Tensor, transposed: bool = False) -> tuple:
-    """(stream, head, row, column) strides of [S, rows, columns] or a shared [rows, columns] for
-    ``products.head_products`` (of xᵀ when ``transposed``)."""
-    rows, columns = (x.stride(-1), x.stride(-2)) if transposed else (x.stride(-2), x.stride(-1))
-    return (x.stride(0) if x.ndim == 3 else 0, 0, rows, columns)
+# The past map's product tiles (products.head_products): the sweep of bench/tune_fit_products.py.
+PAST_MAP_TILES = (128, 64, 32, 4, 3)
 
 
-# The fits' products' tiles (products.head_products): the sweep of bench/tune_fit_products.py.
-FIT_TILES = (128, 64, 32, 4, 3)
-
-
-def _fit_products(frames: torch.Tensor, past: torch.Tensor | None, mix: torch.Tensor | None,
-                  frame_g: torch.Tensor) -> torch.Tensor:
-    """B = G_framesᵀ X + mix B_past on three-TF32 tensor-core products (``kernels/products.py``):
-    float32 frames [S, L, e], past [S, N, e] and its map mix [S, N, N]."""
+def _past_map(past_g: torch.Tensor, sample_basis: torch.Tensor, streams: int) -> torch.Tensor:
+    """G_pastᵀ Ψ_u [S, N, N] on three-TF32 products (``products.head_products``) from the fit's
+    past rows [M, N] and ψ at the samples [M, N] or [S, M, N]."""
     products = backends.triton_kernels()["products"]
-    streams, length, width = frames.shape
-    n = frame_g.shape[1]
-    precision = products.precision(frames.device)
-    coef = torch.empty(streams, n, width, device=frames.device, dtype=torch.float32)
-    products.head_products(frame_g, _strides(frame_g, True), frames, _strides(frames), coef, _strides(coef), n, width,
-                           length, 1, streams, precision, tiles=FIT_TILES)
-    if past is not None:
-        products.head_products(mix, _strides(mix), past, _strides(past), coef, _strides(coef), n, width, n, 1, streams,
-                               precision, accumulate=True, tiles=FIT_TILES)
-    return coef
+    samples, n = past_g.shape
+    mix = torch.empty(streams, n, n, device=past_g.device, dtype=torch.float32)
+
+    def strides(x, transposed=False):  # (stream, head, row, column), of xᵀ when transposed
+        rows, columns = (x.stride(-1), x.stride(-2)) if transposed else (x.stride(-2), x.stride(-1))
+        return (x.stride(0) if x.ndim == 3 else 0, 0, rows, columns)
+    products.head_products(past_g, strides(past_g, True), sample_basis, strides(sample_basis), mix, strides(mix), n,
+                           n, samples, 1, streams, products.precision(past_g.device), tiles=PAST_MAP_TILES)
+    return mix
 
 
 def _dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_basis: torch.Tensor | None,
                         fit: DenseFit) -> torch.Tensor:
-    """``reference.consolidate_dense`` on three-TF32 tensor-core products, float32 frames [S, L, e]
-    and past [S, N, e]: B = G_framesᵀ X + (G_pastᵀ Ψ_u) B_past. The past part goes through its
-    [N, N] map: N(M + e)·N multiply-adds per stream against 2MNe for G_pastᵀ (Ψ_u B_past), never
-    more when M ≥ N and e ≥ N (the configurations')."""
+    """``reference.consolidate_dense`` on Triton kernels, float32 frames [S, L, e] and past
+    [S, N, e]: B = G_framesᵀ X + (G_pastᵀ Ψ_u) B_past, the past part through its [N, N] map (N(M + e)·N
+    multiply-adds per stream against 2MNe for G_pastᵀ (Ψ_u B_past), never more when M ≥ N and
+    e ≥ N, the configurations'), both on three-TF32 tensor-core products."""
+    kernels = backends.triton_kernels()
     mix = None
     if past is not None:
-        products = backends.triton_kernels()["products"]
-        streams, n = frames.shape[0], fit.frame_g.shape[1]
-        mix = torch.empty(streams, n, n, device=frames.device, dtype=torch.float32)
-        products.head_products(fit.past_g, _strides(fit.past_g, True), sample_basis, _strides(sample_basis), mix,
-                               _strides(mix), n, n, fit.past_g.shape[0], 1, streams,
-                               products.precision(frames.device), tiles=FIT_TILES)
-    return _fit_products(frames, past, mix, fit.frame_g)
+        mix, past = _past_map(fit.past_g, sample_basis, frames.shape[0]), _library.rows_unit_stride(past)
+    return kernels["dense_consolidate"].dense_consolidate(frames, fit.frame_g, mix, past,
+                                                          kernels["products"].precision(frames.device))
 
 
 @lru_cache(maxsize=64)
@@ -156,21 +144,36 @@ def _gaussian_sample_constants(num_basis: int, sigmas: tuple, device: torch.devi
     return mu.to(device), (1 / sigma).to(device, torch.float32), peak.to(device, torch.float32)
 
 
-def _kernel_later_fit(cfg: MemoryConfig, fit: DenseFit, frames: torch.Tensor, past: torch.Tensor,
-                      stats: torch.Tensor) -> torch.Tensor | None:
-    """A Gaussian basis's consolidation with sticky quantile sampling on Triton kernels: the sample
-    times from the statistic (``sampling.quantile_points``), G_pastᵀ Ψ_u with ψ evaluated inside
-    the product (``gaussian_fit.sample_mix``: Ψ_u [S, M, N] never reaches memory), then
-    :func:`_fit_products`. None for other configurations (``consolidate_chunk``'s ``later_fit``)."""
-    if cfg.basis != "gaussian" or not cfg.sticky or cfg.sampling != "quantile":
-        return None
+def _kernel_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tensor | None,
+                          filled: torch.Tensor | None, stats: torch.Tensor | None,
+                          generator: torch.Generator | None) -> torch.Tensor:
+    """``reference.consolidate_chunk`` of a Gaussian basis on Triton kernels (eager, outside
+    autograd), from the raw chunk: each stream's map from its old coefficients, G_pastᵀ Ψ_u [N, N]
+    (with sticky quantile sampling from the sample times, ``sampling.quantile_points``, and ψ
+    evaluated inside the product, ``gaussian_fit.sample_mix``: Ψ_u never reaches memory), then
+    one pass over the tokens that pools them, fits them and adds the map's product
+    (``dense_consolidate``)."""
     kernels = backends.triton_kernels()
-    mass = (stats if stats.dim() == 3 else stats[:, None]).contiguous()
-    points = kernels["sampling"].quantile_points(mass, cfg.past_samples)
-    mix = kernels["gaussian_fit"].sample_mix(fit.past_g, points,
-                                             *_gaussian_sample_constants(cfg.num_basis, cfg.sigmas, frames.device),
-                                             kernels["products"].precision(frames.device))
-    return _fit_products(frames, past, mix, fit.frame_g)
+    length, device = frames.shape[1], frames.device
+    precision = kernels["products"].precision(device)
+    consolidate = kernels["dense_consolidate"].dense_consolidate
+    # All constants fetched on every call, as consolidate_chunk does: a CUDA graph captured after
+    # one eager step finds them on the device.
+    first = on_device(first_fit(cfg, length), device, torch.float32)
+    fit = on_device(consolidation_fit(cfg, length), device, torch.float32)
+    constants = _gaussian_sample_constants(cfg.num_basis, cfg.sigmas, device)
+    if past is None or filled is not None:
+        start = consolidate(frames, first.frame_g, None, None, precision)
+        if past is None:
+            return start
+    if cfg.sticky and cfg.sampling == "quantile":
+        mass = (stats if stats.dim() == 3 else stats[:, None]).contiguous()
+        points = kernels["sampling"].quantile_points(mass, cfg.past_samples)
+        mix = kernels["gaussian_fit"].sample_mix(fit.past_g, points, *constants, precision)
+    else:
+        mix = _past_map(fit.past_g, past_samples(cfg, stats, torch.float32, device, generator).dense, frames.shape[0])
+    later = consolidate(frames, fit.frame_g, mix, _library.rows_unit_stride(past.to(torch.float32)), precision)
+    return later if filled is None else torch.where(filled[:, None, None], later, start)
 
 
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
@@ -280,15 +283,13 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
     fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, cast_dtype, backend)
     if fused is None:
-        # The dense fits' products and the past samples as direct kernel launches: eager, outside autograd.
+        # Dense fits on direct kernel launches: eager, outside autograd.
         kernels = backend == "triton" and not grad and _library.eager(frames)
         if kernels and cfg.basis == "gaussian":
-            # Every call, as consolidate_chunk fetches its fits: a CUDA graph captured after one
-            # eager step finds the constants on the device.
-            _gaussian_sample_constants(cfg.num_basis, cfg.sigmas, frames.device)
-        coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator,
-                                 _dense_fit_products if kernels else consolidate_dense,
-                                 _kernel_later_fit if kernels else None)
+            coef = _kernel_consolidation(cfg, frames, past, filled, stats, generator)
+        else:
+            coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator,
+                                     _dense_fit_products if kernels else consolidate_dense)
         projected = coef
     else:
         coef, projected = fused

@@ -117,31 +117,26 @@ def past_samples(cfg: MemoryConfig, stats: torch.Tensor | None, dtype: torch.dty
 
 def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tensor | None,
                       filled: torch.Tensor | None, stats: torch.Tensor | None,
-                      generator: torch.Generator | None = None, dense_fit=consolidate_dense,
-                      later_fit=None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, dense_fit=consolidate_dense) -> torch.Tensor:
     """New coefficients [S, N, e] from pooled frames [S, L, e] and each stream's old state.
 
     ``past`` None: every stream starts a new video. Otherwise ``filled`` is None when every stream
     holds one, or a bool mask [S] of those that do (the others start anew). ``dense_fit``: what
     applies a dense fit (``consolidate_dense``'s arguments and result), for the fused step's own
-    products; ``later_fit``: the fused step's own way to the coefficients of streams that hold a
-    memory, ``later_fit(cfg, fit, frames, past, stats)`` with the fit's constants on the device,
-    returning None where it does not apply (the samples and ``dense_fit`` then give them).
+    products.
     """
     length, dtype, device = frames.shape[1], frames.dtype, frames.device
     n = cfg.num_basis
     # Both fits are fetched on every call (cached), so a stream's first call already puts the
     # later calls' constants on the device: a CUDA graph can be captured after one eager step.
     first = on_device(first_fit(cfg, length), device, dtype)
-    fit = on_device(consolidation_fit(cfg, length), device, dtype)
+    later_fit = on_device(consolidation_fit(cfg, length), device, dtype)
     if past is None or filled is not None:
         start = _apply_fit(first, frames, None, None, n, dense_fit)
         if past is None:
             return start
-    later = None if later_fit is None else later_fit(cfg, fit, frames, past.to(dtype), stats)
-    if later is None:
-        samples = past_samples(cfg, stats, dtype, device, generator)
-        later = _apply_fit(fit, frames, past.to(dtype), samples, n, dense_fit)
+    samples = past_samples(cfg, stats, dtype, device, generator)
+    later = _apply_fit(later_fit, frames, past.to(dtype), samples, n, dense_fit)
     if filled is None:
         return later
     return torch.where(filled[:, None, None], later, start)

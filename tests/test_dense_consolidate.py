@@ -1,0 +1,68 @@
+"""``infvideo.kernels.dense_consolidate``: pooled tokens fitted by G_framesᵀ plus the past map's
+product, in one pass, against float64 on the same inputs.
+
+Tolerance: 1e-6 relative (Frobenius) for every token dtype: the tokens are pooled in float32 from
+their own values (exact inputs) and the products are three-TF32 on a GPU (float32 accuracy, about
+3e-7), exact float32 dots in the interpreter. Odd sizes, tokens as [S, L, e], [S, L, T, e] and a
+[S, L, h, w, e] grid, strided frames, basis rows over several row tiles, with and without a past.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infvideo import backends
+from conftest import CUDA, rel_err
+
+DEVICES = [d for d in ("cpu", "cuda") if backends.triton_runs_on(torch.device(d)) and (d != "cuda" or CUDA)]
+# (streams, frames L, token dims, width e, basis N)
+CASES = [(3, 7, (5,), 24, 12), (2, 33, (), 40, 30), (1, 16, (2, 3), 70, 17)]
+GPU_CASES = [(4, 256, (32,), 768, 256), (3, 100, (7,), 1000, 300)]
+
+
+def cases():
+    return [pytest.param(device, case, id=f"{device}-{case}") for device in DEVICES
+            for case in CASES + (GPU_CASES if device == "cuda" else [])]
+
+
+def expected(frames, frame_g, mix, past):
+    pooled = frames.double().flatten(2, -2).mean(2) if frames.dim() > 3 else frames.double()
+    coef = frame_g.double().T @ pooled
+    return coef if mix is None else coef + mix.double() @ past.double()
+
+
+def consolidate(frames, frame_g, mix, past):
+    kernels = backends.triton_kernels()
+    return kernels["dense_consolidate"].dense_consolidate(frames, frame_g, mix, past,
+                                                          kernels["products"].precision(frames.device))
+
+
+@pytest.mark.parametrize("device,case", cases())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("with_past", [True, False], ids=["past", "first"])
+def test_matches_float64(device, case, dtype, with_past):
+    streams, length, token_dims, width, n = case
+    gen = torch.Generator().manual_seed(length + width + n)
+    frames = torch.randn(streams, length, *token_dims, width, generator=gen).to(device, dtype)
+    frame_g = torch.randn(n, length, generator=gen).T.to(device)  # stored transposed: read by strides
+    mix = torch.randn(streams, n, n, generator=gen).to(device) / n ** 0.5 if with_past else None
+    past = torch.randn(streams, n, width, generator=gen).to(device) if with_past else None
+    got = consolidate(frames, frame_g, mix, past)
+    assert got.dtype == torch.float32 and got.shape == (streams, n, width)
+    assert rel_err(got, expected(frames, frame_g, mix, past)) < 1e-6
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_row_tiles_and_strided_frames(device, monkeypatch):
+    """More basis rows than one tile holds (each tile reads the tokens again) and frames read in
+    place from a strided view give the same result."""
+    module = backends.triton_kernels()["dense_consolidate"]
+    monkeypatch.setitem(module.CONFIG, "max_rows", 16)
+    gen = torch.Generator().manual_seed(5)
+    storage = torch.randn(2, 9, 6, 2, 40, generator=gen).to(device)
+    frames = storage[:, :, :, 1, 3:35]  # [S, L, T, e] with gaps between tokens and columns
+    frame_g = torch.randn(9, 37, generator=gen).to(device)
+    mix = torch.randn(2, 37, 37, generator=gen).to(device)
+    past = torch.randn(2, 37, 32, generator=gen).to(device)
+    got = consolidate(frames, frame_g, mix, past)
+    assert rel_err(got, expected(frames, frame_g, mix, past)) < 1e-6
