@@ -56,24 +56,25 @@ def main():
                + (fit.past_g.T @ basis) @ past)
 
         def consolidation():
-            return step_module._kernel_consolidation(cfg, tokens, past, None, mass, None)
+            return step_module._kernel_consolidation(cfg, tokens, past, None, mass, None, torch.float32)[0]
 
         def first_pass():
-            return dense_consolidate.dense_consolidate(tokens, fit.frame_g, None, None, "tf32x3")
+            return dense_consolidate.dense_consolidate(tokens, fit.frame_g, None, None, "tf32x3")[0]
 
         report("Triton consolidation", consolidation)
         report("Triton first chunk's pass", first_pass, tokens.numel() * tokens.element_size())
         if streams != max(args.streams):
             continue
         base_config, base_mix = dict(dense_consolidate.CONFIG), gaussian_fit.TILES
-        for block_l, block_t, block_e, warps, stages in itertools.product((16, 32), (8, 16), (32, 64), (4, 8), (1, 2)):
-            dense_consolidate.CONFIG.update(block_l=block_l, block_t=block_t, block_e=block_e, num_warps=warps,
-                                            num_stages=stages)
+        sweep = [dict(token_loop=True, block_l=bl, block_e=be, num_warps=w, num_stages=st)
+                 for bl, be, w, st in itertools.product((16, 32, 64), (64, 128), (4, 8), (1, 3))]
+        sweep += [dict(token_loop=False, block_l=32, block_t=bt, block_e=64, num_warps=8) for bt in (8, 16, 32)]
+        for change in sweep:
+            dense_consolidate.CONFIG.update(base_config, **change)
             try:
-                report(f"first chunk's pass, {dense_consolidate.CONFIG}", first_pass,
-                       tokens.numel() * tokens.element_size())
+                report(f"first chunk's pass, {change}", first_pass, tokens.numel() * tokens.element_size())
             except Exception as exc:  # a tile that does not compile (registers, shared memory)
-                print(f"S={streams} {dense_consolidate.CONFIG}: {type(exc).__name__}", flush=True)
+                print(f"S={streams} {change}: {type(exc).__name__}", flush=True)
         dense_consolidate.CONFIG.update(base_config)
         for tiles in [(128, 64, 32, 4), (64, 64, 32, 4), (128, 128, 32, 8), (256, 64, 32, 8)]:
             gaussian_fit.TILES = tiles

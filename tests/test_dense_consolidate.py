@@ -33,8 +33,10 @@ def expected(frames, frame_g, mix, past):
 
 def consolidate(frames, frame_g, mix, past):
     kernels = backends.triton_kernels()
-    return kernels["dense_consolidate"].dense_consolidate(frames, frame_g, mix, past,
-                                                          kernels["products"].precision(frames.device))
+    coef, cast = kernels["dense_consolidate"].dense_consolidate(frames, frame_g, mix, past,
+                                                                kernels["products"].precision(frames.device))
+    assert cast is coef
+    return coef
 
 
 @pytest.mark.parametrize("device,case", cases())
@@ -53,11 +55,28 @@ def test_matches_float64(device, case, dtype, with_past):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_row_tiles_and_strided_frames(device, monkeypatch):
+@pytest.mark.parametrize("cast_dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cast_copy(device, cast_dtype):
+    """The copy for the K/V projection is the float32 result within one unit in the last place of
+    its type (rounded on a GPU; the interpreter's conversion truncates)."""
+    gen = torch.Generator().manual_seed(3)
+    frames = torch.randn(2, 11, 3, 20, generator=gen).to(device, torch.bfloat16)
+    frame_g = torch.randn(11, 13, generator=gen).to(device)
+    kernels = backends.triton_kernels()
+    coef, cast = kernels["dense_consolidate"].dense_consolidate(frames, frame_g, None, None,
+                                                                kernels["products"].precision(frames.device), cast_dtype)
+    assert cast.dtype == cast_dtype
+    torch.testing.assert_close(cast.float(), coef, rtol=torch.finfo(cast_dtype).eps, atol=torch.finfo(cast_dtype).tiny)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("token_loop", [False, True], ids=["token-tiles", "token-loop"])
+def test_row_tiles_and_strided_frames(device, token_loop, monkeypatch):
     """More basis rows than one tile holds (each tile reads the tokens again) and frames read in
     place from a strided view give the same result."""
     module = backends.triton_kernels()["dense_consolidate"]
     monkeypatch.setitem(module.CONFIG, "max_rows", 16)
+    monkeypatch.setitem(module.CONFIG, "token_loop", token_loop)
     gen = torch.Generator().manual_seed(5)
     storage = torch.randn(2, 9, 6, 2, 40, generator=gen).to(device)
     frames = storage[:, :, :, 1, 3:35]  # [S, L, T, e] with gaps between tokens and columns

@@ -154,6 +154,10 @@ def quadrature_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, 
         return x.to(device=query.device).contiguous()
     args = (unit(query), unit(keys), unit(values), num_heads, basis(mu), basis(sigma), basis(grid),
             log_weight.to(device=query.device, dtype=torch.float32).contiguous(), bool(write_density))
+    # A call that nothing needs to see launches the kernel itself (_library.direct_triton): the
+    # dispatcher's way there costs more host time than a small step's kernels take.
+    if _library.direct_triton(query, "triton") and not _library.records_grad(query, keys, values):
+        return backends.triton_kernels()["quadrature"].quadrature_attention(*args)
     return torch.ops.infvideo.quadrature_attention(*args)
 
 

@@ -132,7 +132,7 @@ def _dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_
     if past is not None:
         mix, past = _past_map(fit.past_g, sample_basis, frames.shape[0]), _library.rows_unit_stride(past)
     return kernels["dense_consolidate"].dense_consolidate(frames, fit.frame_g, mix, past,
-                                                          kernels["products"].precision(frames.device))
+                                                          kernels["products"].precision(frames.device))[0]
 
 
 @lru_cache(maxsize=64)
@@ -145,14 +145,14 @@ def _gaussian_sample_constants(num_basis: int, sigmas: tuple, device: torch.devi
 
 
 def _kernel_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tensor | None,
-                          filled: torch.Tensor | None, stats: torch.Tensor | None,
-                          generator: torch.Generator | None) -> torch.Tensor:
+                          filled: torch.Tensor | None, stats: torch.Tensor | None, generator: torch.Generator | None,
+                          cast_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``reference.consolidate_chunk`` of a Gaussian basis on Triton kernels (eager, outside
     autograd), from the raw chunk: each stream's map from its old coefficients, G_pastᵀ Ψ_u [N, N]
     (with sticky quantile sampling from the sample times, ``sampling.quantile_points``, and ψ
     evaluated inside the product, ``gaussian_fit.sample_mix``: Ψ_u never reaches memory), then
     one pass over the tokens that pools them, fits them and adds the map's product
-    (``dense_consolidate``)."""
+    (``dense_consolidate``). Returns (B float32, B in ``cast_dtype``), as ``_fused_consolidation``."""
     kernels = backends.triton_kernels()
     length, device = frames.shape[1], frames.device
     precision = kernels["products"].precision(device)
@@ -163,7 +163,7 @@ def _kernel_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.T
     fit = on_device(consolidation_fit(cfg, length), device, torch.float32)
     constants = _gaussian_sample_constants(cfg.num_basis, cfg.sigmas, device)
     if past is None or filled is not None:
-        start = consolidate(frames, first.frame_g, None, None, precision)
+        start = consolidate(frames, first.frame_g, None, None, precision, cast_dtype)
         if past is None:
             return start
     if cfg.sticky and cfg.sampling == "quantile":
@@ -172,8 +172,11 @@ def _kernel_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.T
         mix = kernels["gaussian_fit"].sample_mix(fit.past_g, points, *constants, precision)
     else:
         mix = _past_map(fit.past_g, past_samples(cfg, stats, torch.float32, device, generator).dense, frames.shape[0])
-    later = consolidate(frames, fit.frame_g, mix, _library.rows_unit_stride(past.to(torch.float32)), precision)
-    return later if filled is None else torch.where(filled[:, None, None], later, start)
+    later = consolidate(frames, fit.frame_g, mix, _library.rows_unit_stride(past.to(torch.float32)), precision,
+                        cast_dtype)
+    if filled is None:
+        return later
+    return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
 
 
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
@@ -286,11 +289,11 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         # Dense fits on direct kernel launches: eager, outside autograd.
         kernels = backend == "triton" and not grad and _library.eager(frames)
         if kernels and cfg.basis == "gaussian":
-            coef = _kernel_consolidation(cfg, frames, past, filled, stats, generator)
+            coef, projected = _kernel_consolidation(cfg, frames, past, filled, stats, generator, cast_dtype)
         else:
             coef = consolidate_chunk(cfg, pool_frames(frames, torch.float32), past, filled, stats, generator,
                                      _dense_fit_products if kernels else consolidate_dense)
-        projected = coef
+            projected = coef
     else:
         coef, projected = fused
     if cfg.basis != "rectangular" and (consts.quad is None or not QUADRATURE_KERNEL or backend != "triton"):
