@@ -21,7 +21,7 @@ from ._launch import CachedLaunch, cdiv, next_power_of_2
 # Frames per step, tokens per load (token_loop: one [frames, columns] load per token instead of
 # [frames, tokens, columns] tiles summed across threads), columns and rows per program, warps,
 # pipeline stages.
-CONFIG = dict(block_l=32, block_t=8, token_loop=False, block_e=64, max_rows=256, num_warps=8, num_stages=1)
+CONFIG = dict(block_l=32, block_t=16, token_loop=False, block_e=64, max_rows=256, num_warps=8, num_stages=1)
 
 
 @triton.jit
