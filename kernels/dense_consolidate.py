@@ -18,10 +18,10 @@ import triton.language as tl
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
 
-# Frames per step, tokens per load (token_loop: one [frames, columns] load per token instead of
-# [frames, tokens, columns] tiles summed across threads), columns and rows per program, warps,
-# pipeline stages.
-CONFIG = dict(block_l=32, block_t=16, token_loop=False, block_e=64, max_rows=256, num_warps=8, num_stages=1)
+# Frames per step, tokens per load, columns and rows per program, warps, pipeline stages: the sweep
+# of bench/tune_gaussian_consolidation.py on an H200 (one [frames, columns] load per token instead of the
+# [frames, tokens, columns] tiles measured slower at every tile tried).
+CONFIG = dict(block_l=32, block_t=16, block_e=64, max_rows=256, num_warps=8, num_stages=1)
 
 
 @triton.jit
@@ -30,7 +30,7 @@ def _dense_consolidate_kernel(
     stride_fs, stride_fl, stride_ft, stride_fe, stride_gl, stride_gn, stride_ms, stride_mr, stride_mk,
     stride_ps, stride_pn, stride_os, stride_on,
     HAS_PAST: tl.constexpr, HAS_CAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr, TOKEN_LOOP: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     tiles_e = tl.cdiv(E, BLOCK_E)
     pr = tl.program_id(0) // tiles_e
@@ -46,19 +46,13 @@ def _dense_consolidate_kernel(
         offs_l = l0 + tl.arange(0, BLOCK_L)
         mask_l = offs_l < L
         pooled = tl.zeros([BLOCK_L, BLOCK_E], dtype=tl.float32)
-        if TOKEN_LOOP:
-            rows = frames + offs_l[:, None].to(tl.int64) * stride_fl + offs_e[None, :] * stride_fe
-            for t in range(0, TOKENS):
-                pooled += tl.load(rows + t * stride_ft, mask=mask_l[:, None] & mask_e[None, :], other=0.0
-                                  ).to(tl.float32)
-        else:
-            rows = frames + offs_l[:, None, None].to(tl.int64) * stride_fl + offs_e[None, None, :] * stride_fe
-            for t0 in range(0, TOKENS, BLOCK_T):
-                offs_t = t0 + tl.arange(0, BLOCK_T)
-                tile = tl.load(rows + offs_t[None, :, None] * stride_ft,
-                               mask=mask_l[:, None, None] & (offs_t < TOKENS)[None, :, None] & mask_e[None, None, :],
-                               other=0.0)
-                pooled += tl.sum(tile.to(tl.float32), axis=1)
+        rows = frames + offs_l[:, None, None].to(tl.int64) * stride_fl + offs_e[None, None, :] * stride_fe
+        for t0 in range(0, TOKENS, BLOCK_T):
+            offs_t = t0 + tl.arange(0, BLOCK_T)
+            tile = tl.load(rows + offs_t[None, :, None] * stride_ft,
+                           mask=mask_l[:, None, None] & (offs_t < TOKENS)[None, :, None] & mask_e[None, None, :],
+                           other=0.0)
+            pooled += tl.sum(tile.to(tl.float32), axis=1)
         g = tl.load(g_ptr + offs_l[None, :] * stride_gl + offs_r[:, None] * stride_gn,
                     mask=mask_l[None, :] & mask_r[:, None], other=0.0)
         acc = tl.dot(g, pooled * inv_tokens, acc, input_precision=PRECISION)
@@ -108,5 +102,5 @@ def dense_consolidate(frames: torch.Tensor, frame_g: torch.Tensor, mix: torch.Te
             1.0 / count, *tokens.stride(), frame_g.stride(0), frame_g.stride(1), *mix_strides, *past_strides,
             out.stride(0), out.stride(1), HAS_PAST=has_past, HAS_CAST=cast is not out, PRECISION=precision,
             BLOCK_R=block_r, BLOCK_E=block_e, BLOCK_L=CONFIG["block_l"], BLOCK_T=block_t,
-            TOKEN_LOOP=CONFIG["token_loop"], num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
+            num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
     return out, cast

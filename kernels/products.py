@@ -3,7 +3,7 @@
 Used where a float32 product would otherwise run without tensor cores: the K/V projection of the
 step with float32 projections (:func:`linear`); per-head and per-stream products read in place
 (:func:`head_products`): the folded attention's, the quadrature attention's scores, the Gaussian
-step's fits. ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
+step's map from its old coefficients. ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
 operand into its TF32 part and the remainder and adds the three products that matter (big·big,
 big·small, small·big): the result is as accurate as a float32 product (errors near 1e-7 relative
 against float64) where a single TF32 product is off by about 1e-3. The CPU interpreter computes

@@ -70,13 +70,11 @@ def test_cast_copy(device, cast_dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("token_loop", [False, True], ids=["token-tiles", "token-loop"])
-def test_row_tiles_and_strided_frames(device, token_loop, monkeypatch):
+def test_row_tiles_and_strided_frames(device, monkeypatch):
     """More basis rows than one tile holds (each tile reads the tokens again) and frames read in
     place from a strided view give the same result."""
     module = backends.triton_kernels()["dense_consolidate"]
     monkeypatch.setitem(module.CONFIG, "max_rows", 16)
-    monkeypatch.setitem(module.CONFIG, "token_loop", token_loop)
     gen = torch.Generator().manual_seed(5)
     storage = torch.randn(2, 9, 6, 2, 40, generator=gen).to(device)
     frames = storage[:, :, :, 1, 3:35]  # [S, L, T, e] with gaps between tokens and columns

@@ -102,7 +102,7 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
 
 
-# The past map's product tiles (products.head_products): the sweep of bench/tune_fit_products.py.
+# The past map's product tiles (products.head_products): the sweep of bench/tune_gaussian_consolidation.py.
 PAST_MAP_TILES = (128, 64, 32, 4, 3)
 
 

@@ -1,6 +1,6 @@
 """The Gaussian step's consolidation on the GPU (issue 18): its kernels' tiles, against torch.
 
-    cd bench && PYTHONPATH=.. python tune_fit_products.py [--streams 16 64]
+    cd bench && PYTHONPATH=.. python tune_gaussian_consolidation.py [--streams 16 64]
 
 B = G_framesᵀ pool(tokens) + (G_pastᵀ Ψ_u) B_past for bf16 tokens [S, 256, 32, 768], B_past
 [S, 256, 768] and ψ at 512 sticky quantile samples (N = 256, the exact preset's fit, random sticky
@@ -66,9 +66,8 @@ def main():
         if streams != max(args.streams):
             continue
         base_config, base_mix = dict(dense_consolidate.CONFIG), gaussian_fit.TILES
-        sweep = [dict(token_loop=True, block_l=bl, block_e=be, num_warps=w, num_stages=st)
-                 for bl, be, w, st in itertools.product((16, 32, 64), (64, 128), (4, 8), (1, 3))]
-        sweep += [dict(token_loop=False, block_l=32, block_t=bt, block_e=64, num_warps=8) for bt in (8, 16, 32)]
+        sweep = [dict(block_l=bl, block_t=bt, block_e=be, num_warps=w)
+                 for bl, bt, be, w in itertools.product((16, 32), (8, 16, 32), (32, 64), (4, 8))]
         for change in sweep:
             dense_consolidate.CONFIG.update(base_config, **change)
             try:
