@@ -58,25 +58,12 @@ def _quantile_bins_of(cdf, level, K, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexp
 
 
 @triton.jit
-def _quantile_bins_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride_ms, stride_mg, stride_os,
-                          BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                          SEARCH_STEPS: tl.constexpr):
-    s = tl.program_id(0).to(tl.int64)
-    _, cdf, total = _stream_masses(mass_ptr, s, K, G, stride_ms, stride_mg, BLOCK_G, BLOCK_K)
-    first = tl.program_id(1) * BLOCKS_PER_PROGRAM
-    for b in range(first, first + BLOCKS_PER_PROGRAM):
-        rows = b * BLOCK_M + tl.arange(0, BLOCK_M)
-        level = (rows.to(tl.float64) + 0.5) / M * total
-        bins = _quantile_bins_of(cdf, level, K, BLOCK_K, BLOCK_M, SEARCH_STEPS)
-        tl.store(out_ptr + s * stride_os + rows, bins, mask=rows < M)
-
-
-@triton.jit
-def _quantile_points_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride_ms, stride_mg, stride_os,
-                            BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                            SEARCH_STEPS: tl.constexpr):
-    # u_i = (bin + fraction) / K, the fraction where the level falls between the CDF below the bin
-    # and the bin's own mass (reference.sticky.quantile_samples and sample_points).
+def _quantile_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride_ms, stride_mg, stride_os,
+                     POINTS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                     SEARCH_STEPS: tl.constexpr):
+    # Each sample's bin, or with POINTS its time u_i = (bin + fraction) / K, the fraction where the
+    # level falls between the CDF below the bin and the bin's own mass
+    # (reference.sticky.quantile_samples and sample_points).
     s = tl.program_id(0).to(tl.int64)
     weight, cdf, total = _stream_masses(mass_ptr, s, K, G, stride_ms, stride_mg, BLOCK_G, BLOCK_K)
     first = tl.program_id(1) * BLOCKS_PER_PROGRAM
@@ -84,19 +71,21 @@ def _quantile_points_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stri
         rows = b * BLOCK_M + tl.arange(0, BLOCK_M)
         level = (rows.to(tl.float64) + 0.5) / M * total
         bins = _quantile_bins_of(cdf, level, K, BLOCK_K, BLOCK_M, SEARCH_STEPS)
-        below = tl.where(bins > 0, tl.gather(cdf, tl.maximum(bins - 1, 0), 0), 0.0)
-        inside = tl.gather(weight, bins, 0)
-        fraction = tl.where(inside > 0, (level - below) / tl.where(inside > 0, inside, 1.0), 0.0)
-        fraction = tl.minimum(tl.maximum(fraction, 0.0), 1.0)
-        tl.store(out_ptr + s * stride_os + rows, (bins.to(tl.float64) + fraction) / K, mask=rows < M)
+        if POINTS:
+            below = tl.where(bins > 0, tl.gather(cdf, tl.maximum(bins - 1, 0), 0), 0.0)
+            inside = tl.gather(weight, bins, 0)
+            fraction = tl.where(inside > 0, (level - below) / tl.where(inside > 0, inside, 1.0), 0.0)
+            fraction = tl.minimum(tl.maximum(fraction, 0.0), 1.0)
+            tl.store(out_ptr + s * stride_os + rows, (bins.to(tl.float64) + fraction) / K, mask=rows < M)
+        else:
+            tl.store(out_ptr + s * stride_os + rows, bins, mask=rows < M)
 
 
 # About two programs per SM of an H100: each program rebuilds its stream's CDF, so no more than
 # fill the GPU (one program per 16 samples, 2,048 at S = 64, was several times slower).
 PROGRAMS_WANTED = 264
 
-_launch_quantile_bins = CachedLaunch(_quantile_bins_kernel)
-_launch_quantile_points = CachedLaunch(_quantile_points_kernel)
+_launch_quantile = CachedLaunch(_quantile_kernel)
 
 
 @functools.lru_cache(maxsize=256)
@@ -118,8 +107,8 @@ def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     s, g, k = mass.shape
     out = torch.empty(s, num_samples, device=mass.device, dtype=torch.int32)
     grid, per_program, meta = _search_layout(s, g, k, num_samples)
-    _launch_quantile_bins(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1),
-                          out.stride(0), **meta, num_warps=8)
+    _launch_quantile(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
+                     POINTS=False, **meta, num_warps=8)
     return out
 
 
@@ -131,6 +120,6 @@ def quantile_points(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     s, g, k = mass.shape
     out = torch.empty(s, num_samples, device=mass.device, dtype=torch.float64)
     grid, per_program, meta = _search_layout(s, g, k, num_samples)
-    _launch_quantile_points(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1),
-                            out.stride(0), **meta, num_warps=8)
+    _launch_quantile(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
+                     POINTS=True, **meta, num_warps=8)
     return out
