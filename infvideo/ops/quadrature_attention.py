@@ -8,10 +8,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._lru import LRUCache
 from ..config import MemoryConfig
 from ..reference.basis import gaussian_parameters
+from ..reference.fit import derived, on_device
 from ..reference.quadrature import gaussian_rule
-from ..reference.fit import on_device
 from .. import backends
 from . import _library, _validate
 
@@ -44,7 +45,7 @@ def quadrature_constants(cfg: MemoryConfig, device: torch.device) -> QuadratureC
     return device_constants(quadrature_host_constants(cfg), device)
 
 
-_device_constants: dict = {}
+_device_constants = LRUCache(256)
 
 
 def device_constants(host: QuadratureConstants, device: torch.device) -> QuadratureConstants:
@@ -52,13 +53,10 @@ def device_constants(host: QuadratureConstants, device: torch.device) -> Quadrat
     builds its float32 table of basis values. Nodes rounded to float32 would move a narrow
     Gaussian's values by up to ~10⁻⁴ relative in its tails (|t − μ|/σ² times the rounding), and the
     sticky statistic with them."""
-    key = (id(host), device)
-    hit = _device_constants.get(key)
-    if hit is None or hit[0] is not host:
+    def build():
         exact = on_device(host, device, torch.float64)
-        hit = (host, replace(on_device(host, device, torch.float32), mu=exact.mu, sigma=exact.sigma, grid=exact.grid))
-        _device_constants[key] = hit
-    return hit[1]
+        return replace(on_device(host, device, torch.float32), mu=exact.mu, sigma=exact.sigma, grid=exact.grid)
+    return derived(_device_constants, host, (device,), build)
 
 
 @torch.library.custom_op("infvideo::quadrature_attention", mutates_args=())

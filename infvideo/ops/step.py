@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from .. import backends
+from .._lru import LRUCache
 from ..config import MemoryConfig
 from ..reference import sticky
 from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.basis import gaussian_parameters
 from ..reference.consolidate import consolidate_dense
-from ..reference.fit import DenseFit, SegmentedFit, consolidation_fit, first_fit, on_device
+from ..reference.fit import DenseFit, SegmentedFit, consolidation_fit, derived, first_fit, on_device
 from ..reference.pooling import pool_frames
 from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
 from . import _library, _validate, factored_attention
@@ -61,22 +62,18 @@ def _host_constants(cfg: MemoryConfig, length: int) -> StepConstants:
         quadrature_host_constants(cfg) if isinstance(const, Quadrature) else None)
 
 
-_step_constants: dict = {}
+_step_constants = LRUCache(1024)
 
 
 def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> StepConstants:
     """The step's constants on ``device`` (float32; the quadrature's basis and nodes float64:
     ``device_constants``), built once per configuration, length and device."""
     host = _host_constants(cfg, length)
-    key = (id(host), device)
-    hit = _step_constants.get(key)
-    if hit is None or hit[0] is not host:
+
+    def build():
         moved = on_device(host, device, torch.float32)
-        if host.quad is not None:
-            moved = replace(moved, quad=device_constants(host.quad, device))
-        hit = (host, moved)
-        _step_constants[key] = hit
-    return hit[1]
+        return moved if host.quad is None else replace(moved, quad=device_constants(host.quad, device))
+    return derived(_step_constants, host, (device,), build)
 
 
 def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator,

@@ -110,13 +110,18 @@ def consolidation_fit(cfg: MemoryConfig, length: int):
 _device_cache = LRUCache(1024)
 
 
+def derived(cache, constants, key: tuple, build):
+    """``build()``, kept in ``cache`` under the identity of the (cached, long-lived) host
+    ``constants`` and ``key``; an entry whose constants were freed and their id reused is rebuilt."""
+    hit = cache.get((id(constants), *key))
+    if hit is None or hit[0] is not constants:
+        hit = (constants, build())
+        cache[(id(constants), *key)] = hit
+    return hit[1]
+
+
 def on_device(constants, device: torch.device, dtype: torch.dtype):
     """The same constants with float tensors cast to ``dtype`` and all moved to ``device``, cached."""
-    key = (id(constants), device, dtype)
-    hit = _device_cache.get(key)
-    if hit is not None and hit[0] is constants:
-        return hit[1]
-
     def move(value):
         if is_dataclass(value) and not isinstance(value, type):
             return on_device(value, device, dtype)
@@ -126,6 +131,5 @@ def on_device(constants, device: torch.device, dtype: torch.dtype):
             return value.to(device=device, dtype=dtype)
         return value.to(device=device)
 
-    moved = type(constants)(**{f.name: move(getattr(constants, f.name)) for f in fields(constants)})
-    _device_cache[key] = (constants, moved)
-    return moved
+    return derived(_device_cache, constants, (device, dtype),
+                   lambda: type(constants)(**{f.name: move(getattr(constants, f.name)) for f in fields(constants)}))
