@@ -28,7 +28,7 @@ CONFIG = dict(block_l=32, block_t=16, block_e=64, max_rows=256, num_warps=8, num
 def _dense_consolidate_kernel(
     frames_ptr, g_ptr, mix_ptr, past_ptr, out_ptr, cast_ptr, N, L, E, TOKENS, inv_tokens,
     stride_fs, stride_fl, stride_ft, stride_fe, stride_gl, stride_gn, stride_ms, stride_mr, stride_mk,
-    stride_ps, stride_pn, stride_os, stride_on,
+    stride_ps, stride_pn, stride_pe, stride_os, stride_on,
     HAS_PAST: tl.constexpr, HAS_CAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
@@ -62,7 +62,7 @@ def _dense_consolidate_kernel(
             mask_k = offs_k < N
             mix = tl.load(mix_ptr + s * stride_ms + offs_r[:, None] * stride_mr + offs_k[None, :] * stride_mk,
                           mask=mask_r[:, None] & mask_k[None, :], other=0.0)
-            past = tl.load(past_ptr + s * stride_ps + offs_k[:, None] * stride_pn + offs_e[None, :],
+            past = tl.load(past_ptr + s * stride_ps + offs_k[:, None] * stride_pn + offs_e[None, :] * stride_pe,
                            mask=mask_k[:, None] & mask_e[None, :], other=0.0)
             acc = tl.dot(mix, past, acc, input_precision=PRECISION)
     out = s * stride_os + offs_r[:, None] * stride_on + offs_e[None, :]
@@ -82,8 +82,8 @@ def dense_consolidate(frames: torch.Tensor, frame_g: torch.Tensor, mix: torch.Te
     """(B float32, B in ``cast_dtype``) [S, N, e], B = G_framesᵀ pool(frames) (+ mix B_past).
 
     frames: [S, L, e] pooled or [S, L, *tokens, e] (any float dtype and strides, the token dims
-    viewable as one); frame_g [L, N] float32 (any strides); mix [S, N, N] and past [S, N, e] float32
-    (last stride 1 for past), or both None; ``precision``: the dots' input precision
+    viewable as one); frame_g [L, N] float32, mix [S, N, N] and past [S, N, e] float32 (any strides),
+    the last two both None for a first chunk; ``precision``: the dots' input precision
     (``products.precision``). The copy in ``cast_dtype`` is written by the same pass (the float32
     B itself when ``cast_dtype`` is float32)."""
     tokens = frames.flatten(2, -2) if frames.dim() > 3 else frames.unsqueeze(2)
@@ -96,7 +96,7 @@ def dense_consolidate(frames: torch.Tensor, frame_g: torch.Tensor, mix: torch.Te
     block_t = min(CONFIG["block_t"], next_power_of_2(count))
     has_past = past is not None
     mix_strides = (mix.stride(0), mix.stride(1), mix.stride(2)) if has_past else (0, 0, 0)
-    past_strides = (past.stride(0), past.stride(1)) if has_past else (0, 0)
+    past_strides = past.stride() if has_past else (0, 0, 0)
     _launch((cdiv(n, block_r) * cdiv(width, block_e), streams),
             tokens, frame_g, mix if has_past else out, past if has_past else out, out, cast, n, length, width, count,
             1.0 / count, *tokens.stride(), frame_g.stride(0), frame_g.stride(1), *mix_strides, *past_strides,

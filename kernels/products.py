@@ -32,10 +32,10 @@ def _batched_product_kernel(
     a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
     stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
     stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
-    HAS_BIAS: tl.constexpr, ACCUMULATE: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) (+ C[s, h] with ACCUMULATE) for every stream s and
+    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and
     # head h, all by strides, so that heads are read in place from [S, Q, D] and [D, e] tensors and
     # weights [n, k] serve as Bᵀ (no transposed copies).
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -52,10 +52,7 @@ def _batched_product_kernel(
     c_tile = (c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None].to(tl.int64) * stride_cm
               + offs_n[None, :] * stride_cn)
     mask_c = mask_m[:, None] & mask_n[None, :]
-    if ACCUMULATE:
-        acc = tl.load(c_tile, mask=mask_c, other=0.0).to(tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
@@ -89,17 +86,17 @@ HEAD_TILES = (64, 64, 32, 4, 3)
 
 
 def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
-                  bias=None, bias_strides=(0, 0), accumulate=False, tiles=None):
+                  bias=None, bias_strides=(0, 0), tiles=None):
     """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
-    row, column) strides, for every stream and head; ``accumulate`` adds c's own values.
-    ``tiles``: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) at most, default ``HEAD_TILES``."""
+    row, column) strides, for every stream and head; ``tiles``: (BLOCK_M, BLOCK_N, BLOCK_K, warps,
+    stages) at most, default ``HEAD_TILES``."""
     tile_m, tile_n, tile_k, warps, stages = tiles or HEAD_TILES
     block_m = max(16, min(tile_m, next_power_of_2(m)))
     block_n = max(16, min(tile_n, next_power_of_2(n)))
     block_k = max(16, min(tile_k, next_power_of_2(k)))
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
-            *bias_strides, HAS_BIAS=bias is not None, ACCUMULATE=accumulate, PRECISION=precision,
+            *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
 
 
@@ -115,6 +112,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
             flat, weight, bias if bias is not None else out, out, rows, n, k,
             0, 0, flat.stride(0), flat.stride(1), 0, 0, weight.stride(1), weight.stride(0),
             0, 0, out.stride(0), out.stride(1), 0, 0 if bias is None else bias.stride(0),
-            HAS_BIAS=bias is not None, ACCUMULATE=False, PRECISION=precision(x.device),
+            HAS_BIAS=bias is not None, PRECISION=precision(x.device),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
     return out.view(*x.shape[:-1], n)

@@ -101,15 +101,19 @@ def _search_layout(streams: int, groups: int, bins: int, num_samples: int):
     return (streams, cdiv(blocks, per_program)), per_program, meta
 
 
+def _quantile(mass: torch.Tensor, num_samples: int, points: bool) -> torch.Tensor:
+    s, g, k = mass.shape
+    out = torch.empty(s, num_samples, device=mass.device, dtype=torch.float64 if points else torch.int32)
+    grid, per_program, meta = _search_layout(s, g, k, num_samples)
+    _launch_quantile(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
+                     POINTS=points, **meta, num_warps=8)
+    return out
+
+
 @on_input_device
 def quantile_bins(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Sample bins [S, M] (int32, sorted) from masses [S, G, K] (any float dtype, last stride 1)."""
-    s, g, k = mass.shape
-    out = torch.empty(s, num_samples, device=mass.device, dtype=torch.int32)
-    grid, per_program, meta = _search_layout(s, g, k, num_samples)
-    _launch_quantile(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
-                     POINTS=False, **meta, num_warps=8)
-    return out
+    return _quantile(mass, num_samples, False)
 
 
 @on_input_device
@@ -117,9 +121,4 @@ def quantile_points(mass: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Sample times [S, M] (float64, sorted) from masses [S, G, K] (any float dtype, last stride 1):
     ``reference.sticky.sample_points`` of ``quantile_samples``, the bins found as by
     :func:`quantile_bins`."""
-    s, g, k = mass.shape
-    out = torch.empty(s, num_samples, device=mass.device, dtype=torch.float64)
-    grid, per_program, meta = _search_layout(s, g, k, num_samples)
-    _launch_quantile(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
-                     POINTS=True, **meta, num_warps=8)
-    return out
+    return _quantile(mass, num_samples, True)

@@ -66,13 +66,14 @@ def test_cast_copy(device, cast_dtype):
     coef, cast = kernels["dense_consolidate"].dense_consolidate(frames, frame_g, None, None,
                                                                 kernels["products"].precision(frames.device), cast_dtype)
     assert cast.dtype == cast_dtype
-    torch.testing.assert_close(cast.float(), coef, rtol=torch.finfo(cast_dtype).eps, atol=torch.finfo(cast_dtype).tiny)
+    finfo = torch.finfo(cast_dtype)
+    torch.testing.assert_close(cast.float(), coef, rtol=finfo.eps, atol=finfo.tiny)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_row_tiles_and_strided_frames(device, monkeypatch):
-    """More basis rows than one tile holds (each tile reads the tokens again) and frames read in
-    place from a strided view give the same result."""
+    """More basis rows than one tile holds (each tile reads the tokens again), and frames and past
+    read in place from strided views, give the same result."""
     module = backends.triton_kernels()["dense_consolidate"]
     monkeypatch.setitem(module.CONFIG, "max_rows", 16)
     gen = torch.Generator().manual_seed(5)
@@ -80,6 +81,6 @@ def test_row_tiles_and_strided_frames(device, monkeypatch):
     frames = storage[:, :, :, 1, 3:35]  # [S, L, T, e] with gaps between tokens and columns
     frame_g = torch.randn(9, 37, generator=gen).to(device)
     mix = torch.randn(2, 37, 37, generator=gen).to(device)
-    past = torch.randn(2, 37, 32, generator=gen).to(device)
+    past = torch.randn(2, 32, 37, generator=gen).to(device).transpose(1, 2)  # read by strides
     got = consolidate(frames, frame_g, mix, past)
     assert rel_err(got, expected(frames, frame_g, mix, past)) < 1e-6

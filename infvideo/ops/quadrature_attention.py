@@ -48,15 +48,17 @@ def quadrature_constants(cfg: MemoryConfig, device: torch.device) -> QuadratureC
 _device_constants = LRUCache(256)
 
 
+def _constants_on(host: QuadratureConstants, device: torch.device) -> QuadratureConstants:
+    exact = on_device(host, device, torch.float64)
+    return replace(on_device(host, device, torch.float32), mu=exact.mu, sigma=exact.sigma, grid=exact.grid)
+
+
 def device_constants(host: QuadratureConstants, device: torch.device) -> QuadratureConstants:
     """``host`` on ``device``: float32, but for mu, sigma and grid in float64, from which the op
     builds its float32 table of basis values. Nodes rounded to float32 would move a narrow
     Gaussian's values by up to ~10⁻⁴ relative in its tails (|t − μ|/σ² times the rounding), and the
     sticky statistic with them."""
-    def build():
-        exact = on_device(host, device, torch.float64)
-        return replace(on_device(host, device, torch.float32), mu=exact.mu, sigma=exact.sigma, grid=exact.grid)
-    return derived(_device_constants, host, (device,), build)
+    return derived(_device_constants, host, (device,), _constants_on)
 
 
 @torch.library.custom_op("infvideo::quadrature_attention", mutates_args=())

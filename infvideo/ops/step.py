@@ -65,15 +65,15 @@ def _host_constants(cfg: MemoryConfig, length: int) -> StepConstants:
 _step_constants = LRUCache(1024)
 
 
+def _step_constants_on(host: StepConstants, device: torch.device) -> StepConstants:
+    moved = on_device(host, device, torch.float32)
+    return moved if host.quad is None else replace(moved, quad=device_constants(host.quad, device))
+
+
 def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> StepConstants:
     """The step's constants on ``device`` (float32; the quadrature's basis and nodes float64:
     ``device_constants``), built once per configuration, length and device."""
-    host = _host_constants(cfg, length)
-
-    def build():
-        moved = on_device(host, device, torch.float32)
-        return moved if host.quad is None else replace(moved, quad=device_constants(host.quad, device))
-    return derived(_step_constants, host, (device,), build)
+    return derived(_step_constants, _host_constants(cfg, length), (device,), _step_constants_on)
 
 
 def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator,
@@ -125,9 +125,7 @@ def _dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_
     multiply-adds per stream against 2MNe for G_pastᵀ (Ψ_u B_past), never more when M ≥ N and
     e ≥ N, the configurations'), both on three-TF32 tensor-core products."""
     kernels = backends.triton_kernels()
-    mix = None
-    if past is not None:
-        mix, past = _past_map(fit.past_g, sample_basis, frames.shape[0]), _library.rows_unit_stride(past)
+    mix = None if past is None else _past_map(fit.past_g, sample_basis, frames.shape[0])
     return kernels["dense_consolidate"].dense_consolidate(frames, fit.frame_g, mix, past,
                                                           kernels["products"].precision(frames.device))[0]
 
@@ -169,8 +167,7 @@ def _kernel_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.T
         mix = kernels["gaussian_fit"].sample_mix(fit.past_g, points, *constants, precision)
     else:
         mix = _past_map(fit.past_g, past_samples(cfg, stats, torch.float32, device, generator).dense, frames.shape[0])
-    later = consolidate(frames, fit.frame_g, mix, _library.rows_unit_stride(past.to(torch.float32)), precision,
-                        cast_dtype)
+    later = consolidate(frames, fit.frame_g, mix, past.to(torch.float32), precision, cast_dtype)
     if filled is None:
         return later
     return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))

@@ -111,17 +111,17 @@ _device_cache = LRUCache(1024)
 
 
 def derived(cache, constants, key: tuple, build):
-    """``build()``, kept in ``cache`` under the identity of the (cached, long-lived) host
-    ``constants`` and ``key``; an entry whose constants were freed and their id reused is rebuilt."""
+    """``build(constants, *key)``, kept in ``cache`` under the identity of the (cached, long-lived)
+    host ``constants`` and ``key``; an entry whose constants were freed and their id reused is
+    rebuilt."""
     hit = cache.get((id(constants), *key))
     if hit is None or hit[0] is not constants:
-        hit = (constants, build())
+        hit = (constants, build(constants, *key))
         cache[(id(constants), *key)] = hit
     return hit[1]
 
 
-def on_device(constants, device: torch.device, dtype: torch.dtype):
-    """The same constants with float tensors cast to ``dtype`` and all moved to ``device``, cached."""
+def _moved(constants, device: torch.device, dtype: torch.dtype):
     def move(value):
         if is_dataclass(value) and not isinstance(value, type):
             return on_device(value, device, dtype)
@@ -131,5 +131,9 @@ def on_device(constants, device: torch.device, dtype: torch.dtype):
             return value.to(device=device, dtype=dtype)
         return value.to(device=device)
 
-    return derived(_device_cache, constants, (device, dtype),
-                   lambda: type(constants)(**{f.name: move(getattr(constants, f.name)) for f in fields(constants)}))
+    return type(constants)(**{f.name: move(getattr(constants, f.name)) for f in fields(constants)})
+
+
+def on_device(constants, device: torch.device, dtype: torch.dtype):
+    """The same constants with float tensors cast to ``dtype`` and all moved to ``device``, cached."""
+    return derived(_device_cache, constants, (device, dtype), _moved)
