@@ -6,14 +6,15 @@ Cases: no-grad steps (s1, s64, and the Gaussian basis's gauss16 and gauss64 in t
 bench_quadrature_gpu.py); a trainable step, forward and ``torch.autograd.grad`` into
 tokens, query and both projections' parameters (grad1, grad64, the setting of
 bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
-``ops.step.FACTORED_ON_GPU``). Host time (cProfile) is printed for the S=1 cases and gauss16
-(host-bound steps).
+``ops.step.FACTORED_ON_GPU``). For the S=1 cases and gauss16 (host-bound steps) the host time
+per call of the step's parts is printed too (perf_counter around each, inclusive; cProfile's own
+cost per Python call would outweigh the calls it times).
 """
 from __future__ import annotations
 
 import argparse
-import cProfile
-import pstats
+import importlib
+import time
 
 import torch
 from torch import nn
@@ -58,6 +59,54 @@ def step_call(name, memory, pk, pv, frames, query):
     return call
 
 
+# The step's parts whose host time is reported: (module, attribute path), each looked up where
+# its caller finds it (a module global or a class attribute).
+HOST_PARTS = [
+    ("infvideo.memory", "LongTermMemory.forward"), ("infvideo.memory", "LongTermMemory.check"),
+    ("infvideo.memory", "LongTermMemory.commit"), ("infvideo.memory", "fused_step"),
+    ("infvideo.finite_check", "DeviceCheck.raise_flags"), ("infvideo.finite_check", "DeviceCheck.select"),
+    ("infvideo.ops.step", "_fused_consolidation"), ("infvideo.ops.step", "_kernel_consolidation"),
+    ("infvideo.ops.step", "_project_pair"), ("infvideo.ops.step", "quadrature_attention_unchecked"),
+    ("infvideo.ops.step", "slot_attention_unchecked"), ("infvideo.ops.step", "quantile_bins_unchecked"),
+    ("infvideo.reference.sticky", "quadrature_mass"),
+    ("infvideo.kernels.sampling", "quantile_points"), ("infvideo.kernels.gaussian_fit", "sample_mix"),
+    ("infvideo.kernels.dense_consolidate", "dense_consolidate"), ("infvideo.kernels.quadrature", "table_attention"),
+    ("infvideo.kernels.products", "head_products"), ("infvideo.kernels._launch", "CachedLaunch.__call__"),
+]
+
+
+def host_breakdown(call, calls: int) -> list[tuple[str, float, float]]:
+    """(part, host µs per step, calls per step) of ``HOST_PARTS`` over ``calls`` steps."""
+    totals: dict = {}
+    patched = []
+    for module_name, path in HOST_PARTS:
+        owner = importlib.import_module(module_name)
+        *outer, attr = path.split(".")
+        for name in outer:
+            owner = getattr(owner, name)
+        original = getattr(owner, attr, None)
+        if original is None:
+            continue
+
+        def timed(*args, _original=original, _path=path, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent, count = totals.get(_path, (0.0, 0))
+                totals[_path] = (spent + time.perf_counter() - start, count + 1)
+        setattr(owner, attr, timed)
+        patched.append((owner, attr, original))
+    try:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    finally:
+        for owner, attr, original in patched:
+            setattr(owner, attr, original)
+    return [(path, totals[path][0] / calls * 1e6, totals[path][1] / calls) for _, path in HOST_PARTS if path in totals]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", choices=sorted(CASES), action="append")
@@ -77,14 +126,9 @@ def main():
         print(f"== {name}: CUDA time per kernel (10 steps)")
         print(harness.kernel_times(call))
         if streams == 1 or name == "gauss16":
-            host = cProfile.Profile()
-            host.enable()
-            for _ in range(50):
-                call()
-            host.disable()
-            torch.cuda.synchronize()
-            print(f"== {name} host time (50 calls)")
-            pstats.Stats(host).sort_stats("tottime").print_stats(25)
+            print(f"== {name}: host µs per call of each part (inclusive, 200 calls)")
+            for part, micros, count in host_breakdown(call, 200):
+                print(f"  {part:55s} {micros:8.1f}  ({count:g} per call)")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ B = G_framesᵀ pool(tokens) + (G_pastᵀ Ψ_u) B_past for bf16 tokens [S, 256, 
 masses): torch (pooling, then cuBLAS float32 products on Ψ_u); the step's Triton kernels
 (``ops.step._kernel_consolidation``: the sample times, G_pastᵀ Ψ_u with ψ evaluated inside the
 product, ``kernels/gaussian_fit.py``, then one pass over the tokens, ``kernels/dense_consolidate.py``)
-at each tile of the sweep; the first chunk's pass alone (no past) with its token read rate. GPU
-time p50 (CUDA graph replay) and each result's error against float64.
+the first chunk's pass alone (no past) with its token read rate, beside torch's sum over the
+tokens (the read rate a plain reduction reaches); then, at the largest S, the pass at each tile
+of its two pooling forms (a product, a register sum) with bf16 and fp32 tokens, and the
+consolidation at each tile of the past map. GPU time p50 (CUDA graph replay) and each result's
+error against float64.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def main():
             took = triton.testing.do_bench_cudagraph(call, rep=50, return_mode="median") * 1e3
             rate = f", tokens at {nbytes / took / 1e6:.2f} TB/s" if nbytes else ""
             print(f"S={streams} {what}: {took:8.1f} µs, error {error:.1e}{rate}", flush=True)
+            return took
 
         report("torch: pooling, cuBLAS float32", lambda: torch.einsum("ln,sle->sne", fit.frame_g, tokens.float().mean(2))
                + (fit.past_g.T @ basis) @ past)
@@ -65,16 +69,33 @@ def main():
         report("Triton first chunk's pass", first_pass, tokens.numel() * tokens.element_size())
         if streams != max(args.streams):
             continue
-        base_config, base_mix = dict(dense_consolidate.CONFIG), gaussian_fit.TILES
-        sweep = [dict(block_l=bl, block_t=bt, block_e=be, num_warps=w)
-                 for bl, bt, be, w in itertools.product((16, 32), (8, 16, 32), (32, 64), (4, 8))]
-        for change in sweep:
-            dense_consolidate.CONFIG.update(base_config, **change)
-            try:
-                report(f"first chunk's pass, {change}", first_pass, tokens.numel() * tokens.element_size())
-            except Exception as exc:  # a tile that does not compile (registers, shared memory)
-                print(f"S={streams} {change}: {type(exc).__name__}", flush=True)
-        dense_consolidate.CONFIG.update(base_config)
+        report("torch: the tokens summed over tokens (read rate)", lambda: tokens.sum(2),
+               tokens.numel() * tokens.element_size())
+        forms = dense_consolidate.CONFIG
+        base_forms = {form: dict(tiles) for form, tiles in forms.items()}
+        base_dot_dtypes, base_mix = dense_consolidate.DOT_POOLING, gaussian_fit.TILES
+        for form, sweep in (("dot", [dict(block_l=16, stage_bytes=k * be * 2, block_e=be, num_warps=w, num_stages=st)
+                                     for k, be, w, st in [(512, 64, 8, 3), (512, 64, 8, 2), (512, 32, 4, 3),
+                                                          (256, 64, 8, 4), (512, 32, 8, 3)]]
+                                    + [dict(block_l=32, stage_bytes=65536, num_stages=3)]),
+                            ("register", [dict(block_l=bl, block_t=bt, block_e=be, num_warps=w)
+                                          for bl, bt, be, w in itertools.product((16, 32), (8, 16), (32, 64),
+                                                                                 (4, 8))])):
+            for dtype in (torch.bfloat16, torch.float32):
+                dense_consolidate.DOT_POOLING = (dtype,) if form == "dot" else ()
+                other = tokens.to(dtype)
+                for change in sweep:
+                    forms[form].update(base_forms[form], **change)
+                    try:
+                        report(f"{dtype} tokens, pooling by {form}, first chunk's pass, {change}",
+                               lambda: dense_consolidate.dense_consolidate(other, fit.frame_g, None, None,
+                                                                           "tf32x3")[0],
+                               other.numel() * other.element_size())
+                    except Exception as exc:  # a tile that does not compile (registers, shared memory)
+                        print(f"S={streams} {dtype} {form} {change}: {type(exc).__name__}", flush=True)
+                del other
+                forms[form].update(base_forms[form])
+            dense_consolidate.DOT_POOLING = base_dot_dtypes
         for tiles in [(128, 64, 32, 4), (64, 64, 32, 4), (128, 128, 32, 8), (256, 64, 32, 8)]:
             gaussian_fit.TILES = tiles
             try:

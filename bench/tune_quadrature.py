@@ -39,12 +39,12 @@ def main():
         keys = (torch.randn(shape, device="cuda", generator=gen) * 0.05).to(dtype)
         values = torch.randn(shape, device="cuda", generator=gen).to(dtype)
         exact = quadrature_context(float64_rule(quad), query, keys, values, torch.float64)[0]
-        sweeps = [dict(block_m=m, tiles_per_program=k, num_stages=st)
+        split = "_tf32x3" if dtype == torch.float32 else ""  # the keys of this dtype's products
+        sweeps = [{"block_m": m, "tiles_per_program": k, "num_stages" + split: st}
                   for m, k, st in itertools.product((64, 128), (1, 2, 4), (1, 2, 3)) if k > 1 or st == 1]
         sweeps += [dict(block_m=128, num_warps=8), dict(block_m=256, num_warps=8)]
-        sweeps += [dict(combine_n=n, combine_warps=w) for n, w in itertools.product((32, 64, 128), (2, 4))]
-        sweeps += [dict(density_m=m, density_tiles=k, density_stages=st)
-                   for m, k, st in itertools.product((64, 128), (1, 4), (1, 2)) if k > 1 or st == 1]
+        sweeps += [{"combine_n" + split: n, "combine_warps": w} for n, w in itertools.product((32, 64, 128), (2, 4))]
+        sweeps += [dict(density_t=t, combine_warps=w) for t, w in itertools.product((64, 128, 512), (4, 8))]
 
         def call():
             return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)

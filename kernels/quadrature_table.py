@@ -13,10 +13,12 @@ Here:
   are sorted (the configurations' are), [lo, lo + BAND);
 - one program per (block of rows, tiles of points) computes a tile's scores s = a·ψᵀ/√d + log ω and
   its share Σ_j e^{s_j − m} ψ(t_j) of r over the band only, with its own maximum m and sum: a
-  partial [rows, tiles, BAND]. A second kernel rescales the partials to the row's maximum, adds
-  them into r in tile order (deterministic, no atomics) and writes the context r·V of its head's
-  queries; a third recomputes each tile's scores for the density Σ_q p(t_j), which needs the
-  final normaliser.
+  partial [rows, tiles, BAND]; for the density it also stores the terms e^{s_j − m}/ω_j
+  ([rows, T]). A second kernel rescales the partials to the row's maximum, adds them into r in
+  tile order (deterministic, no atomics), writes the context r·V of its head's queries and sums
+  the rescaled terms over the queries into the density Σ_q p(t_j), which needs the final
+  normaliser. Storing the terms costs one write and one read of [rows, T]; recomputing the
+  banded scores instead (a third kernel, earlier) cost three tensor-core passes and a launch.
 
 Any basis and rule are exact: an unsorted basis only widens the band (up to all of N).
 """
@@ -27,7 +29,6 @@ import triton
 import triton.language as tl
 
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-from ._online_softmax import store_group_density
 
 # ψ_n(t) counts where |t − μ_n| ≤ CUTOFF·σ_n.
 CUTOFF = 8.0
@@ -52,10 +53,10 @@ def _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N,
 
 @triton.jit
 def _tile_weights_kernel(
-    a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr,
+    a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr,
     R, N, T, TILES, scale, stride_ar, stride_pt,
     SCORE_PRECISION: tl.constexpr, WEIGHT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
-    BAND: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
+    BAND: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr, STORE_EXP: tl.constexpr,
 ):
     # Several tiles per program, each with its own partial: the loop lets the next tile's loads
     # overlap this one's products (num_stages).
@@ -63,10 +64,15 @@ def _tile_weights_kernel(
     mask_r = rows < R
     first = tl.program_id(1) * TILES_PER_PROGRAM
     for tile in range(first, tl.minimum(first + TILES_PER_PROGRAM, TILES)):
-        psi, scores, _, _, _ = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T,
-                                            stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
+        psi, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale,
+                                                         N, T, stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
         m = tl.max(scores, axis=1)
         p = tl.exp(scores - m[:, None])
+        if STORE_EXP:
+            # The density's terms up to each row's final normaliser, without the rule's weight ω_j
+            # (the scores include log ω): [rows, T], summed by the combine kernel.
+            tl.store(exp_ptr + rows[:, None] * T + points[None, :], p * tl.exp(-logw)[None, :],
+                     mask=mask_r[:, None] & mask_t[None, :])
         part = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
         cell = rows * TILES + tile
         tl.store(part_ptr + cell[:, None] * BAND + tl.arange(0, BAND)[None, :], part, mask=mask_r[:, None])
@@ -89,10 +95,11 @@ def _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES: tl.const
 
 @triton.jit
 def _combine_kernel(
-    lo_ptr, part_ptr, max_ptr, sum_ptr, v_ptr, ctx_ptr, R, N, TILES, H, Q, QP, DV,
-    stride_vs, stride_vn, stride_cs, stride_cq,
+    lo_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr, v_ptr, ctx_ptr, dens_ptr, R, N, T, TILES, H, Q, QP, DV,
+    stride_vs, stride_vn, stride_cs, stride_cq, stride_dg,
     PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr,
+    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr, TILE_T: tl.constexpr, WRITE_DENSITY: tl.constexpr,
+    DENSITY_T: tl.constexpr,
 ):
     # One program per GROUP rows: queries of one (stream, head), as QP is a multiple of GROUP. r
     # and the context r·V go by slices of BLOCK_N basis functions, each the sum of the tiles whose
@@ -125,44 +132,32 @@ def _combine_kernel(
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
         context = tl.dot(r, v, context, input_precision=PRECISION)
     queries = rows % QP
+    real = mask_r & (queries < Q)  # padding queries add nothing
     tl.store(ctx_ptr + stream * stride_cs + queries[:, None] * stride_cq + cols[None, :],
-             context.to(ctx_ptr.dtype.element_ty), mask=(mask_r & (queries < Q))[:, None] & mask_d[None, :])
-
-
-@triton.jit
-def _density_kernel(
-    a_ptr, psi_ptr, lo_ptr, logw_ptr, max_ptr, sum_ptr, dens_ptr,
-    R, N, T, TILES, Q, QP, scale, stride_ar, stride_pt, stride_dg,
-    PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
-):
-    # The density needs the row's final normaliser, known only once every tile is done: the
-    # tile's scores are recomputed (a banded product) rather than stored ([rows, T] float32).
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_r = rows < R
-    m, inv_l = _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES)
-    real = mask_r & (rows % QP < Q)  # padding queries add nothing
-    first = tl.program_id(1) * TILES_PER_PROGRAM
-    for tile in range(first, tl.minimum(first + TILES_PER_PROGRAM, TILES)):
-        _, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale,
-                                                       N, T, stride_ar, stride_pt, PRECISION, BLOCK_T, BAND)
-        # The density is p(t_j) without the rule's weight ω_j, which the scores include.
-        p = tl.exp(scores - logw[None, :] - m[:, None]) * inv_l[:, None]
-        store_group_density(dens_ptr, p, real, points, mask_t, pid, R, stride_dg, GROUP, BLOCK_M, BLOCK_T)
+             context.to(ctx_ptr.dtype.element_ty), mask=real[:, None] & mask_d[None, :])
+    if WRITE_DENSITY:
+        # Σ_q p_q(t_j) of the group: each stored term rescaled from its tile's maximum to the row's
+        # softmax, the tiles' exponentials read once (no scores recomputed).
+        for t0 in range(0, T, DENSITY_T):
+            points = t0 + tl.arange(0, DENSITY_T)
+            inside = real[:, None] & (points < T)[None, :]
+            tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :], mask=inside, other=0.0)
+            terms = tl.load(exp_ptr + rows[:, None] * T + points[None, :], mask=inside, other=0.0)
+            p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
+            tl.store(dens_ptr + pid * stride_dg + points, tl.sum(p, axis=0), mask=points < T)
 
 
 _launch_tile_weights = CachedLaunch(_tile_weights_kernel)
 _launch_combine = CachedLaunch(_combine_kernel)
-_launch_density = CachedLaunch(_density_kernel)
 
 # Tiles, module-level so a sweep can vary them (bench/tune_quadrature.py): points per tile; rows
 # per program (a multiple of the density's 16-query groups), tiles per program, warps and
-# pipeline stages of the tiles' kernel and of the density; warps of the sum of the partials (16
-# rows, one head's, per program) and the basis functions of its slices.
+# pipeline stages of the tiles' kernel; warps of the sum of the partials (16 rows, one head's, per
+# program), the basis functions of its slices and the points of its density's slices. Keys ending
+# in _tf32x3 hold when the products with ψ and V take three TF32 passes (float32 inputs), the
+# others for one pass (16-bit inputs) and in the interpreter.
 CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
-          "density_m": 64, "density_tiles": 1, "density_warps": 4, "density_stages": 1,
-          "combine_n": 64, "combine_warps": 4}
+          "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
@@ -223,28 +218,22 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
     part = torch.empty(rows, tiles, band, device=a.device, dtype=torch.float32)
     tile_max = torch.empty(rows, tiles, device=a.device, dtype=torch.float32)
     tile_sum = torch.empty_like(tile_max)
+    # The tiles' exponentials, for the density ([rows, T] float32; a placeholder without it).
+    terms = torch.empty(rows, t if write_density else 1, device=a.device, dtype=torch.float32)
     per_program = CONFIG["tiles_per_program"]
+    split = "_tf32x3" if weight_precision == "tf32x3" else ""
     _launch_tile_weights((cdiv(rows, block_m), cdiv(tiles, per_program)),
-                         a, table, lo, log_weight, part, tile_max, tile_sum,
+                         a, table, lo, log_weight, part, tile_max, tile_sum, terms,
                          rows, n, t, tiles, scale, a.stride(2), table.stride(0),
                          SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, BLOCK_M=block_m,
-                         BLOCK_T=block_t, BAND=band, TILES_PER_PROGRAM=per_program,
-                         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"])
-    block_tiles = max(2, next_power_of_2(tiles))
+                         BLOCK_T=block_t, BAND=band, TILES_PER_PROGRAM=per_program, STORE_EXP=write_density,
+                         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages" + split])
     head_dim = values.shape[-1] // num_heads
     _launch_combine((cdiv(rows, group),),
-                    lo, part, tile_max, tile_sum, values, context, rows, n, tiles, num_heads, q_len, padded, head_dim,
-                    values.stride(0), values.stride(1), context.stride(0), context.stride(1),
-                    PRECISION=weight_precision, GROUP=group,
-                    BLOCK_N=max(16, min(CONFIG["combine_n"], next_power_of_2(n))),
-                    BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_TILES=block_tiles, BAND=band,
-                    num_warps=CONFIG["combine_warps"])
-    if write_density:
-        density_m = max(group, CONFIG["density_m"])
-        per_program = CONFIG["density_tiles"]
-        _launch_density((cdiv(rows, density_m), cdiv(tiles, per_program)),
-                        a, table, lo, log_weight, tile_max, tile_sum, density,
-                        rows, n, t, tiles, q_len, padded, scale, a.stride(2), table.stride(0), density.stride(1),
-                        PRECISION=precision, GROUP=group, BLOCK_M=density_m, BLOCK_T=block_t,
-                        BLOCK_TILES=block_tiles, BAND=band, TILES_PER_PROGRAM=per_program,
-                        num_warps=CONFIG["density_warps"], num_stages=CONFIG["density_stages"])
+                    lo, part, tile_max, tile_sum, terms, values, context, density, rows, n, t, tiles, num_heads,
+                    q_len, padded, head_dim, values.stride(0), values.stride(1), context.stride(0), context.stride(1),
+                    density.stride(1), PRECISION=weight_precision, GROUP=group,
+                    BLOCK_N=max(16, min(CONFIG["combine_n" + split], next_power_of_2(n))),
+                    BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_TILES=max(2, next_power_of_2(tiles)), BAND=band,
+                    TILE_T=block_t, WRITE_DENSITY=write_density,
+                    DENSITY_T=min(CONFIG["density_t"], max(16, next_power_of_2(t))), num_warps=CONFIG["combine_warps"])

@@ -2,9 +2,11 @@
 product, in one pass, against float64 on the same inputs.
 
 Tolerance: 1e-6 relative (Frobenius) for every token dtype: the tokens are pooled in float32 from
-their own values (exact inputs) and the products are three-TF32 on a GPU (float32 accuracy, about
-3e-7), exact float32 dots in the interpreter. Odd sizes, tokens as [S, L, e], [S, L, T, e] and a
-[S, L, h, w, e] grid, strided frames, basis rows over several row tiles, with and without a past.
+their own values (exact inputs: the pooling product's 0/1 matrix is exact in any dtype) and the
+products are three-TF32 on a GPU (float32 accuracy, about 3e-7), exact float32 dots in the
+interpreter. Odd sizes, tokens as [S, L, e], [S, L, T, e] and a [S, L, h, w, e] grid, strided
+frames, basis rows over several row tiles, with and without a past, each token dtype through both
+pooling forms (a product, a register sum).
 """
 from __future__ import annotations
 
@@ -42,7 +44,10 @@ def consolidate(frames, frame_g, mix, past):
 @pytest.mark.parametrize("device,case", cases())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("with_past", [True, False], ids=["past", "first"])
-def test_matches_float64(device, case, dtype, with_past):
+@pytest.mark.parametrize("pooling", ["dot", "register"])
+def test_matches_float64(device, case, dtype, with_past, pooling, monkeypatch):
+    module = backends.triton_kernels()["dense_consolidate"]
+    monkeypatch.setattr(module, "DOT_POOLING", (dtype,) if pooling == "dot" else ())
     streams, length, token_dims, width, n = case
     gen = torch.Generator().manual_seed(length + width + n)
     frames = torch.randn(streams, length, *token_dims, width, generator=gen).to(device, dtype)
@@ -71,11 +76,16 @@ def test_cast_copy(device, cast_dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_row_tiles_and_strided_frames(device, monkeypatch):
-    """More basis rows than one tile holds (each tile reads the tokens again), and frames and past
-    read in place from strided views, give the same result."""
+@pytest.mark.parametrize("pooling", ["dot", "register"])
+def test_row_tiles_and_strided_frames(device, pooling, monkeypatch):
+    """More basis rows than one tile holds (each tile reads the tokens again), frames and past
+    read in place from strided views, and (pooling product) a block of frames over several chunks
+    of token rows, give the same result."""
     module = backends.triton_kernels()["dense_consolidate"]
-    monkeypatch.setitem(module.CONFIG, "max_rows", 16)
+    for form in module.CONFIG.values():
+        monkeypatch.setitem(form, "max_rows", 16)
+    monkeypatch.setitem(module.CONFIG["dot"], "stage_bytes", 16 * 32 * 4)  # 16 rows of a 32-column tile
+    monkeypatch.setattr(module, "DOT_POOLING", (torch.float32,) if pooling == "dot" else ())
     gen = torch.Generator().manual_seed(5)
     storage = torch.randn(2, 9, 6, 2, 40, generator=gen).to(device)
     frames = storage[:, :, :, 1, 3:35]  # [S, L, T, e] with gaps between tokens and columns

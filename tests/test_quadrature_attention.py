@@ -130,7 +130,7 @@ def test_tiles_do_not_change_the_result(device, monkeypatch):
     def run():
         return ops.quadrature_attention(query, keys, values, 2, quad.mu, quad.sigma, quad.grid, quad.log_weight)
     want = run()
-    for change in (dict(tiles_per_program=3, density_tiles=2, block_m=32), dict(combine_n=16, density_m=16),
+    for change in (dict(tiles_per_program=3, block_m=32), dict(combine_n=16, density_t=32),
                    dict(block_t=32, tiles_per_program=4)):
         for key, value in change.items():
             monkeypatch.setitem(quadrature_table.CONFIG, key, value)
