@@ -59,9 +59,12 @@ class CapturedStep:
     stats: torch.Tensor
 
 
-# Beyond this many bytes of frames, copying them into the graph's input buffer costs more GPU time
-# than the launches a replay saves (a 64-stream bf16 chunk of 805 MB doubled the step).
-MAX_INPUT_BYTES = 64 * 2**20
+# Beyond this many bytes of frames, copying them into the graph's input buffer (a read and a write
+# of the chunk) costs more GPU time than the host time a replay saves. Measured on an H200 with bf16
+# tokens [S, 256, 32, 768]: at 16 streams (201 MB) a replay with its copy took a third of the
+# Python-launched step (rectangular basis) or two thirds (Gaussian); at 64 streams (805 MB), where
+# the GPU's work outweighs the launches, the copy made the step 1.2-1.3x slower.
+MAX_INPUT_BYTES = 256 * 2**20
 
 # One capture at a time in the process: captures begun together in two threads clash over the CUDA
 # generator's graph state. Each records in "thread_local" mode, so that memories stepped eagerly by

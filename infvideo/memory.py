@@ -82,7 +82,7 @@ class LongTermMemory(nn.Module):
             signature (shapes, dtypes, device, projection weights), and later calls there copy the
             inputs into the graph, replay it and return a copy of its output. Used for fused
             backends, no autograd, every stream filled, a sampler without a host generator and
-            chunks of at most 64 MiB (larger steps are bound by the GPU, and the input copy would
+            chunks of at most 256 MiB (larger steps are bound by the GPU, and the input copy would
             cost more than it saves); other calls run eagerly.
         launch_plans: ignored, with a FutureWarning (the C++ launch plans it chose were removed).
 

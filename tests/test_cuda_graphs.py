@@ -33,7 +33,8 @@ def _assert_same(plain, graphed, a, b):
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kwargs", [{}, dict(sticky=False), dict(preset="paper")], ids=["sticky", "uniform", "paper"])
+@pytest.mark.parametrize("kwargs", [{}, dict(sticky=False), dict(preset="paper"), dict(basis="gaussian", quad_points=64)],
+                         ids=["sticky", "uniform", "paper", "gaussian"])
 def test_replays_equal_eager_steps(dtype, kwargs):
     pk, pv = random_linear(E, D, seed=1).cuda().to(dtype), random_linear(E, D, seed=2).cuda().to(dtype)
     plain, graphed = _pair(**kwargs)
