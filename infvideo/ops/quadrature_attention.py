@@ -10,8 +10,8 @@ from torch import Tensor
 
 from .._lru import LRUCache
 from ..config import MemoryConfig
-from ..reference.basis import gaussian_parameters
 from ..reference import sticky
+from ..reference.basis import gaussian_parameters
 from ..reference.fit import derived, on_device
 from ..reference.quadrature import gaussian_rule
 from .. import backends
