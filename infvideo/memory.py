@@ -83,7 +83,8 @@ class LongTermMemory(nn.Module):
             inputs into the graph, replay it and return a copy of its output. Used for fused
             backends, no autograd, every stream filled, a sampler without a host generator and
             chunks of at most 256 MiB (larger steps are bound by the GPU, and the input copy would
-            cost more than it saves); other calls run eagerly.
+            cost more than it saves); other calls run eagerly. Each captured signature keeps its
+            own input buffers (a copy of the chunk's size) and the step's intermediates.
         launch_plans: ignored, with a FutureWarning (the C++ launch plans it chose were removed).
 
     The finiteness check looks at the frames (through the new coefficients, which every frame a
