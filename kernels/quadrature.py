@@ -76,15 +76,13 @@ def _layout(query: torch.Tensor, keys: torch.Tensor, num_heads: int):
 @on_input_device
 def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
                          mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, log_weight: torch.Tensor,
-                         write_density: bool, sticky_bins: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         write_density: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused quadrature attention; inputs are checked by ``infvideo.ops``.
 
     query [S, Q, D], keys/values [S, N, D] (last strides 1), mu/sigma [N] and grid [T] (any float
     dtype: the basis table is built from them in float64), log_weight [T] (float32).
     Returns the context [S, Q, D] and Σ_q p(t_j) per head and block of 16 queries [S, H·QB, T]
-    (float32; [S, H·QB, 1] zeros unless write_density). With ``sticky_bins`` (bin weights [K, W]
-    float32 contiguous, step), the second output is the sticky statistic [S, H·QB, K] instead:
-    bin k adds up weight[k, w] times that density at point k·step + w.
+    (float32; [S, H·QB, 1] zeros unless write_density).
     """
     s, q_len, n, d, padded, precision = _layout(query, keys, num_heads)
     t = grid.numel()
@@ -96,18 +94,14 @@ def quadrature_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.
                   keys, (keys.stride(0), d * keys.stride(2), keys.stride(2), keys.stride(1)),
                   a, a.stride(), q_len, n, d, num_heads, s, precision)
     groups = num_heads * padded // group
-    if sticky_bins is not None:
-        density = torch.empty(s, groups, sticky_bins[0].shape[0], device=query.device, dtype=torch.float32)
-    elif write_density:
-        density = torch.empty(s, groups, t, device=query.device, dtype=torch.float32)
-    else:
-        density = torch.zeros(s, groups, 1, device=query.device, dtype=torch.float32)  # a defined placeholder
+    density = (torch.empty(s, groups, t, device=query.device, dtype=torch.float32) if write_density
+               else torch.zeros(s, groups, 1, device=query.device, dtype=torch.float32))  # a defined placeholder
     # The products with ψ and V reach the context linearly: single tf32 (10-bit mantissa) is well
     # below a bfloat16 output's rounding (7 bits), not below float16's.
     weight_precision = "tf32" if precision == "tf32x3" and query.dtype == torch.bfloat16 else precision
     context = torch.empty(s, q_len, values.shape[-1], device=query.device, dtype=query.dtype)
     table_attention(a, 1.0 / math.sqrt(d), values, mu, sigma, grid, log_weight, context, density, num_heads, q_len,
-                    padded, write_density, precision, weight_precision, group, sticky_bins)
+                    padded, write_density, precision, weight_precision, group)
     return context, density
 
 

@@ -94,49 +94,28 @@ def _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES: tl.const
 
 
 @triton.jit
-def _store_group_density(exp_ptr, max_ptr, dens_ptr, bin_weight_ptr, rows, real, m, inv_l, group, T, TILES, BINS,
-                         BIN_WIDTH, BIN_STEP, stride_dg, TILE_T: tl.constexpr, WRITE_DENSITY: tl.constexpr,
-                         DENSITY_T: tl.constexpr, WRITE_MASS: tl.constexpr, BLOCK_BINS: tl.constexpr,
-                         BLOCK_W: tl.constexpr):
-    """Σ_q p_q(t_j) over a group's ``real`` rows (density [T] at ``group``), or with WRITE_MASS the
-    rule's sticky bins of it ([BINS]), from the stored terms e^{s_j − m_tile}/ω_j [rows, T], each
-    tile's reference maximum [rows, TILES] and the rows' softmax (m, 1/l)."""
-    if WRITE_DENSITY:
-        # Σ_q p_q(t_j) of the group: each stored term rescaled from its tile's maximum to the row's
-        # softmax, the tiles' exponentials read once (no scores recomputed).
-        for t0 in range(0, T, DENSITY_T):
-            points = t0 + tl.arange(0, DENSITY_T)
-            inside = real[:, None] & (points < T)[None, :]
-            tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :], mask=inside, other=0.0)
-            terms = tl.load(exp_ptr + rows[:, None] * T + points[None, :], mask=inside, other=0.0)
-            p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
-            tl.store(dens_ptr + group * stride_dg + points, tl.sum(p, axis=0), mask=points < T)
-    if WRITE_MASS:
-        # The sticky statistic instead: bin k of the rule holds Σ_w weight[k, w] Σ_q p_q(t_j),
-        # j = k·BIN_STEP + w (Gauss–Legendre panels, or the trapezoid's intervals), as
-        # reference.sticky.quadrature_mass adds up the density, which never reaches memory.
-        offs_w = tl.arange(0, BLOCK_W)
-        for k0 in range(0, BINS, BLOCK_BINS):
-            bins = k0 + tl.arange(0, BLOCK_BINS)
-            mask_k = bins < BINS
-            in_bin = mask_k[:, None] & (offs_w < BIN_WIDTH)[None, :]
-            weight = tl.load(bin_weight_ptr + bins[:, None] * BIN_WIDTH + offs_w[None, :], mask=in_bin, other=0.0)
-            points = bins[:, None] * BIN_STEP + offs_w[None, :]
-            inside = real[:, None, None] & in_bin[None, :, :]
-            tile_max = tl.load(max_ptr + rows[:, None, None] * TILES + (points // TILE_T)[None, :, :], mask=inside,
-                               other=0.0)
-            terms = tl.load(exp_ptr + rows[:, None, None] * T + points[None, :, :], mask=inside, other=0.0)
-            density = tl.sum(terms * tl.exp(tile_max - m[:, None, None]) * inv_l[:, None, None], axis=0)
-            tl.store(dens_ptr + group * stride_dg + bins, tl.sum(density * weight, axis=1), mask=mask_k)
+def _store_group_density(exp_ptr, max_ptr, dens_ptr, rows, real, m, inv_l, group, T, TILES, stride_dg,
+                         TILE_T: tl.constexpr, DENSITY_T: tl.constexpr):
+    """Σ_q p_q(t_j) over a group's ``real`` rows, stored at [group, T], from the stored terms
+    e^{s_j − m_tile}/ω_j [rows, T], each tile's maximum [rows, TILES] and the rows' softmax
+    (m, 1/l): each term rescaled from its tile's maximum to the row's softmax, the tiles'
+    exponentials read once (no scores recomputed)."""
+    for t0 in range(0, T, DENSITY_T):
+        points = t0 + tl.arange(0, DENSITY_T)
+        inside = real[:, None] & (points < T)[None, :]
+        tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :], mask=inside, other=0.0)
+        terms = tl.load(exp_ptr + rows[:, None] * T + points[None, :], mask=inside, other=0.0)
+        p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
+        tl.store(dens_ptr + group * stride_dg + points, tl.sum(p, axis=0), mask=points < T)
 
 
 @triton.jit
 def _combine_kernel(
-    lo_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr, v_ptr, ctx_ptr, dens_ptr, bin_weight_ptr,
-    R, N, T, TILES, H, Q, QP, DV, BINS, BIN_WIDTH, BIN_STEP, stride_vs, stride_vn, stride_cs, stride_cq, stride_dg,
+    lo_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr, v_ptr, ctx_ptr, dens_ptr,
+    R, N, T, TILES, H, Q, QP, DV, stride_vs, stride_vn, stride_cs, stride_cq, stride_dg,
     PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_TILES: tl.constexpr, BAND: tl.constexpr, TILE_T: tl.constexpr, WRITE_DENSITY: tl.constexpr,
-    DENSITY_T: tl.constexpr, WRITE_MASS: tl.constexpr, BLOCK_BINS: tl.constexpr, BLOCK_W: tl.constexpr,
+    DENSITY_T: tl.constexpr,
 ):
     # One program per GROUP rows: queries of one (stream, head), as QP is a multiple of GROUP. r
     # and the context r·V go by slices of BLOCK_N basis functions, each the sum of the tiles whose
@@ -172,9 +151,9 @@ def _combine_kernel(
     real = mask_r & (queries < Q)  # padding queries add nothing
     tl.store(ctx_ptr + stream * stride_cs + queries[:, None] * stride_cq + cols[None, :],
              context.to(ctx_ptr.dtype.element_ty), mask=real[:, None] & mask_d[None, :])
-    _store_group_density(exp_ptr, max_ptr, dens_ptr, bin_weight_ptr, rows, real, m, inv_l, pid, T, TILES, BINS,
-                         BIN_WIDTH, BIN_STEP, stride_dg, TILE_T, WRITE_DENSITY, DENSITY_T, WRITE_MASS, BLOCK_BINS,
-                         BLOCK_W)
+    if WRITE_DENSITY:
+        _store_group_density(exp_ptr, max_ptr, dens_ptr, rows, real, m, inv_l, pid, T, TILES, stride_dg, TILE_T,
+                             DENSITY_T)
 
 
 _launch_tile_weights = CachedLaunch(_tile_weights_kernel)
@@ -183,13 +162,11 @@ _launch_combine = CachedLaunch(_combine_kernel)
 # Tiles, module-level so a sweep can vary them (bench/tune_quadrature.py): points per tile; rows
 # per program (a multiple of the density's 16-query groups), tiles per program, warps and
 # pipeline stages of the tiles' kernel; warps of the sum of the partials (16 rows, one head's, per
-# program), the basis functions of its slices, the points of its density's slices and of its
-# sticky bins' slices (bins × points per bin, padded to a power of 2). Keys ending
+# program), the basis functions of its slices and the points of its density's slices. Keys ending
 # in _tf32x3 hold when the products with ψ and V take three TF32 passes (float32 inputs), the
 # others for one pass (16-bit inputs) and in the interpreter.
 CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
-          "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256,
-          "mass_points": 256}
+          "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
@@ -235,11 +212,9 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
 
 
 def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, density, num_heads, q_len, padded,
-                    write_density, precision, weight_precision, group, sticky_bins=None):
+                    write_density, precision, weight_precision, group):
     """The context [S, Q, D] (written into ``context``) and the density of the scores scale·a, a
-    [S, H, QP, N]: the tiles' partials, then their sum times V. With ``sticky_bins`` (bin
-    weights [K, W] float32, step: bin k weighs points k·step + w) ``density`` [S, G, K] receives
-    the sticky statistic in place of the density.
+    [S, H, QP, N]: the tiles' partials, then their sum times V.
 
     ``precision`` is the score product's (exponentiated: float32 accuracy needed); ``weight_precision``
     that of the products with ψ and V, whose error reaches the context linearly."""
@@ -253,26 +228,21 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
     tile_max = torch.empty(rows, tiles, device=a.device, dtype=torch.float32)
     tile_sum = torch.empty_like(tile_max)
     # The tiles' exponentials, for the density ([rows, T] float32; a placeholder without it).
-    write_mass = sticky_bins is not None
-    terms = torch.empty(rows, t if write_density or write_mass else 1, device=a.device, dtype=torch.float32)
-    bin_weight, bin_step = sticky_bins if write_mass else (terms, 0)
-    block_w = max(2, next_power_of_2(bin_weight.shape[-1])) if write_mass else 2
+    terms = torch.empty(rows, t if write_density else 1, device=a.device, dtype=torch.float32)
     per_program = CONFIG["tiles_per_program"]
     split = "_tf32x3" if weight_precision == "tf32x3" else ""
     _launch_tile_weights((cdiv(rows, block_m), cdiv(tiles, per_program)),
                          a, table, lo, log_weight, part, tile_max, tile_sum, terms,
                          rows, n, t, tiles, scale, a.stride(2), table.stride(0),
                          SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, BLOCK_M=block_m,
-                         BLOCK_T=block_t, BAND=band, TILES_PER_PROGRAM=per_program, STORE_EXP=write_density or write_mass,
+                         BLOCK_T=block_t, BAND=band, TILES_PER_PROGRAM=per_program, STORE_EXP=write_density,
                          num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages" + split])
     head_dim = values.shape[-1] // num_heads
     _launch_combine((cdiv(rows, group),),
-                    lo, part, tile_max, tile_sum, terms, values, context, density, bin_weight, rows, n, t, tiles,
-                    num_heads, q_len, padded, head_dim, bin_weight.shape[0] if write_mass else 0,
-                    bin_weight.shape[-1] if write_mass else 0, bin_step, values.stride(0), values.stride(1),
-                    context.stride(0), context.stride(1), density.stride(1), PRECISION=weight_precision, GROUP=group,
+                    lo, part, tile_max, tile_sum, terms, values, context, density, rows, n, t, tiles, num_heads,
+                    q_len, padded, head_dim, values.stride(0), values.stride(1), context.stride(0), context.stride(1),
+                    density.stride(1), PRECISION=weight_precision, GROUP=group,
                     BLOCK_N=max(16, min(CONFIG["combine_n" + split], next_power_of_2(n))),
                     BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_TILES=max(2, next_power_of_2(tiles)), BAND=band,
-                    TILE_T=block_t, WRITE_DENSITY=write_density and not write_mass, WRITE_MASS=write_mass,
-                    BLOCK_BINS=max(16, CONFIG["mass_points"] // block_w), BLOCK_W=block_w,
+                    TILE_T=block_t, WRITE_DENSITY=write_density,
                     DENSITY_T=min(CONFIG["density_t"], max(16, next_power_of_2(t))), num_warps=CONFIG["combine_warps"])

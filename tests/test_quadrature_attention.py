@@ -45,34 +45,6 @@ def test_matches_reference(device, backend, case, preset):
     assert rel_err(density.reshape(streams, heads, -1, nodes).sum(2), dens.sum(2)) < 1e-4
 
 
-@pytest.mark.parametrize("preset", ["exact", "paper"])
-@pytest.mark.parametrize("device,backend,case", CASES)
-def test_sticky_statistic_from_the_kernel(device, backend, case, preset):
-    """The kernel's own sticky statistic (``sticky_bins``: Gauss–Legendre panels, trapezoid
-    intervals) equals ``reference.sticky.quadrature_mass`` of its density, padding queries left
-    out, within float32 summation order (1e-6); the op-level path (``sticky_rule``) gives it too."""
-    from infvideo import backends
-    from infvideo.ops.quadrature_attention import quadrature_attention_unchecked, sticky_bins
-    from infvideo.reference import sticky
-    streams, q_len, model, heads, n, points = case
-    quad = ops.quadrature_constants(MemoryConfig(num_basis=n, basis="gaussian", quad_points=points, preset=preset),
-                                    torch.device(device))
-    gen = torch.Generator().manual_seed(11)
-    query = torch.randn(streams, q_len, model, generator=gen).to(device)
-    keys = torch.randn(streams, n, model, generator=gen).to(device) * 0.1
-    values = torch.randn(streams, n, model, generator=gen).to(device)
-    args = (query, keys, values, heads, quad.mu, quad.sigma, quad.grid, quad.log_weight)
-    kernel = backends.triton_kernels()["quadrature"].quadrature_attention
-    context, density = kernel(*args, True)
-    expected = sticky.quadrature_mass(density, quad)
-    got_context, mass = kernel(*args, True, sticky_bins=sticky_bins(quad, torch.device(device)))
-    assert mass.shape == expected.shape
-    assert rel_err(mass, expected) < 1e-6
-    torch.testing.assert_close(got_context, context, rtol=0, atol=0)
-    op_context, op_mass = quadrature_attention_unchecked(*args, sticky_rule=quad)
-    assert rel_err(op_mass, expected) < 1e-6 and rel_err(op_context, context) < 1e-6
-
-
 @pytest.mark.parametrize("device,backend,case", CASES)
 def test_float32_within_1e5_of_float64_on_the_same_nodes(device, backend, case):
     """The kernels' own arithmetic (float32 scores, three-TF32 dots on a GPU) against float64 on the

@@ -10,7 +10,6 @@ from torch import Tensor
 
 from .._lru import LRUCache
 from ..config import MemoryConfig
-from ..reference import sticky
 from ..reference.basis import gaussian_parameters
 from ..reference.fit import derived, on_device
 from ..reference.quadrature import gaussian_rule
@@ -146,13 +145,9 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
     return quadrature_attention_unchecked(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density)
 
 
-def quadrature_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor,
-                                   sigma: Tensor, grid: Tensor, log_weight: Tensor, write_density: bool = True,
-                                   sticky_rule: QuadratureConstants | None = None) -> tuple[Tensor, Tensor]:
-    """:func:`quadrature_attention` without the input checks (for ``fused_step``, whose inputs are
-    checked). With ``sticky_rule`` (the constants whose nodes these are) the second output is the
-    sticky statistic [S, G, K] of the density, ``reference.sticky.quadrature_mass``: summed by the
-    kernel itself where it launches directly, so that the density never reaches memory."""
+def quadrature_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor, grid: Tensor,
+           log_weight: Tensor, write_density: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`quadrature_attention` without the input checks (for ``fused_step``, whose inputs are checked)."""
     unit = _library.rows_unit_stride
 
     def basis(x):  # kept in its dtype: a cast here would be a new tensor, and a new table, every call
@@ -162,28 +157,8 @@ def quadrature_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, 
     # A call that nothing needs to see launches the kernel itself (_library.direct_triton): the
     # dispatcher's way there costs more host time than a small step's kernels take.
     if _library.direct_triton(query, "triton") and not _library.records_grad(query, keys, values):
-        bins = None if sticky_rule is None else sticky_bins(sticky_rule, query.device)
-        return backends.triton_kernels()["quadrature"].quadrature_attention(*args, sticky_bins=bins)
-    context, density = torch.ops.infvideo.quadrature_attention(*args)
-    return (context, density) if sticky_rule is None else (context, sticky.quadrature_mass(density, sticky_rule))
-
-
-_sticky_bins = LRUCache(64)
-
-
-def _bins_on(rule: QuadratureConstants, device: torch.device) -> tuple[Tensor, int]:
-    if rule.panel_weight is not None:  # Gauss–Legendre panels: bin k holds nodes k·n .. k·n + n - 1
-        weight = rule.panel_weight
-        return weight.to(device, torch.float32).contiguous(), weight.shape[1]
-    half = rule.gaps.to(device, torch.float32)[:, None] / 2  # trapezoid interval k: nodes k and k + 1
-    return torch.cat([half, half], 1), 1
-
-
-def sticky_bins(rule: QuadratureConstants, device: torch.device) -> tuple[Tensor, int]:
-    """(weight [K, W] float32, step) of a rule's sticky bins on ``device``: bin k holds
-    Σ_w weight[k, w] p(t_{k·step + w}), ``reference.sticky.quadrature_mass`` as one map (built
-    once per rule and device)."""
-    return derived(_sticky_bins, rule, (device,), _bins_on)
+        return backends.triton_kernels()["quadrature"].quadrature_attention(*args)
+    return torch.ops.infvideo.quadrature_attention(*args)
 
 
 _OP = "infvideo.ops.quadrature_attention"

@@ -13,6 +13,7 @@ from torch import nn
 from .. import backends
 from .._lru import LRUCache
 from ..config import MemoryConfig
+from ..reference import sticky
 from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.basis import gaussian_parameters
 from ..reference.consolidate import consolidate_dense
@@ -300,10 +301,9 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     keys, values = _project_pair(proj_key, proj_value, projected, grad, backend)
     if consts.quad is not None:
         quad = consts.quad
-        context, mass = quadrature_attention_unchecked(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
-                                                       quad.log_weight, write_density=want_mass,
-                                                       sticky_rule=quad if want_mass else None)
-        new_stats = mass if want_mass else None
+        context, density = quadrature_attention_unchecked(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
+                                                quad.log_weight, write_density=want_mass)
+        new_stats = sticky.quadrature_mass(density, quad) if want_mass else None
     else:
         context, mass = slot_attention_unchecked(query, keys, values, num_heads, consts.slot_log_weight,
                                                  consts.null_log_weight, backend)
