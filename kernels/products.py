@@ -113,5 +113,5 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
             0, 0, flat.stride(0), flat.stride(1), 0, 0, weight.stride(1), weight.stride(0),
             0, 0, out.stride(0), out.stride(1), 0, 0 if bias is None else bias.stride(0),
             HAS_BIAS=bias is not None, PRECISION=precision(x.device),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out.view(*x.shape[:-1], n)
