@@ -27,6 +27,7 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
+from .products import output_tile
 
 # Per pooling form: frames per step (and basis functions per step of the past product), columns
 # and rows per program, warps, pipeline stages; the register form's tokens per load, the product
@@ -49,15 +50,9 @@ def _dense_consolidate_kernel(
     POOL_PRECISION: tl.constexpr, POOL_FLOAT32: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    tiles_e = tl.cdiv(E, BLOCK_E)
-    pr = tl.program_id(0) // tiles_e
-    pe = tl.program_id(0) % tiles_e
+    offs_r, offs_e, mask_r, mask_e = output_tile(N, E, BLOCK_R, BLOCK_E)
     s = tl.program_id(1).to(tl.int64)
-    offs_r = pr * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_e = pe * BLOCK_E + tl.arange(0, BLOCK_E)
     offs_i = tl.arange(0, BLOCK_L)
-    mask_r = offs_r < N
-    mask_e = offs_e < E
     frames = frames_ptr + s * stride_fs + offs_e[None, :] * stride_fe
     acc = tl.zeros([BLOCK_R, BLOCK_E], dtype=tl.float32)
     if POOL_BY_DOT:

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv
+from .products import output_tile
 
 CUTOFF = 8.0
 # (rows of G_pastᵀ, basis columns, samples) per tile, warps.
@@ -32,14 +33,8 @@ def _sample_mix_kernel(g_ptr, t_ptr, mu_ptr, inv_sigma_ptr, peak_ptr, out_ptr, N
                        PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     # out[s, r, n] = Σ_m G[m, r] ψ_n(t[s, m]): rows r of G_pastᵀ, basis columns n.
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    pr = tl.program_id(0) // tiles_n
-    pn = tl.program_id(0) % tiles_n
+    offs_r, offs_n, mask_r, mask_n = output_tile(N, N, BLOCK_R, BLOCK_N)
     s = tl.program_id(1).to(tl.int64)
-    offs_r = pr * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_n = pn * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_r = offs_r < N
-    mask_n = offs_n < N
     mu = tl.load(mu_ptr + offs_n, mask=mask_n, other=0.0)
     inv_sigma = tl.load(inv_sigma_ptr + offs_n, mask=mask_n, other=1.0)
     peak = tl.load(peak_ptr + offs_n, mask=mask_n, other=0.0)

@@ -28,6 +28,16 @@ LARGE_TILES, SMALL_TILES, LARGE_ROWS = (128, 128, 64, 8, 3), (64, 64, 32, 4, 3),
 
 
 @triton.jit
+def output_tile(rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(row offsets, column offsets, row mask, column mask) of program_id(0)'s tile of a
+    [rows, cols] output, its tiles numbered row by row."""
+    tiles_c = tl.cdiv(cols, BLOCK_C)
+    offs_r = (tl.program_id(0) // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = (tl.program_id(0) % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return offs_r, offs_c, offs_r < rows, offs_c < cols
+
+
+@triton.jit
 def _batched_product_kernel(
     a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
     stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
@@ -38,15 +48,9 @@ def _batched_product_kernel(
     # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and
     # head h, all by strides, so that heads are read in place from [S, Q, D] and [D, e] tensors and
     # weights [n, k] serve as Bᵀ (no transposed copies).
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    pm = tl.program_id(0) // tiles_n
-    pn = tl.program_id(0) % tiles_n
+    offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N)
     h = tl.program_id(1).to(tl.int64)
     s = tl.program_id(2).to(tl.int64)
-    offs_m = pm * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pn * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
     a_base = a_ptr + s * stride_as + h * stride_ah
     b_base = b_ptr + s * stride_bs + h * stride_bh
     c_tile = (c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None].to(tl.int64) * stride_cm
