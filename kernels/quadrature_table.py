@@ -94,25 +94,9 @@ def _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES: tl.const
 
 
 @triton.jit
-def _store_group_density(exp_ptr, max_ptr, dens_ptr, rows, real, m, inv_l, group, T, TILES, stride_dg,
-                         TILE_T: tl.constexpr, DENSITY_T: tl.constexpr):
-    """Σ_q p_q(t_j) over a group's ``real`` rows, stored at [group, T], from the stored terms
-    e^{s_j − m_tile}/ω_j [rows, T], each tile's maximum [rows, TILES] and the rows' softmax
-    (m, 1/l): each term rescaled from its tile's maximum to the row's softmax, the tiles'
-    exponentials read once (no scores recomputed)."""
-    for t0 in range(0, T, DENSITY_T):
-        points = t0 + tl.arange(0, DENSITY_T)
-        inside = real[:, None] & (points < T)[None, :]
-        tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :], mask=inside, other=0.0)
-        terms = tl.load(exp_ptr + rows[:, None] * T + points[None, :], mask=inside, other=0.0)
-        p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
-        tl.store(dens_ptr + group * stride_dg + points, tl.sum(p, axis=0), mask=points < T)
-
-
-@triton.jit
 def _combine_kernel(
-    lo_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr, v_ptr, ctx_ptr, dens_ptr,
-    R, N, T, TILES, H, Q, QP, DV, stride_vs, stride_vn, stride_cs, stride_cq, stride_dg,
+    lo_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr, v_ptr, ctx_ptr, dens_ptr, R, N, T, TILES, H, Q, QP, DV,
+    stride_vs, stride_vn, stride_cs, stride_cq, stride_dg,
     PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_TILES: tl.constexpr, BAND: tl.constexpr, TILE_T: tl.constexpr, WRITE_DENSITY: tl.constexpr,
     DENSITY_T: tl.constexpr,
@@ -152,8 +136,15 @@ def _combine_kernel(
     tl.store(ctx_ptr + stream * stride_cs + queries[:, None] * stride_cq + cols[None, :],
              context.to(ctx_ptr.dtype.element_ty), mask=real[:, None] & mask_d[None, :])
     if WRITE_DENSITY:
-        _store_group_density(exp_ptr, max_ptr, dens_ptr, rows, real, m, inv_l, pid, T, TILES, stride_dg, TILE_T,
-                             DENSITY_T)
+        # Σ_q p_q(t_j) of the group: each stored term rescaled from its tile's maximum to the row's
+        # softmax, the tiles' exponentials read once (no scores recomputed).
+        for t0 in range(0, T, DENSITY_T):
+            points = t0 + tl.arange(0, DENSITY_T)
+            inside = real[:, None] & (points < T)[None, :]
+            tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :], mask=inside, other=0.0)
+            terms = tl.load(exp_ptr + rows[:, None] * T + points[None, :], mask=inside, other=0.0)
+            p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
+            tl.store(dens_ptr + pid * stride_dg + points, tl.sum(p, axis=0), mask=points < T)
 
 
 _launch_tile_weights = CachedLaunch(_tile_weights_kernel)
