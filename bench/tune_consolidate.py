@@ -33,6 +33,11 @@ def main(streams_list=STREAMS, block_es=BLOCK_E, rows_list=(64, 128), warps_list
         nbytes = frames.numel() * 2 + past.numel() * 4 * 2
         ms = triton.testing.do_bench(lambda: ops.quantile_bins(mass, 512), return_mode="median")
         print(f"S={streams} quantile_bins {ms * 1e3:.1f} us")
+        # What torch reads at: the same tokens summed over each frame, and over everything.
+        for name, reduce in (("torch sum over tokens", lambda: frames.sum(2, dtype=torch.float32)),
+                             ("torch sum of all", lambda: frames.sum(dtype=torch.float32))):
+            ms = triton.testing.do_bench(reduce, return_mode="median")
+            print(f"S={streams} {name}: {ms * 1e3:.1f} us, {frames.numel() * 2 / ms / 1e6:.0f} GB/s")
         for block_e, rows, warps, stages in itertools.product(block_es, rows_list, warps_list, stages_list):
             # Fewer than 16 streams take block_e_few_streams: set both, so each S tries every width.
             consolidate.CONFIG.update(block_e=block_e, block_e_few_streams=block_e, block_rows=rows,

@@ -1,11 +1,13 @@
 """Tiles and dot precision of the folded slot attention's Triton kernels on the GPU (issue 22).
 
-    PYTHONPATH=$PWD python bench/tune_factored_attention.py [--streams 64]
+    PYTHONPATH=$PWD python bench/tune_factored_attention.py [--streams 64] [--kv-tiles] [--rows 16 32 64 128]
+        [--block-e 32 64] [--warps 4 8] [--stages 2 3]
 
 Times ``factored_slot_attention`` (float32 projections folded into the queries) for each softmax
-tile (rows per program, slice of e per dot, warps) and dot precision, its query products alone,
-and beside them the K/V way (the float32 projection on cuBLAS, then ``slot_attention``), with the
-context's error against float64.
+tile (``kernels.factored_attention.CONFIG``: rows per program, slice of e per dot, warps, stages,
+one slot tile or two passes), then for each tile of its two head products; beside them the K/V
+way (the float32 projection on cuBLAS and in three-TF32 products, then ``slot_attention``), each
+with the context's error against float64.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def tune_kv_products(streams, query, coef, weight, bias, want):
             products._batched_product_kernel[grid](
                 flat, weight, bias, out, rows, 2 * WIDTH, width, 0, 0, flat.stride(0), flat.stride(1),
                 0, 0, weight.stride(1), weight.stride(0), 0, 0, out.stride(0), out.stride(1), 0, bias.stride(0),
-                HAS_BIAS=True, ACCUMULATE=False, PRECISION="tf32x3", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                HAS_BIAS=True, PRECISION="tf32x3", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                 num_warps=warps, num_stages=stages)
 
         def step():
@@ -72,9 +74,45 @@ def tune_kv_products(streams, query, coef, weight, bias, want):
                   f"{type(err).__name__}: {str(err)[:120]}", flush=True)
 
 
+def tune_folded(streams, query, coef, pk, pv, want, args):
+    """``factored_slot_attention`` per softmax tile, then per head-product tile with the best softmax tile."""
+    def run():
+        return folded.factored_slot_attention(query, coef, pk.weight, pv.weight, pv.bias, HEADS, None)[0]
+
+    def timed(label):
+        try:
+            ms = triton.testing.do_bench(run, return_mode="median")
+            print(f"S={streams} folded {label}: {ms * 1e3:8.1f} us  err {rel(run(), want):.1e}", flush=True)
+            return ms
+        except Exception as err:  # a tile the compiler rejects is reported, not fatal
+            print(f"S={streams} folded {label}: failed {type(err).__name__}: {str(err)[:200]}", flush=True)
+            return float("inf")
+
+    default = dict(folded.CONFIG)
+    best = (float("inf"), default)
+    for rows, block_e, warps, stages, one_tile in itertools.product(args.rows, args.block_e, args.warps, args.stages,
+                                                                    (True, False)):
+        config = dict(default, rows=rows, block_e=block_e, warps=warps, stages=stages,
+                      scores_per_warp=1 << 16 if one_tile else 16)
+        folded.CONFIG.update(config)
+        ms = timed(f"rows={rows:3d} block_e={block_e:3d} warps={warps} stages={stages} one_tile={one_tile}")
+        best = min(best, (ms, config), key=lambda x: x[0])
+    print(f"S={streams} best softmax tile: {best[1]}", flush=True)
+    for name in ("query_tiles", "context_tiles"):
+        for tiles in itertools.product((64, 128), (64, 128), (32,), (4, 8), (3,)):
+            folded.CONFIG.update(best[1], **{name: tiles})
+            timed(f"{name}={tiles}")
+    folded.CONFIG.update(default)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, nargs="+", default=[64])
+    parser.add_argument("--kv-tiles", action="store_true", help="also sweep the three-TF32 K/V product's tiles")
+    parser.add_argument("--rows", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--block-e", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     args = parser.parse_args()
     torch.manual_seed(0)
     pk, pv = nn.Linear(WIDTH, WIDTH).cuda(), nn.Linear(WIDTH, WIDTH).cuda()
@@ -92,22 +130,16 @@ def main():
             ms = triton.testing.do_bench(kv, return_mode="median")
             print(f"S={streams} K/V cuBLAS allow_tf32={tf32}: {ms * 1e3:8.1f} us  err {rel(kv(), want):.1e}", flush=True)
         torch.backends.cuda.matmul.allow_tf32 = False
-        tune_kv_products(streams, query, coef, weight, bias, want)
-        for precision, rows, block_e, warps in itertools.product(("tf32x3",), (16, 32), (32, 64),
-                                                                 (4, 8)):
-            products.PRECISION, folded.BLOCK_R, folded.BLOCK_E, folded.SOFTMAX_WARPS = precision, rows, block_e, warps
-            folded.SCORES_PER_WARP = 1 << 16  # every slot in one tile
-            products.precision.cache_clear()
 
-            def run():
-                return folded.factored_slot_attention(query, coef, pk.weight, pv.weight, pv.bias, HEADS, None)[0]
-            try:
-                ms = triton.testing.do_bench(run, return_mode="median")
-                print(f"S={streams} {precision:6s} rows={rows:3d} block_e={block_e:3d} warps={warps}: "
-                      f"{ms * 1e3:8.1f} us  err {rel(run(), want):.1e}", flush=True)
-            except Exception as err:  # a tile the compiler rejects is reported, not fatal
-                print(f"S={streams} {precision} rows={rows} block_e={block_e} warps={warps}: failed "
-                      f"{type(err).__name__}: {str(err)[:200]}", flush=True)
+        def kv_tf32x3():
+            keys, values = products.linear(coef, weight, bias).split(WIDTH, dim=-1)
+            return slot_attention(query, keys, values, HEADS)[0]
+        ms = triton.testing.do_bench(kv_tf32x3, return_mode="median")
+        print(f"S={streams} K/V products.linear (three-TF32): {ms * 1e3:8.1f} us  err {rel(kv_tf32x3(), want):.1e}",
+              flush=True)
+        if args.kv_tiles:
+            tune_kv_products(streams, query, coef, weight, bias, want)
+        tune_folded(streams, query, coef, pk, pv, want, args)
 
 
 if __name__ == "__main__":

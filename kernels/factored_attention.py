@@ -34,16 +34,16 @@ QUERY_GROUP = 16
 
 
 @triton.jit
-def _folded_scores(u_base, c_base, logw_ptr, rows, mask_r, slots, mask_n, WIDTH, stride_ur, stride_cn, sm_scale,
+def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn, sm_scale,
                    HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_E: tl.constexpr):
-    """u · B_n / √d (+ log w_n) of one block of rows and one tile of slots, [BLOCK_R, BLOCK_N]."""
+    """u · B_n / √d (+ log w_n) of one block of rows (at ``row_offs`` from u_base) and one tile of
+    slots, [BLOCK_R, BLOCK_N]."""
     acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
     for e0 in range(0, WIDTH, BLOCK_E):
         cols = e0 + tl.arange(0, BLOCK_E)
         mask_e = cols < WIDTH
-        u = tl.load(u_base + rows[:, None] * stride_ur + cols[None, :], mask=mask_r[:, None] & mask_e[None, :],
-                    other=0.0)
+        u = tl.load(u_base + row_offs[:, None] + cols[None, :], mask=mask_r[:, None] & mask_e[None, :], other=0.0)
         c = tl.load(c_base + slots[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
                     other=0.0)
         acc = tl.dot(u, tl.trans(c), acc, input_precision=PRECISION)
@@ -66,20 +66,23 @@ def _store_mass(mass_base, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg,
 @triton.jit
 def _folded_softmax_kernel(
     u_ptr, c_ptr, logw_ptr, out_ptr, mass_ptr,
-    ROWS, N, WIDTH, GROUPS_TOTAL, sm_scale,
-    stride_us, stride_ur, stride_cs, stride_cn, stride_os, stride_or, stride_ms, stride_mg,
+    ROWS, Q_LEN, N, WIDTH, GROUPS_TOTAL, sm_scale,
+    stride_us, stride_uh, stride_uq, stride_cs, stride_cn, stride_ps, stride_pr, stride_ms, stride_mg,
     HAS_LOGW: tl.constexpr, ONE_TILE: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    # One program per (block of BLOCK_R folded rows, stream). ONE_TILE (every slot in one tile): the
-    # weights stay in registers and the program writes Σ_n r_n B_n [rows, e] itself, reading B twice
-    # (scores, then the mix) and never writing r. Otherwise pass 1 finds each row's maximum and
-    # normaliser over the slot tiles, pass 2 recomputes the scores and writes r [rows, N], which
-    # the launcher mixes with B in a second product.
+    # One program per (block of BLOCK_R folded rows h·Q + q, stream). Row h·Q + q of stream s lies
+    # at s·stride_us + h·stride_uh + q·stride_uq (u is head-major across the streams, so that its
+    # product and the context's run over all S·Q rows of a head at once). ONE_TILE (every slot in
+    # one tile): the weights stay in registers and the program writes Σ_n r_n B_n in u's layout
+    # itself, reading B twice (scores, then the mix) and never writing r. Otherwise pass 1 finds
+    # each row's maximum and normaliser over the slot tiles, pass 2 recomputes the scores and writes
+    # r [S, rows, N] (strides ps, pr), which the launcher mixes with B in a second product.
     rb = tl.program_id(0)
     s = tl.program_id(1).to(tl.int64)
     rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = rows < ROWS
+    row_offs = (rows // Q_LEN).to(tl.int64) * stride_uh + (rows % Q_LEN) * stride_uq
     u_base = u_ptr + s * stride_us
     c_base = c_ptr + s * stride_cs
     offs_n = tl.arange(0, BLOCK_N)
@@ -87,7 +90,7 @@ def _folded_softmax_kernel(
     l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
     if ONE_TILE:
         mask_n = offs_n < N
-        scores = _folded_scores(u_base, c_base, logw_ptr, rows, mask_r, offs_n, mask_n, WIDTH, stride_ur, stride_cn,
+        scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, offs_n, mask_n, WIDTH, stride_cn,
                                 sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
         m_i = tl.max(scores, axis=1)
         p = tl.exp(scores - m_i[:, None])
@@ -100,14 +103,14 @@ def _folded_softmax_kernel(
             c = tl.load(c_base + offs_n[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
                         other=0.0)
             mixed = tl.dot(p, c, input_precision=PRECISION)
-            tl.store(out_ptr + s * stride_os + rows[:, None] * stride_or + cols[None, :], mixed,
+            tl.store(out_ptr + s * stride_us + row_offs[:, None] + cols[None, :], mixed,
                      mask=mask_r[:, None] & mask_e[None, :])
     else:
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
             mask_n = slots < N
-            scores = _folded_scores(u_base, c_base, logw_ptr, rows, mask_r, slots, mask_n, WIDTH, stride_ur,
-                                    stride_cn, sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
+            scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
+                                    sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
             m_i = m_new
@@ -115,24 +118,25 @@ def _folded_softmax_kernel(
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
             mask_n = slots < N
-            scores = _folded_scores(u_base, c_base, logw_ptr, rows, mask_r, slots, mask_n, WIDTH, stride_ur,
-                                    stride_cn, sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
+            scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
+                                    sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
             p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
             p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
             _store_mass(mass_ptr + s * stride_ms, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N, GROUP)
-            tl.store(out_ptr + s * stride_os + rows[:, None] * stride_or + slots[None, :], p,
+            tl.store(out_ptr + s * stride_ps + rows[:, None].to(tl.int64) * stride_pr + slots[None, :], p,
                      mask=mask_r[:, None] & mask_n[None, :])
 
 
 _launch_softmax = CachedLaunch(_folded_softmax_kernel)
 
-# Rows of folded queries per softmax program: one mass group (the best of the tile sweep in
-# bench/tune_factored_attention.py on an H200; 32 rows took 4x longer there). Every slot is held
-# in one tile while the [BLOCK_R, BLOCK_N] scores stay within SCORES_PER_WARP float32 values a warp
-# (in registers); more slots take the two-pass path.
-BLOCK_R, SOFTMAX_WARPS, SCORES_PER_WARP = 16, 4, 1024
-# Width of the slices of e that the softmax kernel's dots take per step.
-BLOCK_E = 32
+# The softmax kernel's tiles: rows of folded queries per program (whole mass groups), the slice
+# of e its dots take per step, warps and pipeline stages. Every slot is held in one tile while
+# the [rows, N] scores stay within scores_per_warp float32 values a warp (in registers); more
+# slots take the two-pass path. The head products' tiles (products.head_products): the queries
+# through W_k ([S·Q, d] by [d, e] per head) and the context through W_v ([S·Q, e] by [e, d]).
+# bench/tune_factored_attention.py sweeps them all.
+CONFIG = {"rows": 16, "block_e": 32, "warps": 4, "stages": 3, "scores_per_warp": 1024,
+          "query_tiles": (128, 128, 32, 8, 3), "context_tiles": (128, 64, 32, 4, 3)}
 
 
 @on_input_device
@@ -155,40 +159,49 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
         coef = coef.to(torch.float32).contiguous()
     if slot_log_weight is not None and (slot_log_weight.dtype != torch.float32 or slot_log_weight.stride(0) != 1):
         slot_log_weight = slot_log_weight.to(torch.float32).contiguous()
+    if query.stride(0) != q_len * query.stride(1):
+        query = query.contiguous()  # its S·Q rows must be evenly strided for the head product below
 
-    # u [S, H·Q, e] = each head's queries through its d rows of W_k.
-    folded = torch.empty(s, rows, width, device=device, dtype=torch.float32)
-    head_products(query, (query.stride(0), d * query.stride(2), query.stride(1), query.stride(2)),
-                   w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
-                   folded, (rows * width, q_len * width, width, 1), q_len, width, d, num_heads, s, precision)
+    # u [H, S·Q, e]: each head's queries of all streams through its d rows of W_k, as one product per head.
+    folded = torch.empty(num_heads, s * q_len, width, device=device, dtype=torch.float32)
+    head_products(query, (0, d * query.stride(2), query.stride(1), query.stride(2)),
+                  w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
+                  folded, (0, folded.stride(0), width, 1), s * q_len, width, d, num_heads, 1, precision,
+                  tiles=CONFIG["query_tiles"])
+    # Row h·Q + q of stream s in u's layout: (stream, head, query) strides.
+    u_strides = (q_len * width, folded.stride(0), width)
 
     groups = cdiv(rows, QUERY_GROUP)
     mass = torch.empty(s, groups, n, device=device, dtype=torch.float32)
+    block_r = CONFIG["rows"]
     block_n = max(16, next_power_of_2(n))
-    one_tile = block_n * BLOCK_R <= SCORES_PER_WARP * SOFTMAX_WARPS
+    one_tile = block_n * block_r <= CONFIG["scores_per_warp"] * CONFIG["warps"]
     if not one_tile:
-        block_n = max(16, SCORES_PER_WARP * SOFTMAX_WARPS // BLOCK_R)
-    # ONE_TILE: Σ_n r_n B_n [S, H·Q, e]; otherwise the weights r [S, H·Q, N], mixed with B below.
-    out = torch.empty(s, rows, width if one_tile else n, device=device, dtype=torch.float32)
-    _launch_softmax((cdiv(rows, BLOCK_R), s),
-                    folded, coef, slot_log_weight if slot_log_weight is not None else coef, out, mass,
-                    rows, n, width, groups, 1.0 / math.sqrt(d),
-                    folded.stride(0), folded.stride(1), coef.stride(0), coef.stride(1),
-                    out.stride(0), out.stride(1), mass.stride(0), mass.stride(1),
+        block_n = max(16, CONFIG["scores_per_warp"] * CONFIG["warps"] // block_r)
+    # Σ_n r_n B_n [H, S·Q, e] (u's layout); without ONE_TILE the softmax first writes r [S, H·Q, N].
+    mixed = torch.empty_like(folded)
+    weights = mixed if one_tile else torch.empty(s, rows, n, device=device, dtype=torch.float32)
+    _launch_softmax((cdiv(rows, block_r), s),
+                    folded, coef, slot_log_weight if slot_log_weight is not None else coef, weights, mass,
+                    rows, q_len, n, width, groups, 1.0 / math.sqrt(d),
+                    *u_strides, coef.stride(0), coef.stride(1),
+                    weights.stride(0) if not one_tile else 0, weights.stride(1) if not one_tile else 0,
+                    mass.stride(0), mass.stride(1),
                     HAS_LOGW=slot_log_weight is not None, ONE_TILE=one_tile, PRECISION=precision,
-                    GROUP=QUERY_GROUP, BLOCK_R=BLOCK_R, BLOCK_N=block_n, BLOCK_E=BLOCK_E,
-                    num_warps=SOFTMAX_WARPS)
-    if one_tile:
-        mixed = out
-    else:
-        mixed = folded  # u is spent: its buffer takes Σ_n r_n B_n
-        head_products(out, (out.stride(0), 0, out.stride(1), 1), coef, (coef.stride(0), 0, coef.stride(1), 1),
-                       mixed, (mixed.stride(0), 0, mixed.stride(1), 1), rows, width, n, 1, s, precision)
+                    GROUP=QUERY_GROUP, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_E=CONFIG["block_e"],
+                    num_warps=CONFIG["warps"], num_stages=CONFIG["stages"])
+    if not one_tile:
+        # Per stream and head: its Q rows of r [Q, N] by the stream's B [N, e].
+        head_products(weights, (weights.stride(0), q_len * weights.stride(1), weights.stride(1), 1),
+                      coef, (coef.stride(0), 0, coef.stride(1), 1),
+                      mixed, (u_strides[0], u_strides[1], width, 1), q_len, width, n, num_heads, s, precision)
 
-    # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v.
+    # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v:
+    # one product per head over all S·Q rows.
     context = torch.empty(s, q_len, model, device=device, dtype=query.dtype)
-    head_products(mixed, (mixed.stride(0), q_len * width, width, 1),
-                   w_value, (0, d * w_value.stride(0), w_value.stride(1), w_value.stride(0)),
-                   context, (context.stride(0), d, context.stride(1), 1), q_len, d, width, num_heads, s, precision,
-                   bias=b_value, bias_strides=(0, 0) if b_value is None else (d * b_value.stride(0), b_value.stride(0)))
+    head_products(mixed, (0, mixed.stride(0), width, 1),
+                  w_value, (0, d * w_value.stride(0), w_value.stride(1), w_value.stride(0)),
+                  context, (0, d, model, 1), s * q_len, d, width, num_heads, 1, precision,
+                  bias=b_value, bias_strides=(0, 0) if b_value is None else (d * b_value.stride(0), b_value.stride(0)),
+                  tiles=CONFIG["context_tiles"])
     return context, mass
