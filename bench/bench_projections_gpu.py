@@ -1,4 +1,4 @@
-"""Issue 22: the GPU step and its attention by way of projecting: float32 K/V on cuBLAS, three-TF32 K/V, folded.
+"""Issue 22: the GPU step and its attention by way of projecting: float32 K/V on cuBLAS, three-TF32 K/V, split-bf16 K/V, folded.
 
     PYTHONPATH=$PWD python bench/bench_projections_gpu.py --out DIR [--streams 1 16 64] [--tokens bf16 fp32]
         [--projections fp32 bf16] [--budget 0.2]
@@ -9,7 +9,8 @@ sampling, ``--projections`` dtype; the memory is full (two steps before the timi
 
 - ``step, <variant>``: ``LongTermMemory(backend="triton")`` (its CUDA graphs) with the
   ``infvideo.ops.step`` switches of VARIANTS: K and V from cuBLAS in float32
-  (``TF32X3_PROJECTIONS`` off), from one three-TF32 Triton product (``kernels/products.py``), or
+  (``FLOAT32_PROJECTION = "cublas"``), from one three-TF32 Triton product (``"tf32x3"``,
+  ``kernels/products.py``), from one cuBLAS product of bfloat16 parts (``"split-bf16"``), or
   never formed (``FACTORED_ON_GPU``: ``factored_slot_attention``). The switches act on float32
   projections only: with bfloat16 projections the rows run the same step (a check of the switches);
 - ``attention, <variant>``: the attention alone on the same float32 coefficients;
@@ -51,9 +52,10 @@ def inputs(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dty
 
 
 # Step variants: the ops.step switches each sets (the rest keep their defaults).
-VARIANTS = {"cuBLAS float32 K/V": dict(TF32X3_PROJECTIONS=False, FACTORED_ON_GPU=False),
-            "three-TF32 K/V": dict(TF32X3_PROJECTIONS=True, FACTORED_ON_GPU=False),
-            "folded": dict(TF32X3_PROJECTIONS=False, FACTORED_ON_GPU=True)}
+VARIANTS = {"cuBLAS float32 K/V": dict(FLOAT32_PROJECTION="cublas", FACTORED_ON_GPU=False),
+            "three-TF32 K/V": dict(FLOAT32_PROJECTION="tf32x3", FACTORED_ON_GPU=False),
+            "split-bf16 K/V": dict(FLOAT32_PROJECTION="split-bf16", FACTORED_ON_GPU=False),
+            "folded": dict(FLOAT32_PROJECTION="cublas", FACTORED_ON_GPU=True)}
 
 
 def switched(settings: dict):

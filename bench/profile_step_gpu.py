@@ -8,7 +8,8 @@ tokens, query and both projections' parameters (grad1, grad64, the setting of
 bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
 ``ops.step.FACTORED_ON_GPU``). For the S=1 cases and gauss16 (host-bound steps) the host time
 per call of the step's parts is printed too (perf_counter around each, inclusive; cProfile's own
-cost per Python call would outweigh the calls it times).
+cost per Python call would outweigh the calls it times). ``--sync-check`` instead runs one step per
+case with host synchronisations made errors and prints where the first one happens.
 """
 from __future__ import annotations
 
@@ -107,9 +108,27 @@ def host_breakdown(call, calls: int) -> list[tuple[str, float, float]]:
     return [(path, totals[path][0] / calls * 1e6, totals[path][1] / calls) for _, path in HOST_PARTS if path in totals]
 
 
+def sync_check(name, call):
+    """Runs one call with host synchronisations made errors: prints the stack of the first, if any."""
+    import traceback
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        call()
+        print(f"== {name}: no host synchronisation in a step")
+    except RuntimeError:
+        print(f"== {name}: the step synchronises with the GPU here:")
+        traceback.print_exc(limit=-8)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", choices=sorted(CASES), action="append")
+    parser.add_argument("--sync-check", action="store_true",
+                        help="only run one step per case under torch.cuda.set_sync_debug_mode('error') and print "
+                             "where the first host synchronisation happens")
     args = parser.parse_args()
     for name in args.case or sorted(CASES):
         streams, length, dtype, tokens, kwargs = CASES[name]
@@ -120,6 +139,9 @@ def main():
         for _ in range(5):
             call()
         torch.cuda.synchronize()
+        if args.sync_check:
+            sync_check(name, call)
+            continue
         wall = harness.percentiles(harness.call_latency(call, torch.device("cuda"), budget_s=0.3))[1]
         gpu = harness.percentiles(harness.gpu_time(call, 0.3))[1]
         print(f"== {name}: p50 µs per call, wall-clock {wall:,.1f}, do_bench {gpu:,.1f}")

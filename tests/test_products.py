@@ -1,9 +1,10 @@
-"""``infvideo.kernels.products``: float32 products as three TF32 tensor-core dots (the GPU step's
-float32 K/V projection), against float64, and the step that takes them.
+"""``infvideo.kernels.products``: float32 products as three TF32 tensor-core dots, and as one
+product of bfloat16 parts (``split_linear``: the GPU step's float32 K/V projection), against
+float64, and the step that takes them.
 
 Tolerance: 1e-5 relative against float64 for every input dtype (the inputs are converted to
-float32 exactly; the dots keep float32 accuracy: about 4e-7 on an H200 at the step's sizes, where a
-single TF32 product is off by 3e-4). Triton runs in its interpreter on the CPU (small shapes) and
+float32 exactly; three-TF32 dots keep float32 accuracy: about 4e-7 on an H200 at the step's
+sizes, where a single TF32 product is off by 3e-4; the bfloat16 parts about 6e-6). Triton runs in its interpreter on the CPU (small shapes) and
 on CUDA tensors on a GPU.
 """
 from __future__ import annotations
@@ -71,20 +72,62 @@ def test_head_products_per_stream(device):
     assert rel_err(c, want) < 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_split_rows_are_the_two_bfloat16_parts(device):
+    """[x0 | x0 | x1] with x0 the bfloat16 rounding of x and x1 that of the remainder, rows read
+    with a stride, a width over several column blocks."""
+    products = backends.triton_kernels()["products"]
+    gen = torch.Generator().manual_seed(4)
+    wide = torch.randn(2, 5, 700, generator=gen).to(device) * 10.0 ** torch.randint(-3, 4, (2, 5, 700), generator=gen
+                                                                                       ).to(device)
+    x = wide[..., 3:603]
+    parts = products.split_rows(x)
+    hi = x.to(torch.bfloat16)
+    lo = (x - hi.float()).to(torch.bfloat16)
+    assert parts.shape == (10, 1800) and parts.dtype == torch.bfloat16
+    assert torch.equal(parts, torch.cat([hi, hi, lo], -1).reshape(10, 1800))
+    # The two parts hold x to about 2⁻¹⁸ of each entry.
+    assert ((hi.double() + lo.double() - x.double()).abs() <= x.double().abs() * 2.0 ** -16).all()
+
+
+@pytest.mark.parametrize("device,shape", cases())
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_split_linear_matches_float64(device, shape, bias):
+    """Within 1e-5 of float64 (a bfloat16 product: about 3e-3), on cuBLAS on a GPU."""
+    products = backends.triton_kernels()["products"]
+    rows, k, n = shape
+    gen = torch.Generator().manual_seed(sum(rows) + k + n + 1)
+    x = torch.randn(*rows, k, generator=gen).to(device)
+    weight = torch.randn(n, k, generator=gen).to(device) / k ** 0.5
+    b = torch.randn(n, generator=gen).to(device) if bias else None
+    got = products.split_linear(x, products.split_weight(weight), b)
+    want = nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert rel_err(got, want) < 1e-5
+    assert rel_err(nn.functional.linear(x.bfloat16(), weight.bfloat16()).float()
+                   + (0 if b is None else b), want) > 1e-4  # the bound is one a plain bf16 product misses
+
+
 @pytest.mark.skipif(not CUDA or not backends.triton_runs_on(torch.device("cuda")), reason="needs CUDA and Triton")
-def test_step_takes_three_tf32_projections(monkeypatch):
-    """A Triton step with float32 projections on CUDA projects K|V through ``products.linear`` and
-    matches the reference step over several chunks (1e-4: test_backends' Triton tolerance, the
-    consolidation sums in another order on the GPU); with the switch off it takes cuBLAS."""
+@pytest.mark.parametrize("projection,product", [("split-bf16", "split_linear"), ("tf32x3", "linear")])
+def test_step_takes_tensor_core_projections(monkeypatch, projection, product):
+    """A Triton step with float32 projections on CUDA projects K|V through the product that
+    ``FLOAT32_PROJECTION`` names and matches the reference step over several chunks (1e-4:
+    test_backends' Triton tolerance, the consolidation sums in another order on the GPU); with
+    "cublas" it takes neither."""
     products = backends.triton_kernels()["products"]
     calls = []
-    original = products.linear
+    originals = {name: getattr(products, name) for name in ("linear", "split_linear")}
 
-    def spy(*args):
-        calls.append(args[0].shape)
-        return original(*args)
+    def spy(name):
+        def call(*args):
+            calls.append(name)
+            return originals[name](*args)
+        return call
 
-    monkeypatch.setattr(products, "linear", spy)
+    for name in originals:
+        monkeypatch.setattr(products, name, spy(name))
+    monkeypatch.setattr(step_module, "FLOAT32_PROJECTION", projection)
     torch.manual_seed(0)
     pk, pv = nn.Linear(48, 36).cuda(), nn.Linear(48, 36).cuda()
     fused = LongTermMemory(num_basis=40, past_samples=30, backend="triton").cuda()
@@ -95,8 +138,8 @@ def test_step_takes_three_tf32_projections(monkeypatch):
             frames = torch.randn(3, 10, 4, 48, generator=gen).cuda()
             query = torch.randn(3, 5, 36, generator=gen).cuda()
             assert rel_err(fused(frames, query, pk, pv, 3), reference(frames, query, pk, pv, 3)) < 1e-4
-    assert calls
-    monkeypatch.setattr(step_module, "TF32X3_PROJECTIONS", False)
+    assert calls and set(calls) == {product}
+    monkeypatch.setattr(step_module, "FLOAT32_PROJECTION", "cublas")
     calls.clear()
     with torch.no_grad():
         LongTermMemory(num_basis=40, past_samples=30, backend="triton", cuda_graphs=False).cuda()(

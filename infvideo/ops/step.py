@@ -176,14 +176,17 @@ def _kernel_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.T
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _stacked(proj_key: nn.Linear, proj_value: nn.Linear):
-    """[W_k; W_v] and [b_k; b_v], rebuilt only when a parameter changes (its version counter)."""
+def _stacked(proj_key: nn.Linear, proj_value: nn.Linear, split: bool = False):
+    """[W_k; W_v] and [b_k; b_v], rebuilt only when a parameter changes (its version counter);
+    with ``split`` the weight as ``products.split_weight`` parts."""
     params = [proj_key.weight, proj_value.weight, proj_key.bias, proj_value.bias]
-    key = (id(proj_value), *(None if p is None else (p.data_ptr(), p._version) for p in params))
+    key = (id(proj_value), split, *(None if p is None else (p.data_ptr(), p._version) for p in params))
     hit = _fused_weights.get(proj_key)
     if hit is None or hit[0] != key:
         with torch.no_grad():
             weight = torch.cat([proj_key.weight, proj_value.weight])
+            if split:
+                weight = backends.triton_kernels()["products"].split_weight(weight)
             bias = None
             if proj_key.bias is not None and proj_value.bias is not None:
                 bias = torch.cat([proj_key.bias, proj_value.bias])
@@ -197,21 +200,27 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
     """K = proj_key(B), V = proj_value(B): one product over stacked weights for two plain Linears.
     ``grad``: autograd records the step, so the weights are stacked afresh (the cache holds
     detached copies, through which no gradient reaches the layers). Float32 weights on the
-    ``"triton"`` backend take three-TF32 tensor-core dots (``TF32X3_PROJECTIONS``) outside autograd."""
+    ``"triton"`` backend take tensor-core products outside autograd (``FLOAT32_PROJECTION``)."""
     # The stacked-weight cache keys on storage pointers and version counters, which a compiled
     # graph cannot guard on: there the two products stay separate.
     if (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
             and proj_key.weight.dtype == proj_value.weight.dtype
             and (proj_key.bias is None) == (proj_value.bias is None)):
-        if grad:
-            weight = torch.cat([proj_key.weight, proj_value.weight])
-            bias = None if proj_key.bias is None else torch.cat([proj_key.bias, proj_value.bias])
-        else:
+        products = backends.triton_kernels()["products"] if backend == "triton" else None
+        tensor_cores = (not grad and products is not None and proj_key.weight.dtype == torch.float32
+                        and _library.eager_cuda(coef))
+        if tensor_cores and FLOAT32_PROJECTION == "split-bf16":
+            weight, bias = _stacked(proj_key, proj_value, split=True)
+            both = products.split_linear(coef, weight, bias)
+        elif tensor_cores and FLOAT32_PROJECTION == "tf32x3":
             weight, bias = _stacked(proj_key, proj_value)
-        if (TF32X3_PROJECTIONS and not grad and backend == "triton" and weight.dtype == torch.float32
-                and _library.eager_cuda(coef)):
-            both = backends.triton_kernels()["products"].linear(coef, weight, bias)
+            both = products.linear(coef, weight, bias)
         else:
+            if grad:
+                weight = torch.cat([proj_key.weight, proj_value.weight])
+                bias = None if proj_key.bias is None else torch.cat([proj_key.bias, proj_value.bias])
+            else:
+                weight, bias = _stacked(proj_key, proj_value)
             both = torch.nn.functional.linear(_library.cast(coef, weight.dtype), weight, bias)
         return both.split([proj_key.out_features, proj_value.out_features], dim=-1)
     weight = getattr(proj_key, "weight", None)
@@ -225,10 +234,12 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
 # and basis functions; off only to compare the two (bench/bench_quadrature_gpu.py).
 QUADRATURE_KERNEL = True
 
-# The GPU step's float32 K/V projection as one three-TF32 Triton product (kernels/products.py):
-# float32 accuracy on the tensor cores, where cuBLAS's float32 product runs without them
-# (bench/bench_projections_gpu.py measures both; bench/README.md, "Float32 projections on the GPU").
-TF32X3_PROJECTIONS = True
+# The GPU step's float32 K/V projection (eager, outside autograd, backend "triton"), where cuBLAS's
+# float32 product runs without tensor cores: "split-bf16", one cuBLAS product of bfloat16 parts
+# (products.split_linear: within about 1e-5 of float64); "tf32x3", one three-TF32 Triton product
+# (products.linear: within about 1e-6); "cublas", cuBLAS in float32. bench/bench_projections_gpu.py
+# measures all three (bench/README.md, "Float32 projections on the GPU").
+FLOAT32_PROJECTION = "split-bf16"
 
 # The GPU step with float32 projections may take the folded attention instead (factored_attention's
 # Triton kernel: no K and V, three-TF32 tensor-core products). Off: on an H200 its best tiles lost

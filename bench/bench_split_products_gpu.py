@@ -1,0 +1,111 @@
+"""Issue 22: float32 accuracy for the K/V projection on half-precision tensor cores, against the
+float32 ways. The step's shape at S streams: coefficients [S·256, 768] by [W_k; W_v]ᵀ [768, 1,536].
+
+    PYTHONPATH=$PWD python bench/bench_split_products_gpu.py [--streams 16 64] [--out DIR]
+
+Rows: cuBLAS float32; cuBLAS TF32; the three-TF32 Triton product (``products.linear``); cuBLAS
+bfloat16 in and out (what bfloat16 projections take); and split products in one cuBLAS call,
+``torch.mm(..., out_dtype=torch.float32)`` over the concatenated parts: x = x0 + x1 and
+W = w0 + w1 in bfloat16 or float16 (W scaled by a power of two into float16's normal range),
+[x0 | x0 | x1] · [w0 | w1 | w0]ᵀ, the dropped x1·w1 term and the parts' rounding leaving about
+2⁻¹⁸ (bfloat16) or 2⁻²² (float16) relative error. "with split" adds the time to build the
+coefficients' parts from float32. Then the slot attention on float32 and bfloat16 K/V. Errors:
+relative Frobenius against float64. GPU µs, do_bench p50.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+import torch
+import triton.testing
+
+from infvideo.kernels import products
+from infvideo.ops.slot_attention import slot_attention_unchecked
+
+WIDTH, MODEL, BASIS, HEADS, QUERIES = 768, 768, 256, 12, 32
+
+
+def us(fn) -> float:
+    return triton.testing.do_bench(fn, return_mode="median") * 1e3
+
+
+def rel(a, b) -> float:
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+def parts(x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, x1) in ``dtype`` with x·scale ≈ x0 + x1."""
+    x = x * scale
+    hi = x.to(dtype)
+    return hi, (x - hi.float()).to(dtype)
+
+
+def split_operands(x, w, dtype, w_scale):
+    x0, x1 = parts(x, dtype)
+    w0, w1 = parts(w, dtype, w_scale)
+    return torch.cat([x0, x0, x1], -1), torch.cat([w0, w1, w0], -1)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    weight = (torch.rand(2 * MODEL, WIDTH, device="cuda") * 2 - 1) / math.sqrt(WIDTH)
+    bias = (torch.rand(2 * MODEL, device="cuda") * 2 - 1) / math.sqrt(WIDTH)
+    # float16's normal range starts at 2⁻¹⁴: the weights' low parts (≈ 2⁻¹¹ |w|) need a scale.
+    w_scale = 2.0 ** (14 - math.ceil(math.log2(weight.abs().max().item())))
+    lines = []
+    for streams in args.streams:
+        x = torch.randn(streams * BASIS, WIDTH, device="cuda")
+        want = x.double() @ weight.double().T + bias.double()
+        rows = {}
+        torch.backends.cuda.matmul.allow_tf32 = False
+        rows["cuBLAS float32"] = (us(lambda: torch.nn.functional.linear(x, weight, bias)),
+                                  rel(torch.nn.functional.linear(x, weight, bias), want))
+        torch.backends.cuda.matmul.allow_tf32 = True
+        rows["cuBLAS TF32"] = (us(lambda: torch.nn.functional.linear(x, weight, bias)),
+                               rel(torch.nn.functional.linear(x, weight, bias), want))
+        torch.backends.cuda.matmul.allow_tf32 = False
+        rows["three-TF32 Triton (products.linear)"] = (us(lambda: products.linear(x, weight, bias)),
+                                                       rel(products.linear(x, weight, bias), want))
+        xb, wb, bb = x.bfloat16(), weight.bfloat16(), bias.bfloat16()
+        rows["cuBLAS bfloat16 in and out"] = (us(lambda: torch.nn.functional.linear(xb, wb, bb)),
+                                              rel(torch.nn.functional.linear(xb, wb, bb), want))
+        for dtype, scale in ((torch.bfloat16, 1.0), (torch.float16, w_scale)):
+            xs, ws = split_operands(x, weight, dtype, scale)
+            wt = ws.T
+
+            def split_mm():  # the bias and the weights' scale in cuBLAS's epilogue
+                return torch.addmm(bias, xs, wt, out_dtype=torch.float32, alpha=1.0 / scale)
+
+            def with_split():
+                x0, x1 = parts(x, dtype)
+                return torch.addmm(bias, torch.cat([x0, x0, x1], -1), wt, out_dtype=torch.float32, alpha=1.0 / scale)
+            name = "bf16" if dtype == torch.bfloat16 else "fp16"
+            try:
+                rows[f"split {name} x3, one cuBLAS call"] = (us(split_mm), rel(split_mm(), want))
+                rows[f"split {name} x3, with split"] = (us(with_split), float("nan"))
+            except Exception as err:  # torch without mm(out_dtype=...) says so
+                rows[f"split {name} x3"] = (float("nan"), float("nan"))
+                print(f"split {name}: {type(err).__name__}: {err}")
+        query = torch.randn(streams, QUERIES, MODEL, device="cuda")
+        kv = torch.nn.functional.linear(x, weight, bias).view(streams, BASIS, 2 * MODEL)
+        for name, t in (("float32", kv), ("bfloat16", kv.bfloat16())):
+            keys, values = t.split(MODEL, -1)
+            rows[f"slot attention, {name} K/V"] = (
+                us(lambda: slot_attention_unchecked(query, keys, values, HEADS, None, None, "triton")), float("nan"))
+        lines.append(f"\nS={streams}: [{streams * BASIS}, {WIDTH}] x [{WIDTH}, {2 * MODEL}]\n")
+        lines.append("| product | µs | rel err vs float64 |\n|---|---|---|")
+        lines += [f"| {k} | {t:,.1f} | {e:.1e} |" for k, (t, e) in rows.items()]
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(args.out, "split_products.md"), "w") as f:
+        f.write(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
