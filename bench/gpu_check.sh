@@ -7,7 +7,9 @@
 #   OUT=/some/dir bash bench/gpu_check.sh test backward quadrature projections
 #
 # Stages: build, test, step (bench_step_gpu), backward (bench_backward_gpu), projections
-# (bench_projections_gpu), quadrature (bench_quadrature_gpu), profile (profile_step_gpu). The test
+# (bench_projections_gpu), split (bench_split_products_gpu), quadrature (bench_quadrature_gpu),
+# profile (profile_step_gpu), sync (profile_step_gpu --sync-check: where an eager step waits for
+# the GPU), tune-folded (tune_factored_attention), tune-consolidate (tune_consolidate at S=64). The test
 # and bench stages build first when the extension lacks its CUDA kernels. Without a checkout
 # installed (the device machine), the kernels are linked into the package and PYTHONPATH is set.
 set -uo pipefail
@@ -61,9 +63,16 @@ for stage in "${stages[@]}"; do
         step) ensure_built; run_bench step bench_step_gpu.py ;;
         backward) ensure_built; run_bench backward bench_backward_gpu.py ;;
         projections) run_bench projections bench_projections_gpu.py ;;
+        split) run_bench split bench_split_products_gpu.py ;;
         quadrature) run_bench quadrature bench_quadrature_gpu.py ;;
         profile) python bench/profile_step_gpu.py > "$OUT/profile.txt" 2>&1; echo "profile exit $? ($(elapsed))" ;;
-        *) echo "usage: bash bench/gpu_check.sh [build|test|step|backward|projections|quadrature|profile]..." >&2
+        sync) python bench/profile_step_gpu.py --case s64 --case s1 --case folded64 --sync-check > "$OUT/sync.txt" 2>&1
+              echo "sync exit $? ($(elapsed))"; grep "^==" "$OUT/sync.txt" ;;
+        tune-folded) python bench/tune_factored_attention.py > "$OUT/tune_folded.txt" 2>&1
+                     echo "tune-folded exit $? ($(elapsed))"; grep -E "K/V|best" "$OUT/tune_folded.txt" ;;
+        tune-consolidate) python bench/tune_consolidate.py --streams 64 > "$OUT/tune_consolidate.txt" 2>&1
+                          echo "tune-consolidate exit $? ($(elapsed))"; sort -t: -k2 -n "$OUT/tune_consolidate.txt" | head -5 ;;
+        *) echo "usage: bash bench/gpu_check.sh [build|test|step|backward|projections|split|quadrature|profile|sync|tune-folded|tune-consolidate]..." >&2
            exit 2 ;;
     esac
 done
