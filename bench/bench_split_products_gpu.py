@@ -9,8 +9,9 @@ bfloat16 in and out (what bfloat16 projections take); and split products in one 
 W = w0 + w1 in bfloat16 or float16 (W scaled by a power of two into float16's normal range),
 [x0 | x0 | x1] · [w0 | w1 | w0]ᵀ, the dropped x1·w1 term and the parts' rounding leaving about
 2⁻¹⁸ (bfloat16) or 2⁻²² (float16) relative error. "with split" adds the time to build the
-coefficients' parts from float32. Then the slot attention on float32 and bfloat16 K/V. Errors:
-relative Frobenius against float64. GPU µs, do_bench p50.
+coefficients' parts from float32. Then the slot attention on float32 K/V (IEEE and three-TF32 dots:
+``kernels.attention.FLOAT32_DOTS``) and on bfloat16 K/V, each against the float64 attention on the
+same K/V. Errors: relative Frobenius against float64. GPU µs, do_bench p50.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import os
 import torch
 import triton.testing
 
-from infvideo.kernels import products
+from infvideo.kernels import attention, products
 from infvideo.ops.slot_attention import slot_attention_unchecked
 
 WIDTH, MODEL, BASIS, HEADS, QUERIES = 768, 768, 256, 12, 32
@@ -46,6 +47,18 @@ def split_operands(x, w, dtype, w_scale):
     x0, x1 = parts(x, dtype)
     w0, w1 = parts(w, dtype, w_scale)
     return torch.cat([x0, x0, x1], -1), torch.cat([w0, w1, w0], -1)
+
+
+def attention64(query, kv):
+    """The slot attention's context in float64 on the same K|V."""
+    s, q_len, model = query.shape
+    d = model // HEADS
+
+    def heads(t):
+        return t.double().reshape(s, -1, HEADS, d).transpose(1, 2)
+    keys, values = kv.split(MODEL, -1)
+    r = torch.softmax(heads(query) @ heads(keys).transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return (r @ heads(values)).transpose(1, 2).reshape(s, q_len, model)
 
 
 def main():
@@ -94,10 +107,16 @@ def main():
                 print(f"split {name}: {type(err).__name__}: {err}")
         query = torch.randn(streams, QUERIES, MODEL, device="cuda")
         kv = torch.nn.functional.linear(x, weight, bias).view(streams, BASIS, 2 * MODEL)
-        for name, t in (("float32", kv), ("bfloat16", kv.bfloat16())):
+        exact = attention64(query, kv)
+        for name, t, dots in (("float32, IEEE dots", kv, "ieee"), ("float32, three-TF32 dots", kv, "tf32x3"),
+                              ("bfloat16", kv.bfloat16(), "ieee")):
             keys, values = t.split(MODEL, -1)
-            rows[f"slot attention, {name} K/V"] = (
-                us(lambda: slot_attention_unchecked(query, keys, values, HEADS, None, None, "triton")), float("nan"))
+            attention.FLOAT32_DOTS = dots
+
+            def attend():
+                return slot_attention_unchecked(query, keys, values, HEADS, None, None, "triton")[0]
+            rows[f"slot attention, {name} K/V"] = (us(attend), rel(attend(), exact))
+        attention.FLOAT32_DOTS = "ieee"
         lines.append(f"\nS={streams}: [{streams * BASIS}, {WIDTH}] x [{WIDTH}, {2 * MODEL}]\n")
         lines.append("| product | µs | rel err vs float64 |\n|---|---|---|")
         lines += [f"| {k} | {t:,.1f} | {e:.1e} |" for k, (t, e) in rows.items()]
