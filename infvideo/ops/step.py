@@ -235,12 +235,11 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
 QUADRATURE_KERNEL = True
 
 # The GPU step's float32 K/V projection (eager, outside autograd, backend "triton"), where cuBLAS's
-# float32 product runs without tensor cores: "split-bf16", one cuBLAS product of bfloat16 parts
-# (products.split_linear: within about 1e-5 of float64); "tf32x3", one three-TF32 Triton product
-# (products.linear: within about 1e-6); "cublas", cuBLAS in float32. bench/bench_projections_gpu.py
-# measures all three in the step. The default stays the one measured there: "split-bf16" has so far
-# been timed as a product only (bench/bench_split_products_gpu.py; bench/README.md, "Float32
-# projections on the GPU").
+# float32 product runs without tensor cores: "tf32x3", one three-TF32 Triton product (products.linear,
+# as accurate as float32); "split-bf16", one cuBLAS product of bfloat16 parts (products.split_linear:
+# about 20 times the float32 error, which a sharp attention carries past 1e-5 of float64:
+# bench/split_products_accuracy.py); "cublas", cuBLAS in float32. bench/bench_projections_gpu.py
+# times all three in the step (bench/README.md, "Many streams ... issue 22, second session").
 FLOAT32_PROJECTION = "tf32x3"
 
 # The GPU step with float32 projections may take the folded attention instead (factored_attention's
