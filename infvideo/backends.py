@@ -40,10 +40,10 @@ def triton_kernels():
     if importlib.util.find_spec("triton") is None:
         return None
     from .kernels import (attention, consolidate, dense_consolidate, factored_attention, gaussian_fit, products,
-                          quadrature, sampling)
+                          quadrature, sampling, scored_consolidate)
     return {"attention": attention, "consolidate": consolidate, "dense_consolidate": dense_consolidate,
             "factored_attention": factored_attention, "gaussian_fit": gaussian_fit, "products": products,
-            "quadrature": quadrature, "sampling": sampling}
+            "quadrature": quadrature, "sampling": sampling, "scored_consolidate": scored_consolidate}
 
 
 def triton_runs_on(device: torch.device) -> bool:
