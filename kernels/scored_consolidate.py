@@ -10,7 +10,7 @@ taken right where those rows are made, and K and V never exist:
   their tokens, the sampled old rows, the shrunk scale), written once as the new state; then the
   tile's raw scores u · B_n for every folded query row h·Q + q, [S, H·Q, N] float32, from the rows
   the program has just written (still in L2);
-- pass 2 (``_folded_read_kernel``, one program per stream, head and block of 16 queries): the
+- pass 2 (``_folded_read_kernel``, one program per stream, head and block of 32 queries): the
   softmax over the bins (slot log-weights, the paper preset's null slot), the sticky mass of the
   block, Σ_n r_n B_n a slice of e at a time and through W_v,h into the head's context.
 
@@ -107,10 +107,12 @@ def _folded_read_kernel(
     stride_ms, stride_mg,
     HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, HAS_KEY_BIAS: tl.constexpr, HAS_VALUE_BIAS: tl.constexpr,
     HALF_DOTS: tl.constexpr, DOT_TYPE: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
+    GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # One program per (stream, head, block of BLOCK_Q = 16 queries: one mass group). The scores are
-    # read from pass 1's output once per slice of e (from L2) rather than held: N may be large.
+    # One program per (stream, head, GROUPS mass groups of GROUP queries): each program reads its
+    # stream's coefficients once, so more queries per program read them fewer times. The scores
+    # are read from pass 1's output once per slice of e (from L2) rather than held: N may be large.
+    BLOCK_Q: tl.constexpr = GROUP * GROUPS
     s = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     qb = tl.program_id(2)
@@ -135,16 +137,19 @@ def _folded_read_kernel(
         m_i, l_i = running_max_sum(scores, mask_n, m_i, l_i)
     inv_l = 1.0 / l_i
 
-    # The block's mass (one group) and Σ_n r_n, which the value bias is weighted by.
+    # The block's mass (per group of GROUP queries) and Σ_n r_n, which the value bias is weighted by.
     total = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    mass_row = mass_ptr + s * stride_ms + (h * tl.cdiv(Q_LEN, BLOCK_Q) + qb) * stride_mg
+    blocks = tl.cdiv(Q_LEN, GROUP)
+    groups = qb * GROUPS + tl.arange(0, GROUPS)
+    mass_rows = mass_ptr + s * stride_ms + (h * blocks + groups) * stride_mg
     for n0 in range(0, N, BLOCK_N):
         slots = n0 + offs_n
         mask_n = slots < N
         scores = _slot_probs(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale, HAS_LOGW)
         p = tl.where(mask_q[:, None] & mask_n[None, :], tl.exp(scores - m_i[:, None]) * inv_l[:, None], 0.0)
         total += tl.sum(p, axis=1)
-        tl.store(mass_row + slots, tl.sum(p, axis=0), mask=mask_n)
+        per_group = tl.sum(tl.reshape(p, (GROUPS, GROUP, BLOCK_N)), axis=1)
+        tl.store(mass_rows[:, None] + slots[None, :], per_group, mask=(groups < blocks)[:, None] & mask_n[None, :])
 
     # context_h = W_v,h Σ_n r_n B_n (+ Σ_n r_n b_v,h), a slice of e at a time.
     offs_d = tl.arange(0, BLOCK_D)
@@ -177,10 +182,10 @@ _launch_scored = CachedLaunch(_scored_consolidate_kernel)
 _launch_read = CachedLaunch(_folded_read_kernel)
 
 # Tiles, not yet tuned on a GPU: pass 1's bins per program, slice of e per row, rows of tokens per
-# load, folded query rows and slice of e per score product, warps; pass 2's slots per tile and
-# slice of e per mix, warps.
+# load, folded query rows and slice of e per score product, warps; pass 2's groups of 16 queries
+# per program (a power of 2), slots per tile, slice of e per mix, warps.
 CONFIG = {"block_n": 16, "block_e": 256, "block_t": 32, "block_r": 64, "block_k": 64, "warps": 4,
-          "read_block_n": 64, "read_block_e": 64, "read_warps": 4}
+          "read_groups": 2, "read_block_n": 64, "read_block_e": 64, "read_warps": 4}
 QUERY_GROUP = 16
 _HALF = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
@@ -248,9 +253,10 @@ def scored_step(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: to
         BLOCK_K=min(CONFIG["block_k"], max(16, next_power_of_2(e))), num_warps=CONFIG["warps"])
 
     blocks = cdiv(q_len, QUERY_GROUP)
+    groups = min(CONFIG["read_groups"], next_power_of_2(blocks))
     context = torch.empty(s, q_len, model, device=device, dtype=query.dtype)
     mass = torch.empty(s, num_heads * blocks, n, device=device, dtype=torch.float32)
-    _launch_read((s, num_heads, blocks),
+    _launch_read((s, num_heads, cdiv(blocks, groups)),
         scores, key_bias if key_bias is not None else scores, slot_log_weight if slot_log_weight is not None else scores,
         coef, w_value, b_value if b_value is not None else w_value, context, mass,
         q_len, n, e, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
@@ -259,7 +265,7 @@ def scored_step(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: to
         mass.stride(0), mass.stride(1),
         HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None, HAS_KEY_BIAS=key_bias is not None,
         HAS_VALUE_BIAS=b_value is not None, HALF_DOTS=half, DOT_TYPE=dot_type, PRECISION=precision,
-        BLOCK_Q=QUERY_GROUP, BLOCK_N=max(16, min(CONFIG["read_block_n"], next_power_of_2(n))),
+        GROUP=QUERY_GROUP, GROUPS=groups, BLOCK_N=max(16, min(CONFIG["read_block_n"], next_power_of_2(n))),
         BLOCK_E=max(16, min(CONFIG["read_block_e"], next_power_of_2(e))), BLOCK_D=max(16, next_power_of_2(d)),
         num_warps=CONFIG["read_warps"])
     return context, coef, mass

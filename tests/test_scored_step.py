@@ -23,8 +23,9 @@ from conftest import CUDA, random_linear, rel_err, tokens_shape
 
 DEVICES = [d for d in ("cpu", "cuda") if backends.triton_runs_on(torch.device(d)) and (d != "cuda" or CUDA)]
 # (streams, L, tokens, e, N, M, Q, D, heads): odd sizes; Q = 17 leaves a block of 16 queries
-# partly empty, N = 70 spans two of pass 2's slot tiles; tokens None: pooled frames [S, L, e].
-SMALL = [(3, 10, (4,), 24, 13, 11, 5, 12, 3), (2, 9, None, 40, 70, 17, 17, 20, 5), (1, 6, (2, 3), 9, 7, 5, 3, 6, 2)]
+# partly empty, Q = 40 three groups over two of pass 2's programs, N = 70 spans two of its slot tiles;
+# tokens None: pooled frames [S, L, e].
+SMALL = [(3, 10, (4,), 24, 13, 11, 5, 12, 3), (2, 9, None, 40, 70, 17, 17, 20, 5), (1, 6, (2, 3), 9, 7, 5, 40, 6, 2)]
 GPU = [(4, 256, (32,), 768, 256, 512, 32, 768, 12), (5, 37, (7,), 100, 61, 97, 9, 96, 3)]
 
 
