@@ -130,3 +130,21 @@ def test_memory_steps_match_the_reference(monkeypatch, device, options):
             assert rel_err(memories[0].coef, memories[1].coef) < 1e-4
             torch.testing.assert_close(memories[0].sticky_stats, memories[1].sticky_stats, rtol=1e-4, atol=1e-6)
     assert len(calls) == 3
+
+
+@pytest.mark.skipif(not CUDA or not backends.triton_runs_on(torch.device("cuda")), reason="needs CUDA and Triton")
+def test_memory_graphs_replay_the_scored_step(monkeypatch):
+    """The memory's own CUDA graphs capture and replay the scored step: the same outputs and state
+    as the reference over steps that replay."""
+    monkeypatch.setattr(step_module, "SCORED_STEP", True)
+    pk, pv = random_linear(96, 96, 1).cuda(), random_linear(96, 96, 2).cuda()
+    fused = LongTermMemory(num_basis=64, past_samples=128, backend="triton").cuda()
+    reference = LongTermMemory(num_basis=64, past_samples=128, backend="torch").cuda()
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for _ in range(5):
+            frames = torch.randn(4, 32, 8, 96, generator=gen).cuda()
+            query = torch.randn(4, 32, 96, generator=gen).cuda()
+            assert rel_err(fused(frames, query, pk, pv, 3), reference(frames, query, pk, pv, 3)) < 1e-4
+            assert rel_err(fused.coef, reference.coef) < 1e-4
+    assert len(fused._graphs.steps) == 1, "the later steps should have replayed one captured graph"
