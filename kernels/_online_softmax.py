@@ -11,3 +11,16 @@ def running_max_sum(scores, mask_n, m_i, l_i):
     scores = tl.where(mask_n[None, :], scores, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, axis=1))
     return m_new, l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
+
+
+@triton.jit
+def softmax_start(null_logw, BLOCK: tl.constexpr, HAS_NULL: tl.constexpr):
+    """The row maximum and normaliser before any slot: the null slot's (score log m_∅, its
+    exponential counted once) where there is one, else nothing (−inf, 0)."""
+    if HAS_NULL:
+        m_i = tl.zeros([BLOCK], dtype=tl.float32) + null_logw
+        l_i = tl.zeros([BLOCK], dtype=tl.float32) + 1.0
+    else:
+        m_i = tl.zeros([BLOCK], dtype=tl.float32) - float("inf")
+        l_i = tl.zeros([BLOCK], dtype=tl.float32)
+    return m_i, l_i

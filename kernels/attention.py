@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-from ._online_softmax import running_max_sum
+from ._online_softmax import running_max_sum, softmax_start
 from .products import precision
 
 
@@ -72,12 +72,7 @@ def _slot_attention_kernel(
     if not IEEE:
         q = q.to(k_ptr.dtype.element_ty)
 
-    if HAS_NULL:
-        m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) + null_logw
-        l_i = tl.zeros([BLOCK_Q], dtype=tl.float32) + 1.0
-    else:
-        m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) - float("inf")
-        l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    m_i, l_i = softmax_start(null_logw, BLOCK_Q, HAS_NULL)
 
     if ONE_TILE:
         # Every slot in one tile: K is read once, the scores stay in registers for pass 2.
@@ -237,12 +232,7 @@ def _slot_attention_bwd_query_kernel(
     k_base = k_ptr + s * stride_ks
     v_base = v_ptr + s * stride_vs
 
-    if HAS_NULL:
-        m_i = tl.zeros([GROUP], dtype=tl.float32) + null_logw
-        l_i = tl.zeros([GROUP], dtype=tl.float32) + 1.0
-    else:
-        m_i = tl.zeros([GROUP], dtype=tl.float32) - float("inf")
-        l_i = tl.zeros([GROUP], dtype=tl.float32)
+    m_i, l_i = softmax_start(null_logw, GROUP, HAS_NULL)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + offs_n
         mask_n = rows < N

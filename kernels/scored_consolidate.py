@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-from ._online_softmax import running_max_sum
+from ._online_softmax import running_max_sum, softmax_start
 from . import products
 from .consolidate import bin_row
 
@@ -124,12 +124,7 @@ def _folded_read_kernel(
         kb = tl.load(kb_ptr + s * stride_kbs + h * Q_LEN + offs_q, mask=mask_q, other=0.0)
     else:
         kb = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    if HAS_NULL:
-        m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) + null_logw
-        l_i = tl.zeros([BLOCK_Q], dtype=tl.float32) + 1.0
-    else:
-        m_i = tl.zeros([BLOCK_Q], dtype=tl.float32) - float("inf")
-        l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    m_i, l_i = softmax_start(null_logw, BLOCK_Q, HAS_NULL)
     for n0 in range(0, N, BLOCK_N):
         slots = n0 + offs_n
         mask_n = slots < N

@@ -77,6 +77,19 @@ def assert_compiled_steps_match(fused, reference, frames_shape: tuple, query: to
             assert rel_err(fused.coef, reference.coef) < 1e-4
 
 
+def assert_steps_match(fused, reference, frames_shape: tuple, query_shape: tuple, pk, pv, heads: int,
+                       gen: torch.Generator, device, chunks: int = 3) -> None:
+    """``chunks`` no-grad steps of both memories on the same random chunks: context, coefficients
+    and sticky statistic within 1e-4."""
+    with torch.no_grad():
+        for _ in range(chunks):
+            frames = torch.randn(*frames_shape, generator=gen).to(device)
+            query = torch.randn(*query_shape, generator=gen).to(device)
+            assert rel_err(fused(frames, query, pk, pv, heads), reference(frames, query, pk, pv, heads)) < 1e-4
+            assert rel_err(fused.coef, reference.coef) < 1e-4
+            torch.testing.assert_close(fused.sticky_stats, reference.sticky_stats, rtol=1e-4, atol=1e-6)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64 (on the CPU, so the two may live on different devices)."""
     a = a.detach().to("cpu", torch.float64)

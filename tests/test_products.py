@@ -15,7 +15,7 @@ from torch import nn
 
 from infvideo import LongTermMemory, backends
 from infvideo.ops import step as step_module
-from conftest import CUDA, rel_err
+from conftest import CUDA, assert_steps_match, rel_err
 
 DEVICES = [d for d in ("cpu", "cuda") if backends.triton_runs_on(torch.device(d)) and (d != "cuda" or CUDA)]
 # (rows dims, k, n): odd sizes, row counts on either side of the tile choice (LARGE_ROWS) on a GPU.
@@ -133,15 +133,11 @@ def test_step_takes_tensor_core_projections(monkeypatch, projection, product):
     fused = LongTermMemory(num_basis=40, past_samples=30, backend="triton").cuda()
     reference = LongTermMemory(num_basis=40, past_samples=30, backend="torch").cuda()
     gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _ in range(3):
-            frames = torch.randn(3, 10, 4, 48, generator=gen).cuda()
-            query = torch.randn(3, 5, 36, generator=gen).cuda()
-            assert rel_err(fused(frames, query, pk, pv, 3), reference(frames, query, pk, pv, 3)) < 1e-4
+    assert_steps_match(fused, reference, (3, 10, 4, 48), (3, 5, 36), pk, pv, 3, gen, "cuda")
     assert calls and set(calls) == {product}
     monkeypatch.setattr(step_module, "FLOAT32_PROJECTION", "cublas")
     calls.clear()
     with torch.no_grad():
         LongTermMemory(num_basis=40, past_samples=30, backend="triton", cuda_graphs=False).cuda()(
-            frames, query, pk, pv, 3)
+            torch.randn(3, 10, 4, 48, device="cuda"), torch.randn(3, 5, 36, device="cuda"), pk, pv, 3)
     assert not calls

@@ -19,7 +19,7 @@ from infvideo import LongTermMemory, backends
 from infvideo.config import MemoryConfig
 from infvideo.ops import step as step_module
 from infvideo.ops.rect_consolidate import kernel_inputs
-from conftest import CUDA, random_linear, rel_err, tokens_shape
+from conftest import CUDA, assert_steps_match, random_linear, rel_err, tokens_shape
 
 DEVICES = [d for d in ("cpu", "cuda") if backends.triton_runs_on(torch.device(d)) and (d != "cuda" or CUDA)]
 # (streams, L, tokens, e, N, M, Q, D, heads): odd sizes; Q = 17 leaves a block of 16 queries
@@ -118,17 +118,9 @@ def test_memory_steps_match_the_reference(monkeypatch, device, options):
     monkeypatch.setattr(kernels, "scored_step", spy)
     monkeypatch.setattr(step_module, "SCORED_STEP", True)
     pk, pv = random_linear(20, 18, 1).to(device), random_linear(20, 18, 2).to(device)
-    memories = [LongTermMemory(num_basis=15, past_samples=13, backend=backend, cuda_graphs=False, **options).to(device)
-                for backend in ("triton", "torch")]
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for _ in range(3):
-            frames = torch.randn(3, 8, 4, 20, generator=gen).to(device)
-            query = torch.randn(3, 7, 18, generator=gen).to(device)
-            got, want = (memory(frames, query, pk, pv, 3) for memory in memories)
-            assert rel_err(got, want) < 1e-4
-            assert rel_err(memories[0].coef, memories[1].coef) < 1e-4
-            torch.testing.assert_close(memories[0].sticky_stats, memories[1].sticky_stats, rtol=1e-4, atol=1e-6)
+    fused, reference = (LongTermMemory(num_basis=15, past_samples=13, backend=backend, cuda_graphs=False,
+                                       **options).to(device) for backend in ("triton", "torch"))
+    assert_steps_match(fused, reference, (3, 8, 4, 20), (3, 7, 18), pk, pv, 3, torch.Generator().manual_seed(5), device)
     assert len(calls) == 3
 
 
@@ -140,11 +132,6 @@ def test_memory_graphs_replay_the_scored_step(monkeypatch):
     pk, pv = random_linear(96, 96, 1).cuda(), random_linear(96, 96, 2).cuda()
     fused = LongTermMemory(num_basis=64, past_samples=128, backend="triton").cuda()
     reference = LongTermMemory(num_basis=64, past_samples=128, backend="torch").cuda()
-    gen = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for _ in range(5):
-            frames = torch.randn(4, 32, 8, 96, generator=gen).cuda()
-            query = torch.randn(4, 32, 96, generator=gen).cuda()
-            assert rel_err(fused(frames, query, pk, pv, 3), reference(frames, query, pk, pv, 3)) < 1e-4
-            assert rel_err(fused.coef, reference.coef) < 1e-4
+    assert_steps_match(fused, reference, (4, 32, 8, 96), (4, 32, 96), pk, pv, 3, torch.Generator().manual_seed(6),
+                       "cuda", chunks=5)
     assert len(fused._graphs.steps) == 1, "the later steps should have replayed one captured graph"
