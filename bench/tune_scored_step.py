@@ -27,7 +27,7 @@ from infvideo.ops.step import step_constants
 
 LENGTH, TOKENS, WIDTH, BASIS, SAMPLES, HEADS, QUERIES = 256, 32, 768, 256, 512, 12, 32
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-PASS1 = dict(block_n=(8, 16, 32), block_e=(128, 256), warps=(4, 8))
+PASS1 = dict(block_n=(16, 32, 64), block_e=(128, 256), warps=(4, 8))
 PASS2 = dict(read_groups=(1, 2), read_block_n=(32, 64, 128), read_block_e=(32, 64), read_warps=(4, 8))
 
 

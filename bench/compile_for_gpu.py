@@ -1,0 +1,161 @@
+"""Compile the package's Triton kernels for a Hopper GPU (sm_90) on a machine without one.
+
+    python bench/compile_for_gpu.py [--arch 90] [--only NAME ...]     # not under TRITON_INTERPRET
+
+The CPU interpreter runs the kernels' Python semantics, not Triton's compiler: a kernel that the
+interpreter accepts can still fail to compile for a GPU. Here each kernel-level launcher
+(``infvideo.kernels``) runs on small CPU tensors with ``CachedLaunch`` recording its launches
+instead of running them (outputs stay uninitialised; nothing reads them back), and every recorded
+launch is compiled to a cubin for the target with Triton's bundled ptxas. The GPU's own variants
+of what the CPU would not pick are compiled too: three-TF32 dots for ``PRECISION``, tensor-core
+half dots for ``HALF_DOTS`` / ``DOT_TYPE``. Prints one line per compilation; exits 1 if any fails.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    sys.exit("compile_for_gpu.py compiles for a GPU: run it without TRITON_INTERPRET=1")
+
+import torch
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from infvideo.kernels import _launch
+
+_POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
+            torch.int32: "*i32", torch.int64: "*i64", torch.int8: "*i8", torch.uint8: "*u8", torch.bool: "*i1"}
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+
+
+def signature(kernel, args, meta) -> tuple[dict, dict, dict]:
+    """(Triton signature, constexprs by position, launch options) of one launch."""
+    names = list(kernel.arg_names)
+    types, constants = {}, {}
+    for index, name in enumerate(names):
+        value = args[index] if index < len(args) else meta[name]
+        if kernel.params[index].is_constexpr:
+            types[name], constants[(index,)] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            types[name] = _POINTER[value.dtype]
+        elif isinstance(value, bool):
+            types[name] = "i1"
+        elif isinstance(value, int):
+            types[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+        elif isinstance(value, float):
+            types[name] = "fp32"
+        else:
+            raise TypeError(f"{kernel.fn.__name__}: argument {name} of type {type(value).__name__}")
+    return types, constants, {k: meta[k] for k in LAUNCH_OPTIONS if k in meta}
+
+
+def gpu_variants(args, meta: dict) -> list[dict]:
+    """The launch's constexprs as recorded, and as a GPU would set those the CPU chose otherwise:
+    three-TF32 dots for PRECISION, tensor-core half dots (HALF_DOTS, DOT_TYPE), half K/V on the
+    tensor cores (IEEE), 16-bit tokens pooled in their type (POOL_FLOAT32)."""
+    half = any(isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) for a in args)
+    variants = [meta]
+    for name, cpu, gpu in (("PRECISION", "ieee", dict(PRECISION="tf32x3")),
+                           ("HALF_DOTS", False, dict(HALF_DOTS=True, DOT_TYPE=tl.bfloat16)),
+                           ("IEEE", True, dict(IEEE=False) if half else None),
+                           ("POOL_FLOAT32", True, dict(POOL_FLOAT32=False))):
+        if gpu is not None and meta.get(name, not cpu) == cpu:
+            variants += [dict(v, **gpu) for v in variants]
+    return variants
+
+
+class Recorder:
+    """Stands in for ``CachedLaunch.__call__``: keeps each distinct launch, runs nothing."""
+
+    def __init__(self):
+        self.launches: dict = {}
+
+    def __call__(self, launch, grid, *args, **meta):
+        for variant in gpu_variants(args, meta):
+            types, constants, options = signature(launch.kernel, args, variant)
+            key = (launch.kernel.fn.__name__, tuple(types.items()), tuple(map(repr, constants.items())),
+                   tuple(options.items()))
+            self.launches.setdefault(key, (launch.kernel, types, constants, options))
+
+
+def workloads():
+    """Memory steps (no grad, and with a backward) of the configurations the kernels serve, each
+    switch of ``ops.step`` and ``kernels.attention`` both ways, and the launchers no step reaches
+    on the CPU. Triton counts as runnable on CPU tensors here: its launches are only recorded."""
+    from infvideo import LongTermMemory, backends
+    from infvideo.kernels import attention, finite, products
+    from infvideo.ops import step as step_module
+    backends.interpreting = lambda: True
+    gen = torch.Generator().manual_seed(0)
+    configs = [dict(), dict(preset="paper"), dict(sticky=False), dict(sampling="upstream"),
+               dict(basis="gaussian"), dict(basis="gaussian", preset="paper")]
+    switches = [dict(), dict(SCORED_STEP=True), dict(FACTORED_ON_GPU=True)]
+    for config, switch, tokens, weights in itertools.product(configs, switches, (torch.float32, torch.bfloat16),
+                                                             (torch.float32, torch.bfloat16)):
+        for name, value in switch.items():
+            setattr(step_module, name, value)
+        try:
+            memory = LongTermMemory(num_basis=16, past_samples=24, backend="triton", cuda_graphs=False,
+                                    check_finite=False, **config)
+            pk, pv = (torch.nn.Linear(32, 24).to(weights) for _ in range(2))
+            for grad in (False, False, True):
+                frames = torch.randn(2, 12, 4, 32, generator=gen).to(tokens).requires_grad_(grad)
+                query = torch.randn(2, 5, 24, generator=gen).to(tokens)
+                with torch.set_grad_enabled(grad):
+                    context = memory(frames, query, pk, pv, 3)
+                if grad:
+                    context.float().sum().backward()
+        finally:
+            for name in switch:
+                setattr(step_module, name, {"SCORED_STEP": False, "FACTORED_ON_GPU": False}[name])
+    queries, keys = torch.randn(2, 5, 24), torch.randn(2, 16, 24)
+    attention.FLOAT32_DOTS = "tf32x3"
+    attention.slot_attention(queries, keys, keys, 3, None, -1.0)
+    attention.FLOAT32_DOTS = "ieee"
+    products.split_linear(torch.randn(7, 300), products.split_weight(torch.randn(24, 300)), None)
+    flags, coef = torch.zeros(3, dtype=torch.int32), torch.randn(2, 16, 32)
+    finite.raise_flags(flags, [(0, coef), (1, queries), (2, keys.bfloat16())])
+    finite.select_committed(flags, [(coef, coef.clone(), coef), (keys, keys.clone(), keys)])
+    yield
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--only", nargs="+", default=None, help="kernel function names to compile")
+    args = parser.parse_args()
+    recorder = Recorder()
+    original = _launch.CachedLaunch.__call__
+    _launch.CachedLaunch.__call__ = lambda self, grid, *a, **m: recorder(self, grid, *a, **m)
+    try:
+        for _ in workloads():
+            pass
+    finally:
+        _launch.CachedLaunch.__call__ = original
+    target = GPUTarget("cuda", args.arch, 32)
+    failures = 0
+    for (name, *_), (kernel, types, constants, options) in recorder.launches.items():
+        if args.only and name not in args.only:
+            continue
+        shown = {k: v for (i,), v in constants.items() for k in [kernel.arg_names[i]]
+                 if k in ("PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE", "WRITE_CAST")}
+        start = time.perf_counter()
+        try:
+            triton.compile(ASTSource(kernel, types, constexprs=constants), target=target, options=options)
+            status = "ok"
+        except Exception as err:  # reported, then counted
+            failures += 1
+            status = f"FAILED {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        print(f"sm_{args.arch} {name} {shown} {options}: {status} ({time.perf_counter() - start:.1f} s)", flush=True)
+    print(f"{len(recorder.launches)} launches, {failures} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
