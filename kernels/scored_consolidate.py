@@ -12,7 +12,8 @@ taken right where those rows are made, and K and V never exist:
   the program has just written (still in L2);
 - pass 2 (``_folded_read_kernel``, one program per stream, head and block of 32 queries): the
   softmax over the bins (slot log-weights, the paper preset's null slot), the sticky mass of the
-  block, Σ_n r_n B_n a slice of e at a time and through W_v,h into the head's context.
+  block, Σ_n r_n B_n a slice of e at a time and through W_v,h into the head's context (B read in
+  the projections' type when that is a half type: pass 1 writes that copy beside the float32 rows).
 
 What crosses memory besides the tokens is the old rows the samples read, the new rows (written,
 then read back by pass 2) and the [S, H·Q, N] scores. Dots: float32 inputs take ``PRECISION``
@@ -44,13 +45,13 @@ def _dot(a, b, acc, HALF_DOTS: tl.constexpr, DOT_TYPE: tl.constexpr, PRECISION: 
 
 @triton.jit
 def _scored_consolidate_kernel(
-    frames_ptr, past_ptr, bins_ptr, coef_ptr, u_ptr, scores_ptr,
+    frames_ptr, past_ptr, bins_ptr, coef_ptr, cast_ptr, u_ptr, scores_ptr,
     past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
     N, E, ROWS, Q_LEN, TOKENS, inv_tokens,
     stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn, stride_bs,
     stride_cs, stride_cn, stride_us, stride_uh, stride_uq, stride_ss, stride_sr,
-    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, HALF_DOTS: tl.constexpr, DOT_TYPE: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr, HALF_DOTS: tl.constexpr,
+    DOT_TYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     n0 = tl.program_id(0) * BLOCK_N
@@ -65,6 +66,10 @@ def _scored_consolidate_kernel(
                           stride_ft, stride_fe, stride_ps, stride_pn, stride_bs, HAS_PAST, FRAME_ROWS, BLOCK_E,
                           BLOCK_T, BLOCK_P)
             tl.store(coef_base + n * stride_cn + offs_e, row, mask=mask_e)
+            if WRITE_CAST:
+                # Pass 2 reads the rows in the half-precision projections' type: half the bytes.
+                tl.store(cast_ptr + s * stride_cs + n * stride_cn + offs_e,
+                         row.to(cast_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask_e)
     # The rows this program wrote are read back by its other threads: make the stores visible.
     tl.debug_barrier()
 
@@ -228,6 +233,8 @@ def scored_step(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: to
                     ).sum(-1).transpose(1, 2).reshape(s, rows).contiguous()
 
     coef = torch.empty(s, n, e, device=device, dtype=torch.float32)
+    # With half-precision projections pass 2 mixes the rows in their type (as K/V would be).
+    cast = torch.empty_like(coef, dtype=w_value.dtype) if w_value.dtype in _HALF else coef
     scores = torch.empty(s, rows, n, device=device, dtype=torch.float32)
     past_t = past if past is not None else scale
     bins_t = sample_bins if sample_bins is not None else past_start
@@ -236,13 +243,14 @@ def scored_step(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: to
     block_t = CONFIG["block_t"] if frame_rows else min(32, next_power_of_2(tokens))
     dot_type = _HALF[w_key.dtype] if half else tl.float32
     _launch_scored((cdiv(n, CONFIG["block_n"]), s),
-        frames, past_t, bins_t, coef, folded, scores, past_idx, past_start, frame_idx, frame_start, scale,
+        frames, past_t, bins_t, coef, cast, folded, scores, past_idx, past_start, frame_idx, frame_start, scale,
         n, e, rows, q_len, tokens, 1.0 / tokens,
         frames.stride(0), frames.stride(1), frames.stride(2), frames.stride(3),
         past_t.stride(0) if past is not None else 0, past_t.stride(1) if past is not None else 0,
         sample_bins.stride(0) if sample_bins is not None and sample_bins.shape[0] > 1 else 0,
         coef.stride(0), coef.stride(1), q_len * e, folded.stride(0), e, scores.stride(0), scores.stride(1),
-        HAS_PAST=past is not None, FRAME_ROWS=frame_rows, HALF_DOTS=half, DOT_TYPE=dot_type, PRECISION=precision,
+        HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast is not coef, HALF_DOTS=half,
+        DOT_TYPE=dot_type, PRECISION=precision,
         BLOCK_N=CONFIG["block_n"], BLOCK_E=block_e, BLOCK_T=block_t,
         BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))), BLOCK_R=CONFIG["block_r"],
         BLOCK_K=min(CONFIG["block_k"], max(16, next_power_of_2(e))), num_warps=CONFIG["warps"])
@@ -253,7 +261,7 @@ def scored_step(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: to
     mass = torch.empty(s, num_heads * blocks, n, device=device, dtype=torch.float32)
     _launch_read((s, num_heads, cdiv(blocks, groups)),
         scores, key_bias if key_bias is not None else scores, slot_log_weight if slot_log_weight is not None else scores,
-        coef, w_value, b_value if b_value is not None else w_value, context, mass,
+        cast, w_value, b_value if b_value is not None else w_value, context, mass,
         q_len, n, e, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
         scores.stride(0), scores.stride(1), key_bias.stride(0) if key_bias is not None else 0,
         coef.stride(0), coef.stride(1), w_value.stride(0), w_value.stride(1), context.stride(0), context.stride(1),
