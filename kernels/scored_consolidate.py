@@ -93,7 +93,7 @@ def _scored_consolidate_kernel(
 
 
 @triton.jit
-def _slot_probs(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale,
+def _scaled_scores(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale,
                 HAS_LOGW: tl.constexpr):
     """(u · B_n + c) / √d (+ log w_n) of one tile of slots for a block of queries, -inf outside."""
     raw = tl.load(scores_base + offs_q[:, None] * stride_sr + slots[None, :], mask=mask_q[:, None] & mask_n[None, :],
@@ -133,7 +133,7 @@ def _folded_read_kernel(
     for n0 in range(0, N, BLOCK_N):
         slots = n0 + offs_n
         mask_n = slots < N
-        scores = _slot_probs(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale, HAS_LOGW)
+        scores = _scaled_scores(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale, HAS_LOGW)
         m_i, l_i = running_max_sum(scores, mask_n, m_i, l_i)
     inv_l = 1.0 / l_i
 
@@ -145,7 +145,7 @@ def _folded_read_kernel(
     for n0 in range(0, N, BLOCK_N):
         slots = n0 + offs_n
         mask_n = slots < N
-        scores = _slot_probs(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale, HAS_LOGW)
+        scores = _scaled_scores(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale, HAS_LOGW)
         p = tl.where(mask_q[:, None] & mask_n[None, :], tl.exp(scores - m_i[:, None]) * inv_l[:, None], 0.0)
         total += tl.sum(p, axis=1)
         per_group = tl.sum(tl.reshape(p, (GROUPS, GROUP, BLOCK_N)), axis=1)
@@ -163,7 +163,7 @@ def _folded_read_kernel(
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
             mask_n = slots < N
-            scores = _slot_probs(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale,
+            scores = _scaled_scores(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale,
                                  HAS_LOGW)
             p = tl.where(mask_q[:, None] & mask_n[None, :], tl.exp(scores - m_i[:, None]) * inv_l[:, None], 0.0)
             b = tl.load(coef_base + slots[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
