@@ -127,6 +127,7 @@ _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
 # too). "tf32x3" has not been timed against "ieee" yet (bench/bench_split_products_gpu.py times both).
 FLOAT32_DOTS = "ieee"
 
+
 @on_input_device
 def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
                    slot_log_weight: torch.Tensor | None, null_log_weight: float | None

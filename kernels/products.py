@@ -186,9 +186,9 @@ def split_weight(weight: torch.Tensor) -> torch.Tensor:
 def split_linear(x: torch.Tensor, weight_parts: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``linear(x, w, bias)`` in float32 from bfloat16 products: x [..., k], weight_parts
     :func:`split_weight` [n, 3k], bias [n] or None; float32 out, about 5e-6 (relative) from
-    float64 where a float32 product is about 3e-7 off and a bfloat16 one 3e-3. One cuBLAS product with float32 output
-    on a GPU (``torch.addmm(..., out_dtype=torch.float32)``); elsewhere the same parts multiplied in
-    float32, whose products of bfloat16 values are exact."""
+    float64 where a float32 product is about 3e-7 off and a bfloat16 one 3e-3. One cuBLAS product
+    with float32 output on a GPU (``torch.addmm(..., out_dtype=torch.float32)``); elsewhere the same
+    parts multiplied in float32, whose products of bfloat16 values are exact."""
     parts = split_rows(x)
     if x.is_cuda and CUBLAS_OUT_DTYPE:
         out = (torch.mm(parts, weight_parts.T, out_dtype=torch.float32) if bias is None else

@@ -30,9 +30,10 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-from ._online_softmax import running_max_sum, softmax_start
+from ._online_softmax import running_max_sum, softmax_start, store_group_mass
 from . import products
 from .consolidate import bin_row
+from .factored_attention import folded_queries
 
 
 @triton.jit
@@ -51,8 +52,8 @@ def _scored_consolidate_kernel(
     stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn, stride_bs,
     stride_cs, stride_cn, stride_us, stride_uh, stride_uq, stride_ss, stride_sr,
     HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr, HALF_DOTS: tl.constexpr,
-    DOT_TYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_TYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     n0 = tl.program_id(0) * BLOCK_N
     s = tl.program_id(1).to(tl.int64)
@@ -137,19 +138,18 @@ def _folded_read_kernel(
         m_i, l_i = running_max_sum(scores, mask_n, m_i, l_i)
     inv_l = 1.0 / l_i
 
-    # The block's mass (per group of GROUP queries) and Σ_n r_n, which the value bias is weighted by.
+    # The block's mass (per group of GROUP queries of the head) and Σ_n r_n, which the value bias is
+    # weighted by.
     total = tl.zeros([BLOCK_Q], dtype=tl.float32)
     blocks = tl.cdiv(Q_LEN, GROUP)
-    groups = qb * GROUPS + tl.arange(0, GROUPS)
-    mass_rows = mass_ptr + s * stride_ms + (h * blocks + groups) * stride_mg
+    head_mass = mass_ptr + s * stride_ms + (h * blocks) * stride_mg
     for n0 in range(0, N, BLOCK_N):
         slots = n0 + offs_n
         mask_n = slots < N
         scores = _scaled_scores(scores_base, kb, logw_ptr, offs_q, mask_q, slots, mask_n, stride_sr, sm_scale, HAS_LOGW)
         p = tl.where(mask_q[:, None] & mask_n[None, :], tl.exp(scores - m_i[:, None]) * inv_l[:, None], 0.0)
         total += tl.sum(p, axis=1)
-        per_group = tl.sum(tl.reshape(p, (GROUPS, GROUP, BLOCK_N)), axis=1)
-        tl.store(mass_rows[:, None] + slots[None, :], per_group, mask=(groups < blocks)[:, None] & mask_n[None, :])
+        store_group_mass(head_mass, p, qb, slots, mask_n, blocks, stride_mg, BLOCK_Q, BLOCK_N, GROUP)
 
     # context_h = W_v,h Σ_n r_n B_n (+ Σ_n r_n b_v,h), a slice of e at a time.
     offs_d = tl.arange(0, BLOCK_D)
@@ -217,19 +217,12 @@ def scored_step(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: to
     # Half-precision weights: the tensor cores in that type (the CPU interpreter's bf16 dot is wrong:
     # float32 there).
     half = w_key.dtype in _HALF and device.type == "cuda"
-    if query.stride(0) != q_len * query.stride(1):
-        query = query.contiguous()
-
-    # u [H, S·Q, e] in float32: each head's queries through its d rows of W_k (kernels.factored_attention's layout).
-    folded = torch.empty(num_heads, s * q_len, e, device=device, dtype=torch.float32)
-    products.head_products(query, (0, d * query.stride(2), query.stride(1), query.stride(2)),
-                           w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
-                           folded, (0, folded.stride(0), e, 1), s * q_len, e, d, num_heads, 1, precision)
+    folded, u_strides = folded_queries(query, w_key, num_heads, precision)
     key_bias = None
     if b_key is not None and null_log_weight is not None:
         # c = q_h · b_k,h shifts a row's scores against the null slot's fixed one (without a null
         # slot the softmax ignores it).
-        key_bias = (query.to(torch.float32).view(s, q_len, num_heads, d) * b_key.to(torch.float32).view(num_heads, d)
+        key_bias = (query.to(torch.float32).reshape(s, q_len, num_heads, d) * b_key.to(torch.float32).view(num_heads, d)
                     ).sum(-1).transpose(1, 2).reshape(s, rows).contiguous()
 
     coef = torch.empty(s, n, e, device=device, dtype=torch.float32)
@@ -248,7 +241,7 @@ def scored_step(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: to
         frames.stride(0), frames.stride(1), frames.stride(2), frames.stride(3),
         past_t.stride(0) if past is not None else 0, past_t.stride(1) if past is not None else 0,
         sample_bins.stride(0) if sample_bins is not None and sample_bins.shape[0] > 1 else 0,
-        coef.stride(0), coef.stride(1), q_len * e, folded.stride(0), e, scores.stride(0), scores.stride(1),
+        coef.stride(0), coef.stride(1), *u_strides, scores.stride(0), scores.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast is not coef, HALF_DOTS=half,
         DOT_TYPE=dot_type, PRECISION=precision,
         BLOCK_N=CONFIG["block_n"], BLOCK_E=block_e, BLOCK_T=block_t,
@@ -260,7 +253,8 @@ def scored_step(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: to
     context = torch.empty(s, q_len, model, device=device, dtype=query.dtype)
     mass = torch.empty(s, num_heads * blocks, n, device=device, dtype=torch.float32)
     _launch_read((s, num_heads, cdiv(blocks, groups)),
-        scores, key_bias if key_bias is not None else scores, slot_log_weight if slot_log_weight is not None else scores,
+        scores, key_bias if key_bias is not None else scores,
+        slot_log_weight if slot_log_weight is not None else scores,
         cast, w_value, b_value if b_value is not None else w_value, context, mass,
         q_len, n, e, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
         scores.stride(0), scores.stride(1), key_bias.stride(0) if key_bias is not None else 0,
