@@ -1,6 +1,6 @@
 """The Gaussian step's consolidation on the GPU (issue 18): its kernels' tiles, against torch.
 
-    cd bench && PYTHONPATH=.. python tune_gaussian_consolidation.py [--streams 16 64]
+    cd bench && PYTHONPATH=.. python tune_gaussian_consolidation.py [--streams 16 64] [--no-sweep]
 
 B = G_framesᵀ pool(tokens) + (G_pastᵀ Ψ_u) B_past for bf16 tokens [S, 256, 32, 768], B_past
 [S, 256, 768] and ψ at 512 sticky quantile samples (N = 256, the exact preset's fit, random sticky
@@ -33,6 +33,7 @@ LENGTH, TOKENS, WIDTH, SAMPLES = 256, 32, 768, 512
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--no-sweep", action="store_true", help="skip the tile sweeps at the largest S")
     args = parser.parse_args()
     cfg = MemoryConfig(basis="gaussian", past_samples=SAMPLES)
     device = torch.device("cuda")
@@ -67,7 +68,15 @@ def main():
 
         report("Triton consolidation", consolidation)
         report("Triton first chunk's pass", first_pass, tokens.numel() * tokens.element_size())
-        if streams != max(args.streams):
+        step_module.POOL_BEFORE_FIT = True
+        try:
+            report("Triton consolidation, tokens pooled by torch before the fit", consolidation)
+            report("torch pooling, then the first chunk's fit", lambda: dense_consolidate.dense_consolidate(
+                tokens.mean(2, dtype=torch.float32), fit.frame_g, None, None, "tf32x3")[0],
+                tokens.numel() * tokens.element_size())
+        finally:
+            step_module.POOL_BEFORE_FIT = False
+        if streams != max(args.streams) or args.no_sweep:
             continue
         report("torch: the tokens summed over tokens (read rate)", lambda: tokens.sum(2),
                tokens.numel() * tokens.element_size())

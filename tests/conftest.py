@@ -80,14 +80,15 @@ def assert_compiled_steps_match(fused, reference, frames_shape: tuple, query: to
 def assert_steps_match(fused, reference, frames_shape: tuple, query_shape: tuple, pk, pv, heads: int,
                        gen: torch.Generator, device, chunks: int = 3) -> None:
     """``chunks`` no-grad steps of both memories on the same random chunks: context, coefficients
-    and sticky statistic within 1e-4."""
+    and sticky statistic within 1e-4. The statistic is compared summed over its groups, what the
+    samplers read: how a backend groups queries (per head, per block of 16) is its own choice."""
     with torch.no_grad():
         for _ in range(chunks):
             frames = torch.randn(*frames_shape, generator=gen).to(device)
             query = torch.randn(*query_shape, generator=gen).to(device)
             assert rel_err(fused(frames, query, pk, pv, heads), reference(frames, query, pk, pv, heads)) < 1e-4
             assert rel_err(fused.coef, reference.coef) < 1e-4
-            torch.testing.assert_close(fused.sticky_stats, reference.sticky_stats, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(fused.sticky_stats.sum(1), reference.sticky_stats.sum(1), rtol=1e-4, atol=1e-6)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

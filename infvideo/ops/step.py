@@ -126,6 +126,11 @@ def _scored_step(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_k
         proj_value.bias, num_heads, consts.slot_log_weight, consts.null_log_weight)
 
 
+# The Gaussian consolidation pools the tokens with torch before its fit (two passes), where off
+# one Triton pass pools and fits them together (kernels/dense_consolidate.py).
+POOL_BEFORE_FIT = False
+
+
 # The past map's product tiles (products.head_products): the sweep of bench/tune_gaussian_consolidation.py.
 PAST_MAP_TILES = (128, 64, 32, 4, 3)
 
@@ -184,6 +189,10 @@ def _kernel_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.T
     first = on_device(first_fit(cfg, length), device, torch.float32)
     fit = on_device(consolidation_fit(cfg, length), device, torch.float32)
     constants = _gaussian_sample_constants(cfg.num_basis, cfg.sigmas, device)
+    if POOL_BEFORE_FIT and frames.dim() > 3:
+        # One torch reduction over the tokens (it reads them near the copy rate), then the fit's
+        # products on the pooled frames [S, L, e] alone.
+        frames = frames.flatten(2, -2).mean(2, dtype=torch.float32)
     if past is None or filled is not None:
         start = consolidate(frames, first.frame_g, None, None, precision, cast_dtype)
         if past is None:
