@@ -11,8 +11,7 @@ sampling, ``--projections`` dtype; the memory is full (two steps before the timi
   ``infvideo.ops.step`` switches of VARIANTS: K and V from cuBLAS in float32
   (``FLOAT32_PROJECTION = "cublas"``), from one three-TF32 Triton product (``"tf32x3"``,
   ``kernels/products.py``), from one cuBLAS product of bfloat16 parts (``"split-bf16"``), or
-  never formed (``FACTORED_ON_GPU``: ``factored_slot_attention``; ``SCORED_STEP``: the scores taken
-  in the consolidation's pass, ``kernels/scored_consolidate.py``, which bfloat16 projections take too). The switches act on float32
+  never formed (``FACTORED_ON_GPU``: ``factored_slot_attention``). The switches act on float32
   projections only: with bfloat16 projections the rows run the same step (a check of the switches);
 - ``attention, <variant>``: the attention alone on the same float32 coefficients;
 - the input + state read floor (``bench_step_gpu.floor_us`` at the measured read bandwidth).
@@ -53,11 +52,10 @@ def inputs(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dty
 
 
 # Step variants: the ops.step switches each sets (the rest keep their defaults).
-VARIANTS = {"cuBLAS float32 K/V": dict(FLOAT32_PROJECTION="cublas", FACTORED_ON_GPU=False, SCORED_STEP=False),
-            "three-TF32 K/V": dict(FLOAT32_PROJECTION="tf32x3", FACTORED_ON_GPU=False, SCORED_STEP=False),
-            "split-bf16 K/V": dict(FLOAT32_PROJECTION="split-bf16", FACTORED_ON_GPU=False, SCORED_STEP=False),
-            "folded": dict(FLOAT32_PROJECTION="cublas", FACTORED_ON_GPU=True, SCORED_STEP=False),
-            "scored": dict(FLOAT32_PROJECTION="tf32x3", FACTORED_ON_GPU=False, SCORED_STEP=True)}
+VARIANTS = {"cuBLAS float32 K/V": dict(FLOAT32_PROJECTION="cublas", FACTORED_ON_GPU=False),
+            "three-TF32 K/V": dict(FLOAT32_PROJECTION="tf32x3", FACTORED_ON_GPU=False),
+            "split-bf16 K/V": dict(FLOAT32_PROJECTION="split-bf16", FACTORED_ON_GPU=False),
+            "folded": dict(FLOAT32_PROJECTION="cublas", FACTORED_ON_GPU=True)}
 
 
 def switched(settings: dict):
@@ -106,8 +104,6 @@ def attention_rows(streams, pk, pv, query, budget) -> list[tuple[str, list[float
 
     rows = []
     for name, settings in VARIANTS.items():
-        if settings["SCORED_STEP"]:
-            continue  # its attention is one pass with the consolidation: the step rows time it
         fn = folded if settings["FACTORED_ON_GPU"] else kv
         old = switched(settings)
         try:

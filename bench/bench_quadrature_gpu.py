@@ -97,16 +97,13 @@ def step_rows(streams: int, budget: float) -> list[dict]:
     query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=torch.bfloat16)
     # (backend, fused quadrature, the memory's own CUDA graphs); the torch reference's default
     # settings are its eager steps (the memory captures fused backends only).
-    # settings, and whether the tokens are pooled by torch before the fit (POOL_BEFORE_FIT).
-    settings = {"torch reference": ("torch", False, False, False),
-                "Triton, quadrature on torch products": ("triton", False, False, False),
-                "Triton, fused quadrature": ("triton", True, False, False),
-                "Triton, fused quadrature, tokens pooled before the fit": ("triton", True, False, True),
-                "Triton, default settings (the memory's CUDA graphs)": ("triton", True, True, False),
-                "Triton, the memory's CUDA graphs, tokens pooled before the fit": ("triton", True, True, True)}
+    settings = {"torch reference": ("torch", False, False),
+                "Triton, quadrature on torch products": ("triton", False, False),
+                "Triton, fused quadrature": ("triton", True, False),
+                "Triton, default settings (the memory's CUDA graphs)": ("triton", True, True)}
     rows = []
-    for provider, (backend, kernel, graphs, pool_first) in settings.items():
-        step_module.QUADRATURE_KERNEL, step_module.POOL_BEFORE_FIT = kernel, pool_first
+    for provider, (backend, kernel, graphs) in settings.items():
+        step_module.QUADRATURE_KERNEL = kernel
         try:
             memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, basis="gaussian", quad_points=POINTS,
                                     backend=backend, cuda_graphs=graphs).cuda()
@@ -115,7 +112,7 @@ def step_rows(streams: int, budget: float) -> list[dict]:
                     memory(tokens, query, pk, pv, HEADS)
                 times = harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), budget)
         finally:
-            step_module.QUADRATURE_KERNEL, step_module.POOL_BEFORE_FIT = True, False
+            step_module.QUADRATURE_KERNEL = True
         p20, p50, p80 = harness.percentiles(times)
         rows.append(dict(what="step", S=streams, dtype="bf16", provider=provider, p20_us=p20, p50_us=p50,
                          p80_us=p80, graph_us=None, rel_err=None))

@@ -9,9 +9,8 @@ bfloat16 in and out (what bfloat16 projections take); and split products in one 
 W = w0 + w1 in bfloat16 or float16 (W scaled by a power of two into float16's normal range),
 [x0 | x0 | x1] · [w0 | w1 | w0]ᵀ, the dropped x1·w1 term and the parts' rounding leaving about
 2⁻¹⁸ (bfloat16) or 2⁻²² (float16) relative error. "with split" adds the time to build the
-coefficients' parts from float32. Then the slot attention on float32 K/V (IEEE and three-TF32 dots:
-``kernels.attention.FLOAT32_DOTS``) and on bfloat16 K/V, each against the float64 attention on the
-same K/V. Errors: relative Frobenius against float64. GPU µs, do_bench p50.
+coefficients' parts from float32. Then the slot attention on float32 K/V (IEEE dots) and on
+bfloat16 K/V, each against the float64 attention on the same K/V. Errors: relative Frobenius against float64. GPU µs, do_bench p50.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import os
 import torch
 import triton.testing
 
-from infvideo.kernels import attention, products
+from infvideo.kernels import products
 from infvideo.ops.slot_attention import slot_attention_unchecked
 
 WIDTH, MODEL, BASIS, HEADS, QUERIES = 768, 768, 256, 12, 32
@@ -108,15 +107,12 @@ def main():
         query = torch.randn(streams, QUERIES, MODEL, device="cuda")
         kv = torch.nn.functional.linear(x, weight, bias).view(streams, BASIS, 2 * MODEL)
         exact = attention64(query, kv)
-        for name, t, dots in (("float32, IEEE dots", kv, "ieee"), ("float32, three-TF32 dots", kv, "tf32x3"),
-                              ("bfloat16", kv.bfloat16(), "ieee")):
+        for name, t in (("float32, IEEE dots", kv), ("bfloat16", kv.bfloat16())):
             keys, values = t.split(MODEL, -1)
-            attention.FLOAT32_DOTS = dots
 
             def attend():
                 return slot_attention_unchecked(query, keys, values, HEADS, None, None, "triton")[0]
             rows[f"slot attention, {name} K/V"] = (us(attend), rel(attend(), exact))
-        attention.FLOAT32_DOTS = "ieee"
         lines.append(f"\nS={streams}: [{streams * BASIS}, {WIDTH}] x [{WIDTH}, {2 * MODEL}]\n")
         lines.append("| product | µs | rel err vs float64 |\n|---|---|---|")
         lines += [f"| {k} | {t:,.1f} | {e:.1e} |" for k, (t, e) in rows.items()]

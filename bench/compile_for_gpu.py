@@ -86,16 +86,16 @@ class Recorder:
 
 def workloads():
     """Memory steps (no grad, and with a backward) of the configurations the kernels serve, each
-    switch of ``ops.step`` and ``kernels.attention`` both ways, and the launchers no step reaches
+    switch of ``ops.step`` both ways, and the launchers no step reaches
     on the CPU. Triton counts as runnable on CPU tensors here: its launches are only recorded."""
     from infvideo import LongTermMemory, backends
-    from infvideo.kernels import attention, finite, products
+    from infvideo.kernels import finite, products
     from infvideo.ops import step as step_module
     backends.interpreting = lambda: True
     gen = torch.Generator().manual_seed(0)
     configs = [dict(), dict(preset="paper"), dict(sticky=False), dict(sampling="upstream"),
                dict(basis="gaussian"), dict(basis="gaussian", preset="paper")]
-    switches = [dict(), dict(SCORED_STEP=True), dict(FACTORED_ON_GPU=True)]
+    switches = [dict(), dict(FACTORED_ON_GPU=True)]
     for config, switch, tokens, weights in itertools.product(configs, switches, (torch.float32, torch.bfloat16),
                                                              (torch.float32, torch.bfloat16)):
         for name, value in switch.items():
@@ -113,11 +113,8 @@ def workloads():
                     context.float().sum().backward()
         finally:
             for name in switch:
-                setattr(step_module, name, {"SCORED_STEP": False, "FACTORED_ON_GPU": False}[name])
+                setattr(step_module, name, False)
     queries, keys = torch.randn(2, 5, 24), torch.randn(2, 16, 24)
-    attention.FLOAT32_DOTS = "tf32x3"
-    attention.slot_attention(queries, keys, keys, 3, None, -1.0)
-    attention.FLOAT32_DOTS = "ieee"
     products.split_linear(torch.randn(7, 300), products.split_weight(torch.randn(24, 300)), None)
     flags, coef = torch.zeros(3, dtype=torch.int32), torch.randn(2, 16, 32)
     finite.raise_flags(flags, [(0, coef), (1, queries), (2, keys.bfloat16())])

@@ -9,8 +9,7 @@
 # Stages: build, test, step (bench_step_gpu), backward (bench_backward_gpu), projections
 # (bench_projections_gpu), split (bench_split_products_gpu), quadrature (bench_quadrature_gpu),
 # profile (profile_step_gpu), sync (profile_step_gpu --sync-check: where an eager step waits for
-# the GPU), tune-folded (tune_factored_attention), tune-consolidate (tune_consolidate at S=64),
-# tune-scored (tune_scored_step), profile-scored (profile_step_gpu: s64 beside scored64 and scored64f32). The test
+# the GPU), tune-folded (tune_factored_attention), tune-consolidate (tune_consolidate at S=64). The test
 # and bench stages build first when the extension lacks its CUDA kernels. Without a checkout
 # installed (the device machine), the kernels are linked into the package and PYTHONPATH is set.
 set -uo pipefail
@@ -67,18 +66,13 @@ for stage in "${stages[@]}"; do
         split) run_bench split bench_split_products_gpu.py ;;
         quadrature) run_bench quadrature bench_quadrature_gpu.py ;;
         profile) python bench/profile_step_gpu.py > "$OUT/profile.txt" 2>&1; echo "profile exit $? ($(elapsed))" ;;
-        sync) python bench/profile_step_gpu.py --case s64 --case s1 --case scored64 --sync-check > "$OUT/sync.txt" 2>&1
+        sync) python bench/profile_step_gpu.py --case s64 --case s1 --sync-check > "$OUT/sync.txt" 2>&1
               echo "sync exit $? ($(elapsed))"; grep "^==" "$OUT/sync.txt" ;;
         tune-folded) python bench/tune_factored_attention.py > "$OUT/tune_folded.txt" 2>&1
                      echo "tune-folded exit $? ($(elapsed))"; grep -E "K/V|best" "$OUT/tune_folded.txt" ;;
-        tune-scored) python bench/tune_scored_step.py > "$OUT/tune_scored.txt" 2>&1
-                     echo "tune-scored exit $? ($(elapsed))"; grep -E "best|K/V" "$OUT/tune_scored.txt" ;;
-        profile-scored) python bench/profile_step_gpu.py --case s64 --case scored64 --case scored64f32 \
-                            > "$OUT/profile_scored.txt" 2>&1
-                        echo "profile-scored exit $? ($(elapsed))"; grep "^==" "$OUT/profile_scored.txt" ;;
         tune-consolidate) python bench/tune_consolidate.py --streams 64 > "$OUT/tune_consolidate.txt" 2>&1
                           echo "tune-consolidate exit $? ($(elapsed))"; sort -t: -k2 -n "$OUT/tune_consolidate.txt" | head -5 ;;
-        *) echo "usage: bash bench/gpu_check.sh [build|test|step|backward|projections|split|quadrature|profile|sync|tune-folded|tune-consolidate|tune-scored|profile-scored]..." >&2
+        *) echo "usage: bash bench/gpu_check.sh [build|test|step|backward|projections|split|quadrature|profile|sync|tune-folded|tune-consolidate]..." >&2
            exit 2 ;;
     esac
 done

@@ -1,14 +1,12 @@
 """Where a step's time goes on the GPU: per-kernel CUDA time (torch.profiler) and host-side Python time.
 
-    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss16|gauss64|grad1|grad64|folded64|scored64|...]
+    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss16|gauss64|grad1|grad64|folded64|...]
 
 Cases: no-grad steps (s1, s64, and the Gaussian basis's gauss16 and gauss64 in the setting of
 bench_quadrature_gpu.py); a trainable step, forward and ``torch.autograd.grad`` into
 tokens, query and both projections' parameters (grad1, grad64, the setting of
 bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
-``ops.step.FACTORED_ON_GPU``); the step whose scores are taken in the consolidation's pass (scored64
-with bf16 projections, scored64f32 with fp32 ones: ``ops.step.SCORED_STEP``). For the S=1 cases and
-gauss16 (host-bound steps) the host time
+``ops.step.FACTORED_ON_GPU``). For the S=1 cases and gauss16 (host-bound steps) the host time
 per call of the step's parts is printed too (perf_counter around each, inclusive; cProfile's own
 cost per Python call would outweigh the calls it times). ``--sync-check`` instead runs one step per
 case with host synchronisations made errors and prints where the first one happens.
@@ -31,8 +29,7 @@ CASES = {"s1": (1, 256, torch.bfloat16, 32, {}), "s64": (64, 256, torch.bfloat16
          **{f"gauss{s}": (s, 256, torch.bfloat16, 32, dict(basis="gaussian", quad_points=1000, past_samples=512))
             for s in (16, 64)},
          "grad1": (1, 256, torch.bfloat16, 32, {}), "grad64": (64, 256, torch.bfloat16, 32, {}),
-         "folded64": (64, 256, torch.float32, 32, {}),
-         "scored64": (64, 256, torch.bfloat16, 32, {}), "scored64f32": (64, 256, torch.float32, 32, {})}
+         "folded64": (64, 256, torch.float32, 32, {})}
 
 
 def make(streams, length, dtype, tokens):
@@ -138,7 +135,6 @@ def main():
         pk, pv, frames, query = make(streams, length, dtype, tokens)
         memory = LongTermMemory(backend="triton", check_finite=False, cuda_graphs=False, **kwargs).cuda()
         step_ops.FACTORED_ON_GPU = name.startswith("folded")
-        step_ops.SCORED_STEP = name.startswith("scored")
         call = step_call(name, memory, pk, pv, frames, query)
         for _ in range(5):
             call()

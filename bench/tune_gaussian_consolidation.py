@@ -68,14 +68,6 @@ def main():
 
         report("Triton consolidation", consolidation)
         report("Triton first chunk's pass", first_pass, tokens.numel() * tokens.element_size())
-        step_module.POOL_BEFORE_FIT = True
-        try:
-            report("Triton consolidation, tokens pooled by torch before the fit", consolidation)
-            report("torch pooling, then the first chunk's fit", lambda: dense_consolidate.dense_consolidate(
-                tokens.mean(2, dtype=torch.float32), fit.frame_g, None, None, "tf32x3")[0],
-                tokens.numel() * tokens.element_size())
-        finally:
-            step_module.POOL_BEFORE_FIT = False
         if streams != max(args.streams) or args.no_sweep:
             continue
         report("torch: the tokens summed over tokens (read rate)", lambda: tokens.sum(2),

@@ -24,17 +24,16 @@ import triton.language as tl
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, next_power_of_2
 from ._online_softmax import running_max_sum, softmax_start
-from .products import precision
 
 
 @triton.jit
 def _slot_scores(q, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                 HAS_LOGW: tl.constexpr, IEEE: tl.constexpr, PRECISION: tl.constexpr):
+                 HAS_LOGW: tl.constexpr, IEEE: tl.constexpr):
     """Scores q·K_n (+ log w_n) of one tile of slots, [BLOCK_Q, BLOCK_N]."""
     k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=mask_n[:, None] & mask_d[None, :],
                 other=0.0)
     if IEEE:
-        scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=PRECISION)
+        scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
     else:
         scores = tl.dot(q, tl.trans(k))
     if HAS_LOGW:
@@ -48,10 +47,9 @@ def _slot_attention_kernel(
     Q, N, HEAD_DIM, null_logw, sm_scale,
     stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
     stride_cs, stride_cq, stride_ms, stride_mg,
-    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, PRECISION: tl.constexpr,
-    ONE_TILE: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, ONE_TILE: tl.constexpr,
+    GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # IEEE: float32 dots of PRECISION (three-TF32 on a GPU); otherwise tensor cores on K/V's type.
     # GROUPS blocks of GROUP queries per program; the mass is summed per block of GROUP queries.
     BLOCK_Q: tl.constexpr = GROUP * GROUPS
     s = tl.program_id(0).to(tl.int64)
@@ -78,14 +76,14 @@ def _slot_attention_kernel(
         # Every slot in one tile: K is read once, the scores stay in registers for pass 2.
         mask_n = offs_n < N
         kept = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, offs_n, mask_n, cols, mask_d, stride_kn,
-                            HAS_LOGW, IEEE, PRECISION)
+                            HAS_LOGW, IEEE)
         m_i, l_i = running_max_sum(kept, mask_n, m_i, l_i)
     else:
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + offs_n
             mask_n = rows < N
             scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                                  HAS_LOGW, IEEE, PRECISION)
+                                  HAS_LOGW, IEEE)
             m_i, l_i = running_max_sum(scores, mask_n, m_i, l_i)
 
     inv_l = 1.0 / l_i
@@ -97,13 +95,13 @@ def _slot_attention_kernel(
             scores = kept
         else:
             scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                                  HAS_LOGW, IEEE, PRECISION)
+                                  HAS_LOGW, IEEE)
         v = tl.load(v_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
         p = tl.where(mask_q[:, None] & mask_n[None, :], p, 0.0)
         if IEEE:
-            acc += tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
+            acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(p.to(v.dtype), v)
         per_group = tl.sum(tl.reshape(p, (GROUPS, GROUP, BLOCK_N)), axis=1)
@@ -121,11 +119,6 @@ QUERY_GROUP = 16
 
 
 _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
-
-# The forward's dots on float32 K/V: "ieee" (exact float32 products, no tensor cores) or "tf32x3"
-# (three TF32 tensor-core products where the GPU has them, products.precision: float32 accuracy
-# too). "tf32x3" has not been timed against "ieee" yet (bench/bench_split_products_gpu.py times both).
-FLOAT32_DOTS = "ieee"
 
 
 @on_input_device
@@ -160,10 +153,10 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         ctx.stride(0), ctx.stride(1), mass.stride(0), mass.stride(1),
         HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None, ONE_TILE=n <= block_n,
-        # float32 K/V take float32-accurate dots (FLOAT32_DOTS); half types use the tensor cores
-        # with fp32 accumulation, except under the CPU interpreter, whose bf16 dot is wrong (Triton 3.9).
+        # float32 K/V use exact (IEEE) fp32 dots (three-TF32 dots measured several times slower);
+        # half types use the tensor cores with fp32 accumulation, except under the CPU interpreter,
+        # whose bf16 dot is wrong (Triton 3.9).
         IEEE=keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16),
-        PRECISION="ieee" if FLOAT32_DOTS == "ieee" else precision(keys.device),
         GROUP=block_q, GROUPS=groups, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=warps,
     )

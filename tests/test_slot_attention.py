@@ -13,11 +13,10 @@ import pytest
 import torch
 
 import infvideo.ops as ops
-from infvideo import backends
 from infvideo.config import MemoryConfig
 from infvideo.reference import attention as ref_attention
 from infvideo.reference import fit as ref_fit
-from conftest import CUDA, DTYPES, GRAD_TOL, OP_KERNELS, grads_of, kernel_cases, kernel_id, rel_err, split_heads
+from conftest import DTYPES, GRAD_TOL, OP_KERNELS, grads_of, kernel_cases, kernel_id, rel_err, split_heads
 
 # (streams, Q, D, H, N). 16 streams take two blocks of queries per Triton program; Q = 33 leaves
 # one group of 16 queries partly empty.
@@ -48,27 +47,6 @@ def test_matches_reference(device, backend, case, preset, dtype):
     groups = -(-q_len // 16)
     assert mass.shape == (streams, heads * groups, n)  # the op's groups of 16 queries per head
     assert rel_err(mass.reshape(streams, heads, groups, n).sum(2), r.sum(2)) < tol
-
-
-@pytest.mark.skipif(not CUDA or not backends.triton_runs_on(torch.device("cuda")), reason="needs CUDA and Triton")
-@pytest.mark.parametrize("case", [(5, 32, 768, 12, 64), (3, 7, 96, 3, 1000), (64, 32, 768, 12, 256)], ids=str)
-@pytest.mark.parametrize("preset", ["exact", "paper"])
-def test_three_tf32_dots_on_float32_kv(monkeypatch, case, preset):
-    """``kernels.attention.FLOAT32_DOTS = "tf32x3"``: float32 K/V through three TF32 tensor-core
-    dots, within 1e-5 of float64 like the IEEE dots."""
-    monkeypatch.setattr(backends.triton_kernels()["attention"], "FLOAT32_DOTS", "tf32x3")
-    streams, q_len, model, heads, n = case
-    gen = torch.Generator().manual_seed(n)
-    query, keys, values = (torch.randn(streams, rows, model, generator=gen).cuda() for rows in (q_len, n, n))
-    const = ref_fit.on_device(ref_attention.attention_constants(MemoryConfig(num_basis=n, preset=preset)),
-                              torch.device("cuda"), torch.float64)
-    null = None if const.null_log_weight is None else float(const.null_log_weight)
-    log_weight = None if const.log_weight is None else const.log_weight.float()
-    context, _ = ops.slot_attention(query, keys, values, heads, log_weight, null, backend="triton")
-    q, k, v = (split_heads(t, heads).double() for t in (query, keys, values))  # float32 inputs: exact
-    r = ref_attention.slot_weights(q @ k.transpose(-1, -2) / math.sqrt(model // heads), const)
-    expected = (r @ v).transpose(1, 2).reshape(streams, q_len, model)
-    assert rel_err(context, expected) < 1e-5
 
 
 @pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)

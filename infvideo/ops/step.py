@@ -24,7 +24,7 @@ from . import _library, _validate, factored_attention
 from .quadrature_attention import (QuadratureConstants, device_constants, quadrature_attention_unchecked,
                                    quadrature_host_constants)
 from .quantile_bins import quantile_bins_unchecked
-from .rect_consolidate import RectPlan, kernel_inputs, rect_consolidate_unchecked, rect_plan
+from .rect_consolidate import RectPlan, rect_consolidate_unchecked, rect_plan
 from .slot_attention import slot_attention_unchecked
 
 
@@ -104,33 +104,6 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
 
 
-def _scored_step(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value, num_heads: int,
-                 past, filled, stats, generator):
-    """(context, B, mass) of a rectangular step on ``kernels/scored_consolidate.py`` (eager Triton,
-    outside autograd: the caller checks ``SCORED_STEP``), or None where it does not apply: a
-    memory that is partly full, projections other than two plain Linears of one dtype, an
-    upstream statistic or a sampler without bins."""
-    if (consts.first_plan is None or cfg.sampling == "upstream" or (past is not None and filled is not None)
-            or type(proj_key) is not nn.Linear or type(proj_value) is not nn.Linear
-            or proj_key.weight.dtype != proj_value.weight.dtype):
-        return None
-    plan, bins = consts.first_plan, None
-    if past is not None:
-        plan, bins = consts.later_plan, _sample_bins(cfg, consts, stats, generator, frames.device, "triton")
-        if bins is None:
-            return None
-    frames, past, bins = kernel_inputs(frames, past, bins)
-    return backends.triton_kernels()["scored_consolidate"].scored_step(
-        frames, past, bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start, plan.scale,
-        plan.frames_in_order, plan.max_per_bin, query, proj_key.weight, proj_key.bias, proj_value.weight,
-        proj_value.bias, num_heads, consts.slot_log_weight, consts.null_log_weight)
-
-
-# The Gaussian consolidation pools the tokens with torch before its fit (two passes), where off
-# one Triton pass pools and fits them together (kernels/dense_consolidate.py).
-POOL_BEFORE_FIT = False
-
-
 # The past map's product tiles (products.head_products): the sweep of bench/tune_gaussian_consolidation.py.
 PAST_MAP_TILES = (128, 64, 32, 4, 3)
 
@@ -189,10 +162,6 @@ def _kernel_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.T
     first = on_device(first_fit(cfg, length), device, torch.float32)
     fit = on_device(consolidation_fit(cfg, length), device, torch.float32)
     constants = _gaussian_sample_constants(cfg.num_basis, cfg.sigmas, device)
-    if POOL_BEFORE_FIT and frames.dim() > 3:
-        # One torch reduction over the tokens (it reads them near the copy rate), then the fit's
-        # products on the pooled frames [S, L, e] alone.
-        frames = frames.flatten(2, -2).mean(2, dtype=torch.float32)
     if past is None or filled is not None:
         start = consolidate(frames, first.frame_g, None, None, precision, cast_dtype)
         if past is None:
@@ -284,11 +253,6 @@ FLOAT32_PROJECTION = "tf32x3"
 FACTORED_ON_GPU = False
 
 
-# The rectangular step in two passes with the projections folded into the queries
-# (kernels/scored_consolidate.py: each tile of new coefficients scored as it is made; no K or V).
-# Off: not yet timed on a GPU (bench/bench_projections_gpu.py's "scored" variant).
-SCORED_STEP = False
-
 
 def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value,
                        num_heads: int, backend: str) -> bool:
@@ -329,12 +293,6 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
     grad = step_records_grad(frames, query, proj_key, proj_value)
-    if SCORED_STEP and not grad and backend == "triton" and _library.eager(frames):
-        scored = _scored_step(cfg, consts, frames, query, proj_key, proj_value, num_heads, past, filled, stats,
-                              generator)
-        if scored is not None:
-            context, coef, mass = scored
-            return context, coef, mass if keep_stats else None
     # The factored attention has no backward: a step that autograd records projects K and V.
     factored = not grad and _folds_projections(cfg, consts, frames, query, proj_key, proj_value, num_heads, backend)
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
