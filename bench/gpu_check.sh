@@ -8,7 +8,6 @@
 #
 # Stages: build, test, step (bench_step_gpu), backward (bench_backward_gpu), projections
 # (bench_projections_gpu), split (bench_split_products_gpu), quadrature (bench_quadrature_gpu),
-# projected (bench_projected_attention_gpu: K/V inside the slot attention's launch, few streams),
 # profile (profile_step_gpu), sync (profile_step_gpu --sync-check: where an eager step waits for
 # the GPU), tune-folded (tune_factored_attention), tune-consolidate (tune_consolidate at S=64). The test
 # and bench stages build first when the extension lacks its CUDA kernels. Without a checkout
@@ -66,7 +65,6 @@ for stage in "${stages[@]}"; do
         projections) run_bench projections bench_projections_gpu.py ;;
         split) run_bench split bench_split_products_gpu.py ;;
         quadrature) run_bench quadrature bench_quadrature_gpu.py ;;
-        projected) run_bench projected bench_projected_attention_gpu.py ;;
         profile) python bench/profile_step_gpu.py > "$OUT/profile.txt" 2>&1; echo "profile exit $? ($(elapsed))" ;;
         sync) python bench/profile_step_gpu.py --case s64 --case s1 --sync-check > "$OUT/sync.txt" 2>&1
               echo "sync exit $? ($(elapsed))"; grep "^==" "$OUT/sync.txt" ;;
@@ -74,7 +72,7 @@ for stage in "${stages[@]}"; do
                      echo "tune-folded exit $? ($(elapsed))"; grep -E "K/V|best" "$OUT/tune_folded.txt" ;;
         tune-consolidate) python bench/tune_consolidate.py --streams 64 > "$OUT/tune_consolidate.txt" 2>&1
                           echo "tune-consolidate exit $? ($(elapsed))"; sort -t: -k2 -n "$OUT/tune_consolidate.txt" | head -5 ;;
-        *) echo "usage: bash bench/gpu_check.sh [build|test|step|backward|projections|split|quadrature|projected|profile|sync|tune-folded|tune-consolidate]..." >&2
+        *) echo "usage: bash bench/gpu_check.sh [build|test|step|backward|projections|split|quadrature|profile|sync|tune-folded|tune-consolidate]..." >&2
            exit 2 ;;
     esac
 done

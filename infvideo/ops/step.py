@@ -247,12 +247,6 @@ QUADRATURE_KERNEL = True
 # times all three in the step (bench/README.md, "Many streams ... issue 22, second session").
 FLOAT32_PROJECTION = "tf32x3"
 
-# Up to this many streams, a rectangular step with half-precision projections projects K and V
-# inside the slot attention's one launch (kernels/projected_attention.py) rather than by cuBLAS
-# and a second launch.
-PROJECTED_ATTENTION_STREAMS = 4
-PROJECTED_ATTENTION_DTYPES = (torch.bfloat16, torch.float16)
-
 # The GPU step with float32 projections may take the folded attention instead (factored_attention's
 # Triton kernel: no K and V, three-TF32 tensor-core products). Off: on an H200 its best tiles lost
 # to the three-TF32 K/V product (bench/README.md, "Float32 projections on the GPU").
@@ -322,11 +316,6 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
                                                                    consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
-    if consts.quad is None and cfg.sampling != "upstream":
-        direct = _projected_attention(query, projected, proj_key, proj_value, num_heads, consts, grad, backend)
-        if direct is not None:
-            context, mass = direct
-            return context, coef, mass if want_mass else None
     keys, values = _project_pair(proj_key, proj_value, projected, grad, backend)
     if consts.quad is not None:
         quad = consts.quad
@@ -343,30 +332,6 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         kh = keys.reshape(keys.shape[0], keys.shape[1], num_heads, d).transpose(1, 2).to(torch.float32)
         new_stats = upstream_statistic(cfg, torch.matmul(qh, kh.transpose(-1, -2)) / d ** 0.5)
     return context, coef, new_stats
-
-
-def _projected_attention(query, projected, proj_key, proj_value, num_heads: int, consts: StepConstants, grad: bool,
-                         backend: str):
-    """(context, mass) of the slot attention with K and V projected inside its one launch
-    (``kernels/projected_attention.py``) for a few streams, eager and outside autograd, with two
-    plain Linears in ``projected``'s dtype; None elsewhere."""
-    streams = projected.shape[0]
-    if (grad or backend != "triton" or streams > PROJECTED_ATTENTION_STREAMS
-            or projected.dtype not in PROJECTED_ATTENTION_DTYPES
-            or type(proj_key) is not nn.Linear or type(proj_value) is not nn.Linear
-            or proj_key.weight.dtype != projected.dtype or proj_value.weight.dtype != projected.dtype
-            or not _library.eager(projected)):
-        return None
-    kernel = backends.triton_kernels()["projected_attention"]
-    if not kernel.applies(query, projected, num_heads):
-        return None
-    w_key, w_value = proj_key.weight, proj_value.weight
-    if w_key.stride() != w_value.stride():
-        w_key, w_value = w_key.contiguous(), w_value.contiguous()
-    return kernel.projected_slot_attention(query if query.stride(-1) == 1 else query.contiguous(),
-                                           projected if projected.stride(-1) == 1 else projected.contiguous(),
-                                           w_key, proj_key.bias, w_value, proj_value.bias, num_heads,
-                                           consts.slot_log_weight, consts.null_log_weight)
 
 
 def step_records_grad(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value) -> bool:
