@@ -104,6 +104,34 @@ def main():
             except Exception as err:  # torch without mm(out_dtype=...) says so
                 rows[f"split {name} x3"] = (float("nan"), float("nan"))
                 print(f"split {name}: {type(err).__name__}: {err}")
+        # Float16 parts of x too, each row scaled by a power of two to a largest value of 2¹⁴ (its
+        # low parts then stay normal numbers), the rows unscaled after the product; with and
+        # without cuBLAS's reduced-precision reductions.
+        row_scale = torch.exp2(14 - torch.ceil(torch.log2(x.abs().amax(-1, keepdim=True))))
+        xs16, ws16 = split_operands(x * row_scale, weight, torch.float16, w_scale)
+
+        def rows_scaled():
+            return torch.mm(xs16, ws16.T, out_dtype=torch.float32) / (row_scale * w_scale) + bias
+        flags = torch.backends.cuda.matmul
+        for reduced in (True, False):
+            flags.allow_fp16_reduced_precision_reduction = reduced
+            rows[f"split fp16 x3, x rows scaled, reduced-precision reductions {'on' if reduced else 'off'}"] = (
+                us(rows_scaled), rel(rows_scaled(), want))
+            xs, ws = split_operands(x, weight, torch.float16, w_scale)
+            rows[f"split fp16 x3, W scaled only, reduced-precision reductions {'on' if reduced else 'off'}"] = (
+                float("nan"), rel(torch.mm(xs, ws.T, out_dtype=torch.float32) / w_scale + bias, want))
+        flags.allow_fp16_reduced_precision_reduction = True
+        # How far each product's error carries into a float64 attention on its K|V, against the
+        # same attention on float64 K|V: random queries, and 64 times larger (sharp weights).
+        query = torch.randn(streams, QUERIES, MODEL, device="cuda")
+        exact_kv = want.view(streams, BASIS, 2 * MODEL)
+        products_kv = {"three-TF32": products.linear(x, weight, bias), "split fp16, x rows scaled": rows_scaled(),
+                       "split bf16": products.split_linear(x, products.split_weight(weight), bias)}
+        for q_scale in (1, 64):
+            exact_ctx = attention64(query * q_scale, exact_kv)
+            for name, kv in products_kv.items():
+                rows[f"context error, queries x{q_scale}, {name} K|V"] = (
+                    float("nan"), rel(attention64(query * q_scale, kv.view(streams, BASIS, 2 * MODEL)), exact_ctx))
         query = torch.randn(streams, QUERIES, MODEL, device="cuda")
         kv = torch.nn.functional.linear(x, weight, bias).view(streams, BASIS, 2 * MODEL)
         exact = attention64(query, kv)
