@@ -1,0 +1,63 @@
+"""Issue 22's table: the default step at S = 16 and 64 (and 1) for each token and projection dtype, against the input-read floor of the same run.
+
+    PYTHONPATH=$PWD python bench/bench_many_streams_gpu.py [--streams 1 16 64] [--budget 0.1]
+
+Case: S videos of 256 frames × 32 tokens (bf16 or fp32), N = 256, M = 512, e = D = 768, 12 heads,
+32 queries (in the tokens' dtype), bf16 or fp32 projections, sticky quantile sampling, the memory
+full (two steps first). The step is ``LongTermMemory(backend="triton", cuda_graphs=False,
+check_finite=False)`` captured in a user's CUDA graph and replayed (``do_bench_cudagraph``: the
+kernels' time, no host); the floor reads the step's inputs and the memory's state once at the
+copy rate measured in the same run (``bench_step_gpu.floor_us``). S = 1 runs bf16 tokens and
+projections only. Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from bench_step_gpu import BASIS, HEADS, LENGTH, QUERIES, SAMPLES, TOKENS, WIDTH, floor_us, read_bandwidth
+from infvideo import LongTermMemory
+from infvideo.benchmarks import harness
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def step_us(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dtype, budget: float, bandwidth: float):
+    """(step µs in a user's CUDA graph, floor µs) of one case."""
+    torch.manual_seed(0)
+    pk = nn.Linear(WIDTH, WIDTH).cuda().to(projections_dtype)
+    pv = nn.Linear(WIDTH, WIDTH).cuda().to(projections_dtype)
+    tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device="cuda", dtype=tokens_dtype)
+    query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=tokens_dtype)
+    memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton", cuda_graphs=False,
+                            check_finite=False).cuda()
+    with torch.no_grad():
+        for _ in range(2):
+            memory(tokens, query, pk, pv, HEADS)
+        step = harness.percentiles(harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), budget, True))[1]
+    return step, floor_us(streams, [tokens, query, pk.weight, pv.weight], bandwidth)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--budget", type=float, default=0.1)
+    args = parser.parse_args()
+    bandwidth = read_bandwidth()
+    print(f"GPU {harness.device_name(torch.device('cuda'))}, torch {torch.__version__}, commit {harness.commit()}, "
+          f"copy rate {bandwidth / 1e12:.2f} TB/s\n")
+    print("| S | tokens | projections | step µs (user's CUDA graph) | input + state read floor µs | ratio |")
+    print("|---|---|---|---|---|---|")
+    for streams in args.streams:
+        for tokens in ("bf16",) if streams == 1 else ("bf16", "fp32"):
+            for projections in ("bf16",) if streams == 1 else ("bf16", "fp32"):
+                step, floor = step_us(streams, DTYPES[tokens], DTYPES[projections], args.budget, bandwidth)
+                print(f"| {streams} | {tokens} | {projections} | {step:,.1f} | {floor:,.1f} | {step / floor:.2f}× |",
+                      flush=True)
+                torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
