@@ -66,7 +66,7 @@ HOST_PARTS = [
     ("infvideo.memory", "LongTermMemory.forward"), ("infvideo.memory", "LongTermMemory.check"),
     ("infvideo.memory", "LongTermMemory.commit"), ("infvideo.memory", "fused_step"),
     ("infvideo.finite_check", "DeviceCheck.raise_flags"), ("infvideo.finite_check", "DeviceCheck.select"),
-    ("infvideo.ops.step", "_fused_consolidation"), ("infvideo.ops.step", "_kernel_consolidation"),
+    ("infvideo.ops.step", "_fused_consolidation"), ("infvideo.ops.step", "gaussian_consolidation"),
     ("infvideo.ops.step", "_project_pair"), ("infvideo.ops.step", "quadrature_attention_unchecked"),
     ("infvideo.ops.step", "slot_attention_unchecked"), ("infvideo.ops.step", "quantile_bins_unchecked"),
     ("infvideo.reference.sticky", "quadrature_mass"),

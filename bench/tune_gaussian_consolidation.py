@@ -5,7 +5,7 @@
 B = G_framesᵀ pool(tokens) + (G_pastᵀ Ψ_u) B_past for bf16 tokens [S, 256, 32, 768], B_past
 [S, 256, 768] and ψ at 512 sticky quantile samples (N = 256, the exact preset's fit, random sticky
 masses): torch (pooling, then cuBLAS float32 products on Ψ_u); the step's Triton kernels
-(``ops.step._kernel_consolidation``: the sample times, G_pastᵀ Ψ_u with ψ evaluated inside the
+(``ops.gaussian_consolidation``: the sample times, G_pastᵀ Ψ_u with ψ evaluated inside the
 product, ``kernels/gaussian_fit.py``, then one pass over the tokens, ``kernels/dense_consolidate.py``)
 the first chunk's pass alone (no past) with its token read rate, beside torch's sum over the
 tokens (the read rate a plain reduction reaches); then, at the largest S, the pass at each tile
@@ -23,7 +23,7 @@ import triton.testing
 
 from infvideo.config import MemoryConfig
 from infvideo.kernels import dense_consolidate, gaussian_fit
-from infvideo.ops import step as step_module
+from infvideo.ops.gaussian_consolidation import gaussian_consolidation
 from infvideo.reference.fit import consolidation_fit, on_device
 from infvideo.reference.step import past_samples
 
@@ -61,7 +61,7 @@ def main():
                + (fit.past_g.T @ basis) @ past)
 
         def consolidation():
-            return step_module._kernel_consolidation(cfg, tokens, past, None, mass, None, torch.float32)[0]
+            return gaussian_consolidation(cfg, tokens, past, None, mass, None, torch.float32)[0]
 
         def first_pass():
             return dense_consolidate.dense_consolidate(tokens, fit.frame_g, None, None, "tf32x3")[0]

@@ -14,7 +14,7 @@ import torch
 from infvideo import backends
 from infvideo.config import MemoryConfig
 from infvideo.reference.basis import gaussian_parameters, gaussian_values
-from infvideo.ops import step as step_module
+from infvideo.ops import gaussian_consolidation
 from infvideo.reference.fit import consolidation_fit
 from conftest import CUDA, rel_err
 
@@ -40,7 +40,7 @@ def sample_times(layout: str, streams: int, samples: int, gen: torch.Generator) 
 
 
 def constants(num_basis, sigmas, device):
-    return step_module._gaussian_sample_constants(num_basis, sigmas, torch.device(device))
+    return gaussian_consolidation.sample_constants(num_basis, sigmas, torch.device(device))
 
 
 @pytest.mark.parametrize("device,case", cases())
