@@ -1,4 +1,4 @@
-"""Issue 22's table: the default step at S = 16 and 64 (and 1) for each token and projection dtype, against the input-read floor of the same run.
+"""Issue 22's table: the default step per token and projection dtype against the same run's read floor.
 
     PYTHONPATH=$PWD python bench/bench_many_streams_gpu.py [--streams 1 16 64] [--budget 0.1]
 

@@ -9,8 +9,11 @@ bfloat16 in and out (what bfloat16 projections take); and split products in one 
 W = w0 + w1 in bfloat16 or float16 (W scaled by a power of two into float16's normal range),
 [x0 | x0 | x1] · [w0 | w1 | w0]ᵀ, the dropped x1·w1 term and the parts' rounding leaving about
 2⁻¹⁸ (bfloat16) or 2⁻²² (float16) relative error. "with split" adds the time to build the
-coefficients' parts from float32. Then the slot attention on float32 K/V (IEEE dots) and on
-bfloat16 K/V, each against the float64 attention on the same K/V. Errors: relative Frobenius against float64. GPU µs, do_bench p50.
+coefficients' parts from float32. Float16 parts of x with each row scaled by a power of two, with
+cuBLAS's reduced-precision reductions on and off; each float32-accurate product's error carried
+through a float64 attention (random queries, and 64 times larger ones). Then the slot attention
+on float32 K/V (IEEE dots) and on bfloat16 K/V, each against the float64 attention on the same
+K/V. Errors: relative Frobenius against float64. GPU µs, do_bench p50.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Issue 22: the many-stream step as chunks of videos on several CUDA streams, so that one chunk's K/V product and attention run beside the next chunk's consolidation.
+"""Issue 22: the many-stream step as chunks of videos on several CUDA streams, against the whole step.
+
+One chunk's K/V product and attention could run beside the next chunk's consolidation.
 
     PYTHONPATH=$PWD python bench/overlap_streams_gpu.py [--streams 64] [--budget 0.2]
 

@@ -41,7 +41,7 @@ def past_map(past_g: torch.Tensor, sample_basis: torch.Tensor, streams: int) -> 
 
 
 def dense_fit_products(frames: torch.Tensor, past: torch.Tensor | None, sample_basis: torch.Tensor | None,
-                        fit: DenseFit) -> torch.Tensor:
+                       fit: DenseFit) -> torch.Tensor:
     """``reference.consolidate_dense`` on Triton kernels, float32 frames [S, L, e] and past
     [S, N, e]: B = G_framesᵀ X + (G_pastᵀ Ψ_u) B_past, the past part through its [N, N] map (N(M + e)·N
     multiply-adds per stream against 2MNe for G_pastᵀ (Ψ_u B_past), never more when M ≥ N and
@@ -62,8 +62,8 @@ def sample_constants(num_basis: int, sigmas: tuple, device: torch.device) -> tup
 
 
 def gaussian_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tensor | None,
-                          filled: torch.Tensor | None, stats: torch.Tensor | None, generator: torch.Generator | None,
-                          cast_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                           filled: torch.Tensor | None, stats: torch.Tensor | None, generator: torch.Generator | None,
+                           cast_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``reference.consolidate_chunk`` of a Gaussian basis on Triton kernels (eager, outside
     autograd), from the raw chunk: each stream's map from its old coefficients, G_pastᵀ Ψ_u [N, N]
     (with sticky quantile sampling from the sample times, ``sampling.quantile_points``, and ψ
