@@ -36,12 +36,19 @@ def _sample_bins(past_idx_ptr, bins_ptr, k0, p_hi, offs_p):
 
 
 @triton.jit
-def bin_row(frames_ptr, past_ptr, bins_ptr, past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
-            n, s, offs_e, mask_e, TOKENS, inv_tokens, stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn,
-            stride_bs, HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, BLOCK_E: tl.constexpr,
-            BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr):
-    """New coefficient row n of stream s, columns offs_e: its frames pooled over their tokens, plus
-    the old rows its past samples read, times the bin's shrunk scale; float32 [BLOCK_E]."""
+def _rect_consolidate_kernel(
+    frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr,
+    past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
+    E, TOKENS, inv_tokens,
+    stride_fs, stride_fl, stride_ft, stride_fe,
+    stride_ps, stride_pn, stride_bs, stride_os, stride_on,
+    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    n = tl.program_id(0)
+    s = tl.program_id(1).to(tl.int64)
+    offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
     acc = tl.zeros([BLOCK_E], dtype=tl.float32)
 
     # Frames of this bin, each pooled over its tokens on the fly.
@@ -84,26 +91,8 @@ def bin_row(frames_ptr, past_ptr, bins_ptr, past_idx_ptr, past_start_ptr, frame_
             rows = tl.load(past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn
                            + offs_e[None, :], mask=read, other=0.0)
             acc += tl.sum(rows.to(tl.float32), axis=0)
-    return acc * tl.load(scale_ptr + n)
 
-
-@triton.jit
-def _rect_consolidate_kernel(
-    frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr,
-    past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
-    E, TOKENS, inv_tokens,
-    stride_fs, stride_fl, stride_ft, stride_fe,
-    stride_ps, stride_pn, stride_bs, stride_os, stride_on,
-    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
-):
-    n = tl.program_id(0)
-    s = tl.program_id(1).to(tl.int64)
-    offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_e = offs_e < E
-    acc = bin_row(frames_ptr, past_ptr, bins_ptr, past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr,
-                  scale_ptr, n, s, offs_e, mask_e, TOKENS, inv_tokens, stride_fs, stride_fl, stride_ft, stride_fe,
-                  stride_ps, stride_pn, stride_bs, HAS_PAST, FRAME_ROWS, BLOCK_E, BLOCK_T, BLOCK_P)
+    acc = acc * tl.load(scale_ptr + n)
     tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc, mask=mask_e)
     if WRITE_CAST:
         # The same coefficients in the projections' dtype, saving the GEMM a separate cast pass.

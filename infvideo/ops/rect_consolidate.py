@@ -209,9 +209,10 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
     return rect_consolidate_unchecked(frames, past, plan, sample_bins, cast_dtype, backend)
 
 
-def kernel_inputs(frames: Tensor, past: Tensor | None, sample_bins: Tensor | None):
-    """(frames [S, L, T, e], past float32 contiguous, sample_bins [S or 1, M] contiguous): the
-    layouts the consolidation kernels read, from frames [S, L, e] / [S, L, T, e] / [S, L, h, w, e]."""
+def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
+                               cast_dtype: torch.dtype | None = None, backend: str = "auto"):
+    """:func:`rect_consolidate` without the input checks, for callers whose inputs are checked
+    (``fused_step``: LongTermMemory's inputs and the step's own constants)."""
     if frames.dim() == 3:
         frames = frames.unsqueeze(2)
     elif frames.dim() > 4:
@@ -221,14 +222,6 @@ def kernel_inputs(frames: Tensor, past: Tensor | None, sample_bins: Tensor | Non
         if sample_bins.dim() != 2:
             sample_bins = sample_bins.reshape(-1, sample_bins.shape[-1])
         sample_bins = sample_bins.contiguous()
-    return frames, past, sample_bins
-
-
-def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
-                               cast_dtype: torch.dtype | None = None, backend: str = "auto"):
-    """:func:`rect_consolidate` without the input checks, for callers whose inputs are checked
-    (``fused_step``: LongTermMemory's inputs and the step's own constants)."""
-    frames, past, sample_bins = kernel_inputs(frames, past, sample_bins)
     # The kernel writes the rounded 16-bit copy itself; float32 is the output, and a wider type
     # (float64 projections) is a plain cast: the kernel's rounding store only narrows.
     extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None

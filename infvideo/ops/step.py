@@ -75,16 +75,6 @@ def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> Step
     return derived(_step_constants, _host_constants(cfg, length), (device,), _step_constants_on)
 
 
-def _sample_bins(cfg: MemoryConfig, consts: StepConstants, stats, generator, device, backend: str):
-    """The old bin each past sample reads ([S or 1, M] or [M]) for the fused rectangular kernels;
-    None for a sampler that draws no bins (then they do not apply)."""
-    if not cfg.sticky:
-        return consts.uniform_bins
-    if cfg.sampling == "quantile":
-        return quantile_bins_unchecked(stats, cfg.past_samples, backend)
-    return past_samples(cfg, stats, torch.float32, device, generator).bins
-
-
 def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator,
                          cast_dtype, backend: str):
     """(B fp32, B in cast_dtype) from the fused kernels of ``backend``, or None where they do not apply."""
@@ -94,9 +84,14 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
         start = rect_consolidate_unchecked(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend)
         if past is None:
             return start
-    bins = _sample_bins(cfg, consts, stats, generator, frames.device, backend)
-    if bins is None:
-        return None
+    if not cfg.sticky:
+        bins = consts.uniform_bins
+    elif cfg.sampling == "quantile":
+        bins = quantile_bins_unchecked(stats, cfg.past_samples, backend)
+    else:
+        bins = past_samples(cfg, stats, torch.float32, frames.device, generator).bins
+        if bins is None:
+            return None
     later = rect_consolidate_unchecked(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype, backend=backend)
     if filled is None:
         return later
@@ -176,7 +171,6 @@ FLOAT32_PROJECTION = "tf32x3"
 # Triton kernel: no K and V, three-TF32 tensor-core products). Off: on an H200 its best tiles lost
 # to the three-TF32 K/V product (bench/README.md, "Float32 projections on the GPU").
 FACTORED_ON_GPU = False
-
 
 
 def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value,
