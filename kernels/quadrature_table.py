@@ -150,14 +150,88 @@ def _combine_kernel(
 _launch_tile_weights = CachedLaunch(_tile_weights_kernel)
 _launch_combine = CachedLaunch(_combine_kernel)
 
+
+@triton.jit
+def _sweep_kernel(
+    a_ptr, psi_ptr, lo_ptr, logw_ptr, v_ptr, ctx_ptr, dens_ptr, score_ptr,
+    R, N, T, TILES, Q, QP, H, DV, scale, stride_ar, stride_pt, stride_vs, stride_vn, stride_cs, stride_cq, stride_dg,
+    SCORE_PRECISION: tl.constexpr, WEIGHT_PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_T: tl.constexpr, BAND: tl.constexpr, BLOCK_D: tl.constexpr, WRITE_DENSITY: tl.constexpr,
+    RECOMPUTE: tl.constexpr, DENSITY_T: tl.constexpr,
+):
+    # One program per BLOCK_M rows of one head (BLOCK_M divides QP) sweeps every tile of points
+    # with an online softmax, flash-style: a tile's weights times its band of ψ give its share of
+    # r, and that share times the band's rows of V goes straight into the context, rescaled as the
+    # maximum moves; nothing per tile reaches memory. The density needs each row's final
+    # normaliser, so it is summed after the sweep: from the raw scores the sweep stored
+    # ([rows, T], read back while still in L2), or by recomputing them (RECOMPUTE).
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_r = rows < R
+    head = (pid * BLOCK_M) // QP
+    stream = head // H
+    offs_d = tl.arange(0, BLOCK_D)
+    cols = (head % H) * DV + offs_d
+    mask_d = offs_d < DV
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    context = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for tile in range(0, TILES):
+        psi, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale,
+                                                         N, T, stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
+        if WRITE_DENSITY and not RECOMPUTE:
+            tl.store(score_ptr + rows[:, None] * T + points[None, :], scores - logw[None, :],
+                     mask=mask_r[:, None] & mask_t[None, :])
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        share = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
+        band = tl.load(lo_ptr + tile) + tl.arange(0, BAND)
+        v = tl.load(v_ptr + stream * stride_vs + band[:, None] * stride_vn + cols[None, :],
+                    mask=(band < N)[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        context = tl.dot(share, v, context * alpha[:, None], input_precision=WEIGHT_PRECISION)
+        m_i = m_new
+    inv_l = 1.0 / l_i
+    queries = rows % QP
+    real = mask_r & (queries < Q)  # padding queries add nothing
+    tl.store(ctx_ptr + stream * stride_cs + queries[:, None] * stride_cq + cols[None, :],
+             (context * inv_l[:, None]).to(ctx_ptr.dtype.element_ty), mask=real[:, None] & mask_d[None, :])
+    if WRITE_DENSITY:
+        groups: tl.constexpr = BLOCK_M // GROUP
+        if RECOMPUTE:
+            for tile in range(0, TILES):
+                psi, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile,
+                                                                 scale, N, T, stride_ar, stride_pt, SCORE_PRECISION,
+                                                                 BLOCK_T, BAND)
+                p = tl.exp(scores - logw[None, :] - m_i[:, None]) * inv_l[:, None]
+                p = tl.where(real[:, None] & mask_t[None, :], p, 0.0)
+                sums = tl.sum(tl.reshape(p, [groups, GROUP, BLOCK_T]), axis=1)
+                dst = pid * groups + tl.arange(0, groups)
+                tl.store(dens_ptr + dst[:, None] * stride_dg + points[None, :], sums, mask=mask_t[None, :])
+        else:
+            for t0 in range(0, T, DENSITY_T):
+                points = t0 + tl.arange(0, DENSITY_T)
+                inside = real[:, None] & (points < T)[None, :]
+                s = tl.load(score_ptr + rows[:, None] * T + points[None, :], mask=inside, other=float("-inf"))
+                p = tl.exp(s - m_i[:, None]) * inv_l[:, None]
+                sums = tl.sum(tl.reshape(p, [groups, GROUP, DENSITY_T]), axis=1)
+                dst = pid * groups + tl.arange(0, groups)
+                tl.store(dens_ptr + dst[:, None] * stride_dg + points[None, :], sums, mask=(points < T)[None, :])
+
+
+_launch_sweep = CachedLaunch(_sweep_kernel)
+
 # Tiles, module-level so a sweep can vary them (bench/tune_quadrature.py): points per tile; rows
 # per program (a multiple of the density's 16-query groups), tiles per program, warps and
 # pipeline stages of the tiles' kernel; warps of the sum of the partials (16 rows, one head's, per
 # program), the basis functions of its slices and the points of its density's slices. Keys ending
 # in _tf32x3 hold when the products with ψ and V take three TF32 passes (float32 inputs), the
 # others for one pass (16-bit inputs) and in the interpreter.
-CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
+CONFIG = {"kernel": "sweep", "block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
           "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256}
+
+SWEEP = {"block_m": 16, "recompute": False, "num_warps": 4, "num_stages": 2, "num_stages_tf32x3": 2, "density_t": 128}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
@@ -214,6 +288,23 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
     block_t = CONFIG["block_t"]
     table, lo, band = basis_table(mu, sigma, grid, block_t)
     tiles = cdiv(t, block_t)
+    if CONFIG["kernel"] == "sweep":
+        head_dim = values.shape[-1] // num_heads
+        block_m = SWEEP["block_m"] if padded % SWEEP["block_m"] == 0 else group
+        recompute = SWEEP["recompute"]
+        scores = torch.empty(rows if write_density and not recompute else 1, t, device=a.device,
+                             dtype=torch.float32)
+        split = "_tf32x3" if weight_precision == "tf32x3" else ""
+        _launch_sweep((cdiv(rows, block_m),),
+                      a, table, lo, log_weight, values, context, density, scores,
+                      rows, n, t, tiles, q_len, padded, num_heads, head_dim, scale, a.stride(2), table.stride(0),
+                      values.stride(0), values.stride(1), context.stride(0), context.stride(1), density.stride(1),
+                      SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, GROUP=group, BLOCK_M=block_m,
+                      BLOCK_T=block_t, BAND=band, BLOCK_D=max(16, next_power_of_2(head_dim)),
+                      WRITE_DENSITY=write_density, RECOMPUTE=recompute,
+                      DENSITY_T=min(SWEEP["density_t"], max(16, next_power_of_2(t))),
+                      num_warps=SWEEP["num_warps"], num_stages=SWEEP["num_stages" + split])
+        return
     block_m = max(group, CONFIG["block_m"])
     part = torch.empty(rows, tiles, band, device=a.device, dtype=torch.float32)
     tile_max = torch.empty(rows, tiles, device=a.device, dtype=torch.float32)
