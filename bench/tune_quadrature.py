@@ -34,24 +34,21 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(0)
     shape = (args.streams, BASIS, WIDTH)
     base = dict(quadrature_table.CONFIG)
-    sweep_base = dict(quadrature_table.SWEEP)
     for dtype in (torch.float32, torch.bfloat16):
         query = torch.randn(args.streams, QUERIES, WIDTH, device="cuda", generator=gen).to(dtype)
         keys = (torch.randn(shape, device="cuda", generator=gen) * 0.05).to(dtype)
         values = torch.randn(shape, device="cuda", generator=gen).to(dtype)
         exact = quadrature_context(float64_rule(quad), query, keys, values, torch.float64)[0]
         split = "_tf32x3" if dtype == torch.float32 else ""  # the keys of this dtype's products
-        sweeps = [dict(kernel="tiles")]
-        sweeps += [dict(kernel="sweep", block_t=t, sweep={"block_m": m, "num_warps": w, "num_stages" + split: st,
-                                                          "recompute": rc})
-                   for t, m, w, st, rc in itertools.product((64, 32), (16, 32), (4, 8), (1, 2, 3), (False, True))
-                   if t == 64 or (st == 2 and not rc)]
+        sweeps = [dict()]
+        sweeps += [{"block_t": t, "block_m": m, "num_warps": w, "num_stages" + split: st}
+                   for t, m, w, st in itertools.product((32, 64), (32, 64), (4, 8), (1, 2)) if (t, m) != (64, 64) or w == 8]
+        sweeps += [{"tiles_per_program": k} for k in (1, 4)]
+        sweeps += [{"combine_n" + split: n, "combine_warps": w} for n, w in itertools.product((64, 128), (4, 8))]
 
         def call():
             return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)
         for change in sweeps:  # one kernel's tile at a time, the others at their defaults
-            change = dict(change)
-            quadrature_table.SWEEP.update(sweep_base, **change.pop("sweep", {}))
             quadrature_table.CONFIG.update(base, **change)
             try:
                 error = rel_err(call()[0], exact)
@@ -59,10 +56,8 @@ def main():
             except Exception as exc:  # a tile that does not compile (registers, shared memory)
                 print(f"{dtype} {change}: {type(exc).__name__}", flush=True)
                 continue
-            print(f"{str(dtype):15s} {str(change) + str(quadrature_table.SWEEP if change.get('kernel') == 'sweep' else ''):60s}: "
-                  f"{time:8.1f} µs, error {error:.1e}", flush=True)
+            print(f"{str(dtype):15s} {str(change):60s}: {time:8.1f} µs, error {error:.1e}", flush=True)
         quadrature_table.CONFIG.update(base)
-        quadrature_table.SWEEP.update(sweep_base)
         print(f"{dtype}, defaults {base}: CUDA time per kernel (10 calls)")
         print(harness.kernel_times(call, row_limit=12))
     quadrature_table.CONFIG.update(base)
