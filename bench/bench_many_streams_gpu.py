@@ -8,7 +8,9 @@ full (two steps first). The step is ``LongTermMemory(backend="triton", cuda_grap
 check_finite=False)`` captured in a user's CUDA graph and replayed (``do_bench_cudagraph``: the
 kernels' time, no host); the floor reads the step's inputs and the memory's state once at the
 copy rate measured in the same run (``bench_step_gpu.floor_us``). S = 1 runs bf16 tokens and
-projections only. Prints a markdown table.
+projections only. With ``--compile``, each case also runs the torch reference step
+(``backend="torch"``) under ``torch.compile``, replayed from a CUDA graph where it can be captured
+(otherwise timed eagerly with ``do_bench``, and marked so). Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -24,38 +26,60 @@ from infvideo.benchmarks import harness
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def step_us(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dtype, budget: float, bandwidth: float):
-    """(step µs in a user's CUDA graph, floor µs) of one case."""
+def step_us(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dtype, budget: float, bandwidth: float,
+            compiled: bool = False):
+    """(step µs in a user's CUDA graph, floor µs, torch.compile'd reference µs or None, whether that
+    one was replayed from a graph) of one case."""
     torch.manual_seed(0)
     pk = nn.Linear(WIDTH, WIDTH).cuda().to(projections_dtype)
     pv = nn.Linear(WIDTH, WIDTH).cuda().to(projections_dtype)
     tokens = torch.randn(streams, LENGTH, TOKENS, WIDTH, device="cuda", dtype=tokens_dtype)
     query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=tokens_dtype)
-    memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton", cuda_graphs=False,
-                            check_finite=False).cuda()
+
+    def warm_time(backend: str, wrap=None, graph: bool = True) -> float:
+        memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend=backend, cuda_graphs=False,
+                                check_finite=False).cuda()
+        call = memory if wrap is None else wrap(memory)
+        with torch.no_grad():
+            for _ in range(3):
+                call(tokens, query, pk, pv, HEADS)
+            return harness.percentiles(harness.gpu_time(lambda: call(tokens, query, pk, pv, HEADS), budget, graph))[1]
+
     with torch.no_grad():
-        for _ in range(2):
-            memory(tokens, query, pk, pv, HEADS)
-        step = harness.percentiles(harness.gpu_time(lambda: memory(tokens, query, pk, pv, HEADS), budget, True))[1]
-    return step, floor_us(streams, [tokens, query, pk.weight, pv.weight], bandwidth)
+        step = warm_time("triton")
+    reference, replayed = None, False
+    if compiled:
+        torch._dynamo.reset()
+        try:
+            reference, replayed = warm_time("torch", torch.compile), True
+        except Exception as err:  # a capture the compiled reference does not allow: timed eagerly instead
+            print(f"  torch.compile, S={streams}: no CUDA graph ({type(err).__name__}); timed eagerly", flush=True)
+            torch._dynamo.reset()
+            reference = warm_time("torch", torch.compile, graph=False)
+    return step, floor_us(streams, [tokens, query, pk.weight, pv.weight], bandwidth), reference, replayed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--budget", type=float, default=0.1)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the torch reference step")
     args = parser.parse_args()
     bandwidth = read_bandwidth()
     print(f"GPU {harness.device_name(torch.device('cuda'))}, torch {torch.__version__}, commit {harness.commit()}, "
           f"copy rate {bandwidth / 1e12:.2f} TB/s\n")
-    print("| S | tokens | projections | step µs (user's CUDA graph) | input + state read floor µs | ratio |")
-    print("|---|---|---|---|---|---|")
+    extra = " torch.compile reference µs | step / compiled |" if args.compile else ""
+    print("| S | tokens | projections | step µs (user's CUDA graph) | input + state read floor µs | ratio |" + extra)
+    print("|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""))
     for streams in args.streams:
         for tokens in ("bf16",) if streams == 1 else ("bf16", "fp32"):
             for projections in ("bf16",) if streams == 1 else ("bf16", "fp32"):
-                step, floor = step_us(streams, DTYPES[tokens], DTYPES[projections], args.budget, bandwidth)
-                print(f"| {streams} | {tokens} | {projections} | {step:,.1f} | {floor:,.1f} | {step / floor:.2f}× |",
-                      flush=True)
+                step, floor, reference, replayed = step_us(streams, DTYPES[tokens], DTYPES[projections], args.budget,
+                                                           bandwidth, args.compile)
+                row = f"| {streams} | {tokens} | {projections} | {step:,.1f} | {floor:,.1f} | {step / floor:.2f}× |"
+                if reference is not None:
+                    row += f" {reference:,.1f}{'' if replayed else ' (eager)'} | {step / reference:.2f}× |"
+                print(row, flush=True)
                 torch.cuda.empty_cache()
 
 

@@ -10,11 +10,21 @@ bench_backward_gpu.py); the step with fp32 projections folded into the queries (
 per call of the step's parts is printed too (perf_counter around each, inclusive; cProfile's own
 cost per Python call would outweigh the calls it times). ``--sync-check`` instead runs one step per
 case with host synchronisations made errors and prints where the first one happens.
+
+Nsight Compute, one warm step per case and each kernel's achieved DRAM bandwidth::
+
+    ncu --clock-control none --profile-from-start off --csv --page raw --metrics $(python \
+        bench/profile_step_gpu.py --ncu-metrics) python bench/profile_step_gpu.py --ncu --case s64 > s64.csv
+    python bench/profile_step_gpu.py --ncu-table s64.csv
+
+(``--ncu`` runs the case warm, then one step between cudaProfilerStart and Stop.)
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
+import sys
 import time
 
 import torch
@@ -123,13 +133,55 @@ def sync_check(name, call):
         torch.cuda.synchronize()
 
 
+# Nsight Compute metrics of --ncu-table: kernel time, DRAM bytes each way and the share of the
+# DRAM peak, registers per thread and achieved occupancy.
+NCU_METRICS = ("gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum",
+               "dram__throughput.avg.pct_of_peak_sustained_elapsed", "launch__registers_per_thread",
+               "sm__warps_active.avg.pct_of_peak_sustained_active")
+
+
+def ncu_table(path: str) -> str:
+    """Markdown table of an ``ncu --csv --page raw`` report of NCU_METRICS: one row per kernel launch."""
+    with open(path, newline="") as f:
+        lines = [line for line in f if line.startswith('"')]  # the program's own output interleaves
+    rows = list(csv.DictReader(lines))
+    units = rows[0] if rows and not rows[0]["ID"].strip().isdigit() else {}
+    scale = {"ns": 1e-3, "us": 1.0, "usecond": 1.0, "nsecond": 1e-3, "msecond": 1e3, "ms": 1e3,
+             "byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3, "KB": 1e-3, "MB": 1.0, "GB": 1e3}
+
+    def value(row, metric):  # µs for times, MB for bytes, as is otherwise
+        text = row[metric].replace(",", "")
+        return float(text) * scale.get(units.get(metric, ""), 1.0)
+    out = ["| kernel | µs | DRAM read MB | DRAM write MB | achieved TB/s | % of DRAM peak | registers | occupancy % |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if not row["ID"].strip().isdigit():
+            continue
+        micros = value(row, "gpu__time_duration.sum")
+        read, write = value(row, "dram__bytes_read.sum"), value(row, "dram__bytes_write.sum")
+        name = row["Kernel Name"].split("(")[0][:48]
+        out.append(f"| {name} | {micros:,.1f} | {read:,.1f} | {write:,.1f} | {(read + write) / micros:,.2f} | "
+                   f"{value(row, NCU_METRICS[3]):.0f} | {value(row, NCU_METRICS[4]):.0f} | {value(row, NCU_METRICS[5]):.0f} |")
+    return "\n".join(out)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", choices=sorted(CASES), action="append")
     parser.add_argument("--sync-check", action="store_true",
                         help="only run one step per case under torch.cuda.set_sync_debug_mode('error') and print "
                              "where the first host synchronisation happens")
+    parser.add_argument("--ncu", action="store_true",
+                        help="run each case warm, then one step between cudaProfilerStart and Stop (for ncu)")
+    parser.add_argument("--ncu-metrics", action="store_true", help="print the metrics --ncu-table reads, for ncu")
+    parser.add_argument("--ncu-table", metavar="CSV", help="print a table of an ncu --csv --page raw report")
     args = parser.parse_args()
+    if args.ncu_metrics:
+        print(",".join(NCU_METRICS))
+        return
+    if args.ncu_table:
+        print(ncu_table(args.ncu_table))
+        return
     for name in args.case or sorted(CASES):
         streams, length, dtype, tokens, kwargs = CASES[name]
         pk, pv, frames, query = make(streams, length, dtype, tokens)
@@ -141,6 +193,13 @@ def main():
         torch.cuda.synchronize()
         if args.sync_check:
             sync_check(name, call)
+            continue
+        if args.ncu:
+            torch.cuda.cudart().cudaProfilerStart()
+            call()
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStop()
+            print(f"== {name}: one step profiled", file=sys.stderr)
             continue
         wall = harness.percentiles(harness.call_latency(call, torch.device("cuda"), budget_s=0.3))[1]
         gpu = harness.percentiles(harness.gpu_time(call, 0.3))[1]

@@ -148,12 +148,9 @@ def test_table_bands_are_narrow_for_the_configurations():
         quad = ops.quadrature_constants(MemoryConfig(basis="gaussian", quad_points=1000, preset=preset),
                                         torch.device("cpu"))
         block_t = quadrature_table.CONFIG["block_t"]
-        table, lo, band, align = basis_table(quad.mu, quad.sigma, quad.grid, block_t)
-        tiles = -(-quad.grid.numel() // block_t)
-        assert table.shape == (tiles * block_t, 256) and band <= 64
-        assert not table[quad.grid.numel():].any()  # the last tile's rows past T are zeros
-        assert lo.shape == (tiles,) and int(lo.min()) >= 0 and int(lo.max()) + band <= 256
-        assert align == quadrature_table.LO_ALIGN and not (lo % align).any()  # 16-byte band loads
+        table, lo, band = basis_table(quad.mu, quad.sigma, quad.grid, block_t)
+        assert table.shape == (quad.grid.numel(), 256) and band <= 64
+        assert lo.shape == (-(-quad.grid.numel() // block_t),) and int(lo.min()) >= 0 and int(lo.max()) < 256
 
 
 @pytest.mark.parametrize("device", DEVICES)
