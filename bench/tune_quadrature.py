@@ -28,6 +28,8 @@ from bench_quadrature_gpu import BASIS, HEADS, POINTS, QUERIES, WIDTH, float64_r
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--once", action="store_true",
+                        help="no sweep: five calls of the defaults per dtype (for a profiler such as ncu)")
     args = parser.parse_args()
     quad = ops.quadrature_constants(MemoryConfig(num_basis=BASIS, basis="gaussian", quad_points=POINTS),
                                     torch.device("cuda"))
@@ -41,13 +43,17 @@ def main():
         exact = quadrature_context(float64_rule(quad), query, keys, values, torch.float64)[0]
         split = "_tf32x3" if dtype == torch.float32 else ""  # the keys of this dtype's products
         sweeps = [dict()]
-        sweeps += [{"block_t": t, "block_m": m, "num_warps": w, "num_stages" + split: st}
-                   for t, m, w, st in itertools.product((32, 64), (32, 64), (4, 8), (1, 2)) if (t, m) != (64, 64) or w == 8]
-        sweeps += [{"tiles_per_program": k} for k in (1, 4)]
-        sweeps += [{"combine_n" + split: n, "combine_warps": w} for n, w in itertools.product((64, 128), (4, 8))]
+        sweeps += [{"density_programs": k} for k in (0, 1, 4)]
+        sweeps += [dict(density_programs=2, density_t=128), dict(density_programs=2, combine_warps=8)]
+        sweeps += [{"combine_n" + split: n} for n in (64, 128)]
 
         def call():
             return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)
+        if args.once:
+            for _ in range(5):
+                call()
+            torch.cuda.synchronize()
+            continue
         for change in sweeps:  # one kernel's tile at a time, the others at their defaults
             quadrature_table.CONFIG.update(base, **change)
             try:

@@ -99,15 +99,26 @@ def _combine_kernel(
     stride_vs, stride_vn, stride_cs, stride_cq, stride_dg,
     PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_TILES: tl.constexpr, BAND: tl.constexpr, TILE_T: tl.constexpr, WRITE_DENSITY: tl.constexpr,
-    DENSITY_T: tl.constexpr,
+    DENSITY_T: tl.constexpr, DENSITY_PROGRAMS: tl.constexpr,
 ):
-    # One program per GROUP rows: queries of one (stream, head), as QP is a multiple of GROUP. r
-    # and the context r·V go by slices of BLOCK_N basis functions, each the sum of the tiles whose
-    # band meets it, so that no [rows, N] tile and no [N, d] slice of V sit in registers at once.
+    # Programs (g, 0): the context of GROUP rows, queries of one (stream, head), as QP is a
+    # multiple of GROUP. r and the context r·V go by slices of BLOCK_N basis functions, each the
+    # sum of the tiles whose band meets it, so that no [rows, N] tile and no [N, d] slice of V sit
+    # in registers at once. Programs (g, 1 + c): slice c of the group's density, when
+    # DENSITY_PROGRAMS > 0 (otherwise program (g, 0) sums all of it after the context): each
+    # program's chain of dependent loads is the shorter for it.
     pid = tl.program_id(0).to(tl.int64)
+    part_of = tl.program_id(1)
     rows = pid * GROUP + tl.arange(0, GROUP)
     mask_r = rows < R
     m, inv_l = _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES)
+    queries = rows % QP
+    real = mask_r & (queries < Q)  # padding queries add nothing
+    if part_of > 0:
+        span = tl.cdiv(tl.cdiv(T, DENSITY_T), DENSITY_PROGRAMS) * DENSITY_T
+        _group_density(max_ptr, exp_ptr, dens_ptr + pid * stride_dg, rows, real, m, inv_l, (part_of - 1) * span,
+                       tl.minimum(part_of * span, T), T, TILES, TILE_T, DENSITY_T)
+        return
     head = (pid * GROUP) // QP
     stream = head // H
     offs_d = tl.arange(0, BLOCK_D)
@@ -131,20 +142,26 @@ def _combine_kernel(
         v = tl.load(v_ptr + stream * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
         context = tl.dot(r, v, context, input_precision=PRECISION)
-    queries = rows % QP
-    real = mask_r & (queries < Q)  # padding queries add nothing
     tl.store(ctx_ptr + stream * stride_cs + queries[:, None] * stride_cq + cols[None, :],
              context.to(ctx_ptr.dtype.element_ty), mask=real[:, None] & mask_d[None, :])
-    if WRITE_DENSITY:
-        # Σ_q p_q(t_j) of the group: each stored term rescaled from its tile's maximum to the row's
-        # softmax, the tiles' exponentials read once (no scores recomputed).
-        for t0 in range(0, T, DENSITY_T):
-            points = t0 + tl.arange(0, DENSITY_T)
-            inside = real[:, None] & (points < T)[None, :]
-            tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :], mask=inside, other=0.0)
-            terms = tl.load(exp_ptr + rows[:, None] * T + points[None, :], mask=inside, other=0.0)
-            p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
-            tl.store(dens_ptr + pid * stride_dg + points, tl.sum(p, axis=0), mask=points < T)
+    if WRITE_DENSITY and DENSITY_PROGRAMS == 0:
+        _group_density(max_ptr, exp_ptr, dens_ptr + pid * stride_dg, rows, real, m, inv_l, 0, T, T, TILES, TILE_T,
+                       DENSITY_T)
+
+
+@triton.jit
+def _group_density(max_ptr, exp_ptr, out_ptr, rows, real, m, inv_l, start, stop, T, TILES, TILE_T: tl.constexpr,
+                   DENSITY_T: tl.constexpr):
+    """Σ_q p_q(t_j) over the group's rows for the points [start, stop) into out_ptr + j: each stored
+    term rescaled from its tile's maximum to the row's softmax (the tiles' exponentials read once,
+    no scores recomputed)."""
+    for t0 in range(start, stop, DENSITY_T):
+        points = t0 + tl.arange(0, DENSITY_T)
+        inside = real[:, None] & (points < stop)[None, :]
+        tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :], mask=inside, other=0.0)
+        terms = tl.load(exp_ptr + rows[:, None] * T + points[None, :], mask=inside, other=0.0)
+        p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
+        tl.store(out_ptr + points, tl.sum(p, axis=0), mask=points < stop)
 
 
 _launch_tile_weights = CachedLaunch(_tile_weights_kernel)
@@ -153,11 +170,13 @@ _launch_combine = CachedLaunch(_combine_kernel)
 # Tiles, module-level so a sweep can vary them (bench/tune_quadrature.py): points per tile; rows
 # per program (a multiple of the density's 16-query groups), tiles per program, warps and
 # pipeline stages of the tiles' kernel; warps of the sum of the partials (16 rows, one head's, per
-# program), the basis functions of its slices and the points of its density's slices. Keys ending
+# program), the basis functions of its slices, the points of its density's slices and the programs
+# the density is split over besides the context's (0: the context's program sums it). Keys ending
 # in _tf32x3 hold when the products with ψ and V take three TF32 passes (float32 inputs), the
 # others for one pass (16-bit inputs) and in the interpreter.
 CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
-          "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256}
+          "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256,
+          "density_programs": 2}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
@@ -229,11 +248,13 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
                          BLOCK_T=block_t, BAND=band, TILES_PER_PROGRAM=per_program, STORE_EXP=write_density,
                          num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages" + split])
     head_dim = values.shape[-1] // num_heads
-    _launch_combine((cdiv(rows, group),),
+    density_programs = CONFIG["density_programs"] if write_density else 0
+    _launch_combine((cdiv(rows, group), 1 + density_programs),
                     lo, part, tile_max, tile_sum, terms, values, context, density, rows, n, t, tiles, num_heads,
                     q_len, padded, head_dim, values.stride(0), values.stride(1), context.stride(0), context.stride(1),
                     density.stride(1), PRECISION=weight_precision, GROUP=group,
                     BLOCK_N=max(16, min(CONFIG["combine_n" + split], next_power_of_2(n))),
                     BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_TILES=max(2, next_power_of_2(tiles)), BAND=band,
                     TILE_T=block_t, WRITE_DENSITY=write_density,
-                    DENSITY_T=min(CONFIG["density_t"], max(16, next_power_of_2(t))), num_warps=CONFIG["combine_warps"])
+                    DENSITY_T=min(CONFIG["density_t"], max(16, next_power_of_2(t))), DENSITY_PROGRAMS=density_programs,
+                    num_warps=CONFIG["combine_warps"])

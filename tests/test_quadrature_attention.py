@@ -116,8 +116,9 @@ def test_table_kernel_takes_any_basis_order(device, monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_tiles_do_not_change_the_result(device, monkeypatch):
-    """Tiles per program (a last program with fewer), rows per program and the combine's slices of
-    the basis (one meeting no band of some tiles) give the default tiles' context and density."""
+    """Tiles per program (a last program with fewer), rows per program, the combine's slices of
+    the basis (one meeting no band of some tiles) and its density in the context's program or
+    split over others (a last one with fewer points) give the default tiles' context and density."""
     from infvideo.kernels import quadrature_table
     cfg = MemoryConfig(num_basis=128, basis="gaussian", quad_points=300)
     quad = ops.quadrature_constants(cfg, torch.device(device))
@@ -131,7 +132,8 @@ def test_tiles_do_not_change_the_result(device, monkeypatch):
         return ops.quadrature_attention(query, keys, values, 2, quad.mu, quad.sigma, quad.grid, quad.log_weight)
     want = run()
     for change in (dict(tiles_per_program=3, block_m=32), dict(combine_n=16, density_t=32),
-                   dict(block_t=32, tiles_per_program=4)):
+                   dict(block_t=32, tiles_per_program=4), dict(density_programs=0),
+                   dict(density_programs=3, density_t=32)):
         for key, value in change.items():
             monkeypatch.setitem(quadrature_table.CONFIG, key, value)
         for got, expected in zip(run(), want):
