@@ -42,10 +42,8 @@ def main():
         values = torch.randn(shape, device="cuda", generator=gen).to(dtype)
         exact = quadrature_context(float64_rule(quad), query, keys, values, torch.float64)[0]
         split = "_tf32x3" if dtype == torch.float32 else ""  # the keys of this dtype's products
-        sweeps = [dict()]
-        sweeps += [{"density_programs": k} for k in (0, 1, 4)]
-        sweeps += [dict(density_programs=2, density_t=128), dict(density_programs=2, combine_warps=8)]
-        sweeps += [{"combine_n" + split: n} for n in (64, 128)]
+        sweeps = [dict()] + [{"vector_loads" + split: v} for v in (False, True)]
+        sweeps += [{"vector_loads" + split: True, "block_m": 32}, {"vector_loads" + split: True, "tiles_per_program": 1}]
 
         def call():
             return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)

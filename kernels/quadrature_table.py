@@ -36,16 +36,23 @@ CUTOFF = 8.0
 
 @triton.jit
 def _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T, stride_ar, stride_pt,
-                 PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BAND: tl.constexpr):
+                 PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BAND: tl.constexpr, LO_ALIGN: tl.constexpr,
+                 BAND_INSIDE: tl.constexpr):
     """(ψ [BLOCK_T, BAND], s = scale·a[:, band]·ψᵀ + log ω [rows, BLOCK_T] (−inf past the last point),
     log ω, the points and their mask) of one tile of points over its band of the basis."""
     points = tile * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_t = points < T
-    band = tl.load(lo_ptr + tile) + tl.arange(0, BAND)
-    mask_b = band < N
-    a = tl.load(a_ptr + rows[:, None] * stride_ar + band[None, :], mask=mask_r[:, None] & mask_b[None, :], other=0.0)
-    psi = tl.load(psi_ptr + points[:, None] * stride_pt + band[None, :], mask=mask_t[:, None] & mask_b[None, :],
-                  other=0.0)
+    band = tl.multiple_of(tl.load(lo_ptr + tile), LO_ALIGN) + tl.arange(0, BAND)
+    # The table has whole tiles of rows (zeros past T) and, with BAND_INSIDE, every band lies
+    # within the basis: no column mask, so with aligned band starts the loads are vectors.
+    if BAND_INSIDE:
+        a = tl.load(a_ptr + rows[:, None] * stride_ar + band[None, :], mask=mask_r[:, None], other=0.0)
+        psi = tl.load(psi_ptr + points[:, None] * stride_pt + band[None, :])
+    else:
+        mask_b = band < N
+        a = tl.load(a_ptr + rows[:, None] * stride_ar + band[None, :], mask=mask_r[:, None] & mask_b[None, :],
+                    other=0.0)
+        psi = tl.load(psi_ptr + points[:, None] * stride_pt + band[None, :], mask=mask_b[None, :], other=0.0)
     logw = tl.load(logw_ptr + points, mask=mask_t, other=0.0)
     scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION) * scale + logw[None, :]
     return psi, tl.where(mask_t[None, :], scores, float("-inf")), logw, points, mask_t
@@ -54,9 +61,10 @@ def _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N,
 @triton.jit
 def _tile_weights_kernel(
     a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr,
-    R, N, T, TILES, scale, stride_ar, stride_pt,
+    R, N, T, TILES, scale, stride_ar, stride_pt, stride_er,
     SCORE_PRECISION: tl.constexpr, WEIGHT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
-    BAND: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr, STORE_EXP: tl.constexpr,
+    BAND: tl.constexpr, LO_ALIGN: tl.constexpr, BAND_INSIDE: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
+    STORE_EXP: tl.constexpr,
 ):
     # Several tiles per program, each with its own partial: the loop lets the next tile's loads
     # overlap this one's products (num_stages).
@@ -65,14 +73,16 @@ def _tile_weights_kernel(
     first = tl.program_id(1) * TILES_PER_PROGRAM
     for tile in range(first, tl.minimum(first + TILES_PER_PROGRAM, TILES)):
         psi, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale,
-                                                         N, T, stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND)
+                                                         N, T, stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND,
+                                                         LO_ALIGN, BAND_INSIDE)
         m = tl.max(scores, axis=1)
         p = tl.exp(scores - m[:, None])
         if STORE_EXP:
             # The density's terms up to each row's final normaliser, without the rule's weight ω_j
-            # (the scores include log ω): [rows, T], summed by the combine kernel.
-            tl.store(exp_ptr + rows[:, None] * T + points[None, :], p * tl.exp(-logw)[None, :],
-                     mask=mask_r[:, None] & mask_t[None, :])
+            # (the scores include log ω): [rows, whole tiles of points] (zeros past T), summed by
+            # the combine kernel.
+            tl.store(exp_ptr + rows[:, None] * stride_er + points[None, :], p * tl.exp(-logw)[None, :],
+                     mask=mask_r[:, None])
         part = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
         cell = rows * TILES + tile
         tl.store(part_ptr + cell[:, None] * BAND + tl.arange(0, BAND)[None, :], part, mask=mask_r[:, None])
@@ -96,29 +106,19 @@ def _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES: tl.const
 @triton.jit
 def _combine_kernel(
     lo_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr, v_ptr, ctx_ptr, dens_ptr, R, N, T, TILES, H, Q, QP, DV,
-    stride_vs, stride_vn, stride_cs, stride_cq, stride_dg,
+    stride_vs, stride_vn, stride_cs, stride_cq, stride_dg, stride_er,
     PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr, TILE_T: tl.constexpr, WRITE_DENSITY: tl.constexpr,
-    DENSITY_T: tl.constexpr, DENSITY_PROGRAMS: tl.constexpr,
+    BLOCK_TILES: tl.constexpr, BAND: tl.constexpr, LO_ALIGN: tl.constexpr, TILE_T: tl.constexpr,
+    WRITE_DENSITY: tl.constexpr,
+    DENSITY_T: tl.constexpr,
 ):
-    # Programs (g, 0): the context of GROUP rows, queries of one (stream, head), as QP is a
-    # multiple of GROUP. r and the context r·V go by slices of BLOCK_N basis functions, each the
-    # sum of the tiles whose band meets it, so that no [rows, N] tile and no [N, d] slice of V sit
-    # in registers at once. Programs (g, 1 + c): slice c of the group's density, when
-    # DENSITY_PROGRAMS > 0 (otherwise program (g, 0) sums all of it after the context): each
-    # program's chain of dependent loads is the shorter for it.
+    # One program per GROUP rows: queries of one (stream, head), as QP is a multiple of GROUP. r
+    # and the context r·V go by slices of BLOCK_N basis functions, each the sum of the tiles whose
+    # band meets it, so that no [rows, N] tile and no [N, d] slice of V sit in registers at once.
     pid = tl.program_id(0).to(tl.int64)
-    part_of = tl.program_id(1)
     rows = pid * GROUP + tl.arange(0, GROUP)
     mask_r = rows < R
     m, inv_l = _row_normaliser(max_ptr, sum_ptr, rows, mask_r, TILES, BLOCK_TILES)
-    queries = rows % QP
-    real = mask_r & (queries < Q)  # padding queries add nothing
-    if part_of > 0:
-        span = tl.cdiv(tl.cdiv(T, DENSITY_T), DENSITY_PROGRAMS) * DENSITY_T
-        _group_density(max_ptr, exp_ptr, dens_ptr + pid * stride_dg, rows, real, m, inv_l, (part_of - 1) * span,
-                       tl.minimum(part_of * span, T), T, TILES, TILE_T, DENSITY_T)
-        return
     head = (pid * GROUP) // QP
     stream = head // H
     offs_d = tl.arange(0, BLOCK_D)
@@ -133,7 +133,7 @@ def _combine_kernel(
             lo = tl.load(lo_ptr + tile)
             if (lo < n0 + BLOCK_N) & (lo + BAND > n0):
                 # The tile's partial covers basis functions [lo, lo + BAND): read it into those columns.
-                col = offs_n - lo
+                col = tl.multiple_of(n0 - lo, LO_ALIGN) + tl.arange(0, BLOCK_N)
                 inside = mask_n & (col >= 0) & (col < BAND)
                 weight = tl.exp(tl.load(max_ptr + rows * TILES + tile, mask=mask_r, other=0.0) - m) * inv_l
                 part = tl.load(part_ptr + (rows * TILES + tile)[:, None] * BAND + col[None, :],
@@ -142,26 +142,23 @@ def _combine_kernel(
         v = tl.load(v_ptr + stream * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
         context = tl.dot(r, v, context, input_precision=PRECISION)
+    queries = rows % QP
+    real = mask_r & (queries < Q)  # padding queries add nothing
     tl.store(ctx_ptr + stream * stride_cs + queries[:, None] * stride_cq + cols[None, :],
              context.to(ctx_ptr.dtype.element_ty), mask=real[:, None] & mask_d[None, :])
-    if WRITE_DENSITY and DENSITY_PROGRAMS == 0:
-        _group_density(max_ptr, exp_ptr, dens_ptr + pid * stride_dg, rows, real, m, inv_l, 0, T, T, TILES, TILE_T,
-                       DENSITY_T)
-
-
-@triton.jit
-def _group_density(max_ptr, exp_ptr, out_ptr, rows, real, m, inv_l, start, stop, T, TILES, TILE_T: tl.constexpr,
-                   DENSITY_T: tl.constexpr):
-    """Σ_q p_q(t_j) over the group's rows for the points [start, stop) into out_ptr + j: each stored
-    term rescaled from its tile's maximum to the row's softmax (the tiles' exponentials read once,
-    no scores recomputed)."""
-    for t0 in range(start, stop, DENSITY_T):
-        points = t0 + tl.arange(0, DENSITY_T)
-        inside = real[:, None] & (points < stop)[None, :]
-        tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :], mask=inside, other=0.0)
-        terms = tl.load(exp_ptr + rows[:, None] * T + points[None, :], mask=inside, other=0.0)
-        p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
-        tl.store(out_ptr + points, tl.sum(p, axis=0), mask=points < stop)
+    if WRITE_DENSITY:
+        # Σ_q p_q(t_j) of the group: each stored term rescaled from its tile's maximum to the row's
+        # softmax, the tiles' exponentials read once (no scores recomputed).
+        for t0 in range(0, T, DENSITY_T):
+            points = t0 + tl.arange(0, DENSITY_T)
+            inside = (points < T)[None, :]
+            tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :],
+                               mask=real[:, None] & inside, other=float("-inf"))
+            # Rows of terms span whole slices of points (a mask of rows only: vector loads); what
+            # lies past T is dropped here, not multiplied (it may be uninitialised).
+            terms = tl.load(exp_ptr + rows[:, None] * stride_er + points[None, :], mask=real[:, None], other=0.0)
+            p = tl.where(inside, terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None], 0.0)
+            tl.store(dens_ptr + pid * stride_dg + points, tl.sum(p, axis=0), mask=points < T)
 
 
 _launch_tile_weights = CachedLaunch(_tile_weights_kernel)
@@ -170,21 +167,35 @@ _launch_combine = CachedLaunch(_combine_kernel)
 # Tiles, module-level so a sweep can vary them (bench/tune_quadrature.py): points per tile; rows
 # per program (a multiple of the density's 16-query groups), tiles per program, warps and
 # pipeline stages of the tiles' kernel; warps of the sum of the partials (16 rows, one head's, per
-# program), the basis functions of its slices, the points of its density's slices and the programs
-# the density is split over besides the context's (0: the context's program sums it). Keys ending
+# program), the basis functions of its slices and the points of its density's slices. Keys ending
 # in _tf32x3 hold when the products with ψ and V take three TF32 passes (float32 inputs), the
-# others for one pass (16-bit inputs) and in the interpreter.
+# others for one pass (16-bit inputs) and in the interpreter. ``vector_loads``: the band loads
+# without a column mask and with the band starts' alignment hint (16-byte vectors where the
+# bands allow): measured faster with float32 inputs, slower with bfloat16 ones
+# (``results/h200_quadrature_forms.txt``).
 CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
           "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256,
-          "density_programs": 2}
+          "vector_loads": False, "vector_loads_tf32x3": True}
 
 # (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
 _TABLES: dict = {}
 MAX_TABLES = 16
 
 
+# Band starts are rounded down to a multiple of this many basis functions: the kernels' band
+# loads are then 16-byte vectors.
+LO_ALIGN = 4
+
+
+def _alignment(last: int) -> int:
+    """What every band start (rounded down to LO_ALIGN, or clamped to ``last``) is a multiple
+    of: the kernels' alignment hint."""
+    return LO_ALIGN if last % LO_ALIGN == 0 else 1
+
+
 def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block_t: int):
-    """(ψ(t_j) [T, N] float32, first basis of each tile's band [⌈T/block_t⌉] int32, band width).
+    """(ψ(t_j) [whole tiles of points, N] float32 (zeros past T), first basis of each tile's band
+    [⌈T/block_t⌉] int32, band width, what every band start is a multiple of).
 
     Built once per basis and rule (cached by the tensors' storage and version counters). Building
     one reads the band width back from the device, which a CUDA graph capture cannot do: a table
@@ -196,12 +207,16 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     t, n = grid.numel(), mu.numel()
     # In float64: the float32 table then carries one rounding, as the reference's basis values do
     # (float32 arithmetic would add ~z²·2⁻²⁴ relative at z = (t − μ)/σ, 4·10⁻⁶ at the cut-off).
-    z = (grid.double()[:, None] - mu.double()[None, :]) / sigma.double()[None, :]
-    table = (torch.exp(-0.5 * z * z) / (sigma.double()[None, :] * 2.5066282746310002)).to(torch.float32).contiguous()
     tiles = cdiv(t, block_t)
+    # Whole tiles of rows (zeros past T): the kernels read a tile's rows without a mask.
+    nodes = torch.cat([grid.double(), grid.new_zeros(tiles * block_t - t, dtype=torch.float64)])
+    z = (nodes[:, None] - mu.double()[None, :]) / sigma.double()[None, :]
+    table = torch.exp(-0.5 * z * z) / (sigma.double()[None, :] * 2.5066282746310002)
+    table[t:] = 0
+    table = table.to(torch.float32).contiguous()
     full = max(16, next_power_of_2(n))
     if grid.is_cuda and torch.cuda.is_current_stream_capturing():
-        return table, torch.zeros(tiles, device=grid.device, dtype=torch.int32), full
+        return table, torch.zeros(tiles, device=grid.device, dtype=torch.int32), full, _alignment(0)
     padded = torch.cat([grid, grid[-1:].expand(tiles * block_t - t)]).view(tiles, block_t)
     reach = CUTOFF * sigma
     active = (mu[None, :] + reach[None, :] >= padded.amin(1)[:, None]) & \
@@ -209,10 +224,13 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     index = torch.arange(n, device=mu.device)
     lo = torch.where(active, index, n).amin(1).clamp_max(n - 1)
     hi = torch.where(active, index + 1, 0).amax(1)
+    # Band starts on multiples of LO_ALIGN (16-byte rows of float32) where the basis allows.
+    lo = lo - lo % LO_ALIGN
     band = min(max(16, next_power_of_2(int((hi - lo).clamp_min(1).max()))), full)
     # A band that would run past the basis starts earlier instead: each tile's columns stay inside [0, N).
-    lo = lo.clamp(max=max(0, n - band))
-    built = (table, lo.to(torch.int32).contiguous(), band)
+    last = max(0, n - band)
+    lo = lo.clamp(max=last)
+    built = (table, lo.to(torch.int32).contiguous(), band, _alignment(last))
     if len(_TABLES) >= MAX_TABLES:
         _TABLES.clear()
     # The entry holds mu, sigma and grid: while it lives, no other tensor can take their storage,
@@ -231,30 +249,34 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
     rows, n = a.shape[0] * a.shape[1] * a.shape[2], a.shape[3]
     t = grid.numel()
     block_t = CONFIG["block_t"]
-    table, lo, band = basis_table(mu, sigma, grid, block_t)
+    table, lo, band, align = basis_table(mu, sigma, grid, block_t)
+    split = "_tf32x3" if weight_precision == "tf32x3" else ""
+    vectors = CONFIG["vector_loads" + split]
+    align = align if vectors else 1
     tiles = cdiv(t, block_t)
     block_m = max(group, CONFIG["block_m"])
     part = torch.empty(rows, tiles, band, device=a.device, dtype=torch.float32)
     tile_max = torch.empty(rows, tiles, device=a.device, dtype=torch.float32)
     tile_sum = torch.empty_like(tile_max)
-    # The tiles' exponentials, for the density ([rows, T] float32; a placeholder without it).
-    terms = torch.empty(rows, t if write_density else 1, device=a.device, dtype=torch.float32)
+    # The tiles' exponentials, for the density (float32 [rows, T rounded up to whole tiles and
+    # whole slices of the combine's density]; a placeholder without it).
+    density_t = min(CONFIG["density_t"], max(16, next_power_of_2(t)))
+    terms_width = cdiv(t, max(block_t, density_t)) * max(block_t, density_t) if write_density else 1
+    terms = torch.empty(rows, terms_width, device=a.device, dtype=torch.float32)
     per_program = CONFIG["tiles_per_program"]
-    split = "_tf32x3" if weight_precision == "tf32x3" else ""
     _launch_tile_weights((cdiv(rows, block_m), cdiv(tiles, per_program)),
                          a, table, lo, log_weight, part, tile_max, tile_sum, terms,
-                         rows, n, t, tiles, scale, a.stride(2), table.stride(0),
+                         rows, n, t, tiles, scale, a.stride(2), table.stride(0), terms.stride(0),
                          SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, BLOCK_M=block_m,
-                         BLOCK_T=block_t, BAND=band, TILES_PER_PROGRAM=per_program, STORE_EXP=write_density,
+                         BLOCK_T=block_t, BAND=band, LO_ALIGN=align, BAND_INSIDE=band <= n and vectors,
+                         TILES_PER_PROGRAM=per_program, STORE_EXP=write_density,
                          num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages" + split])
     head_dim = values.shape[-1] // num_heads
-    density_programs = CONFIG["density_programs"] if write_density else 0
-    _launch_combine((cdiv(rows, group), 1 + density_programs),
+    _launch_combine((cdiv(rows, group),),
                     lo, part, tile_max, tile_sum, terms, values, context, density, rows, n, t, tiles, num_heads,
                     q_len, padded, head_dim, values.stride(0), values.stride(1), context.stride(0), context.stride(1),
-                    density.stride(1), PRECISION=weight_precision, GROUP=group,
+                    density.stride(1), terms.stride(0), PRECISION=weight_precision, GROUP=group,
                     BLOCK_N=max(16, min(CONFIG["combine_n" + split], next_power_of_2(n))),
                     BLOCK_D=max(16, next_power_of_2(head_dim)), BLOCK_TILES=max(2, next_power_of_2(tiles)), BAND=band,
-                    TILE_T=block_t, WRITE_DENSITY=write_density,
-                    DENSITY_T=min(CONFIG["density_t"], max(16, next_power_of_2(t))), DENSITY_PROGRAMS=density_programs,
+                    LO_ALIGN=align, TILE_T=block_t, WRITE_DENSITY=write_density, DENSITY_T=density_t,
                     num_warps=CONFIG["combine_warps"])

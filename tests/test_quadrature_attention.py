@@ -117,8 +117,8 @@ def test_table_kernel_takes_any_basis_order(device, monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 def test_tiles_do_not_change_the_result(device, monkeypatch):
     """Tiles per program (a last program with fewer), rows per program, the combine's slices of
-    the basis (one meeting no band of some tiles) and its density in the context's program or
-    split over others (a last one with fewer points) give the default tiles' context and density."""
+    the basis (one meeting no band of some tiles) and the band loads with or without a column
+    mask give the default tiles' context and density."""
     from infvideo.kernels import quadrature_table
     cfg = MemoryConfig(num_basis=128, basis="gaussian", quad_points=300)
     quad = ops.quadrature_constants(cfg, torch.device(device))
@@ -132,8 +132,8 @@ def test_tiles_do_not_change_the_result(device, monkeypatch):
         return ops.quadrature_attention(query, keys, values, 2, quad.mu, quad.sigma, quad.grid, quad.log_weight)
     want = run()
     for change in (dict(tiles_per_program=3, block_m=32), dict(combine_n=16, density_t=32),
-                   dict(block_t=32, tiles_per_program=4), dict(density_programs=0),
-                   dict(density_programs=3, density_t=32)):
+                   dict(block_t=32, tiles_per_program=4), dict(vector_loads=True),
+                   dict(vector_loads=True, block_t=32, density_t=16)):
         for key, value in change.items():
             monkeypatch.setitem(quadrature_table.CONFIG, key, value)
         for got, expected in zip(run(), want):
@@ -150,9 +150,12 @@ def test_table_bands_are_narrow_for_the_configurations():
         quad = ops.quadrature_constants(MemoryConfig(basis="gaussian", quad_points=1000, preset=preset),
                                         torch.device("cpu"))
         block_t = quadrature_table.CONFIG["block_t"]
-        table, lo, band = basis_table(quad.mu, quad.sigma, quad.grid, block_t)
-        assert table.shape == (quad.grid.numel(), 256) and band <= 64
-        assert lo.shape == (-(-quad.grid.numel() // block_t),) and int(lo.min()) >= 0 and int(lo.max()) < 256
+        table, lo, band, align = basis_table(quad.mu, quad.sigma, quad.grid, block_t)
+        tiles = -(-quad.grid.numel() // block_t)
+        assert table.shape == (tiles * block_t, 256) and band <= 64
+        assert not table[quad.grid.numel():].any()  # the last tile's rows past T are zeros
+        assert lo.shape == (tiles,) and int(lo.min()) >= 0 and int(lo.max()) + band <= 256
+        assert align == quadrature_table.LO_ALIGN and not (lo % align).any()  # 16-byte band loads
 
 
 @pytest.mark.parametrize("device", DEVICES)
