@@ -154,10 +154,10 @@ def _combine_kernel(
             inside = (points < T)[None, :]
             tile_max = tl.load(max_ptr + rows[:, None] * TILES + (points // TILE_T)[None, :],
                                mask=real[:, None] & inside, other=float("-inf"))
-            # Rows of terms span whole slices of points (a mask of rows only: vector loads); what
-            # lies past T is dropped here, not multiplied (it may be uninitialised).
+            # Rows of terms span whole slices of points, zeros past T (a mask of rows only: vector
+            # loads); past T the tile maxima are −inf, so those terms add nothing.
             terms = tl.load(exp_ptr + rows[:, None] * stride_er + points[None, :], mask=real[:, None], other=0.0)
-            p = tl.where(inside, terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None], 0.0)
+            p = terms * tl.exp(tile_max - m[:, None]) * inv_l[:, None]
             tl.store(dens_ptr + pid * stride_dg + points, tl.sum(p, axis=0), mask=points < T)
 
 
@@ -262,7 +262,9 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
     # whole slices of the combine's density]; a placeholder without it).
     density_t = min(CONFIG["density_t"], max(16, next_power_of_2(t)))
     terms_width = cdiv(t, max(block_t, density_t)) * max(block_t, density_t) if write_density else 1
-    terms = torch.empty(rows, terms_width, device=a.device, dtype=torch.float32)
+    # The tile kernel writes the first tiles·block_t columns (zeros past T); any further ones are zeroed here.
+    terms = (torch.empty if terms_width <= tiles * block_t else torch.zeros)(rows, terms_width, device=a.device,
+                                                                               dtype=torch.float32)
     per_program = CONFIG["tiles_per_program"]
     _launch_tile_weights((cdiv(rows, block_m), cdiv(tiles, per_program)),
                          a, table, lo, log_weight, part, tile_max, tile_sum, terms,
