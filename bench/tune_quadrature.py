@@ -1,13 +1,14 @@
 """Tiles of the quadrature attention's table kernels on the GPU (issue 18).
 
-    PYTHONPATH=$PWD python bench/tune_quadrature.py [--streams 16]
+    PYTHONPATH=$PWD python bench/tune_quadrature.py [--streams 16] [--once]
 
 Times ``ops.quadrature_attention`` (Gaussian basis
 N = 256, T = 1,000 of the exact preset, 12 heads, 32 queries, e = D = 768) for each tile of
 ``quadrature_table.CONFIG`` (rows per program and warps of each kernel, one kernel's at a time),
 float32 and bfloat16 inputs, the density written, and prints each one's p50 GPU time
 (replayed from a CUDA graph) and the context's error against float64 on the same nodes; then the
-defaults' time per kernel (torch.profiler).
+defaults' time per kernel (torch.profiler). ``--once`` only makes five calls of the defaults per
+dtype, for a profiler: ``ncu --set full -k regex:"tile_weights|combine" ... tune_quadrature.py --once``.
 """
 from __future__ import annotations
 
@@ -43,7 +44,11 @@ def main():
         exact = quadrature_context(float64_rule(quad), query, keys, values, torch.float64)[0]
         split = "_tf32x3" if dtype == torch.float32 else ""  # the keys of this dtype's products
         sweeps = [dict()] + [{"vector_loads" + split: v} for v in (False, True)]
-        sweeps += [{"vector_loads" + split: True, "block_m": 32}, {"vector_loads" + split: True, "tiles_per_program": 1}]
+        sweeps += [{"block_t": t, "block_m": m, "num_warps": w, "num_stages" + split: st}
+                   for t, m, w, st in itertools.product((32, 64), (32, 64), (4, 8), (1, 2))]
+        sweeps += [{"tiles_per_program": k} for k in (1, 4)]
+        sweeps += [{"combine_n" + split: n, "combine_warps": w} for n, w in itertools.product((64, 128), (4, 8))]
+        sweeps += [{"density_t": t} for t in (128, 512)]
 
         def call():
             return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)
