@@ -6,11 +6,12 @@ its products span all N basis functions although a narrow Gaussian is nil away f
 Here:
 
 - ψ(t_j) comes from a table [T, N] (float32, built once per basis and rule, about 1 MB for
-  N = 256, T = 1,000: it stays in L2);
+  N = 256, T = 1,000: it stays in L2), its rows padded with zeros to whole tiles of points;
 - each tile of BLOCK_T points needs only a band of the basis: the functions whose centre lies
   within ``CUTOFF``·σ of a point of the tile (beyond it ψ < e^{-CUTOFF²/2} of its peak:
   e^{-32} ≈ 10⁻¹⁴, below float32 rounding of the sum), a contiguous index range when the centres
-  are sorted (the configurations' are), [lo, lo + BAND);
+  are sorted (the configurations' are), [lo, lo + BAND), lo rounded down to a multiple of 4 so
+  that, for float32 inputs (``CONFIG["vector_loads_tf32x3"]``), the band loads are 16-byte vectors;
 - one program per (block of rows, tiles of points) computes a tile's scores s = a·ψᵀ/√d + log ω and
   its share Σ_j e^{s_j − m} ψ(t_j) of r over the band only, with its own maximum m and sum: a
   partial [rows, tiles, BAND]; for the density it also stores the terms e^{s_j − m}/ω_j
@@ -177,7 +178,8 @@ CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, 
           "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256,
           "vector_loads": False, "vector_loads_tf32x3": True}
 
-# (mu, sigma, grid, block_t) by storage and version -> (table, band starts, band width).
+# (mu, sigma, grid, block_t) by storage and version -> (mu, sigma, grid, table, band starts, band
+# width, the starts' alignment).
 _TABLES: dict = {}
 MAX_TABLES = 16
 
