@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 
 import torch
 import triton.testing
@@ -29,6 +30,9 @@ from bench_quadrature_gpu import BASIS, HEADS, POINTS, QUERIES, WIDTH, float64_r
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--changes", type=json.loads, default=None,
+                        help='a JSON list of CONFIG changes to time instead of the sweep, e.g. \'[{}, {"block_m": 32}]\'')
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--once", action="store_true",
                         help="no sweep: five calls of the defaults per dtype (for a profiler such as ncu)")
     args = parser.parse_args()
@@ -37,7 +41,7 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(0)
     shape = (args.streams, BASIS, WIDTH)
     base = dict(quadrature_table.CONFIG)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in [{"fp32": torch.float32, "bf16": torch.bfloat16}[name] for name in args.dtypes]:
         query = torch.randn(args.streams, QUERIES, WIDTH, device="cuda", generator=gen).to(dtype)
         keys = (torch.randn(shape, device="cuda", generator=gen) * 0.05).to(dtype)
         values = torch.randn(shape, device="cuda", generator=gen).to(dtype)
@@ -49,6 +53,8 @@ def main():
         sweeps += [{"tiles_per_program": k} for k in (1, 4)]
         sweeps += [{"combine_n" + split: n, "combine_warps": w} for n, w in itertools.product((64, 128), (4, 8))]
         sweeps += [{"density_t": t} for t in (128, 512)]
+        if args.changes is not None:
+            sweeps = args.changes
 
         def call():
             return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid, quad.log_weight)
