@@ -36,62 +36,36 @@ CUTOFF = 8.0
 
 
 @triton.jit
-def _tf32_parts(x):
-    """(high, low) with x = high + low, high rounded to TF32's 10-bit mantissa: three TF32 products
-    of such parts (high·high + high·low + low·high) carry float32 accuracy."""
-    high = ((x.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
-    return high, x - high
-
-
-@triton.jit
-def _split_dot(x, y_high, y_low, acc):
-    """acc + x·y to float32 accuracy in three TF32 products, y given as its TF32 parts (small terms first)."""
-    x_high, x_low = _tf32_parts(x)
-    acc = tl.dot(x_low, y_high, acc, input_precision="tf32")
-    acc = tl.dot(x_high, y_low, acc, input_precision="tf32")
-    return tl.dot(x_high, y_high, acc, input_precision="tf32")
-
-
-@triton.jit
-def _banded_tile(a_ptr, psi_ptr, psi_low_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T, stride_ar,
-                 stride_pt, PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BAND: tl.constexpr,
-                 LO_ALIGN: tl.constexpr, BAND_INSIDE: tl.constexpr, PRESPLIT: tl.constexpr):
-    """(ψ [BLOCK_T, BAND] (its TF32 high part with PRESPLIT), ψ's low part (PRESPLIT; else ψ
-    again), s = scale·a[:, band]·ψᵀ + log ω [rows, BLOCK_T] (−inf past the last point), log ω, the
-    points and their mask) of one tile of points over its band of the basis. PRESPLIT: the table
-    is given as its TF32 parts and the products take three TF32 passes here."""
+def _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T, stride_ar, stride_pt,
+                 PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BAND: tl.constexpr, LO_ALIGN: tl.constexpr,
+                 BAND_INSIDE: tl.constexpr):
+    """(ψ [BLOCK_T, BAND], s = scale·a[:, band]·ψᵀ + log ω [rows, BLOCK_T] (−inf past the last point),
+    log ω, the points and their mask) of one tile of points over its band of the basis."""
     points = tile * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_t = points < T
     band = tl.multiple_of(tl.load(lo_ptr + tile), LO_ALIGN) + tl.arange(0, BAND)
     # The table has whole tiles of rows (zeros past T) and, with BAND_INSIDE, every band lies
     # within the basis: no column mask, so with aligned band starts the loads are vectors.
-    cells = points[:, None] * stride_pt + band[None, :]
     if BAND_INSIDE:
         a = tl.load(a_ptr + rows[:, None] * stride_ar + band[None, :], mask=mask_r[:, None], other=0.0)
-        psi = tl.load(psi_ptr + cells)
-        psi_low = tl.load(psi_low_ptr + cells) if PRESPLIT else psi
+        psi = tl.load(psi_ptr + points[:, None] * stride_pt + band[None, :])
     else:
         mask_b = band < N
         a = tl.load(a_ptr + rows[:, None] * stride_ar + band[None, :], mask=mask_r[:, None] & mask_b[None, :],
                     other=0.0)
-        psi = tl.load(psi_ptr + cells, mask=mask_b[None, :], other=0.0)
-        psi_low = tl.load(psi_low_ptr + cells, mask=mask_b[None, :], other=0.0) if PRESPLIT else psi
+        psi = tl.load(psi_ptr + points[:, None] * stride_pt + band[None, :], mask=mask_b[None, :], other=0.0)
     logw = tl.load(logw_ptr + points, mask=mask_t, other=0.0)
-    if PRESPLIT:
-        scores = _split_dot(a, tl.trans(psi), tl.trans(psi_low), tl.zeros([a.shape[0], BLOCK_T], dtype=tl.float32))
-    else:
-        scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION)
-    scores = scores * scale + logw[None, :]
-    return psi, psi_low, tl.where(mask_t[None, :], scores, float("-inf")), logw, points, mask_t
+    scores = tl.dot(a, tl.trans(psi), input_precision=PRECISION) * scale + logw[None, :]
+    return psi, tl.where(mask_t[None, :], scores, float("-inf")), logw, points, mask_t
 
 
 @triton.jit
 def _tile_weights_kernel(
-    a_ptr, psi_ptr, psi_low_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr,
+    a_ptr, psi_ptr, lo_ptr, logw_ptr, part_ptr, max_ptr, sum_ptr, exp_ptr,
     R, N, T, TILES, scale, stride_ar, stride_pt, stride_er,
     SCORE_PRECISION: tl.constexpr, WEIGHT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,
     BAND: tl.constexpr, LO_ALIGN: tl.constexpr, BAND_INSIDE: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
-    STORE_EXP: tl.constexpr, PRESPLIT: tl.constexpr,
+    STORE_EXP: tl.constexpr,
 ):
     # Several tiles per program, each with its own partial: the loop lets the next tile's loads
     # overlap this one's products (num_stages).
@@ -99,9 +73,9 @@ def _tile_weights_kernel(
     mask_r = rows < R
     first = tl.program_id(1) * TILES_PER_PROGRAM
     for tile in range(first, tl.minimum(first + TILES_PER_PROGRAM, TILES)):
-        psi, psi_low, scores, logw, points, mask_t = _banded_tile(
-            a_ptr, psi_ptr, psi_low_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale, N, T, stride_ar, stride_pt,
-            SCORE_PRECISION, BLOCK_T, BAND, LO_ALIGN, BAND_INSIDE, PRESPLIT)
+        psi, scores, logw, points, mask_t = _banded_tile(a_ptr, psi_ptr, logw_ptr, lo_ptr, rows, mask_r, tile, scale,
+                                                         N, T, stride_ar, stride_pt, SCORE_PRECISION, BLOCK_T, BAND,
+                                                         LO_ALIGN, BAND_INSIDE)
         m = tl.max(scores, axis=1)
         p = tl.exp(scores - m[:, None])
         if STORE_EXP:
@@ -110,10 +84,7 @@ def _tile_weights_kernel(
             # the combine kernel.
             tl.store(exp_ptr + rows[:, None] * stride_er + points[None, :], p * tl.exp(-logw)[None, :],
                      mask=mask_r[:, None])
-        if PRESPLIT:
-            part = _split_dot(p, psi, psi_low, tl.zeros([BLOCK_M, BAND], dtype=tl.float32))
-        else:
-            part = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
+        part = tl.dot(p, psi, input_precision=WEIGHT_PRECISION)
         cell = rows * TILES + tile
         tl.store(part_ptr + cell[:, None] * BAND + tl.arange(0, BAND)[None, :], part, mask=mask_r[:, None])
         tl.store(max_ptr + cell, m, mask=mask_r)
@@ -205,7 +176,7 @@ _launch_combine = CachedLaunch(_combine_kernel)
 # (``results/h200_quadrature_forms.txt``).
 CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
           "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256,
-          "vector_loads": False, "vector_loads_tf32x3": True, "presplit": False}
+          "vector_loads": False, "vector_loads_tf32x3": True}
 
 # (mu, sigma, grid, block_t) by storage and version -> (mu, sigma, grid, table, band starts, band
 # width, the starts' alignment).
@@ -270,23 +241,6 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     return built
 
 
-_PARTS: dict = {}
-
-
-def tf32_parts(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(high, low) float32 with table = high + low, high rounded to TF32 (kept per table)."""
-    key = (table.data_ptr(), table._version)
-    hit = _PARTS.get(key)
-    if hit is None or hit[0] is not table:
-        bits = table.view(torch.int32)
-        high = ((bits + 0x1000) & -8192).view(torch.float32)
-        hit = (table, high, table - high)
-        if len(_PARTS) >= MAX_TABLES:
-            _PARTS.clear()
-        _PARTS[key] = hit
-    return hit[1], hit[2]
-
-
 def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, density, num_heads, q_len, padded,
                     write_density, precision, weight_precision, group):
     """The context [S, Q, D] (written into ``context``) and the density of the scores scale·a, a
@@ -299,9 +253,6 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
     block_t = CONFIG["block_t"]
     table, lo, band, align = basis_table(mu, sigma, grid, block_t)
     split = "_tf32x3" if weight_precision == "tf32x3" else ""
-    # Both products in three TF32 passes on a table given as its TF32 parts (float32 inputs).
-    presplit = CONFIG["presplit"] and precision == "tf32x3" and weight_precision == "tf32x3"
-    high, low = tf32_parts(table) if presplit else (table, table)
     vectors = CONFIG["vector_loads" + split]
     align = align if vectors else 1
     tiles = cdiv(t, block_t)
@@ -318,11 +269,11 @@ def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, dens
                                                                                dtype=torch.float32)
     per_program = CONFIG["tiles_per_program"]
     _launch_tile_weights((cdiv(rows, block_m), cdiv(tiles, per_program)),
-                         a, high, low, lo, log_weight, part, tile_max, tile_sum, terms,
+                         a, table, lo, log_weight, part, tile_max, tile_sum, terms,
                          rows, n, t, tiles, scale, a.stride(2), table.stride(0), terms.stride(0),
                          SCORE_PRECISION=precision, WEIGHT_PRECISION=weight_precision, BLOCK_M=block_m,
                          BLOCK_T=block_t, BAND=band, LO_ALIGN=align, BAND_INSIDE=band <= n and vectors,
-                         TILES_PER_PROGRAM=per_program, STORE_EXP=write_density, PRESPLIT=presplit,
+                         TILES_PER_PROGRAM=per_program, STORE_EXP=write_density,
                          num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages" + split])
     head_dim = values.shape[-1] // num_heads
     _launch_combine((cdiv(rows, group),),
