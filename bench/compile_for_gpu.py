@@ -6,7 +6,8 @@ The CPU interpreter runs the kernels' Python semantics, not Triton's compiler: a
 interpreter accepts can still fail to compile for a GPU. Here each kernel-level launcher
 (``infvideo.kernels``) runs on small CPU tensors with ``CachedLaunch`` recording its launches
 instead of running them (outputs stay uninitialised; nothing reads them back), and every recorded
-launch is compiled to a cubin for the target with Triton's bundled ptxas. The GPU's own variants
+launch is compiled to a cubin for the target with Triton's bundled ptxas, with the alignment
+specialisations (arguments divisible by 16) its GPU launch would have. The GPU's own variants
 of what the CPU would not pick are compiled too: three-TF32 dots for ``PRECISION``, tensor-core
 half dots for ``HALF_DOTS`` / ``DOT_TYPE``. Prints one line per compilation; exits 1 if any fails.
 """
@@ -55,13 +56,29 @@ def signature(kernel, args, meta) -> tuple[dict, dict, dict]:
     return types, constants, {k: meta[k] for k in LAUNCH_OPTIONS if k in meta}
 
 
+def divisibility(kernel, args) -> dict:
+    """The alignment facts Triton's launcher specialises a compilation on: runtime arguments (tensor
+    addresses, integers) divisible by 16, as ``tt.divisibility`` attributes. Without them the
+    compiler sees no aligned access and takes the scalar load paths a GPU launch does not."""
+    attrs = {}
+    for index, value in enumerate(args):
+        if kernel.params[index].is_constexpr or isinstance(value, bool):
+            continue
+        if (value.data_ptr() if isinstance(value, torch.Tensor) else value if isinstance(value, int) else 1) % 16 == 0:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
 def gpu_variants(args, meta: dict) -> list[dict]:
     """The launch's constexprs as recorded, and as a GPU would set those the CPU chose otherwise:
     three-TF32 dots for PRECISION, tensor-core half dots (HALF_DOTS, DOT_TYPE), half K/V on the
-    tensor cores (IEEE), 16-bit tokens pooled in their type (POOL_FLOAT32)."""
+    tensor cores (IEEE), 16-bit tokens pooled in their type (POOL_FLOAT32), the quadrature tiles'
+    three-TF32 products (SCORE_PRECISION, WEIGHT_PRECISION) and vector band loads (BAND_INSIDE)."""
     half = any(isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) for a in args)
     variants = [meta]
     for name, cpu, gpu in (("PRECISION", "ieee", dict(PRECISION="tf32x3")),
+                           ("SCORE_PRECISION", "ieee", dict(SCORE_PRECISION="tf32x3", WEIGHT_PRECISION="tf32x3")),
+                           ("BAND_INSIDE", False, dict(BAND_INSIDE=True, LO_ALIGN=4)),
                            ("HALF_DOTS", False, dict(HALF_DOTS=True, DOT_TYPE=tl.bfloat16)),
                            ("IEEE", True, dict(IEEE=False) if half else None),
                            ("POOL_FLOAT32", True, dict(POOL_FLOAT32=False))):
@@ -79,9 +96,10 @@ class Recorder:
     def __call__(self, launch, grid, *args, **meta):
         for variant in gpu_variants(args, meta):
             types, constants, options = signature(launch.kernel, args, variant)
+            attrs = divisibility(launch.kernel, args)
             key = (launch.kernel.fn.__name__, tuple(types.items()), tuple(map(repr, constants.items())),
-                   tuple(options.items()))
-            self.launches.setdefault(key, (launch.kernel, types, constants, options))
+                   tuple(options.items()), tuple(attrs))
+            self.launches.setdefault(key, (launch.kernel, types, constants, options, attrs))
 
 
 def workloads():
@@ -137,14 +155,15 @@ def main():
         _launch.CachedLaunch.__call__ = original
     target = GPUTarget("cuda", args.arch, 32)
     failures = 0
-    for (name, *_), (kernel, types, constants, options) in recorder.launches.items():
+    for (name, *_), (kernel, types, constants, options, attrs) in recorder.launches.items():
         if args.only and name not in args.only:
             continue
         shown = {k: v for (i,), v in constants.items() for k in [kernel.arg_names[i]]
-                 if k in ("PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE", "WRITE_CAST")}
+                 if k in ("PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE", "WRITE_CAST",
+                          "SCORE_PRECISION", "BAND_INSIDE")}
         start = time.perf_counter()
         try:
-            triton.compile(ASTSource(kernel, types, constexprs=constants), target=target, options=options)
+            triton.compile(ASTSource(kernel, types, constexprs=constants, attrs=attrs), target=target, options=options)
             status = "ok"
         except Exception as err:  # reported, then counted
             failures += 1
