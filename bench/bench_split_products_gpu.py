@@ -3,7 +3,8 @@ float32 ways. The step's shape at S streams: coefficients [S·256, 768] by [W_k;
 
     PYTHONPATH=$PWD python bench/bench_split_products_gpu.py [--streams 16 64] [--out DIR]
 
-Rows: cuBLAS float32; cuBLAS TF32; the three-TF32 Triton product (``products.linear``); cuBLAS
+Rows: cuBLAS float32; cuBLAS TF32; the three-TF32 Triton product (``products.linear``); the same
+three TF32 products as one cuBLAS TF32 call on TF32 parts, [x0 | x0 | x1] · [w0 | w1 | w0]ᵀ; cuBLAS
 bfloat16 in and out (what bfloat16 projections take); and split products in one cuBLAS call,
 ``torch.mm(..., out_dtype=torch.float32)`` over the concatenated parts: x = x0 + x1 and
 W = w0 + w1 in bfloat16 or float16 (W scaled by a power of two into float16's normal range),
@@ -43,6 +44,20 @@ def parts(x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> tuple[torc
     x = x * scale
     hi = x.to(dtype)
     return hi, (x - hi.float()).to(dtype)
+
+
+def tf32_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, x1) float32 with x = x0 + x1, x0 rounded to TF32 (its 10-bit mantissa): cuBLAS's TF32
+    products then read x0 exactly and x1 to 2⁻¹¹ of itself."""
+    x0 = ((x.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+    return x0, x - x0
+
+
+def tf32_split_linear(x, w_parts, bias):
+    """x·Wᵀ + b as one cuBLAS TF32 product over [x0 | x0 | x1] · [w0 | w1 | w0]ᵀ (``w_parts`` that
+    concatenation of W's TF32 parts)."""
+    x0, x1 = tf32_parts(x)
+    return torch.addmm(bias, torch.cat([x0, x0, x1], -1), w_parts.T)
 
 
 def split_operands(x, w, dtype, w_scale):
@@ -107,6 +122,17 @@ def main():
             except Exception as err:  # torch without mm(out_dtype=...) says so
                 rows[f"split {name} x3"] = (float("nan"), float("nan"))
                 print(f"split {name}: {type(err).__name__}: {err}")
+        # TF32 parts on cuBLAS's TF32 tensor cores: the three products of three-TF32 as one call.
+        w0, w1 = tf32_parts(weight)
+        w_tf32 = torch.cat([w0, w1, w0], -1)
+        x0, x1 = tf32_parts(x)
+        x_tf32 = torch.cat([x0, x0, x1], -1)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        rows["split TF32 x3, one cuBLAS TF32 call"] = (us(lambda: torch.addmm(bias, x_tf32, w_tf32.T)),
+                                                        rel(torch.addmm(bias, x_tf32, w_tf32.T), want))
+        rows["split TF32 x3, with split"] = (us(lambda: tf32_split_linear(x, w_tf32, bias)), float("nan"))
+        tf32_kv = tf32_split_linear(x, w_tf32, bias)
+        torch.backends.cuda.matmul.allow_tf32 = False
         # Float16 parts of x too, each row scaled by a power of two to a largest value of 2¹⁴ (its
         # low parts then stay normal numbers), the rows unscaled after the product; with and
         # without cuBLAS's reduced-precision reductions.
@@ -129,7 +155,8 @@ def main():
         query = torch.randn(streams, QUERIES, MODEL, device="cuda")
         exact_kv = want.view(streams, BASIS, 2 * MODEL)
         products_kv = {"three-TF32": products.linear(x, weight, bias), "split fp16, x rows scaled": rows_scaled(),
-                       "split bf16": products.split_linear(x, products.split_weight(weight), bias)}
+                       "split bf16": products.split_linear(x, products.split_weight(weight), bias),
+                       "split TF32 on cuBLAS": tf32_kv}
         for q_scale in (1, 64):
             exact_ctx = attention64(query * q_scale, exact_kv)
             for name, kv in products_kv.items():
