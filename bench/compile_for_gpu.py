@@ -1,6 +1,6 @@
 """Compile the package's Triton kernels for a Hopper GPU (sm_90) on a machine without one.
 
-    python bench/compile_for_gpu.py [--arch 90] [--only NAME ...]     # not under TRITON_INTERPRET
+    python bench/compile_for_gpu.py [--arch 90] [--only NAME ...] [--resources]   # not under TRITON_INTERPRET
 
 The CPU interpreter runs the kernels' Python semantics, not Triton's compiler: a kernel that the
 interpreter accepts can still fail to compile for a GPU. Here each kernel-level launcher
@@ -10,12 +10,17 @@ launch is compiled to a cubin for the target with Triton's bundled ptxas, with t
 specialisations (arguments divisible by 16) its GPU launch would have. The GPU's own variants
 of what the CPU would not pick are compiled too: three-TF32 dots for ``PRECISION``, tensor-core
 half dots for ``HALF_DOTS`` / ``DOT_TYPE``. Prints one line per compilation; exits 1 if any fails.
+``--resources`` adds each compilation's registers per thread, spill stores and shared memory, as
+ptxas reports them: a kernel's register pressure (what limits its occupancy) read without a GPU.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import os
+import re
 import sys
 import time
 
@@ -104,8 +109,10 @@ class Recorder:
 
 def workloads():
     """Memory steps (no grad, and with a backward) of the configurations the kernels serve, each
-    switch of ``ops.step`` both ways, and the launchers no step reaches
-    on the CPU. Triton counts as runnable on CPU tensors here: its launches are only recorded."""
+    switch of ``ops.step`` both ways, then no-grad steps at the benchmarks' widths (N = 256,
+    e = D = 768, 12 heads, 32 queries: the tiles the GPU runs there), and the launchers no step
+    reaches on the CPU. Triton counts as runnable on CPU tensors here: its launches are only
+    recorded."""
     from infvideo import LongTermMemory, backends
     from infvideo.kernels import finite, products
     from infvideo.ops import step as step_module
@@ -132,6 +139,14 @@ def workloads():
         finally:
             for name in switch:
                 setattr(step_module, name, False)
+    for basis, dtype in itertools.product(("rectangular", "gaussian"), (torch.float32, torch.bfloat16)):
+        memory = LongTermMemory(num_basis=256, past_samples=512, basis=basis, backend="triton", cuda_graphs=False,
+                                check_finite=False)
+        pk, pv = (torch.nn.Linear(768, 768).to(dtype) for _ in range(2))
+        with torch.no_grad():
+            for _ in range(2):
+                memory(torch.randn(1, 16, 4, 768, generator=gen).to(dtype),
+                       torch.randn(1, 32, 768, generator=gen).to(dtype), pk, pv, 12)
     queries, keys = torch.randn(2, 5, 24), torch.randn(2, 16, 24)
     products.split_linear(torch.randn(7, 300), products.split_weight(torch.randn(24, 300)), None)
     flags, coef = torch.zeros(3, dtype=torch.int32), torch.randn(2, 16, 32)
@@ -140,11 +155,25 @@ def workloads():
     yield
 
 
+def resources(ptxas_log: str, shared: int) -> str:
+    """", N registers, M bytes spilled, S bytes shared" from a ptxas -v log and Triton's shared memory."""
+    registers = re.findall(r"Used (\d+) registers", ptxas_log)
+    spills = re.findall(r"(\d+) bytes spill stores", ptxas_log)
+    return (f", {registers[-1] if registers else '?'} registers, {spills[-1] if spills else '?'} bytes spilled, "
+            f"{shared} bytes shared")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--only", nargs="+", default=None, help="kernel function names to compile")
+    parser.add_argument("--resources", action="store_true",
+                        help="also print registers, spill stores and shared memory per compilation (ptxas -v)")
     args = parser.parse_args()
+    if args.resources:  # ptxas's log is printed only when it runs: no cached compilations
+        from triton import knobs
+        knobs.nvidia.dump_ptxas_log = True
+        knobs.compilation.always_compile = True
     recorder = Recorder()
     original = _launch.CachedLaunch.__call__
     _launch.CachedLaunch.__call__ = lambda self, grid, *a, **m: recorder(self, grid, *a, **m)
@@ -162,9 +191,14 @@ def main():
                  if k in ("PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE", "WRITE_CAST",
                           "SCORE_PRECISION", "BAND_INSIDE")}
         start = time.perf_counter()
+        log = io.StringIO()
         try:
-            triton.compile(ASTSource(kernel, types, constexprs=constants, attrs=attrs), target=target, options=options)
+            with contextlib.redirect_stdout(log):
+                compiled = triton.compile(ASTSource(kernel, types, constexprs=constants, attrs=attrs), target=target,
+                                          options=options)
             status = "ok"
+            if args.resources:
+                status += resources(log.getvalue(), compiled.metadata.shared)
         except Exception as err:  # reported, then counted
             failures += 1
             status = f"FAILED {type(err).__name__}: {str(err).splitlines()[0][:200]}"

@@ -3,8 +3,9 @@
 The interpreter that runs the other tests on the CPU executes the kernels' Python semantics and
 never calls Triton's compiler, so a kernel it accepts can still fail to build for a GPU.
 ``bench/compile_for_gpu.py`` records the launches of memory steps in every configuration (and the
-launchers no CPU step reaches), with the GPU's own choices of dot precision, and compiles each to a
-cubin with Triton's bundled ptxas. It runs in a subprocess: the compiler needs the kernels as
+launchers no CPU step reaches, and steps at the benchmarks' widths), with the GPU's own choices of
+dot precision and the launches' alignment specialisations, and compiles each to a cubin with
+Triton's bundled ptxas. It runs in a subprocess: the compiler needs the kernels as
 ``triton.jit`` functions, which TRITON_INTERPRET=1 (set for this suite) replaces.
 """
 from __future__ import annotations
