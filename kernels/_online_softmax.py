@@ -1,4 +1,4 @@
-"""The online softmax's steps and the mass it leaves, shared by the attention kernels (Triton device functions)."""
+"""The online softmax's steps, shared by the attention and quadrature kernels (Triton device functions)."""
 from __future__ import annotations
 
 import triton
@@ -24,15 +24,3 @@ def softmax_start(null_logw, BLOCK: tl.constexpr, HAS_NULL: tl.constexpr):
         m_i = tl.zeros([BLOCK], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK], dtype=tl.float32)
     return m_i, l_i
-
-
-@triton.jit
-def store_group_mass(mass_base, p, block, slots, mask_n, GROUPS_TOTAL, stride_mg,
-                     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
-    """The weights p [BLOCK_R, BLOCK_N] of row block ``block`` summed over each group of GROUP
-    consecutive rows, stored at mass row (block · BLOCK_R / GROUP + group), slot; groups from
-    GROUPS_TOTAL on are not stored."""
-    groups = block * (BLOCK_R // GROUP) + tl.arange(0, BLOCK_R // GROUP)
-    per_group = tl.sum(tl.reshape(p, (BLOCK_R // GROUP, GROUP, BLOCK_N)), axis=1)
-    tl.store(mass_base + groups[:, None] * stride_mg + slots[None, :], per_group,
-             mask=(groups < GROUPS_TOTAL)[:, None] & mask_n[None, :])

@@ -26,7 +26,6 @@ import triton.language as tl
 from ._device import on_input_device
 from . import products
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-from ._online_softmax import store_group_mass
 from .products import head_products
 
 # The mass is summed over groups of this many consecutive folded rows h·Q + q (the op's output
@@ -52,6 +51,16 @@ def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WI
     if HAS_LOGW:
         scores += tl.load(logw_ptr + slots, mask=mask_n, other=0.0)[None, :]
     return tl.where(mask_n[None, :], scores, float("-inf"))
+
+
+@triton.jit
+def _store_mass(mass_base, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg,
+                BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Each group of GROUP consecutive rows of the block adds its weights into one mass row."""
+    groups = rb * (BLOCK_R // GROUP) + tl.arange(0, BLOCK_R // GROUP)
+    per_group = tl.sum(tl.reshape(p, (BLOCK_R // GROUP, GROUP, BLOCK_N)), axis=1)
+    tl.store(mass_base + groups[:, None] * stride_mg + slots[None, :], per_group,
+             mask=(groups < GROUPS_TOTAL)[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -87,8 +96,7 @@ def _folded_softmax_kernel(
         p = tl.exp(scores - m_i[:, None])
         p = p / tl.sum(p, axis=1)[:, None]
         p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
-        store_group_mass(mass_ptr + s * stride_ms, p, rb, offs_n, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N,
-                         GROUP)
+        _store_mass(mass_ptr + s * stride_ms, p, rb, offs_n, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N, GROUP)
         for e0 in range(0, WIDTH, BLOCK_E):
             cols = e0 + tl.arange(0, BLOCK_E)
             mask_e = cols < WIDTH
@@ -114,8 +122,7 @@ def _folded_softmax_kernel(
                                     sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
             p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
             p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
-            store_group_mass(mass_ptr + s * stride_ms, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N,
-                             GROUP)
+            _store_mass(mass_ptr + s * stride_ms, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N, GROUP)
             tl.store(out_ptr + s * stride_ps + rows[:, None].to(tl.int64) * stride_pr + slots[None, :], p,
                      mask=mask_r[:, None] & mask_n[None, :])
 
@@ -130,23 +137,6 @@ _launch_softmax = CachedLaunch(_folded_softmax_kernel)
 # bench/tune_factored_attention.py sweeps them all.
 CONFIG = {"rows": 16, "block_e": 32, "warps": 4, "stages": 3, "scores_per_warp": 1024,
           "query_tiles": (128, 128, 32, 8, 3), "context_tiles": (128, 64, 32, 4, 3)}
-
-
-def folded_queries(query: torch.Tensor, w_key: torch.Tensor, num_heads: int, precision: str
-                   ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """u = W_k,hᵀ q_h [H, S·Q, e] float32 of query [S, Q, D] and w_key [D, e]: one product per head
-    over all S·Q rows (``CONFIG["query_tiles"]``), and the (stream, head, query) strides of row
-    h·Q + q of stream s in it."""
-    s, q_len, model = query.shape
-    width, d = w_key.shape[1], model // num_heads
-    if query.stride(0) != q_len * query.stride(1):
-        query = query.contiguous()  # its S·Q rows must be evenly strided for the product
-    folded = torch.empty(num_heads, s * q_len, width, device=query.device, dtype=torch.float32)
-    head_products(query, (0, d * query.stride(2), query.stride(1), query.stride(2)),
-                  w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
-                  folded, (0, folded.stride(0), width, 1), s * q_len, width, d, num_heads, 1, precision,
-                  tiles=CONFIG["query_tiles"])
-    return folded, (q_len * width, folded.stride(0), width)
 
 
 @on_input_device
@@ -169,7 +159,17 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
         coef = coef.to(torch.float32).contiguous()
     if slot_log_weight is not None and (slot_log_weight.dtype != torch.float32 or slot_log_weight.stride(0) != 1):
         slot_log_weight = slot_log_weight.to(torch.float32).contiguous()
-    folded, u_strides = folded_queries(query, w_key, num_heads, precision)
+    if query.stride(0) != q_len * query.stride(1):
+        query = query.contiguous()  # its S·Q rows must be evenly strided for the head product below
+
+    # u [H, S·Q, e]: each head's queries of all streams through its d rows of W_k, as one product per head.
+    folded = torch.empty(num_heads, s * q_len, width, device=device, dtype=torch.float32)
+    head_products(query, (0, d * query.stride(2), query.stride(1), query.stride(2)),
+                  w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
+                  folded, (0, folded.stride(0), width, 1), s * q_len, width, d, num_heads, 1, precision,
+                  tiles=CONFIG["query_tiles"])
+    # Row h·Q + q of stream s in u's layout: (stream, head, query) strides.
+    u_strides = (q_len * width, folded.stride(0), width)
 
     groups = cdiv(rows, QUERY_GROUP)
     mass = torch.empty(s, groups, n, device=device, dtype=torch.float32)
