@@ -209,13 +209,11 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     t, n = grid.numel(), mu.numel()
     # In float64: the float32 table then carries one rounding, as the reference's basis values do
     # (float32 arithmetic would add ~z²·2⁻²⁴ relative at z = (t − μ)/σ, 4·10⁻⁶ at the cut-off).
+    z = (grid.double()[:, None] - mu.double()[None, :]) / sigma.double()[None, :]
+    table = (torch.exp(-0.5 * z * z) / (sigma.double()[None, :] * 2.5066282746310002)).to(torch.float32)
     tiles = cdiv(t, block_t)
     # Whole tiles of rows (zeros past T): the kernels read a tile's rows without a mask.
-    nodes = torch.cat([grid.double(), grid.new_zeros(tiles * block_t - t, dtype=torch.float64)])
-    z = (nodes[:, None] - mu.double()[None, :]) / sigma.double()[None, :]
-    table = torch.exp(-0.5 * z * z) / (sigma.double()[None, :] * 2.5066282746310002)
-    table[t:] = 0
-    table = table.to(torch.float32).contiguous()
+    table = torch.nn.functional.pad(table, (0, 0, 0, tiles * block_t - t)).contiguous()
     full = max(16, next_power_of_2(n))
     if grid.is_cuda and torch.cuda.is_current_stream_capturing():
         return table, torch.zeros(tiles, device=grid.device, dtype=torch.int32), full, _alignment(0)
