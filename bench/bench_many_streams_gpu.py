@@ -15,6 +15,7 @@ projections only. With ``--compile``, each case also runs the torch reference st
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 from torch import nn
@@ -22,8 +23,39 @@ from torch import nn
 from bench_step_gpu import BASIS, HEADS, LENGTH, QUERIES, SAMPLES, TOKENS, WIDTH, floor_us, read_bandwidth
 from infvideo import LongTermMemory
 from infvideo.benchmarks import harness
+from infvideo.kernels import _launch, attention
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+# Switches that --compare times the step with besides the defaults: (module or dict, name, value).
+COMPARISONS = {
+    "no PDL": [(_launch, "PROGRAMMATIC_LAUNCH", False)],
+    "attention: V after the softmax": [(attention.CONFIG, "prefetch_values", False)],
+}
+ALTERNATIVES: dict = {}
+
+
+@contextlib.contextmanager
+def overrides(changes: list):
+    """Sets module attributes (or dict entries) for the duration, then restores them."""
+    def get(owner, name):
+        return owner[name] if isinstance(owner, dict) else getattr(owner, name)
+
+    def put(owner, name, value):
+        if isinstance(owner, dict):
+            owner[name] = value
+        else:
+            setattr(owner, name, value)
+
+    saved = [(owner, name, get(owner, name)) for owner, name, _ in changes]
+    try:
+        for change in changes:
+            put(*change)
+        yield
+    finally:
+        for change in saved:
+            put(*change)
 
 
 def step_us(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dtype, budget: float, bandwidth: float,
@@ -47,6 +79,10 @@ def step_us(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dt
 
     with torch.no_grad():
         step = warm_time("triton")
+        alternatives = {}
+        for name, changes in ALTERNATIVES.items():
+            with overrides(changes):
+                alternatives[name] = warm_time("triton")
     reference, replayed = None, False
     if compiled:
         torch._dynamo.reset()
@@ -56,7 +92,7 @@ def step_us(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dt
             print(f"  torch.compile, S={streams}: no CUDA graph ({type(err).__name__}); timed eagerly", flush=True)
             torch._dynamo.reset()
             reference = warm_time("torch", torch.compile, graph=False)
-    return step, floor_us(streams, [tokens, query, pk.weight, pv.weight], bandwidth), reference, replayed
+    return step, floor_us(streams, [tokens, query, pk.weight, pv.weight], bandwidth), reference, replayed, alternatives
 
 
 def main() -> None:
@@ -64,21 +100,28 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the torch reference step")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the step with each of COMPARISONS' switches off (programmatic launches, "
+                             "the attention's early V)")
     args = parser.parse_args()
+    if args.compare:
+        ALTERNATIVES.update(COMPARISONS)
     bandwidth = read_bandwidth()
     print(f"GPU {harness.device_name(torch.device('cuda'))}, torch {torch.__version__}, commit {harness.commit()}, "
           f"copy rate {bandwidth / 1e12:.2f} TB/s\n")
     extra = " torch.compile reference µs | step / compiled |" if args.compile else ""
+    extra += "".join(f" {name} µs |" for name in ALTERNATIVES)
     print("| S | tokens | projections | step µs (user's CUDA graph) | input + state read floor µs | ratio |" + extra)
-    print("|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if args.compile else "") + "---|" * len(ALTERNATIVES))
     for streams in args.streams:
         for tokens in ("bf16",) if streams == 1 else ("bf16", "fp32"):
             for projections in ("bf16",) if streams == 1 else ("bf16", "fp32"):
-                step, floor, reference, replayed = step_us(streams, DTYPES[tokens], DTYPES[projections], args.budget,
-                                                           bandwidth, args.compile)
+                step, floor, reference, replayed, alternatives = step_us(
+                    streams, DTYPES[tokens], DTYPES[projections], args.budget, bandwidth, args.compile)
                 row = f"| {streams} | {tokens} | {projections} | {step:,.1f} | {floor:,.1f} | {step / floor:.2f}× |"
                 if reference is not None:
                     row += f" {reference:,.1f}{'' if replayed else ' (eager)'} | {step / reference:.2f}× |"
+                row += "".join(f" {alternatives[name]:,.1f} |" for name in ALTERNATIVES)
                 print(row, flush=True)
                 torch.cuda.empty_cache()
 

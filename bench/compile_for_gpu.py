@@ -37,7 +37,7 @@ from infvideo.kernels import _launch
 
 _POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
             torch.int32: "*i32", torch.int64: "*i64", torch.int8: "*i8", torch.uint8: "*u8", torch.bool: "*i1"}
-LAUNCH_OPTIONS = ("num_warps", "num_stages")
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "launch_pdl")
 
 
 def signature(kernel, args, meta) -> tuple[dict, dict, dict]:
@@ -78,7 +78,8 @@ def gpu_variants(args, meta: dict) -> list[dict]:
     """The launch's constexprs as recorded, and as a GPU would set those the CPU chose otherwise:
     three-TF32 dots for PRECISION, tensor-core half dots (HALF_DOTS, DOT_TYPE), half K/V on the
     tensor cores (IEEE), 16-bit tokens pooled in their type (POOL_FLOAT32), the quadrature tiles'
-    three-TF32 products (SCORE_PRECISION, WEIGHT_PRECISION) and vector band loads (BAND_INSIDE)."""
+    three-TF32 products (SCORE_PRECISION, WEIGHT_PRECISION), vector band loads (BAND_INSIDE) and
+    programmatic dependent launches (PDL, FRAMES_FIRST: kernels/_launch.py)."""
     half = any(isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) for a in args)
     variants = [meta]
     for name, cpu, gpu in (("PRECISION", "ieee", dict(PRECISION="tf32x3")),
@@ -86,7 +87,9 @@ def gpu_variants(args, meta: dict) -> list[dict]:
                            ("BAND_INSIDE", False, dict(BAND_INSIDE=True, LO_ALIGN=4)),
                            ("HALF_DOTS", False, dict(HALF_DOTS=True, DOT_TYPE=tl.bfloat16)),
                            ("IEEE", True, dict(IEEE=False) if half else None),
-                           ("POOL_FLOAT32", True, dict(POOL_FLOAT32=False))):
+                           ("POOL_FLOAT32", True, dict(POOL_FLOAT32=False)),
+                           ("PDL", False, dict(PDL=True, launch_pdl=True)),
+                           ("FRAMES_FIRST", False, dict(FRAMES_FIRST=True) if meta.get("HAS_PAST") else None)):
         if gpu is not None and meta.get(name, not cpu) == cpu:
             variants += [dict(v, **gpu) for v in variants]
     return variants
@@ -189,7 +192,7 @@ def main():
             continue
         shown = {k: v for (i,), v in constants.items() for k in [kernel.arg_names[i]]
                  if k in ("PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE", "WRITE_CAST",
-                          "SCORE_PRECISION", "BAND_INSIDE")}
+                          "SCORE_PRECISION", "BAND_INSIDE", "PDL", "FRAMES_FIRST", "PREFETCH_V")}
         start = time.perf_counter()
         log = io.StringIO()
         try:

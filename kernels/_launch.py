@@ -12,10 +12,16 @@ through Triton.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
 import torch
+
+try:  # grid dependency control, for kernels launched as programmatic dependents (below)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - Triton releases without it never launch so
+    gdc_launch_dependents = gdc_wait = None
 
 try:  # the driver and knobs of the Triton that compiled the kernels (absent: no fast path)
     from triton import knobs as _knobs
@@ -41,6 +47,34 @@ def specialization_key(args, meta: dict) -> tuple:
     argument by value (more specific than Triton's classes of integers: never less), then the
     constexprs and launch options."""
     return (*[(a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor) else a for a in args], *meta.items())
+
+
+# Programmatic dependent launch (Hopper and later): a kernel launched with ``launch_pdl=True`` may
+# start while the kernel before it on the stream is still running, so its launch and whatever it
+# reads that the earlier kernel does not write overlap that kernel's tail. Every kernel launched
+# so calls ``gdc_wait`` (tl.extra.cuda) before it reads what a prior kernel may write and before
+# it stores anything (torch may hand it memory a prior kernel still reads), and releases its own
+# dependents only after that wait: so when such a kernel starts, every kernel but the one just
+# before it has finished. Off to compare (bench/bench_many_streams_gpu.py --no-pdl).
+PROGRAMMATIC_LAUNCH = True
+
+
+@functools.lru_cache(maxsize=None)
+def _programmatic_device(index: int) -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:  # pragma: no cover - a Triton without its NVIDIA backend
+        return False
+    return (gdc_wait is not None and "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+            and torch.cuda.get_device_capability(index) >= (9, 0))
+
+
+def programmatic(device: torch.device) -> bool:
+    """Whether kernels on ``device`` are launched as programmatic dependents (``PROGRAMMATIC_LAUNCH``,
+    a CUDA device of compute capability 9.0 or later, a Triton that has ``launch_pdl``; never under
+    the CPU interpreter)."""
+    return (PROGRAMMATIC_LAUNCH and device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and _programmatic_device(device.index if device.index is not None else torch.cuda.current_device()))
 
 
 # Keys are per shape; a program that sees ever new shapes should not grow the cache without end.

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic
 
 
 @triton.jit
@@ -44,12 +44,20 @@ def _rect_consolidate_kernel(
     stride_ps, stride_pn, stride_bs, stride_os, stride_on,
     HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+    PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr,
 ):
+    # PDL: launched as a programmatic dependent (kernels/_launch.py). FRAMES_FIRST: the kernel
+    # before this one is the sampler that writes sample_bins, so the frames are pooled while it
+    # runs and only the past samples wait for it.
+    if PDL and not FRAMES_FIRST:
+        gdc_wait()
+        gdc_launch_dependents()
     n = tl.program_id(0)
     s = tl.program_id(1).to(tl.int64)
     offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
     acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+    scale = tl.load(scale_ptr + n)
 
     # Frames of this bin, each pooled over its tokens on the fly.
     f_lo = tl.load(frame_start_ptr + n)
@@ -78,10 +86,14 @@ def _rect_consolidate_kernel(
             part += tl.sum(tile.to(tl.float32), axis=0)
         acc += part * inv_tokens
 
+    if PDL and FRAMES_FIRST:
+        gdc_wait()
+        gdc_launch_dependents()
     if HAS_PAST:
         # The bin's samples BLOCK_P at a time (usually all at once): three dependent loads per
         # block (sample slots, their old bins, the rows) instead of three per sample, which left
-        # the one-stream step waiting on memory latency.
+        # the one-stream step waiting on memory latency. (Loading the slots before the frames
+        # measured slower at S = 1: bench/README.md, "Programmatic dependent launches".)
         p_lo = tl.load(past_start_ptr + n)
         p_hi = tl.load(past_start_ptr + n + 1)
         offs_p = tl.arange(0, BLOCK_P)
@@ -92,7 +104,7 @@ def _rect_consolidate_kernel(
                            + offs_e[None, :], mask=read, other=0.0)
             acc += tl.sum(rows.to(tl.float32), axis=0)
 
-    acc = acc * tl.load(scale_ptr + n)
+    acc = acc * scale
     tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc, mask=mask_e)
     if WRITE_CAST:
         # The same coefficients in the projections' dtype, saving the GEMM a separate cast pass.
@@ -115,15 +127,18 @@ _launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
                      past_idx: torch.Tensor, past_start: torch.Tensor, frame_idx: torch.Tensor,
                      frame_start: torch.Tensor, scale: torch.Tensor, frames_in_order: bool = False,
-                     max_per_bin: int = 1, cast_dtype: torch.dtype | None = None
+                     max_per_bin: int = 1, cast_dtype: torch.dtype | None = None, after_sampler: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused consolidation; inputs are checked by ``infvideo.ops``.
 
     frames [S, L, T, e] (T = 1 for pooled frames; any strides), past [S, N, e] (last stride 1) with
     sample_bins [S or 1, M] (int32/int64), CSR maps int32, scale [N] fp32. ``frames_in_order``:
     frame_idx is the identity (frames are listed in bin order), so the FRAME_ROWS path may be used;
-    ``max_per_bin``: the most past samples any bin receives. Returns the new coefficients [S, N, e]
-    in float32, and the same in ``cast_dtype`` (an empty tensor when None).
+    ``max_per_bin``: the most past samples any bin receives. ``after_sampler``: the launch just
+    before this one on the stream was the sampler's that wrote ``sample_bins``, and nothing else
+    writes frames since (a programmatic launch then streams the frames while the sampler runs).
+    Returns the new coefficients [S, N, e] in float32, and the same in ``cast_dtype`` (an empty
+    tensor when None).
     """
     s, _, tokens, e = frames.shape
     n = scale.numel()
@@ -136,6 +151,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
     block_t = CONFIG["block_rows"] if frame_rows else min(32, next_power_of_2(tokens))
     grid = (n, s, cdiv(e, block_e))
+    pdl = programmatic(frames.device)
     _launch_rect_consolidate(grid,
         frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
         past_idx, past_start, frame_idx, frame_start, scale,
@@ -146,6 +162,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         out.stride(0), out.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
         BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
+        PDL=pdl, FRAMES_FIRST=pdl and after_sampler and past is not None, launch_pdl=pdl,
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )
     return out, cast

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic
 
 PRECISION = "tf32x3"
 
@@ -49,10 +49,14 @@ def _batched_product_kernel(
     stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and
     # head h, all by strides, so that heads are read in place from [S, Q, D] and [D, e] tensors and
     # weights [n, k] serve as Bᵀ (no transposed copies).
+    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
     offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N)
     h = tl.program_id(1).to(tl.int64)
     s = tl.program_id(2).to(tl.int64)
@@ -106,7 +110,8 @@ def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, stre
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
             *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PDL=False,
+            num_warps=warps, num_stages=stages)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -117,12 +122,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     flat = x.reshape(rows, k)
     out = torch.empty(rows, n, device=x.device, dtype=torch.float32)
     block_m, block_n, block_k, warps, stages = LARGE_TILES if rows >= LARGE_ROWS else SMALL_TILES
+    pdl = programmatic(x.device)
     _launch((cdiv(rows, block_m) * cdiv(n, block_n), 1, 1),
             flat, weight, bias if bias is not None else out, out, rows, n, k,
             0, 0, flat.stride(0), flat.stride(1), 0, 0, weight.stride(1), weight.stride(0),
             0, 0, out.stride(0), out.stride(1), 0, 0 if bias is None else bias.stride(0),
             HAS_BIAS=bias is not None, PRECISION=precision(x.device),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, launch_pdl=pdl,
+            num_warps=warps, num_stages=stages)
     return out.view(*x.shape[:-1], n)
 
 

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic
 
 
 @triton.jit
@@ -60,11 +60,14 @@ def _quantile_bins_of(cdf, level, K, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexp
 @triton.jit
 def _quantile_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride_ms, stride_mg, stride_os,
                      POINTS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                     SEARCH_STEPS: tl.constexpr):
+                     SEARCH_STEPS: tl.constexpr, PDL: tl.constexpr):
     # Each sample's bin, or with POINTS its time u_i = (bin + fraction) / K, the fraction where the
     # level falls between the CDF below the bin and the bin's own mass
     # (reference.sticky.quantile_samples and sample_points).
     s = tl.program_id(0).to(tl.int64)
+    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
     weight, cdf, total = _stream_masses(mass_ptr, s, K, G, stride_ms, stride_mg, BLOCK_G, BLOCK_K)
     first = tl.program_id(1) * BLOCKS_PER_PROGRAM
     for b in range(first, first + BLOCKS_PER_PROGRAM):
@@ -105,8 +108,9 @@ def _quantile(mass: torch.Tensor, num_samples: int, points: bool) -> torch.Tenso
     s, g, k = mass.shape
     out = torch.empty(s, num_samples, device=mass.device, dtype=torch.float64 if points else torch.int32)
     grid, per_program, meta = _search_layout(s, g, k, num_samples)
+    pdl = programmatic(mass.device)
     _launch_quantile(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
-                     POINTS=points, **meta, num_warps=8)
+                     POINTS=points, **meta, PDL=pdl, launch_pdl=pdl, num_warps=8)
     return out
 
 

@@ -78,8 +78,8 @@ def _(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, s
     return frames.new_empty(shape, dtype=torch.float32), cast
 
 
-def _triton_kernel(*args):
-    return backends.triton_kernels()["consolidate"].rect_consolidate(*args)
+def _triton_kernel(*args, after_sampler: bool = False):
+    return backends.triton_kernels()["consolidate"].rect_consolidate(*args, after_sampler=after_sampler)
 
 
 _library.select_kernels("rect_consolidate", _triton_kernel)
@@ -210,13 +210,19 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
 
 
 def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
-                               cast_dtype: torch.dtype | None = None, backend: str = "auto"):
+                               cast_dtype: torch.dtype | None = None, backend: str = "auto",
+                               after_sampler: bool = False):
     """:func:`rect_consolidate` without the input checks, for callers whose inputs are checked
-    (``fused_step``: LongTermMemory's inputs and the step's own constants)."""
+    (``fused_step``: LongTermMemory's inputs and the step's own constants). ``after_sampler``: the
+    caller's last launch was the Triton sampler that wrote ``sample_bins`` (its direct launch:
+    ``_library.direct_triton``), so a direct launch here may read the frames while it runs."""
+    given = frames.data_ptr()
     if frames.dim() == 3:
         frames = frames.unsqueeze(2)
     elif frames.dim() > 4:
         frames = frames.flatten(2, -2)
+    # A copy of the frames made here would be a launch after the sampler's, written while read.
+    after_sampler = after_sampler and frames.data_ptr() == given
     if past is not None:
         past = _library.cast(past, torch.float32).contiguous()
         if sample_bins.dim() != 2:
@@ -227,7 +233,10 @@ def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPl
     extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None
     args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start, plan.scale,
             plan.frames_in_order, plan.max_per_bin, extra)
-    coef, cast = _library.launch("rect_consolidate", _triton_kernel, args, backend, frames, past)
+    if after_sampler and _library.direct_triton(frames, backend) and not _library.records_grad(frames, past):
+        coef, cast = _triton_kernel(*args, after_sampler=True)
+    else:
+        coef, cast = _library.launch("rect_consolidate", _triton_kernel, args, backend, frames, past)
     if cast_dtype is None:
         return coef
     return coef, (coef.to(cast_dtype) if extra is None else cast)
