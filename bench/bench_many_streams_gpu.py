@@ -1,6 +1,6 @@
 """Issue 22's table: the default step per token and projection dtype against the same run's read floor.
 
-    PYTHONPATH=$PWD python bench/bench_many_streams_gpu.py [--streams 1 16 64] [--budget 0.1]
+    PYTHONPATH=$PWD python bench/bench_many_streams_gpu.py [--streams 1 16 64] [--budget 0.1] [--compile] [--compare]
 
 Case: S videos of 256 frames × 32 tokens (bf16 or fp32), N = 256, M = 512, e = D = 768, 12 heads,
 32 queries (in the tokens' dtype), bf16 or fp32 projections, sticky quantile sampling, the memory
@@ -10,7 +10,9 @@ kernels' time, no host); the floor reads the step's inputs and the memory's stat
 copy rate measured in the same run (``bench_step_gpu.floor_us``). S = 1 runs bf16 tokens and
 projections only. With ``--compile``, each case also runs the torch reference step
 (``backend="torch"``) under ``torch.compile``, replayed from a CUDA graph where it can be captured
-(otherwise timed eagerly with ``do_bench``, and marked so). Prints a markdown table.
+(otherwise timed eagerly with ``do_bench``, and marked so). With ``--compare``, each case also
+times the step with each switch of ``COMPARISONS`` changed (programmatic launches off, the
+attention's V loaded after the softmax). Prints a markdown table.
 """
 from __future__ import annotations
 
