@@ -55,7 +55,7 @@ def specialization_key(args, meta: dict) -> tuple:
 # so calls ``gdc_wait`` (tl.extra.cuda) before it reads what a prior kernel may write and before
 # it stores anything (torch may hand it memory a prior kernel still reads), and releases its own
 # dependents only after that wait: so when such a kernel starts, every kernel but the one just
-# before it has finished. Off to compare (bench/bench_many_streams_gpu.py --no-pdl).
+# before it has finished. Off to compare (bench/bench_many_streams_gpu.py --compare).
 PROGRAMMATIC_LAUNCH = True
 
 
@@ -66,13 +66,13 @@ def _programmatic_device(index: int) -> bool:
     except ImportError:  # pragma: no cover - a Triton without its NVIDIA backend
         return False
     return (gdc_wait is not None and "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
-            and torch.cuda.get_device_capability(index) >= (9, 0))
+            and torch.version.hip is None and torch.cuda.get_device_capability(index) >= (9, 0))
 
 
 def programmatic(device: torch.device) -> bool:
     """Whether kernels on ``device`` are launched as programmatic dependents (``PROGRAMMATIC_LAUNCH``,
-    a CUDA device of compute capability 9.0 or later, a Triton that has ``launch_pdl``; never under
-    the CPU interpreter)."""
+    an NVIDIA device of compute capability 9.0 or later, a Triton that has ``launch_pdl``; never
+    under the CPU interpreter)."""
     return (PROGRAMMATIC_LAUNCH and device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
             and _programmatic_device(device.index if device.index is not None else torch.cuda.current_device()))
 
