@@ -84,17 +84,17 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
         start = rect_consolidate_unchecked(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend)
         if past is None:
             return start
-    sampled = cfg.sticky and cfg.sampling == "quantile"
+    quantile = cfg.sticky and cfg.sampling == "quantile"
     if not cfg.sticky:
         bins = consts.uniform_bins
-    elif sampled:
+    elif quantile:
         bins = quantile_bins_unchecked(stats, cfg.past_samples, backend)
     else:
         bins = past_samples(cfg, stats, torch.float32, frames.device, generator).bins
         if bins is None:
             return None
     # The sampler's launch is the last one before the consolidation's when both launch directly.
-    after_sampler = sampled and _library.direct_triton(stats, backend)
+    after_sampler = quantile and _library.direct_triton(stats, backend)
     later = rect_consolidate_unchecked(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype, backend=backend,
                                        after_sampler=after_sampler)
     if filled is None:
