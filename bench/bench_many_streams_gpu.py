@@ -17,7 +17,6 @@ attention's V loaded after the softmax). Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 from torch import nn
@@ -36,28 +35,6 @@ COMPARISONS = {
     "attention: V after the softmax": [(attention.CONFIG, "prefetch_values", False)],
 }
 ALTERNATIVES: dict = {}
-
-
-@contextlib.contextmanager
-def overrides(changes: list):
-    """Sets module attributes (or dict entries) for the duration, then restores them."""
-    def get(owner, name):
-        return owner[name] if isinstance(owner, dict) else getattr(owner, name)
-
-    def put(owner, name, value):
-        if isinstance(owner, dict):
-            owner[name] = value
-        else:
-            setattr(owner, name, value)
-
-    saved = [(owner, name, get(owner, name)) for owner, name, _ in changes]
-    try:
-        for change in changes:
-            put(*change)
-        yield
-    finally:
-        for change in saved:
-            put(*change)
 
 
 def step_us(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dtype, budget: float, bandwidth: float,
@@ -83,7 +60,7 @@ def step_us(streams: int, tokens_dtype: torch.dtype, projections_dtype: torch.dt
         step = warm_time("triton")
         alternatives = {}
         for name, changes in ALTERNATIVES.items():
-            with overrides(changes):
+            with harness.overrides(changes):
                 alternatives[name] = warm_time("triton")
     reference, replayed = None, False
     if compiled:

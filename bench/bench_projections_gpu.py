@@ -59,11 +59,8 @@ VARIANTS = {"cuBLAS float32 K/V": dict(FLOAT32_PROJECTION="cublas", FACTORED_ON_
 
 
 def switched(settings: dict):
-    """Sets ``settings`` on ops.step; returns the values they replaced."""
-    old = {name: getattr(step_module, name) for name in settings}
-    for name, value in settings.items():
-        setattr(step_module, name, value)
-    return old
+    """``settings`` set on ops.step for the duration of a ``with`` block."""
+    return harness.overrides([(step_module, name, value) for name, value in settings.items()])
 
 
 def step_rows(streams, pk, pv, tokens, query, budget) -> list[tuple[str, list[float], torch.Tensor]]:
@@ -71,8 +68,7 @@ def step_rows(streams, pk, pv, tokens, query, budget) -> list[tuple[str, list[fl
     rows = []
     for name, settings in VARIANTS.items():
         # The memory captures its step into CUDA graphs on the first calls: switch first.
-        old = switched(settings)
-        try:
+        with switched(settings):
             memory = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton").cuda()
             for _ in range(2):
                 memory(tokens, query, pk, pv, HEADS)
@@ -81,8 +77,6 @@ def step_rows(streams, pk, pv, tokens, query, budget) -> list[tuple[str, list[fl
             fresh = LongTermMemory(num_basis=BASIS, past_samples=SAMPLES, backend="triton").cuda()
             for _ in range(3):
                 out = fresh(tokens, query, pk, pv, HEADS)
-        finally:
-            switched(old)
         rows.append((f"step, {name}", times, out))
         del memory, fresh
     return rows
@@ -105,11 +99,8 @@ def attention_rows(streams, pk, pv, query, budget) -> list[tuple[str, list[float
     rows = []
     for name, settings in VARIANTS.items():
         fn = folded if settings["FACTORED_ON_GPU"] else kv
-        old = switched(settings)
-        try:
+        with switched(settings):
             rows.append((f"attention, {name}", harness.gpu_time(fn, budget), fn()))
-        finally:
-            switched(old)
     keys, values = (torch.nn.functional.linear(coef.double(), p.weight.double(), p.bias.double()) for p in (pk, pv))
     exact = slot_attention_torch64(query.double(), keys, values, None if log_weight is None else log_weight.double())
     return rows + [("attention, float64", None, exact)]

@@ -117,6 +117,7 @@ def workloads():
     reaches on the CPU. Triton counts as runnable on CPU tensors here: its launches are only
     recorded."""
     from infvideo import LongTermMemory, backends
+    from infvideo.benchmarks import harness
     from infvideo.kernels import finite, products
     from infvideo.ops import step as step_module
     backends.interpreting = lambda: True
@@ -126,9 +127,7 @@ def workloads():
     switches = [dict(), dict(FACTORED_ON_GPU=True)]
     for config, switch, tokens, weights in itertools.product(configs, switches, (torch.float32, torch.bfloat16),
                                                              (torch.float32, torch.bfloat16)):
-        for name, value in switch.items():
-            setattr(step_module, name, value)
-        try:
+        with harness.overrides([(step_module, name, value) for name, value in switch.items()]):
             memory = LongTermMemory(num_basis=16, past_samples=24, backend="triton", cuda_graphs=False,
                                     check_finite=False, **config)
             pk, pv = (torch.nn.Linear(32, 24).to(weights) for _ in range(2))
@@ -139,9 +138,6 @@ def workloads():
                     context = memory(frames, query, pk, pv, 3)
                 if grad:
                     context.float().sum().backward()
-        finally:
-            for name in switch:
-                setattr(step_module, name, False)
     for basis, dtype in itertools.product(("rectangular", "gaussian"), (torch.float32, torch.bfloat16)):
         memory = LongTermMemory(num_basis=256, past_samples=512, basis=basis, backend="triton", cuda_graphs=False,
                                 check_finite=False)

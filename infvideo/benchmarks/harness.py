@@ -1,5 +1,5 @@
 """What every benchmark shares: timing, percentiles, peak memory, copy bandwidth, the run's
-metadata, and CSV / markdown output.
+metadata, CSV / markdown output, and switches set for the length of a measurement.
 
 GPU time comes from ``triton.testing.do_bench`` (CUDA events around each call, the L2 cache
 flushed between calls) or ``do_bench_cudagraph`` (calls replayed from a CUDA graph: no host cost
@@ -9,6 +9,7 @@ synchronisation). On the CPU every call is timed with the wall clock. Times are 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import platform
@@ -20,6 +21,29 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def overrides(changes):
+    """Sets each (module or dict, name, value) of ``changes`` (an attribute, or a dict's entry) for
+    the duration of the block, then restores what was there."""
+    def get(owner, name):
+        return owner[name] if isinstance(owner, dict) else getattr(owner, name)
+
+    def put(owner, name, value):
+        if isinstance(owner, dict):
+            owner[name] = value
+        else:
+            setattr(owner, name, value)
+
+    saved = [(owner, name, get(owner, name)) for owner, name, _ in changes]
+    try:
+        for change in changes:
+            put(*change)
+        yield
+    finally:
+        for change in saved:
+            put(*change)
 
 
 def synchronize(device: torch.device) -> None:
