@@ -77,6 +77,13 @@ def programmatic(device: torch.device) -> bool:
             and _programmatic_device(device.index if device.index is not None else torch.cuda.current_device()))
 
 
+def programmatic_options(device: torch.device) -> dict:
+    """A launch's programmatic-dependent meta, the kernel's ``PDL`` constexpr (its ``gdc_wait``)
+    and the ``launch_pdl`` launch option together, so that neither is set without the other."""
+    on = programmatic(device)
+    return {"PDL": on, "launch_pdl": on}
+
+
 # Keys are per shape; a program that sees ever new shapes should not grow the cache without end.
 MAX_CACHED = 512
 

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic
+from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
 from ._online_softmax import running_max_sum, softmax_start
 
 
@@ -161,7 +161,7 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     # A [BLOCK_Q, BLOCK_N] score tile of at most 1024 fp32 values per warp stays in registers;
     # when that covers every slot, K is read once (ONE_TILE).
     block_n = max(16, min(next_power_of_2(n), 1024 * warps // (block_q * groups)))
-    pdl = programmatic(query.device)
+    pdl = programmatic_options(query.device)
     _launch_slot_attention((s, num_heads, cdiv(blocks, groups)),
         query, keys, values, slot_log_weight if slot_log_weight is not None else keys, ctx, mass,
         q_len, n, d, 0.0 if null_log_weight is None else float(null_log_weight), 1.0 / math.sqrt(d),
@@ -174,7 +174,7 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
         IEEE=keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16),
         GROUP=block_q, GROUPS=groups, BLOCK_N=block_n, BLOCK_D=block_d,
         PREFETCH_V=CONFIG["prefetch_values"] and n <= block_n and keys.dtype != torch.float32,
-        PDL=pdl, launch_pdl=pdl, num_warps=warps,
+        **pdl, num_warps=warps,
     )
     return ctx, mass
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic
+from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
 
 
 @triton.jit
@@ -151,7 +151,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
     block_t = CONFIG["block_rows"] if frame_rows else min(32, next_power_of_2(tokens))
     grid = (n, s, cdiv(e, block_e))
-    pdl = programmatic(frames.device)
+    pdl = programmatic_options(frames.device)
     _launch_rect_consolidate(grid,
         frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
         past_idx, past_start, frame_idx, frame_start, scale,
@@ -162,7 +162,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         out.stride(0), out.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
         BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
-        PDL=pdl, FRAMES_FIRST=pdl and after_sampler and past is not None, launch_pdl=pdl,
+        FRAMES_FIRST=pdl["PDL"] and after_sampler and past is not None, **pdl,
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )
     return out, cast

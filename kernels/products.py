@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic
+from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
 
 PRECISION = "tf32x3"
 
@@ -122,13 +122,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     flat = x.reshape(rows, k)
     out = torch.empty(rows, n, device=x.device, dtype=torch.float32)
     block_m, block_n, block_k, warps, stages = LARGE_TILES if rows >= LARGE_ROWS else SMALL_TILES
-    pdl = programmatic(x.device)
+    pdl = programmatic_options(x.device)
     _launch((cdiv(rows, block_m) * cdiv(n, block_n), 1, 1),
             flat, weight, bias if bias is not None else out, out, rows, n, k,
             0, 0, flat.stride(0), flat.stride(1), 0, 0, weight.stride(1), weight.stride(0),
             0, 0, out.stride(0), out.stride(1), 0, 0 if bias is None else bias.stride(0),
             HAS_BIAS=bias is not None, PRECISION=precision(x.device),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, launch_pdl=pdl,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, **pdl,
             num_warps=warps, num_stages=stages)
     return out.view(*x.shape[:-1], n)
 

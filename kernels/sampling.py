@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic
+from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
 
 
 @triton.jit
@@ -108,9 +108,9 @@ def _quantile(mass: torch.Tensor, num_samples: int, points: bool) -> torch.Tenso
     s, g, k = mass.shape
     out = torch.empty(s, num_samples, device=mass.device, dtype=torch.float64 if points else torch.int32)
     grid, per_program, meta = _search_layout(s, g, k, num_samples)
-    pdl = programmatic(mass.device)
+    pdl = programmatic_options(mass.device)
     _launch_quantile(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
-                     POINTS=points, **meta, PDL=pdl, launch_pdl=pdl, num_warps=8)
+                     POINTS=points, **meta, **pdl, num_warps=8)
     return out
 
 
