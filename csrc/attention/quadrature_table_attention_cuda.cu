@@ -86,12 +86,23 @@ __device__ __forceinline__ void round_tf32(Fragment& fragment) {
 }
 
 // acc += A[16, 64]·B[64, 16] from shared memory, A row-major; B(k, n) at b[n·ldb + k] (col_major)
-// or b[k·ldb + n] (row_major). kSplit: three TF32 passes (float32 accuracy), else one.
+// or b[k·ldb + n] (row_major). kSplit: three TF32 passes (float32 accuracy), else one. The k-steps
+// alternate between two sets of accumulators and the small cross terms (lo·hi, hi·lo) have their
+// own, so that consecutive products do not wait on each other's results; the cross terms are
+// added last, as in a compensated sum.
 template <bool kSplit, typename Layout>
 __device__ __forceinline__ void mma_k64(Accumulator& acc, const float* a, unsigned lda, const float* b, unsigned ldb) {
   constexpr bool kColMajor = std::is_same<Layout, wm::col_major>::value;
+  Accumulator main[2], cross[2];
+  main[0] = acc;
+  wm::fill_fragment(main[1], 0.0f);
+  if constexpr (kSplit) {
+    wm::fill_fragment(cross[0], 0.0f);
+    wm::fill_fragment(cross[1], 0.0f);
+  }
 #pragma unroll
   for (int k = 0; k < kTile; k += 8) {
+    const int j = (k / 8) & 1;
     FragA a_hi;
     FragB<Layout> b_hi;
     wm::load_matrix_sync(a_hi, a + k, lda);
@@ -101,25 +112,42 @@ __device__ __forceinline__ void mma_k64(Accumulator& acc, const float* a, unsign
       FragB<Layout> b_lo;
       split_tf32(a_hi, a_lo);
       split_tf32(b_hi, b_lo);
-      wm::mma_sync(acc, a_lo, b_hi, acc);
-      wm::mma_sync(acc, a_hi, b_lo, acc);
+      wm::mma_sync(cross[j], a_lo, b_hi, cross[j]);
+      wm::mma_sync(cross[j], a_hi, b_lo, cross[j]);
     } else {
       round_tf32(a_hi);
       round_tf32(b_hi);
     }
-    wm::mma_sync(acc, a_hi, b_hi, acc);
+    wm::mma_sync(main[j], a_hi, b_hi, main[j]);
+  }
+#pragma unroll
+  for (int i = 0; i < acc.num_elements; ++i) {
+    acc.x[i] = main[0].x[i] + main[1].x[i];
+    if constexpr (kSplit) {
+      acc.x[i] += cross[0].x[i] + cross[1].x[i];
+    }
   }
 }
 
-// rows × 64 columns of a head slice (row stride `stride`, `valid_rows` × `valid_cols` real) into
-// shared memory as float32, zeros elsewhere.
-template <typename scalar_t>
-__device__ __forceinline__ void stage(float* dst, int rows, const scalar_t* src, int64_t stride, int64_t valid_rows,
+// kRowsIn × 64 columns of a head slice (row stride `stride`, `valid_rows` × `valid_cols` real) into
+// shared memory as float32, zeros elsewhere: every load issued before the first store, so that a
+// thread waits for memory once.
+template <int kRowsIn, typename scalar_t>
+__device__ __forceinline__ void stage(float* dst, const scalar_t* src, int64_t stride, int64_t valid_rows,
                                       int64_t valid_cols, int tid) {
-  for (int i = tid; i < rows * kTile; i += kThreads) {
+  constexpr int kPerThread = kRowsIn * kTile / kThreads;
+  float value[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int i = tid + k * kThreads;
     const int r = i / kTile;
     const int c = i % kTile;
-    dst[r * kLd + c] = (r < valid_rows && c < valid_cols) ? static_cast<float>(src[r * stride + c]) : 0.0f;
+    value[k] = (r < valid_rows && c < valid_cols) ? static_cast<float>(src[r * stride + c]) : 0.0f;
+  }
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int i = tid + k * kThreads;
+    dst[(i / kTile) * kLd + i % kTile] = value[k];
   }
 }
 
@@ -153,7 +181,7 @@ __device__ __forceinline__ float row_sum(float value) {
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) quadrature_table_attention_kernel(
+__global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel(
     const scalar_t* __restrict__ query, const scalar_t* __restrict__ keys, const scalar_t* __restrict__ values,
     const float* __restrict__ table, const int* __restrict__ band_start, const float* __restrict__ log_weight,
     scalar_t* __restrict__ context, float* __restrict__ density, float* __restrict__ scores, const Shape p) {
@@ -192,8 +220,8 @@ __global__ void __launch_bounds__(kThreads) quadrature_table_attention_kernel(
     wm::fill_fragment(acc, 0.0f);
     for (int64_t dc = 0; dc < head_chunks; ++dc) {
       __syncthreads();
-      stage(w_s, kRows, q_head + dc * kTile, p.query_stride_q, real_rows, p.head_dim - dc * kTile, tid);
-      stage(band_s, kTile, k_head + nc * kTile * p.key_stride_n + dc * kTile, p.key_stride_n, p.basis - nc * kTile,
+      stage<kRows>(w_s, q_head + dc * kTile, p.query_stride_q, real_rows, p.head_dim - dc * kTile, tid);
+      stage<kTile>(band_s, k_head + nc * kTile * p.key_stride_n + dc * kTile, p.key_stride_n, p.basis - nc * kTile,
             p.head_dim - dc * kTile, tid);
       __syncthreads();
       mma_k64<kFloatInputs, wm::col_major>(acc, w_s, kLd, band_s + warp * 16 * kLd, kLd);
@@ -213,15 +241,23 @@ __global__ void __launch_bounds__(kThreads) quadrature_table_attention_kernel(
   float running_max = -INFINITY;
   float running_sum = 0.0f;
   const bool one_chunk = p.chunks == 1;
+  int64_t lo = band_start[0];
   if (one_chunk) {
-    copy_band(band_s, table, p.width, 0, band_start[0], tid);
+    copy_band(band_s, table, p.width, 0, lo, tid);
   }
+  int64_t next_lo = p.tiles > 1 ? band_start[1] : 0;
   for (int64_t tile = 0; tile < p.tiles; ++tile) {
-    const int64_t lo = band_start[tile];
     float* band = band_s + (tile & 1) * kTile * kLd;
+    float log_w[kPointsPerLane];
+#pragma unroll
+    for (int i = 0; i < kPointsPerLane; ++i) {
+      const int64_t g = tile * kTile + lane + i * kLanesPerRow;
+      log_w[i] = g < p.points ? log_weight[g] : -INFINITY;
+    }
+    const int64_t following_lo = tile + 2 < p.tiles ? band_start[tile + 2] : 0;  // used a tile later
     if (one_chunk) {
       if (tile + 1 < p.tiles) {
-        copy_band(band_s + ((tile + 1) & 1) * kTile * kLd, table, p.width, tile + 1, band_start[tile + 1], tid);
+        copy_band(band_s + ((tile + 1) & 1) * kTile * kLd, table, p.width, tile + 1, next_lo, tid);
         __pipeline_wait_prior(1);
       } else {
         __pipeline_wait_prior(0);
@@ -249,7 +285,7 @@ __global__ void __launch_bounds__(kThreads) quadrature_table_attention_kernel(
     for (int i = 0; i < kPointsPerLane; ++i) {
       const int point = lane + i * kLanesPerRow;
       const int64_t g = tile * kTile + point;
-      s[i] = g < p.points ? w_s[row * kLd + point] + log_weight[g] : -INFINITY;
+      s[i] = g < p.points ? w_s[row * kLd + point] + log_w[i] : -INFINITY;
       tile_max = fmaxf(tile_max, s[i]);
       if (p.write_density && g < p.points) {
         scores_row[g] = s[i];
@@ -289,6 +325,8 @@ __global__ void __launch_bounds__(kThreads) quadrature_table_attention_kernel(
       wm::store_matrix_sync(r_cols, r_acc, row_stride, wm::mem_row_major);
     }
     __syncthreads();
+    lo = next_lo;
+    next_lo = following_lo;
   }
 
   // 3. Normalise r, write the density and the context.
@@ -305,9 +343,15 @@ __global__ void __launch_bounds__(kThreads) quadrature_table_attention_kernel(
     const float* block_scores = scores + block * kRows * (p.tiles * kTile);
     for (int64_t g = tid; g < p.points; g += kThreads) {
       const float log_w = log_weight[g];
+      float score[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {  // every load first
+        score[r] = r < real_rows ? block_scores[r * (p.tiles * kTile) + g] : -INFINITY;
+      }
       float sum = 0.0f;
-      for (int r = 0; r < real_rows; ++r) {
-        sum += expf(block_scores[r * (p.tiles * kTile) + g] - log_w - max_s[r]) * inv_sum_s[r];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        sum += r < real_rows ? expf(score[r] - log_w - max_s[r]) * inv_sum_s[r] : 0.0f;
       }
       density[block * p.points + g] = sum;
     }
@@ -318,7 +362,7 @@ __global__ void __launch_bounds__(kThreads) quadrature_table_attention_kernel(
     wm::fill_fragment(acc, 0.0f);
     for (int64_t nc = 0; nc < basis_chunks; ++nc) {
       __syncthreads();
-      stage(band_s, kTile, v_head + nc * kTile * p.value_stride_n + dc * kTile, p.value_stride_n, p.basis - nc * kTile,
+      stage<kTile>(band_s, v_head + nc * kTile * p.value_stride_n + dc * kTile, p.value_stride_n, p.basis - nc * kTile,
             p.head_dim - dc * kTile, tid);
       __syncthreads();
       mma_k64<kSplitWeights, wm::row_major>(acc, r_s + nc * kTile, row_stride, band_s + warp * 16, kLd);
