@@ -91,7 +91,7 @@ def _triton(*args):
 
 # (streams, queries, model width, heads, N, nodes, shuffled basis)
 CASES = [(16, 32, 768, 12, 256, 1000, False), (3, 9, 96, 3, 30, 777, False), (2, 17, 192, 2, 70, 37, False),
-         (1, 40, 264, 2, 130, 300, False), (2, 5, 48, 1, 300, 200, True), (5, 16, 120, 4, 257, 1000, False)]
+         (1, 40, 264, 2, 130, 300, False), (2, 5, 48, 1, 300, 200, True), (5, 16, 120, 4, 258, 1000, False)]
 
 
 @needs_kernel
