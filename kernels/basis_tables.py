@@ -113,22 +113,37 @@ def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block
     return _cached("triton", mu, sigma, grid, block_t, build)
 
 
+def tf32_round(x: torch.Tensor) -> torch.Tensor:
+    """float32 ``x`` rounded to TF32 (10 mantissa bits), to nearest, ties away from zero: what
+    the tensor cores' cvt.rna.tf32.f32 gives (finite inputs)."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & -0x2000).view(torch.float32)
+
+
+def tf32_parts(x: torch.Tensor) -> torch.Tensor:
+    """[2, *x.shape]: the TF32 high part of float32 ``x`` and the TF32 rounding of the rest, whose
+    sum is within 2⁻²² of x (relative): the operand split of a three-pass TF32 product."""
+    high = tf32_round(x)
+    return torch.stack([high, tf32_round(x - high)])
+
+
 def chunked_basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor):
-    """The CUDA kernel's table: (ψ(t_j) [whole tiles of CHUNK points, width] float32 (zeros past T
-    and past N), first basis of each tile's band [tiles] int32 (multiples of CHUNK_ALIGN), the
-    band's number of CHUNK-wide chunks), where every band start + chunks·CHUNK ≤ width, a
-    multiple of CHUNK_ALIGN of at least N rounded up to CHUNK. Cached and captured as
-    :func:`basis_table`."""
+    """The CUDA kernel's table: (ψ(t_j) as TF32 high and low parts (:func:`tf32_parts`),
+    [2, whole tiles of CHUNK points, width] float32 (zeros past T and past N), first basis of
+    each tile's band [tiles] int32 (multiples of CHUNK_ALIGN), the band's number of CHUNK-wide
+    chunks), where every band start + chunks·CHUNK ≤ width, a multiple of CHUNK_ALIGN of at least
+    N rounded up to CHUNK. Cached and captured as :func:`basis_table`."""
     def build():
         t, n = grid.numel(), mu.numel()
         tiles = _cdiv(t, CHUNK)
         whole = _cdiv(n, CHUNK) * CHUNK
         if _capturing(grid):
-            return (_values(mu, sigma, grid, tiles * CHUNK, whole),
+            return (tf32_parts(_values(mu, sigma, grid, tiles * CHUNK, whole)),
                     torch.zeros(tiles, device=grid.device, dtype=torch.int32), whole // CHUNK, None)
         lo, hi = _band_edges(mu, sigma, grid, CHUNK)
         lo = lo - lo % CHUNK_ALIGN
         chunks = _cdiv(int((hi - lo).clamp_min(1).max()), CHUNK)
         width = max(whole, int(lo.max()) + chunks * CHUNK)
-        return (_values(mu, sigma, grid, tiles * CHUNK, width), lo.to(torch.int32).contiguous(), chunks, True)
+        return (tf32_parts(_values(mu, sigma, grid, tiles * CHUNK, width)), lo.to(torch.int32).contiguous(), chunks,
+                True)
     return _cached("cuda", mu, sigma, grid, CHUNK, build)

@@ -35,7 +35,7 @@ needs_kernel = pytest.mark.skipif(not (torch.cuda.is_available() and "cuda" in b
 def test_chunked_table_covers_every_band(n, points, shuffle):
     """Band starts are multiples of 8; every band (start + chunks·64) lies inside the table; every
     basis function within CUTOFF·σ of a tile's points lies inside that tile's band; the table holds
-    ψ on the nodes, zeros past N and past T."""
+    ψ on the nodes as TF32 high and low parts (within 2⁻²¹ of float32 ψ), zeros past N and past T."""
     quad = ops.quadrature_constants(MemoryConfig(num_basis=n, basis="gaussian", quad_points=points),
                                     torch.device("cpu"))
     mu, sigma = quad.mu, quad.sigma
@@ -45,14 +45,18 @@ def test_chunked_table_covers_every_band(n, points, shuffle):
     table, start, chunks = basis_tables.chunked_basis_table(mu, sigma, quad.grid)
     t, tile = quad.grid.numel(), basis_tables.CHUNK
     tiles = -(-t // tile)
-    width = table.shape[1]
-    assert table.shape[0] == tiles * tile and width % 8 == 0 and width >= -(-n // tile) * tile
+    width = table.shape[2]
+    assert table.shape[:2] == (2, tiles * tile) and width % 8 == 0 and width >= -(-n // tile) * tile
     assert start.dtype == torch.int32 and start.shape == (tiles,)
     assert not (start % basis_tables.CHUNK_ALIGN).any() and int((start + chunks * tile).max()) <= width
     z = (quad.grid[:, None] - mu[None, :]) / sigma[None, :]
     psi = torch.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
-    assert torch.equal(table[:t, :n], psi.float())
-    assert not table[t:].any() and not table[:, n:].any()
+    high, low = table
+    assert not (high.view(torch.int32) & 0x1FFF).any() and not (low.view(torch.int32) & 0x1FFF).any()  # TF32
+    value = psi.float()
+    error = (high[:t, :n].double() + low[:t, :n].double() - value.double()).abs()
+    assert (error <= 2.0 ** -21 * value.double() + 2.0 ** -126).all()  # relative, but for float32's subnormals
+    assert not table[:, t:].any() and not table[:, :, n:].any()
     index = torch.arange(n)
     for k in range(tiles):
         nodes = quad.grid[k * tile:(k + 1) * tile]
@@ -167,8 +171,8 @@ def test_bad_input_names_the_argument():
         op(query, keys.half(), values, 2, table, start, chunks, quad.log_weight, True)
     with pytest.raises(RuntimeError, match="num_heads"):
         op(query, keys, values, 5, table, start, chunks, quad.log_weight, True)
-    with pytest.raises(RuntimeError, match="table must have"):
-        op(query, keys, values, 2, table[:64], start, chunks, quad.log_weight, True)
+    with pytest.raises(RuntimeError, match="table must be"):
+        op(query, keys, values, 2, table[:, :64], start, chunks, quad.log_weight, True)
     with pytest.raises(RuntimeError, match="band_chunks"):
         op(query, keys, values, 2, table, start, 0, quad.log_weight, True)
     with pytest.raises(RuntimeError, match="log_weight must be a contiguous float32"):

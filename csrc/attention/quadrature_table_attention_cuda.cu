@@ -10,7 +10,8 @@
 //    precision inputs are exact in TF32, so one pass; float32 inputs take three.
 // 2. One sweep over tiles of 64 points (flash style): the tile's band of the basis (64-column
 //    chunks from `band_start`, the functions that are non-negligible on the tile) is copied from
-//    the table into shared memory with cp.async while the previous tile is computed; the scores
+//    the table [2 parts, points, width] into shared memory with cp.async while the previous tile
+//    is computed; the scores
 //    s = a_band·ψᵀ + log ω (three passes: s is exponentiated), an online softmax whose running
 //    maximum moves only when a tile exceeds it by more than kRescaleSlack (then r is rescaled),
 //    and r_band += e^{s−m}·ψ_band (three passes, or one for bfloat16 inputs, whose output rounding
@@ -85,13 +86,36 @@ __device__ __forceinline__ void round_tf32(Fragment& fragment) {
   }
 }
 
-// acc += A[16, 64]·B[64, 16] from shared memory, A row-major; B(k, n) at b[n·ldb + k] (col_major)
-// or b[k·ldb + n] (row_major). kSplit: three TF32 passes (float32 accuracy), else one. The k-steps
-// alternate between two sets of accumulators and the small cross terms (lo·hi, hi·lo) have their
-// own, so that consecutive products do not wait on each other's results; the cross terms are
-// added last, as in a compensated sum.
-template <bool kSplit, typename Layout>
-__device__ __forceinline__ void mma_k64(Accumulator& acc, const float* a, unsigned lda, const float* b, unsigned ldb) {
+// One operand of a product in shared memory: its TF32 high part (or float32 values) at `hi`, and
+// with kPresplit its low part at `lo`, both with leading dimension `ld`.
+struct Operand {
+  const float* hi;
+  const float* lo;
+  unsigned ld;
+};
+
+// A fragment at `offset` of `op`: (high, low) parts, loaded, or split in registers; with one pass
+// only the high part, rounded to TF32 unless pre-split (then already TF32).
+template <bool kSplit, bool kPresplit, typename Fragment>
+__device__ __forceinline__ void load_parts(Fragment& hi, Fragment& lo, const Operand& op, int offset) {
+  wm::load_matrix_sync(hi, op.hi + offset, op.ld);
+  if constexpr (kPresplit) {
+    if constexpr (kSplit) {
+      wm::load_matrix_sync(lo, op.lo + offset, op.ld);
+    }
+  } else if constexpr (kSplit) {
+    split_tf32(hi, lo);
+  } else {
+    round_tf32(hi);
+  }
+}
+
+// acc += A[16, 64]·B[64, 16], A row-major; B(k, n) at [n·ld + k] (col_major) or [k·ld + n]
+// (row_major). kSplit: three TF32 passes (float32 accuracy), else one. The k-steps alternate
+// between two sets of accumulators and the small cross terms (lo·hi, hi·lo) have their own, so
+// that consecutive products do not wait on each other's results; the cross terms are added last.
+template <bool kSplit, bool kPresplitA, bool kPresplitB, typename Layout>
+__device__ __forceinline__ void mma_k64(Accumulator& acc, const Operand& a, const Operand& b) {
   constexpr bool kColMajor = std::is_same<Layout, wm::col_major>::value;
   Accumulator main[2], cross[2];
   main[0] = acc;
@@ -103,20 +127,13 @@ __device__ __forceinline__ void mma_k64(Accumulator& acc, const float* a, unsign
 #pragma unroll
   for (int k = 0; k < kTile; k += 8) {
     const int j = (k / 8) & 1;
-    FragA a_hi;
-    FragB<Layout> b_hi;
-    wm::load_matrix_sync(a_hi, a + k, lda);
-    wm::load_matrix_sync(b_hi, kColMajor ? b + k : b + k * ldb, ldb);
+    FragA a_hi, a_lo;
+    FragB<Layout> b_hi, b_lo;
+    load_parts<kSplit, kPresplitA>(a_hi, a_lo, a, k);
+    load_parts<kSplit, kPresplitB>(b_hi, b_lo, b, kColMajor ? k : k * static_cast<int>(b.ld));
     if constexpr (kSplit) {
-      FragA a_lo;
-      FragB<Layout> b_lo;
-      split_tf32(a_hi, a_lo);
-      split_tf32(b_hi, b_lo);
       wm::mma_sync(cross[j], a_lo, b_hi, cross[j]);
       wm::mma_sync(cross[j], a_hi, b_lo, cross[j]);
-    } else {
-      round_tf32(a_hi);
-      round_tf32(b_hi);
     }
     wm::mma_sync(main[j], a_hi, b_hi, main[j]);
   }
@@ -127,6 +144,12 @@ __device__ __forceinline__ void mma_k64(Accumulator& acc, const float* a, unsign
       acc.x[i] += cross[0].x[i] + cross[1].x[i];
     }
   }
+}
+
+// TF32 high and low parts of x (round to nearest, as the table's).
+__device__ __forceinline__ void split_value(float x, float& hi, float& lo) {
+  hi = wm::__float_to_tf32(x);
+  lo = wm::__float_to_tf32(x - hi);
 }
 
 // kRowsIn × 64 columns of a head slice (row stride `stride`, `valid_rows` × `valid_cols` real) into
@@ -151,14 +174,18 @@ __device__ __forceinline__ void stage(float* dst, const scalar_t* src, int64_t s
   }
 }
 
-// The table's 64 points of `tile` × 64 basis functions from `column`, asynchronously (one commit group).
-__device__ __forceinline__ void copy_band(float* dst, const float* __restrict__ table, int64_t width, int64_t tile,
-                                          int64_t column, int tid) {
+// Both parts of the table's 64 points of `tile` × 64 basis functions from `column` into
+// dst[part][64][kLd], asynchronously (one commit group). The table is [2, parts_stride / width, width].
+__device__ __forceinline__ void copy_band(float* dst, const float* __restrict__ table, int64_t width,
+                                          int64_t part_stride, int64_t tile, int64_t column, int tid) {
   const float* src = table + tile * kTile * width + column;
-  for (int i = tid; i < kTile * (kTile / 4); i += kThreads) {
-    const int r = i / (kTile / 4);
-    const int c = (i % (kTile / 4)) * 4;
-    __pipeline_memcpy_async(dst + r * kLd + c, src + r * width + c, 16);
+#pragma unroll
+  for (int part = 0; part < 2; ++part) {
+    for (int i = tid; i < kTile * (kTile / 4); i += kThreads) {
+      const int r = i / (kTile / 4);
+      const int c = (i % (kTile / 4)) * 4;
+      __pipeline_memcpy_async(dst + part * kTile * kLd + r * kLd + c, src + part * part_stride + r * width + c, 16);
+    }
   }
   __pipeline_commit();
 }
@@ -181,20 +208,23 @@ __device__ __forceinline__ float row_sum(float value) {
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel(
+__global__ void __launch_bounds__(kThreads, 2) quadrature_table_attention_kernel(
     const scalar_t* __restrict__ query, const scalar_t* __restrict__ keys, const scalar_t* __restrict__ values,
     const float* __restrict__ table, const int* __restrict__ band_start, const float* __restrict__ log_weight,
     scalar_t* __restrict__ context, float* __restrict__ density, float* __restrict__ scores, const Shape p) {
   constexpr bool kFloatInputs = std::is_same<scalar_t, float>::value;
   constexpr bool kSplitWeights = !std::is_same<scalar_t, c10::BFloat16>::value;
+  constexpr int kBand = 2 * kTile * kLd;  // one ψ tile, both parts
   extern __shared__ __align__(128) float shared[];
   const int64_t row_stride = p.width + 4;
+  const unsigned ld_rows = static_cast<unsigned>(row_stride);
   float* a_s = shared;                        // [16][row_stride]: the scores a of the basis
   float* r_s = a_s + kRows * row_stride;      // [16][row_stride]: r
-  float* band_s = r_s + kRows * row_stride;   // [2][64][kLd]: ψ tiles (double buffer); K and V slices
-  float* w_s = band_s + 2 * kTile * kLd;      // [16][kLd]: a tile's scores, then its weights; q slices
-  float* max_s = w_s + kRows * kLd;           // [16]
+  float* band_s = r_s + kRows * row_stride;   // [2 buffers][2 parts][64][kLd]: ψ tiles; K and V slices
+  float* w_s = band_s + 2 * kBand;            // [2 parts][16][kLd]: a tile's scores, then its weights; q slices
+  float* max_s = w_s + 2 * kRows * kLd;       // [16]
   float* inv_sum_s = max_s + kRows;           // [16]
+  const int64_t part_stride = p.tiles * kTile * p.width;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -222,9 +252,10 @@ __global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel
       __syncthreads();
       stage<kRows>(w_s, q_head + dc * kTile, p.query_stride_q, real_rows, p.head_dim - dc * kTile, tid);
       stage<kTile>(band_s, k_head + nc * kTile * p.key_stride_n + dc * kTile, p.key_stride_n, p.basis - nc * kTile,
-            p.head_dim - dc * kTile, tid);
+                   p.head_dim - dc * kTile, tid);
       __syncthreads();
-      mma_k64<kFloatInputs, wm::col_major>(acc, w_s, kLd, band_s + warp * 16 * kLd, kLd);
+      mma_k64<kFloatInputs, false, false, wm::col_major>(acc, {w_s, nullptr, kLd},
+                                                         {band_s + warp * 16 * kLd, nullptr, kLd});
     }
 #pragma unroll
     for (int i = 0; i < acc.num_elements; ++i) {
@@ -243,11 +274,11 @@ __global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel
   const bool one_chunk = p.chunks == 1;
   int64_t lo = band_start[0];
   if (one_chunk) {
-    copy_band(band_s, table, p.width, 0, lo, tid);
+    copy_band(band_s, table, p.width, part_stride, 0, lo, tid);
   }
   int64_t next_lo = p.tiles > 1 ? band_start[1] : 0;
   for (int64_t tile = 0; tile < p.tiles; ++tile) {
-    float* band = band_s + (tile & 1) * kTile * kLd;
+    float* band = band_s + (one_chunk ? (tile & 1) * kBand : 0);
     float log_w[kPointsPerLane];
 #pragma unroll
     for (int i = 0; i < kPointsPerLane; ++i) {
@@ -257,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel
     const int64_t following_lo = tile + 2 < p.tiles ? band_start[tile + 2] : 0;  // used a tile later
     if (one_chunk) {
       if (tile + 1 < p.tiles) {
-        copy_band(band_s + ((tile + 1) & 1) * kTile * kLd, table, p.width, tile + 1, next_lo, tid);
+        copy_band(band_s + ((tile + 1) & 1) * kBand, table, p.width, part_stride, tile + 1, next_lo, tid);
         __pipeline_wait_prior(1);
       } else {
         __pipeline_wait_prior(0);
@@ -268,13 +299,14 @@ __global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel
     wm::fill_fragment(acc, 0.0f);
     for (int64_t c = 0; c < p.chunks; ++c) {
       if (!one_chunk) {
-        band = band_s;
         __syncthreads();
-        copy_band(band, table, p.width, tile, lo + c * kTile, tid);
+        copy_band(band, table, p.width, part_stride, tile, lo + c * kTile, tid);
         __pipeline_wait_prior(0);
         __syncthreads();
       }
-      mma_k64<true, wm::col_major>(acc, a_s + lo + c * kTile, row_stride, band + warp * 16 * kLd, kLd);
+      const float* psi = band + warp * 16 * kLd;
+      mma_k64<true, false, true, wm::col_major>(acc, {a_s + lo + c * kTile, nullptr, ld_rows},
+                                                {psi, psi + kTile * kLd, kLd});
     }
     wm::store_matrix_sync(w_s + warp * 16, acc, kLd, wm::mem_row_major);
     __syncthreads();
@@ -299,7 +331,12 @@ __global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel
 #pragma unroll
     for (int i = 0; i < kPointsPerLane; ++i) {
       const float e = expf(s[i] - new_max);
-      w_s[row * kLd + lane + i * kLanesPerRow] = e;
+      const int at = row * kLd + lane + i * kLanesPerRow;
+      if constexpr (kSplitWeights) {
+        split_value(e, w_s[at], w_s[kRows * kLd + at]);
+      } else {
+        w_s[at] = wm::__float_to_tf32(e);
+      }
       tile_sum += e;
     }
     running_sum = running_sum * alpha + row_sum(tile_sum);
@@ -312,17 +349,18 @@ __global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel
     }
 
     for (int64_t c = 0; c < p.chunks; ++c) {
-      if (!one_chunk && p.chunks > 1) {
+      if (!one_chunk) {
         __syncthreads();
-        copy_band(band, table, p.width, tile, lo + c * kTile, tid);
+        copy_band(band, table, p.width, part_stride, tile, lo + c * kTile, tid);
         __pipeline_wait_prior(0);
         __syncthreads();
       }
       float* r_cols = r_s + lo + c * kTile + warp * 16;
       Accumulator r_acc;
-      wm::load_matrix_sync(r_acc, r_cols, row_stride, wm::mem_row_major);
-      mma_k64<kSplitWeights, wm::row_major>(r_acc, w_s, kLd, band + warp * 16, kLd);
-      wm::store_matrix_sync(r_cols, r_acc, row_stride, wm::mem_row_major);
+      wm::load_matrix_sync(r_acc, r_cols, ld_rows, wm::mem_row_major);
+      mma_k64<kSplitWeights, true, true, wm::row_major>(r_acc, {w_s, w_s + kRows * kLd, kLd},
+                                                        {band + warp * 16, band + kTile * kLd + warp * 16, kLd});
+      wm::store_matrix_sync(r_cols, r_acc, ld_rows, wm::mem_row_major);
     }
     __syncthreads();
     lo = next_lo;
@@ -362,10 +400,11 @@ __global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel
     wm::fill_fragment(acc, 0.0f);
     for (int64_t nc = 0; nc < basis_chunks; ++nc) {
       __syncthreads();
-      stage<kTile>(band_s, v_head + nc * kTile * p.value_stride_n + dc * kTile, p.value_stride_n, p.basis - nc * kTile,
-            p.head_dim - dc * kTile, tid);
+      stage<kTile>(band_s, v_head + nc * kTile * p.value_stride_n + dc * kTile, p.value_stride_n,
+                   p.basis - nc * kTile, p.head_dim - dc * kTile, tid);
       __syncthreads();
-      mma_k64<kSplitWeights, wm::row_major>(acc, r_s + nc * kTile, row_stride, band_s + warp * 16, kLd);
+      mma_k64<kSplitWeights, false, false, wm::row_major>(acc, {r_s + nc * kTile, nullptr, ld_rows},
+                                                          {band_s + warp * 16, nullptr, kLd});
     }
     wm::store_matrix_sync(w_s + warp * 16, acc, kLd, wm::mem_row_major);
     __syncthreads();
@@ -381,7 +420,7 @@ __global__ void __launch_bounds__(kThreads, 3) quadrature_table_attention_kernel
 }
 
 int64_t shared_bytes(int64_t width) {
-  return (2 * kRows * (width + 4) + 2 * kTile * kLd + kRows * kLd + 2 * kRows) * static_cast<int64_t>(sizeof(float));
+  return (2 * kRows * (width + 4) + 4 * kTile * kLd + 2 * kRows * kLd + 2 * kRows) * static_cast<int64_t>(sizeof(float));
 }
 
 template <typename scalar_t>
@@ -410,7 +449,7 @@ std::tuple<at::Tensor, at::Tensor> quadrature_table_attention_cuda(const at::Ten
   check_tensor(query, op, "query", {3}, "[S, Q, D]");
   check_tensor(keys, op, "keys", {3}, "[S, N, D]");
   check_tensor(values, op, "values", {3}, "[S, N, D]");
-  check_tensor(table, op, "table", {2}, "[whole tiles of points, width]");
+  check_tensor(table, op, "table", {3}, "[2 (TF32 high and low parts), whole tiles of points, width]");
   check_tensor(band_start, op, "band_start", {1}, "[tiles]");
   check_tensor(log_weight, op, "log_weight", {1}, "[T]");
   check_kernel_float(query, op, "query");
@@ -441,10 +480,10 @@ std::tuple<at::Tensor, at::Tensor> quadrature_table_attention_cuda(const at::Ten
   const int64_t points = log_weight.size(0);
   const int64_t tiles = (points + kTile - 1) / kTile;
   const int64_t basis = keys.size(1);
-  const int64_t width = table.size(1);
-  TORCH_CHECK(table.size(0) == tiles * kTile && band_start.size(0) == tiles, op, ": table must have ", tiles * kTile,
-              " rows and band_start ", tiles, " entries for ", points, " points, got ", table.sizes(), " and ",
-              band_start.sizes());
+  const int64_t width = table.size(2);
+  TORCH_CHECK(table.size(0) == 2 && table.size(1) == tiles * kTile && band_start.size(0) == tiles, op,
+              ": table must be [2, ", tiles * kTile, ", width] and band_start have ", tiles, " entries for ", points,
+              " points, got ", table.sizes(), " and ", band_start.sizes());
   TORCH_CHECK(width % 8 == 0 && width >= (basis + kTile - 1) / kTile * kTile, op,
               ": table's width must be a multiple of 8 and cover N = ", basis, " rounded up to 64, got ", width);
   TORCH_CHECK(band_chunks >= 1 && band_chunks * kTile <= width, op, ": band_chunks must be in [1, width/64], got ",

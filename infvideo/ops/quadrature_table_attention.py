@@ -41,8 +41,9 @@ _ROWS, _LD = 16, CHUNK + 4
 
 def shared_bytes(width: int) -> int:
     """Shared memory of one block for a table ``width`` columns wide (``shared_bytes`` in the .cu):
-    a and r [16, width + 4], two ψ tiles and a tile of weights [·, 68], two [16] vectors."""
-    return 4 * (2 * _ROWS * (width + 4) + 2 * CHUNK * _LD + _ROWS * _LD + 2 * _ROWS)
+    a and r [16, width + 4], two ψ tiles and a tile of weights [·, 68] in two parts each, two [16]
+    vectors."""
+    return 4 * (2 * _ROWS * (width + 4) + 4 * CHUNK * _LD + 2 * _ROWS * _LD + 2 * _ROWS)
 
 
 @lru_cache(maxsize=None)
@@ -63,7 +64,7 @@ def kernel_table(query: Tensor, mu: Tensor, sigma: Tensor, grid: Tensor):
     if capability < (8, 0):
         return None
     table = chunked_basis_table(mu, sigma, grid)
-    return table if shared_bytes(table[0].shape[1]) <= limit else None
+    return table if shared_bytes(table[0].shape[2]) <= limit else None
 
 
 def quadrature_table_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, table: Tensor,
