@@ -143,6 +143,9 @@ def chunked_basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tenso
         lo, hi = _band_edges(mu, sigma, grid, CHUNK)
         lo = lo - lo % CHUNK_ALIGN
         chunks = _cdiv(int((hi - lo).clamp_min(1).max()), CHUNK)
+        # Bands that would run past N rounded up start earlier instead (still covering theirs), so
+        # that the table, and the kernel's rows of a and r, stay that wide.
+        lo = lo.clamp(max=max(0, whole - chunks * CHUNK))
         width = max(whole, int(lo.max()) + chunks * CHUNK)
         return (tf32_parts(_values(mu, sigma, grid, tiles * CHUNK, width)), lo.to(torch.int32).contiguous(), chunks,
                 True)

@@ -175,16 +175,23 @@ __device__ __forceinline__ void stage(float* dst, const scalar_t* src, int64_t s
 }
 
 // Both parts of the table's 64 points of `tile` × 64 basis functions from `column` into
-// dst[part][64][kLd], asynchronously (one commit group). The table is [2, parts_stride / width, width].
-__device__ __forceinline__ void copy_band(float* dst, const float* __restrict__ table, int64_t width,
-                                          int64_t part_stride, int64_t tile, int64_t column, int tid) {
-  const float* src = table + tile * kTile * width + column;
+// dst[part][64][kLd], asynchronously (one commit group). The table is [2, points, width], its
+// parts `part_stride` apart. Thread t copies 16 bytes of rows t/16, t/16 + 8, …: its offsets
+// step by whole rows.
+__device__ __forceinline__ void copy_band(float* dst, const float* __restrict__ table, int width,
+                                          int64_t part_stride, int64_t tile, int column, int tid) {
+  constexpr int kVectorsPerRow = kTile / 4;
+  constexpr int kRowsPerStep = kThreads / kVectorsPerRow;
+  const int r = tid / kVectorsPerRow;
+  const int c = (tid % kVectorsPerRow) * 4;
+  const float* src = table + tile * kTile * width + r * width + column + c;
+  float* to = dst + r * kLd + c;
 #pragma unroll
   for (int part = 0; part < 2; ++part) {
-    for (int i = tid; i < kTile * (kTile / 4); i += kThreads) {
-      const int r = i / (kTile / 4);
-      const int c = (i % (kTile / 4)) * 4;
-      __pipeline_memcpy_async(dst + part * kTile * kLd + r * kLd + c, src + part * part_stride + r * width + c, 16);
+#pragma unroll
+    for (int k = 0; k < kTile / kRowsPerStep; ++k) {
+      __pipeline_memcpy_async(to + part * kTile * kLd + k * kRowsPerStep * kLd,
+                              src + part * part_stride + k * kRowsPerStep * width, 16);
     }
   }
   __pipeline_commit();
@@ -216,8 +223,9 @@ __global__ void __launch_bounds__(kThreads, 2) quadrature_table_attention_kernel
   constexpr bool kSplitWeights = !std::is_same<scalar_t, c10::BFloat16>::value;
   constexpr int kBand = 2 * kTile * kLd;  // one ψ tile, both parts
   extern __shared__ __align__(128) float shared[];
-  const int64_t row_stride = p.width + 4;
+  const int row_stride = static_cast<int>(p.width) + 4;
   const unsigned ld_rows = static_cast<unsigned>(row_stride);
+  const int width = static_cast<int>(p.width);
   float* a_s = shared;                        // [16][row_stride]: the scores a of the basis
   float* r_s = a_s + kRows * row_stride;      // [16][row_stride]: r
   float* band_s = r_s + kRows * row_stride;   // [2 buffers][2 parts][64][kLd]: ψ tiles; K and V slices
@@ -240,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, 2) quadrature_table_attention_kernel
   const int64_t basis_chunks = (p.basis + kTile - 1) / kTile;
   const int64_t head_chunks = (p.head_dim + kTile - 1) / kTile;
 
-  for (int64_t i = tid; i < 2 * kRows * row_stride; i += kThreads) {
+  for (int i = tid; i < 2 * kRows * row_stride; i += kThreads) {
     shared[i] = 0.0f;
   }
 
@@ -272,11 +280,11 @@ __global__ void __launch_bounds__(kThreads, 2) quadrature_table_attention_kernel
   float running_max = -INFINITY;
   float running_sum = 0.0f;
   const bool one_chunk = p.chunks == 1;
-  int64_t lo = band_start[0];
+  int lo = band_start[0];
   if (one_chunk) {
-    copy_band(band_s, table, p.width, part_stride, 0, lo, tid);
+    copy_band(band_s, table, width, part_stride, 0, lo, tid);
   }
-  int64_t next_lo = p.tiles > 1 ? band_start[1] : 0;
+  int next_lo = p.tiles > 1 ? band_start[1] : 0;
   for (int64_t tile = 0; tile < p.tiles; ++tile) {
     float* band = band_s + (one_chunk ? (tile & 1) * kBand : 0);
     float log_w[kPointsPerLane];
@@ -285,10 +293,10 @@ __global__ void __launch_bounds__(kThreads, 2) quadrature_table_attention_kernel
       const int64_t g = tile * kTile + lane + i * kLanesPerRow;
       log_w[i] = g < p.points ? log_weight[g] : -INFINITY;
     }
-    const int64_t following_lo = tile + 2 < p.tiles ? band_start[tile + 2] : 0;  // used a tile later
+    const int following_lo = tile + 2 < p.tiles ? band_start[tile + 2] : 0;  // used a tile later
     if (one_chunk) {
       if (tile + 1 < p.tiles) {
-        copy_band(band_s + ((tile + 1) & 1) * kBand, table, p.width, part_stride, tile + 1, next_lo, tid);
+        copy_band(band_s + ((tile + 1) & 1) * kBand, table, width, part_stride, tile + 1, next_lo, tid);
         __pipeline_wait_prior(1);
       } else {
         __pipeline_wait_prior(0);
@@ -297,10 +305,10 @@ __global__ void __launch_bounds__(kThreads, 2) quadrature_table_attention_kernel
     }
     Accumulator acc;
     wm::fill_fragment(acc, 0.0f);
-    for (int64_t c = 0; c < p.chunks; ++c) {
+    for (int c = 0; c < static_cast<int>(p.chunks); ++c) {
       if (!one_chunk) {
         __syncthreads();
-        copy_band(band, table, p.width, part_stride, tile, lo + c * kTile, tid);
+        copy_band(band, table, width, part_stride, tile, lo + c * kTile, tid);
         __pipeline_wait_prior(0);
         __syncthreads();
       }
@@ -342,16 +350,16 @@ __global__ void __launch_bounds__(kThreads, 2) quadrature_table_attention_kernel
     running_sum = running_sum * alpha + row_sum(tile_sum);
     running_max = new_max;
     if (__syncthreads_or(rescale)) {
-      for (int64_t c = lane; c < p.width; c += kLanesPerRow) {
+      for (int c = lane; c < width; c += kLanesPerRow) {
         r_s[row * row_stride + c] *= alpha;
       }
       __syncthreads();
     }
 
-    for (int64_t c = 0; c < p.chunks; ++c) {
+    for (int c = 0; c < static_cast<int>(p.chunks); ++c) {
       if (!one_chunk) {
         __syncthreads();
-        copy_band(band, table, p.width, part_stride, tile, lo + c * kTile, tid);
+        copy_band(band, table, width, part_stride, tile, lo + c * kTile, tid);
         __pipeline_wait_prior(0);
         __syncthreads();
       }
@@ -373,7 +381,7 @@ __global__ void __launch_bounds__(kThreads, 2) quadrature_table_attention_kernel
     max_s[row] = running_max;
     inv_sum_s[row] = inv_sum;
   }
-  for (int64_t c = lane; c < p.width; c += kLanesPerRow) {
+  for (int c = lane; c < width; c += kLanesPerRow) {
     r_s[row * row_stride + c] *= inv_sum;
   }
   __syncthreads();
