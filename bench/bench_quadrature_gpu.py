@@ -5,9 +5,7 @@
 Attention alone (S = 16, N = 256, T = 1,000 nodes of the exact preset's Gauss–Legendre panels, 12
 heads, 32 queries, e = D = 768; query, keys and values in float32 and in bfloat16): the torch
 reference (a = qKᵀ/√d, then the two products a·ψᵀ and p·ψ over [S, H, Q, T] and the sticky
-density) and the fused op: its CUDA kernel where the extension has it (one launch, r on chip:
-``csrc/attention/quadrature_table_attention_cuda.cu``) and Triton's kernels (ψ from a table,
-banded tile products: ``kernels/quadrature_table.py``);
+density) and the fused op (ψ from a table, banded tile products: ``kernels/quadrature_table.py``);
 each context's error against the same attention in float64 on the same nodes and basis; GPU time
 of eager calls and of the same call replayed from a CUDA graph (no host time). Then the eager
 Gaussian step (bf16 tokens [S, 256, 32, 768], bf16 projections, sticky quantile sampling, the
@@ -31,7 +29,6 @@ from infvideo import LongTermMemory
 from infvideo import ops
 from infvideo.benchmarks import harness
 from infvideo.config import MemoryConfig
-from infvideo.ops import quadrature_table_attention
 from infvideo.ops import step as step_module
 from infvideo.reference import attention as ref_attention
 from infvideo.reference.fit import on_device
@@ -79,10 +76,7 @@ def attention_rows(streams: int, budget: float) -> list[dict]:
         def fused():
             return ops.quadrature_attention(query, keys, values, HEADS, quad.mu, quad.sigma, quad.grid,
                                             quad.log_weight)
-        def fused_triton():
-            with harness.overrides([(quadrature_table_attention, "ENABLED", False)]):
-                return fused()
-        providers = {"torch two-product": two_product, "fused": fused, "fused, Triton kernels": fused_triton}
+        providers = {"torch two-product": two_product, "fused": fused}
         for provider, fn in providers.items():
             error = rel_err(fn()[0], exact)
             p20, p50, p80 = harness.percentiles(harness.gpu_time(fn, budget))

@@ -30,7 +30,9 @@ import triton
 import triton.language as tl
 
 from ._launch import CachedLaunch, cdiv, next_power_of_2
-from .basis_tables import CUTOFF, LO_ALIGN, basis_table  # noqa: F401 (CUTOFF, LO_ALIGN: this module's names too)
+
+# ψ_n(t) counts where |t − μ_n| ≤ CUTOFF·σ_n.
+CUTOFF = 8.0
 
 
 @triton.jit
@@ -175,6 +177,67 @@ _launch_combine = CachedLaunch(_combine_kernel)
 CONFIG = {"block_t": 64, "block_m": 64, "tiles_per_program": 2, "num_warps": 4, "num_stages": 1,
           "num_stages_tf32x3": 2, "combine_n": 128, "combine_n_tf32x3": 64, "combine_warps": 4, "density_t": 256,
           "vector_loads": False, "vector_loads_tf32x3": True}
+
+# (mu, sigma, grid, block_t) by storage and version -> (mu, sigma, grid, table, band starts, band
+# width, the starts' alignment).
+_TABLES: dict = {}
+MAX_TABLES = 16
+
+
+# Band starts are rounded down to a multiple of this many basis functions: the kernels' band
+# loads are then 16-byte vectors.
+LO_ALIGN = 4
+
+
+def _alignment(last: int) -> int:
+    """What every band start (rounded down to LO_ALIGN, or clamped to ``last``) is a multiple
+    of: the kernels' alignment hint."""
+    return LO_ALIGN if last % LO_ALIGN == 0 else 1
+
+
+def basis_table(mu: torch.Tensor, sigma: torch.Tensor, grid: torch.Tensor, block_t: int):
+    """(ψ(t_j) [whole tiles of points, N] float32 (zeros past T), first basis of each tile's band
+    [⌈T/block_t⌉] int32, band width, what every band start is a multiple of).
+
+    Built once per basis and rule (cached by the tensors' storage and version counters). Building
+    one reads the band width back from the device, which a CUDA graph capture cannot do: a table
+    first asked for there takes the whole basis as its band (exact, not banded)."""
+    key = tuple((x.data_ptr(), x._version, x.device, x.numel()) for x in (mu, sigma, grid)) + (block_t,)
+    hit = _TABLES.get(key)
+    if hit is not None:
+        return hit[3:]
+    t, n = grid.numel(), mu.numel()
+    # In float64: the float32 table then carries one rounding, as the reference's basis values do
+    # (float32 arithmetic would add ~z²·2⁻²⁴ relative at z = (t − μ)/σ, 4·10⁻⁶ at the cut-off).
+    z = (grid.double()[:, None] - mu.double()[None, :]) / sigma.double()[None, :]
+    table = (torch.exp(-0.5 * z * z) / (sigma.double()[None, :] * 2.5066282746310002)).to(torch.float32)
+    tiles = cdiv(t, block_t)
+    # Whole tiles of rows (zeros past T): the kernels read a tile's rows without a mask.
+    table = torch.nn.functional.pad(table, (0, 0, 0, tiles * block_t - t)).contiguous()
+    full = max(16, next_power_of_2(n))
+    if grid.is_cuda and torch.cuda.is_current_stream_capturing():
+        return table, torch.zeros(tiles, device=grid.device, dtype=torch.int32), full, _alignment(0)
+    padded = torch.cat([grid, grid[-1:].expand(tiles * block_t - t)]).view(tiles, block_t)
+    reach = CUTOFF * sigma
+    active = (mu[None, :] + reach[None, :] >= padded.amin(1)[:, None]) & \
+             (mu[None, :] - reach[None, :] <= padded.amax(1)[:, None])
+    index = torch.arange(n, device=mu.device)
+    lo = torch.where(active, index, n).amin(1).clamp_max(n - 1)
+    hi = torch.where(active, index + 1, 0).amax(1)
+    # Band starts on multiples of LO_ALIGN (16-byte rows of float32) where the basis allows.
+    lo = lo - lo % LO_ALIGN
+    band = min(max(16, next_power_of_2(int((hi - lo).clamp_min(1).max()))), full)
+    # A band that would run past the basis starts earlier instead: each tile's columns stay inside [0, N).
+    last = max(0, n - band)
+    lo = lo.clamp(max=last)
+    built = (table, lo.to(torch.int32).contiguous(), band, _alignment(last))
+    if len(_TABLES) >= MAX_TABLES:
+        _TABLES.clear()
+    # The entry holds mu, sigma and grid: while it lives, no other tensor can take their storage,
+    # so a key's pointers name these tensors only.
+    _TABLES[key] = (mu, sigma, grid, *built)
+    return built
+
 
 def table_attention(a, scale, values, mu, sigma, grid, log_weight, context, density, num_heads, q_len, padded,
                     write_density, precision, weight_precision, group):

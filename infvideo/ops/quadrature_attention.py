@@ -14,7 +14,7 @@ from ..reference.basis import gaussian_parameters
 from ..reference.fit import derived, on_device
 from ..reference.quadrature import gaussian_rule
 from .. import backends
-from . import _library, _validate, quadrature_table_attention
+from . import _library, _validate
 
 
 @dataclass(frozen=True)
@@ -61,26 +61,15 @@ def device_constants(host: QuadratureConstants, device: torch.device) -> Quadrat
     return derived(_device_constants, host, (device,), _constants_on)
 
 
-def _forward(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor, sigma: Tensor, grid: Tensor,
-             log_weight: Tensor, write_density: bool) -> tuple[Tensor, Tensor]:
-    """The forward's kernel: the CUDA one where it can run (``quadrature_table_attention``), else Triton's."""
-    table = quadrature_table_attention.kernel_table(query, mu, sigma, grid)
-    if table is not None:
-        return quadrature_table_attention.quadrature_table_attention(query, keys, values, num_heads, *table, log_weight,
-                                                                     write_density)
-    if not backends.triton_runs_on(query.device):
-        raise RuntimeError(f"infvideo::quadrature_attention: its kernels are Triton's and, on CUDA tensors, the C++ "
-                           f"extension's; neither can run on {query.device} tensors here (install Triton; CUDA "
-                           "tensors, or TRITON_INTERPRET=1 on the CPU)")
-    return backends.triton_kernels()["quadrature"].quadrature_attention(query, keys, values, num_heads, mu, sigma, grid,
-                                                                        log_weight, write_density)
-
-
 @torch.library.custom_op("infvideo::quadrature_attention", mutates_args=())
 def _quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int, mu: Tensor,
                           sigma: Tensor, grid: Tensor, log_weight: Tensor, write_density: bool
                           ) -> tuple[Tensor, Tensor]:
-    return _forward(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density)
+    if not backends.triton_runs_on(query.device):
+        raise RuntimeError(f"infvideo::quadrature_attention: its one kernel is Triton, which cannot run on {query.device} "
+                           "tensors here (install Triton; CUDA tensors, or TRITON_INTERPRET=1 on the CPU)")
+    return backends.triton_kernels()["quadrature"].quadrature_attention(query, keys, values, num_heads, mu, sigma, grid,
+                                                                        log_weight, write_density)
 
 
 @_quadrature_attention.register_fake
@@ -148,11 +137,9 @@ def quadrature_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads:
     :func:`quadrature_constants` does, for nodes without float32 rounding), the log-weights are
     taken in float32.
 
-    The forward runs one CUDA kernel on CUDA tensors where the extension was built with CUDA
-    (``quadrature_table_attention``: tensor cores, compute capability 8.0 or later), Triton's
-    kernels elsewhere. Differentiable with respect to query, keys and values (from the context and
-    the density): ``infvideo::quadrature_attention_backward`` recomputes the quadrature's softmax
-    tile by tile (its one kernel is Triton's). The basis and grid are constants.
+    Differentiable with respect to query, keys and values (from the context and the density):
+    ``infvideo::quadrature_attention_backward`` recomputes the quadrature's softmax tile by tile
+    (its one kernel is Triton's, like the forward's). The basis and grid are constants.
     """
     _check(query, keys, values, num_heads, mu, sigma, grid, log_weight)
     return quadrature_attention_unchecked(query, keys, values, num_heads, mu, sigma, grid, log_weight, write_density)
@@ -170,7 +157,7 @@ def quadrature_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, 
     # A call that nothing needs to see launches the kernel itself (_library.direct_triton): the
     # dispatcher's way there costs more host time than a small step's kernels take.
     if _library.direct_triton(query, "triton") and not _library.records_grad(query, keys, values):
-        return _forward(*args)
+        return backends.triton_kernels()["quadrature"].quadrature_attention(*args)
     return torch.ops.infvideo.quadrature_attention(*args)
 
 
