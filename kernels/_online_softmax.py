@@ -1,4 +1,5 @@
-"""The online softmax's steps, shared by the attention and quadrature kernels (Triton device functions)."""
+"""The online softmax's steps, shared by the attention and quadrature kernels, and the attention
+kernels' per-group mass store (Triton device functions)."""
 from __future__ import annotations
 
 import triton
@@ -24,3 +25,14 @@ def softmax_start(null_logw, BLOCK: tl.constexpr, HAS_NULL: tl.constexpr):
         m_i = tl.zeros([BLOCK], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK], dtype=tl.float32)
     return m_i, l_i
+
+
+@triton.jit
+def store_group_mass(mass_base, p, group_rows, group_valid, slots, mask_n, stride_mg,
+                     GROUPS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Adds each GROUP consecutive rows of the weights p [GROUPS·GROUP, BLOCK_N] into one row of
+    the mass output: rows ``group_rows`` [GROUPS] of ``mass_base`` (those of ``group_valid``),
+    columns ``slots`` (those of ``mask_n``)."""
+    per_group = tl.sum(tl.reshape(p, (GROUPS, GROUP, BLOCK_N)), axis=1)
+    tl.store(mass_base + group_rows[:, None] * stride_mg + slots[None, :], per_group,
+             mask=group_valid[:, None] & mask_n[None, :])

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
-from ._online_softmax import running_max_sum, softmax_start
+from ._online_softmax import running_max_sum, softmax_start, store_group_mass
 
 
 @triton.jit
@@ -114,9 +114,8 @@ def _slot_attention_kernel(
             acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(p.to(v.dtype), v)
-        per_group = tl.sum(tl.reshape(p, (GROUPS, GROUP, BLOCK_N)), axis=1)
-        tl.store(mass_ptr + s * stride_ms + (h * blocks + groups)[:, None] * stride_mg + rows[None, :], per_group,
-                 mask=(groups < blocks)[:, None] & mask_n[None, :])
+        store_group_mass(mass_ptr + s * stride_ms, p, h * blocks + groups, groups < blocks, rows, mask_n, stride_mg,
+                         GROUPS, GROUP, BLOCK_N)
 
     tl.store(ctx_ptr + s * stride_cs + offs_q[:, None] * stride_cq + cols[None, :],
              acc.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])

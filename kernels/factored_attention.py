@@ -26,6 +26,7 @@ import triton.language as tl
 from ._device import on_input_device
 from . import products
 from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._online_softmax import store_group_mass
 from .products import head_products
 
 # The mass is summed over groups of this many consecutive folded rows h·Q + q (the op's output
@@ -54,16 +55,6 @@ def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WI
 
 
 @triton.jit
-def _store_mass(mass_base, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg,
-                BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
-    """Each group of GROUP consecutive rows of the block adds its weights into one mass row."""
-    groups = rb * (BLOCK_R // GROUP) + tl.arange(0, BLOCK_R // GROUP)
-    per_group = tl.sum(tl.reshape(p, (BLOCK_R // GROUP, GROUP, BLOCK_N)), axis=1)
-    tl.store(mass_base + groups[:, None] * stride_mg + slots[None, :], per_group,
-             mask=(groups < GROUPS_TOTAL)[:, None] & mask_n[None, :])
-
-
-@triton.jit
 def _folded_softmax_kernel(
     u_ptr, c_ptr, logw_ptr, out_ptr, mass_ptr,
     ROWS, Q_LEN, N, WIDTH, GROUPS_TOTAL, sm_scale,
@@ -86,6 +77,9 @@ def _folded_softmax_kernel(
     u_base = u_ptr + s * stride_us
     c_base = c_ptr + s * stride_cs
     offs_n = tl.arange(0, BLOCK_N)
+    # Each group of GROUP consecutive rows of the block adds its weights into one mass row.
+    groups = rb * (BLOCK_R // GROUP) + tl.arange(0, BLOCK_R // GROUP)
+    mass_base = mass_ptr + s * stride_ms
     m_i = tl.zeros([BLOCK_R], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
     if ONE_TILE:
@@ -96,7 +90,8 @@ def _folded_softmax_kernel(
         p = tl.exp(scores - m_i[:, None])
         p = p / tl.sum(p, axis=1)[:, None]
         p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
-        _store_mass(mass_ptr + s * stride_ms, p, rb, offs_n, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N, GROUP)
+        store_group_mass(mass_base, p, groups, groups < GROUPS_TOTAL, offs_n, mask_n, stride_mg, BLOCK_R // GROUP, GROUP,
+                         BLOCK_N)
         for e0 in range(0, WIDTH, BLOCK_E):
             cols = e0 + tl.arange(0, BLOCK_E)
             mask_e = cols < WIDTH
@@ -122,7 +117,8 @@ def _folded_softmax_kernel(
                                     sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
             p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
             p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
-            _store_mass(mass_ptr + s * stride_ms, p, rb, slots, mask_n, GROUPS_TOTAL, stride_mg, BLOCK_R, BLOCK_N, GROUP)
+            store_group_mass(mass_base, p, groups, groups < GROUPS_TOTAL, slots, mask_n, stride_mg, BLOCK_R // GROUP,
+                             GROUP, BLOCK_N)
             tl.store(out_ptr + s * stride_ps + rows[:, None].to(tl.int64) * stride_pr + slots[None, :], p,
                      mask=mask_r[:, None] & mask_n[None, :])
 

@@ -18,7 +18,7 @@ from .. import backends
 from ..config import MemoryConfig
 from ..reference.basis import gaussian_parameters
 from ..reference.fit import DenseFit, consolidation_fit, first_fit, on_device
-from ..reference.step import past_samples
+from ..reference.step import past_samples, where_filled
 
 
 # The past map's product tiles (products.head_products): the sweep of bench/tune_gaussian_consolidation.py.
@@ -80,6 +80,7 @@ def gaussian_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.
     first = on_device(first_fit(cfg, length), device, torch.float32)
     fit = on_device(consolidation_fit(cfg, length), device, torch.float32)
     constants = sample_constants(cfg.num_basis, cfg.sigmas, device)
+    start = None  # a new video's coefficients, for the streams that need them
     if past is None or filled is not None:
         start = consolidate(frames, first.frame_g, None, None, precision, cast_dtype)
         if past is None:
@@ -91,6 +92,4 @@ def gaussian_consolidation(cfg: MemoryConfig, frames: torch.Tensor, past: torch.
     else:
         mix = past_map(fit.past_g, past_samples(cfg, stats, torch.float32, device, generator).dense, frames.shape[0])
     later = consolidate(frames, fit.frame_g, mix, past.to(torch.float32), precision, cast_dtype)
-    if filled is None:
-        return later
-    return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
+    return where_filled(filled, later, start)

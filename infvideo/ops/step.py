@@ -17,7 +17,8 @@ from ..reference.attention import Quadrature, SlotWeights, attention_constants
 from ..reference.consolidate import consolidate_dense
 from ..reference.fit import SegmentedFit, consolidation_fit, derived, first_fit, on_device
 from ..reference.pooling import pool_frames
-from ..reference.step import attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic
+from ..reference.step import (attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic,
+                              where_filled)
 from . import _library, _validate, factored_attention
 from .gaussian_consolidation import dense_fit_products, gaussian_consolidation
 from .quadrature_attention import (QuadratureConstants, device_constants, quadrature_attention_unchecked,
@@ -80,6 +81,7 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     """(B fp32, B in cast_dtype) from the fused kernels of ``backend``, or None where they do not apply."""
     if consts.first_plan is None or (past is not None and not cfg.sticky and consts.uniform_bins is None):
         return None
+    start = None  # a new video's coefficients, for the streams that need them
     if past is None or filled is not None:
         start = rect_consolidate_unchecked(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend)
         if past is None:
@@ -97,9 +99,7 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     after_sampler = quantile and _library.direct_triton(stats, backend)
     later = rect_consolidate_unchecked(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype, backend=backend,
                                        after_sampler=after_sampler)
-    if filled is None:
-        return later
-    return tuple(torch.where(filled[:, None, None], a, b) for a, b in zip(later, start))
+    return where_filled(filled, later, start)
 
 
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()

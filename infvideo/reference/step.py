@@ -131,14 +131,24 @@ def consolidate_chunk(cfg: MemoryConfig, frames: torch.Tensor, past: torch.Tenso
     # later calls' constants on the device: a CUDA graph can be captured after one eager step.
     first = on_device(first_fit(cfg, length), device, dtype)
     later_fit = on_device(consolidation_fit(cfg, length), device, dtype)
+    start = None  # a new video's coefficients, for the streams that need them
     if past is None or filled is not None:
         start = _apply_fit(first, frames, None, None, n, dense_fit)
         if past is None:
             return start
     samples = past_samples(cfg, stats, dtype, device, generator)
     later = _apply_fit(later_fit, frames, past.to(dtype), samples, n, dense_fit)
+    return where_filled(filled, later, start)
+
+
+def where_filled(filled: torch.Tensor | None, later, start):
+    """Per stream, ``later`` (the coefficients fitted on the stream's state) where ``filled`` [S]
+    holds and ``start`` (a new video's) elsewhere; ``later`` itself when ``filled`` is None (every
+    stream held a state). ``later`` / ``start``: tensors [S, N, e] or tuples of them."""
     if filled is None:
         return later
+    if isinstance(later, tuple):
+        return tuple(where_filled(filled, a, b) for a, b in zip(later, start))
     return torch.where(filled[:, None, None], later, start)
 
 
