@@ -1,6 +1,7 @@
 """Issue 22's table: the default step per token and projection dtype against the same run's read floor.
 
-    PYTHONPATH=$PWD python bench/bench_many_streams_gpu.py [--streams 1 16 64] [--budget 0.1] [--compile] [--compare]
+    PYTHONPATH=$PWD python bench/bench_many_streams_gpu.py [--streams 1 16 64] [--budget 0.1] [--compile]
+        [--compare [WORD ...]]
 
 Case: S videos of 256 frames × 32 tokens (bf16 or fp32), N = 256, M = 512, e = D = 768, 12 heads,
 32 queries (in the tokens' dtype), bf16 or fp32 projections, sticky quantile sampling, the memory
@@ -12,7 +13,7 @@ projections only. With ``--compile``, each case also runs the torch reference st
 (``backend="torch"``) under ``torch.compile``, replayed from a CUDA graph where it can be captured
 (otherwise timed eagerly with ``do_bench``, and marked so). With ``--compare``, each case also
 times the step with each switch of ``COMPARISONS`` changed (programmatic launches off, the
-attention's V loaded after the softmax). Prints a markdown table.
+attention's V loaded after the softmax, float32 K/V on float32 dots), or those named. Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPARISONS = {
     "no PDL": [(_launch, "PROGRAMMATIC_LAUNCH", False)],
     "attention: V after the softmax": [(attention.CONFIG, "prefetch_values", False)],
+    "attention: float32 dots on float32 K/V": [(attention.CONFIG, "split_float32", False)],
 }
 ALTERNATIVES: dict = {}
 
@@ -79,12 +81,14 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the torch reference step")
-    parser.add_argument("--compare", action="store_true",
+    parser.add_argument("--compare", nargs="*", default=None, metavar="WORD",
                         help="also time the step with each of COMPARISONS' switches off (programmatic launches, "
-                             "the attention's early V)")
+                             "the attention's early V, its split float32 dots); with words, only the switches "
+                             "whose name contains one of them")
     args = parser.parse_args()
-    if args.compare:
-        ALTERNATIVES.update(COMPARISONS)
+    if args.compare is not None:
+        ALTERNATIVES.update({name: changes for name, changes in COMPARISONS.items()
+                             if not args.compare or any(word in name for word in args.compare)})
     bandwidth = read_bandwidth()
     print(f"GPU {harness.device_name(torch.device('cuda'))}, torch {torch.__version__}, commit {harness.commit()}, "
           f"copy rate {bandwidth / 1e12:.2f} TB/s\n")

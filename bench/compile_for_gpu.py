@@ -76,13 +76,14 @@ def divisibility(kernel, args) -> dict:
 
 def gpu_variants(args, meta: dict) -> list[dict]:
     """The launch's constexprs as recorded, and as a GPU would set those the CPU chose otherwise:
-    three-TF32 dots for PRECISION, tensor-core half dots (HALF_DOTS, DOT_TYPE), half K/V on the
-    tensor cores (IEEE), 16-bit tokens pooled in their type (POOL_FLOAT32), the quadrature tiles'
-    three-TF32 products (SCORE_PRECISION, WEIGHT_PRECISION), vector band loads (BAND_INSIDE) and
-    programmatic dependent launches (PDL, FRAMES_FIRST: kernels/_launch.py)."""
+    three-TF32 dots for PRECISION, TF32 products for SPLIT_PRECISION, tensor-core half dots (HALF_DOTS,
+    DOT_TYPE), half K/V on the tensor cores (IEEE), 16-bit tokens pooled in their type
+    (POOL_FLOAT32), the quadrature tiles' three-TF32 products (SCORE_PRECISION, WEIGHT_PRECISION),
+    vector band loads (BAND_INSIDE) and programmatic dependent launches (PDL, FRAMES_FIRST: kernels/_launch.py)."""
     half = any(isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16) for a in args)
     variants = [meta]
     for name, cpu, gpu in (("PRECISION", "ieee", dict(PRECISION="tf32x3")),
+                           ("SPLIT_PRECISION", "ieee", dict(SPLIT_PRECISION="tf32")),
                            ("SCORE_PRECISION", "ieee", dict(SCORE_PRECISION="tf32x3", WEIGHT_PRECISION="tf32x3")),
                            ("BAND_INSIDE", False, dict(BAND_INSIDE=True, LO_ALIGN=4)),
                            ("HALF_DOTS", False, dict(HALF_DOTS=True, DOT_TYPE=tl.bfloat16)),
@@ -148,6 +149,8 @@ def workloads():
                        torch.randn(1, 32, 768, generator=gen).to(dtype), pk, pv, 12)
     queries, keys = torch.randn(2, 5, 24), torch.randn(2, 16, 24)
     products.split_linear(torch.randn(7, 300), products.split_weight(torch.randn(24, 300)), None)
+    for rows in (7, products.LARGE_ROWS):  # the float32 K/V product, which the step takes on CUDA only
+        products.linear(torch.randn(rows, 768), products.tf32_parts(torch.randn(1536, 768)), torch.randn(1536))
     flags, coef = torch.zeros(3, dtype=torch.int32), torch.randn(2, 16, 32)
     finite.raise_flags(flags, [(0, coef), (1, queries), (2, keys.bfloat16())])
     finite.select_committed(flags, [(coef, coef.clone(), coef), (keys, keys.clone(), keys)])
@@ -187,7 +190,7 @@ def main():
         if args.only and name not in args.only:
             continue
         shown = {k: v for (i,), v in constants.items() for k in [kernel.arg_names[i]]
-                 if k in ("PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE", "WRITE_CAST",
+                 if k in ("PRECISION", "SPLIT_PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE", "WRITE_CAST",
                           "SCORE_PRECISION", "BAND_INSIDE", "PDL", "FRAMES_FIRST", "PREFETCH_V")}
         start = time.perf_counter()
         log = io.StringIO()

@@ -24,15 +24,21 @@ import triton.language as tl
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
 from ._online_softmax import running_max_sum, softmax_start, store_group_mass
+from .products import split_dot, split_precision, tf32_high
 
 
 @triton.jit
-def _slot_scores(q, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                 HAS_LOGW: tl.constexpr, IEEE: tl.constexpr):
-    """Scores q·K_n (+ log w_n) of one tile of slots, [BLOCK_Q, BLOCK_N]."""
+def _slot_scores(q, q_low, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+                 HAS_LOGW: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr):
+    """Scores q·K_n (+ log w_n) of one tile of slots, [BLOCK_Q, BLOCK_N]; with SPLIT, q is the
+    query's TF32 high part and q_low the rest."""
     k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=mask_n[:, None] & mask_d[None, :],
                 other=0.0)
-    if IEEE:
+    if SPLIT:
+        k = k.to(tl.float32)
+        k_high = tf32_high(k)
+        scores = split_dot(q, q_low, tl.trans(k_high), tl.trans(k - k_high), SPLIT_PRECISION)
+    elif IEEE:
         scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
     else:
         scores = tl.dot(q, tl.trans(k))
@@ -42,14 +48,35 @@ def _slot_scores(q, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
 
 
 @triton.jit
+def _add_tile(acc, scores, m_i, inv_l, v, mask_q, rows, mask_n, mass_base, group_rows, group_valid, stride_mg,
+              IEEE: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr, GROUPS: tl.constexpr,
+              GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc + r·V over one tile of slots (r from the scores and the rows' final maximum and
+    normaliser), and the tile's attention mass per group of queries stored."""
+    p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
+    p = tl.where(mask_q[:, None] & mask_n[None, :], p, 0.0)
+    if SPLIT:
+        v = v.to(tl.float32)
+        v_high = tf32_high(v)
+        p_high = tf32_high(p)
+        acc += split_dot(p_high, p - p_high, v_high, v - v_high, SPLIT_PRECISION)
+    elif IEEE:
+        acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    else:
+        acc += tl.dot(p.to(v.dtype), v)
+    store_group_mass(mass_base, p, group_rows, group_valid, rows, mask_n, stride_mg, GROUPS, GROUP, BLOCK_N)
+    return acc
+
+
+@triton.jit
 def _slot_attention_kernel(
     q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
     Q, N, HEAD_DIM, null_logw, sm_scale,
     stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
     stride_cs, stride_cq, stride_ms, stride_mg,
-    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, ONE_TILE: tl.constexpr,
-    GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    PREFETCH_V: tl.constexpr, PDL: tl.constexpr,
+    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
+    SPLIT_PRECISION: tl.constexpr, ONE_TILE: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH_V: tl.constexpr, PDL: tl.constexpr,
 ):
     # GROUPS blocks of GROUP queries per program; the mass is summed per block of GROUP queries.
     BLOCK_Q: tl.constexpr = GROUP * GROUPS
@@ -71,7 +98,11 @@ def _slot_attention_kernel(
     q = tl.load(q_ptr + s * stride_qs + offs_q[:, None] * stride_qq + cols[None, :],
                 mask=mask_q[:, None] & mask_d[None, :], other=0.0)
     q = q.to(tl.float32) * sm_scale
-    if not IEEE:
+    q_low = q
+    if SPLIT:  # float32 K/V: every dot as three TF32 products (kernels.products.split_dot)
+        q = tf32_high(q_low)
+        q_low = q_low - q
+    elif not IEEE:
         q = q.to(k_ptr.dtype.element_ty)
 
     m_i, l_i = softmax_start(null_logw, BLOCK_Q, HAS_NULL)
@@ -82,40 +113,40 @@ def _slot_attention_kernel(
         if PREFETCH_V:  # V's load in flight with K's: one memory round trip less per program
             v_kept = tl.load(v_ptr + s * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
                              mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        kept = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, offs_n, mask_n, cols, mask_d, stride_kn,
-                            HAS_LOGW, IEEE)
+        kept = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, offs_n, mask_n, cols, mask_d, stride_kn,
+                            HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
         m_i, l_i = running_max_sum(kept, mask_n, m_i, l_i)
     else:
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + offs_n
             mask_n = rows < N
-            scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                                  HAS_LOGW, IEEE)
+            scores = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+                                  HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
             m_i, l_i = running_max_sum(scores, mask_n, m_i, l_i)
 
     inv_l = 1.0 / l_i
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        rows = n0 + offs_n
-        mask_n = rows < N
-        if ONE_TILE:
-            scores = kept
-        else:
-            scores = _slot_scores(q, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                                  HAS_LOGW, IEEE)
+    mass_base = mass_ptr + s * stride_ms
+    if ONE_TILE:
+        # No loop around the one tile: Triton pipelines a loop's V load through shared memory, which
+        # with float32 split products took 192 KB and spilled (ptxas, sm_90) where this takes 64 KB.
         if PREFETCH_V:
             v = v_kept
         else:
+            v = tl.load(v_ptr + s * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        acc = _add_tile(acc, kept, m_i, inv_l, v, mask_q, offs_n, mask_n, mass_base, h * blocks + groups,
+                        groups < blocks, stride_mg, IEEE, SPLIT, SPLIT_PRECISION, GROUPS, GROUP, BLOCK_N)
+    else:
+        for n0 in range(0, N, BLOCK_N):
+            rows = n0 + offs_n
+            mask_n = rows < N
+            scores = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+                                  HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
             v = tl.load(v_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :],
                         mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
-        p = tl.where(mask_q[:, None] & mask_n[None, :], p, 0.0)
-        if IEEE:
-            acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(p.to(v.dtype), v)
-        store_group_mass(mass_ptr + s * stride_ms, p, h * blocks + groups, groups < blocks, rows, mask_n, stride_mg,
-                         GROUPS, GROUP, BLOCK_N)
+            acc = _add_tile(acc, scores, m_i, inv_l, v, mask_q, rows, mask_n, mass_base, h * blocks + groups,
+                            groups < blocks, stride_mg, IEEE, SPLIT, SPLIT_PRECISION, GROUPS, GROUP, BLOCK_N)
 
     tl.store(ctx_ptr + s * stride_cs + offs_q[:, None] * stride_cq + cols[None, :],
              acc.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])
@@ -130,8 +161,9 @@ QUERY_GROUP = 16
 _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
 
 # prefetch_values: with every slot in one tile and 16-bit K/V, V is loaded with K rather than after
-# the softmax (float32 V would double the registers it holds).
-CONFIG = {"prefetch_values": True}
+# the softmax (float32 V would double the registers it holds). split_float32: float32 K/V take
+# three TF32 products per dot where the GPU has TF32 (below); off, float32 dots (to compare).
+CONFIG = {"prefetch_values": True, "split_float32": True}
 
 
 @on_input_device
@@ -160,6 +192,14 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     # A [BLOCK_Q, BLOCK_N] score tile of at most 1024 fp32 values per warp stays in registers;
     # when that covers every slot, K is read once (ONE_TILE).
     block_n = max(16, min(next_power_of_2(n), 1024 * warps // (block_q * groups)))
+    # Float32 K/V take three TF32 products per dot where the GPU has TF32 tensor cores (and in the
+    # interpreter, which computes them exactly), on 8 warps: on an H200 (bench/presplit_experiment.py)
+    # about a quarter faster than float32 dots at S = 16 and 64, as accurate; 4 warps with two
+    # query blocks spilled to several times slower. Half K/V take the tensor cores in their type,
+    # except under the CPU interpreter, whose bf16 dot is wrong (Triton 3.9): IEEE float32 dots.
+    split = CONFIG["split_float32"] and keys.dtype == torch.float32 and (
+        split_precision(query.device) == "tf32" or query.device.type == "cpu")
+    ieee = keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16)
     pdl = programmatic_options(query.device)
     _launch_slot_attention((s, num_heads, cdiv(blocks, groups)),
         query, keys, values, slot_log_weight if slot_log_weight is not None else keys, ctx, mass,
@@ -167,13 +207,10 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         ctx.stride(0), ctx.stride(1), mass.stride(0), mass.stride(1),
         HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None, ONE_TILE=n <= block_n,
-        # float32 K/V use exact (IEEE) fp32 dots (three-TF32 dots measured several times slower);
-        # half types use the tensor cores with fp32 accumulation, except under the CPU interpreter,
-        # whose bf16 dot is wrong (Triton 3.9).
-        IEEE=keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16),
+        IEEE=ieee, SPLIT=split, SPLIT_PRECISION=split_precision(query.device),
         GROUP=block_q, GROUPS=groups, BLOCK_N=block_n, BLOCK_D=block_d,
         PREFETCH_V=CONFIG["prefetch_values"] and n <= block_n and keys.dtype != torch.float32,
-        **pdl, num_warps=warps,
+        **pdl, num_warps=8 if split else warps, **({"num_stages": 1} if split and n > block_n else {}),
     )
     return ctx, mass
 

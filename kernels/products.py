@@ -1,7 +1,9 @@
 """Float32 matrix products on tensor cores: three TF32 dots per product, float32 accuracy.
 
 Used where a float32 product would otherwise run without tensor cores: the K/V projection of the
-step with float32 projections (:func:`linear`); per-head and per-stream products read in place
+step with float32 projections (:func:`linear`, whose kernel reads the weight's TF32 parts from
+memory, :func:`tf32_parts`, and splits only x in registers; :func:`split_dot` is its three
+products, which the slot attention's float32 dots share); per-head and per-stream products read in place
 (:func:`head_products`): the folded attention's, the quadrature attention's scores, the Gaussian
 step's map from its old coefficients. ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
 operand into its TF32 part and the remainder and adds the three products that matter (big·big,
@@ -26,10 +28,13 @@ from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_p
 
 PRECISION = "tf32x3"
 
-# linear()'s tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for many rows (the tile sweep of
-# bench/tune_factored_attention.py on an H200 at 16,384 × 768 × 1,536), and smaller ones below
+# linear()'s tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for many rows (the sweep of
+# bench/presplit_experiment.py on an H200 at 4,096 and 16,384 × 768 × 1,536), and smaller ones below
 # LARGE_ROWS, where the big tiles would leave most of the GPU idle.
-LARGE_TILES, SMALL_TILES, LARGE_ROWS = (128, 128, 64, 8, 3), (64, 64, 32, 4, 3), 4096
+LARGE_TILES, SMALL_TILES, LARGE_ROWS = (64, 128, 32, 4, 3), (64, 64, 32, 4, 3), 4096
+# Output tiles of linear() that share rows are launched in groups of this many row tiles, so that
+# a group's rows and the weight's columns stay in L2 together.
+GROUP_ROWS = 8
 
 
 @triton.jit
@@ -49,14 +54,10 @@ def _batched_product_kernel(
     stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr,
 ):
     # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and
     # head h, all by strides, so that heads are read in place from [S, Q, D] and [D, e] tensors and
     # weights [n, k] serve as Bᵀ (no transposed copies).
-    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
-        gdc_wait()
-        gdc_launch_dependents()
     offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N)
     h = tl.program_id(1).to(tl.int64)
     s = tl.program_id(2).to(tl.int64)
@@ -110,26 +111,107 @@ def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, stre
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, bias if bias is not None else c, c, m, n, k, *a_strides, *b_strides, *c_strides,
             *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PDL=False,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
             num_warps=warps, num_stages=stages)
+
+
+@triton.jit
+def tf32_high(x):
+    """x (float32) rounded to its nearest TF32 value (10 mantissa bits; ties away from zero),
+    still float32: x − tf32_high(x) is exact, and a TF32 product reads the high part exactly."""
+    bits = x.to(tl.uint32, bitcast=True)
+    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def split_dot(a_high, a_low, b_high, b_low, SPLIT_PRECISION: tl.constexpr):
+    """a·b from the TF32 parts of both operands (a = a_high + a_low, likewise b), float32 out: the
+    three products that matter, the two small ones first, in a fresh accumulator (Triton's own
+    tf32x3 order: the big product then adds to a sum of its own size). ``SPLIT_PRECISION``:
+    "tf32" on GPUs with TF32 tensor cores, "ieee" elsewhere (:func:`split_precision`)."""
+    part = tl.dot(a_low, b_high, input_precision=SPLIT_PRECISION)
+    part = tl.dot(a_high, b_low, part, input_precision=SPLIT_PRECISION)
+    return tl.dot(a_high, b_high, part, input_precision=SPLIT_PRECISION)
+
+
+@triton.jit
+def _split_weight_linear_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wp, stride_om,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_ROWS: tl.constexpr, PDL: tl.constexpr,
+):
+    # out = x·Wᵀ (+ bias) with W's TF32 parts read from memory ([2, N, K]: high, low) and x split
+    # in registers; each k-tile's three products summed apart, then added (float32 accuracy).
+    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    per_group = GROUP_ROWS * tl.cdiv(N, BLOCK_N)
+    first_m = (pid // per_group) * GROUP_ROWS
+    group_m = tl.minimum(tiles_m - first_m, GROUP_ROWS)
+    offs_m = (first_m + (pid % per_group) % group_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = ((pid % per_group) // group_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    x_tile = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :] * stride_xk
+    w_tile = w_ptr + offs_n[None, :] * K + offs_k[:, None]  # [BLOCK_K, BLOCK_N] of Wᵀ
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            mask_x = mask_m[:, None]
+            mask_w = mask_n[None, :]
+        else:
+            mask_x = mask_m[:, None] & (offs_k < K - k0)[None, :]
+            mask_w = mask_n[None, :] & (offs_k < K - k0)[:, None]
+        x = tl.load(x_tile + k0 * stride_xk, mask=mask_x, other=0.0).to(tl.float32)
+        x_high = tf32_high(x)
+        w_high = tl.load(w_tile + k0, mask=mask_w, other=0.0)
+        w_low = tl.load(w_tile + stride_wp + k0, mask=mask_w, other=0.0)
+        acc += split_dot(x_high, x - x_high, w_high, w_low, SPLIT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :], acc,
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+_launch_linear = CachedLaunch(_split_weight_linear_kernel)
+
+
+def split_precision(device: torch.device) -> str:
+    """:func:`split_dot`'s products on ``device``: "tf32" where :func:`precision` takes three-TF32
+    dots, "ieee" where it takes float32 ones (the result is then float32's, with one more rounding)."""
+    return "tf32" if precision(device) == "tf32x3" else "ieee"
+
+
+def tf32_parts(weight: torch.Tensor) -> torch.Tensor:
+    """The TF32 parts [2, n, k] (float32, contiguous: high, low) of a weight [n, k], for
+    :func:`linear`: weight = high + low exactly in float32 (for float32 weights), high rounded to
+    TF32. Build them once for a weight that many products read."""
+    w = weight.to(torch.float32).contiguous()
+    high = ((w.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+    return torch.stack([high, w - high])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``torch.nn.functional.linear(x, weight, bias)`` in float32 through three-TF32 dots: x [..., k]
-    (any float; its last dimension unit-stride), weight [n, k], bias [n] or None; float32 out."""
+    (any float), weight [n, k] or its :func:`tf32_parts` [2, n, k] (what a caller passes who
+    multiplies by the same weight again), bias [n] or None; float32 out, as accurate as a float32
+    product. Reading W's parts from memory spares the kernel splitting them on every tile."""
+    parts = weight if weight.dim() == 3 else tf32_parts(weight)
     rows, k = x.numel() // x.shape[-1], x.shape[-1]
-    n = weight.shape[0]
+    n = parts.shape[1]
     flat = x.reshape(rows, k)
     out = torch.empty(rows, n, device=x.device, dtype=torch.float32)
-    block_m, block_n, block_k, warps, stages = LARGE_TILES if rows >= LARGE_ROWS else SMALL_TILES
-    pdl = programmatic_options(x.device)
-    _launch((cdiv(rows, block_m) * cdiv(n, block_n), 1, 1),
-            flat, weight, bias if bias is not None else out, out, rows, n, k,
-            0, 0, flat.stride(0), flat.stride(1), 0, 0, weight.stride(1), weight.stride(0),
-            0, 0, out.stride(0), out.stride(1), 0, 0 if bias is None else bias.stride(0),
-            HAS_BIAS=bias is not None, PRECISION=precision(x.device),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, **pdl,
-            num_warps=warps, num_stages=stages)
+    tile_m, tile_n, tile_k, warps, stages = LARGE_TILES if rows >= LARGE_ROWS else SMALL_TILES
+    block_k = max(16, min(tile_k, next_power_of_2(k)))
+    block_m, block_n = max(16, min(tile_m, next_power_of_2(rows))), max(16, min(tile_n, next_power_of_2(n)))
+    _launch_linear((cdiv(rows, block_m) * cdiv(n, block_n),),
+                   flat, parts, bias if bias is not None else out, out, rows, n, k, flat.stride(0), flat.stride(1),
+                   parts.stride(0), out.stride(0), HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0,
+                   SPLIT_PRECISION=split_precision(x.device), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_ROWS=GROUP_ROWS,
+                   **programmatic_options(x.device), num_warps=warps, num_stages=stages)
     return out.view(*x.shape[:-1], n)
 
 

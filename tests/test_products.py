@@ -19,7 +19,7 @@ from conftest import CUDA, assert_steps_match, rel_err
 
 DEVICES = [d for d in ("cpu", "cuda") if backends.triton_runs_on(torch.device(d)) and (d != "cuda" or CUDA)]
 # (rows dims, k, n): odd sizes, row counts on either side of the tile choice (LARGE_ROWS) on a GPU.
-SHAPES = [((3, 7), 10, 12), ((1, 33), 24, 40), ((65,), 9, 17)]
+SHAPES = [((3, 7), 10, 12), ((1, 33), 24, 40), ((65,), 9, 17), ((2, 9), 64, 20)]
 GPU_SHAPES = [((16, 256), 768, 1536), ((5, 1000), 96, 200)]
 
 
@@ -42,6 +42,23 @@ def test_linear_matches_float64(device, shape, dtype, bias):
     want = nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tf32_parts_hold_the_weight(device):
+    """high + low is the weight exactly, high has TF32's 10 mantissa bits, low is at most 2⁻¹¹ of
+    the weight; linear() on the parts is linear() on the weight, bit for bit."""
+    products = backends.triton_kernels()["products"]
+    gen = torch.Generator().manual_seed(5)
+    weight = (torch.randn(20, 64, generator=gen) * 10.0 ** torch.randint(-4, 5, (20, 64), generator=gen)).to(device)
+    parts = products.tf32_parts(weight)
+    assert parts.shape == (2, 20, 64) and parts.dtype == torch.float32 and parts.is_contiguous()
+    high, low = parts
+    assert torch.equal(high + low, weight)
+    assert not (high.view(torch.int32) & 0x1FFF).any()
+    assert (low.abs() <= weight.abs() * 2.0 ** -11).all()
+    x = torch.randn(2, 9, 64, generator=gen).to(device)
+    assert torch.equal(products.linear(x, parts, None), products.linear(x, weight, None))
 
 
 def test_linear_reads_strided_rows_and_transposed_weights():

@@ -1,6 +1,7 @@
 """``infvideo.ops.slot_attention`` on every kernel present against the reference slot weights.
 
-Tolerances (relative): 1e-5 with float32 keys/values (exact fp32 dots), 2e-2 with fp16/bf16 ones
+Tolerances (relative): 1e-5 with float32 keys/values (on a GPU each dot as three TF32 products,
+float32-accurate; in the interpreter the same three products in float32), 2e-2 with fp16/bf16 ones
 (the reference sees the same rounded K/V in float32; the context is rounded to the query's dtype).
 Gradients (the registered backward, context and mass cotangents together) against float64
 reference gradients at the same rounded inputs: conftest.GRAD_TOL.

@@ -105,17 +105,19 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
 _fused_weights: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _stacked(proj_key: nn.Linear, proj_value: nn.Linear, split: bool = False):
+def _stacked(proj_key: nn.Linear, proj_value: nn.Linear, parts: str | None = None):
     """[W_k; W_v] and [b_k; b_v], rebuilt only when a parameter changes (its version counter);
-    with ``split`` the weight as ``products.split_weight`` parts."""
+    with ``parts`` the weight as the parts a product reads: "bf16", ``products.split_weight``'s;
+    "tf32", ``products.tf32_parts``'."""
     params = [proj_key.weight, proj_value.weight, proj_key.bias, proj_value.bias]
-    key = (id(proj_value), split, *(None if p is None else (p.data_ptr(), p._version) for p in params))
+    key = (id(proj_value), parts, *(None if p is None else (p.data_ptr(), p._version) for p in params))
     hit = _fused_weights.get(proj_key)
     if hit is None or hit[0] != key:
         with torch.no_grad():
             weight = torch.cat([proj_key.weight, proj_value.weight])
-            if split:
-                weight = backends.triton_kernels()["products"].split_weight(weight)
+            if parts is not None:
+                products = backends.triton_kernels()["products"]
+                weight = (products.split_weight if parts == "bf16" else products.tf32_parts)(weight)
             bias = None
             if proj_key.bias is not None and proj_value.bias is not None:
                 bias = torch.cat([proj_key.bias, proj_value.bias])
@@ -139,10 +141,10 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
         tensor_cores = (not grad and products is not None and proj_key.weight.dtype == torch.float32
                         and _library.eager_cuda(coef))
         if tensor_cores and FLOAT32_PROJECTION == "split-bf16":
-            weight, bias = _stacked(proj_key, proj_value, split=True)
+            weight, bias = _stacked(proj_key, proj_value, parts="bf16")
             both = products.split_linear(coef, weight, bias)
         elif tensor_cores and FLOAT32_PROJECTION == "tf32x3":
-            weight, bias = _stacked(proj_key, proj_value)
+            weight, bias = _stacked(proj_key, proj_value, parts="tf32")
             both = products.linear(coef, weight, bias)
         else:
             if grad:
@@ -164,10 +166,10 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
 QUADRATURE_KERNEL = True
 
 # The GPU step's float32 K/V projection (eager, outside autograd, backend "triton"), where cuBLAS's
-# float32 product runs without tensor cores: "tf32x3", one three-TF32 Triton product (products.linear,
-# as accurate as float32); "split-bf16", one cuBLAS product of bfloat16 parts (products.split_linear:
-# about 20 times the float32 error, which a sharp attention carries past 1e-5 of float64:
-# bench/split_products_accuracy.py); "cublas", cuBLAS in float32. bench/bench_projections_gpu.py
+# float32 product runs without tensor cores: "tf32x3", one three-TF32 Triton product (products.linear
+# on the stacked weight's cached TF32 parts, as accurate as float32); "split-bf16", one cuBLAS
+# product of bfloat16 parts (products.split_linear: about 20 times the float32 error, which a sharp
+# attention carries past 1e-5 of float64: bench/split_products_accuracy.py); "cublas", cuBLAS in float32. bench/bench_projections_gpu.py
 # times all three in the step (bench/README.md, "Many streams ... issue 22, second session").
 FLOAT32_PROJECTION = "tf32x3"
 
