@@ -190,7 +190,8 @@ def main():
         if args.only and name not in args.only:
             continue
         shown = {k: v for (i,), v in constants.items() for k in [kernel.arg_names[i]]
-                 if k in ("PRECISION", "SPLIT_PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE", "WRITE_CAST",
+                 if k in ("PRECISION", "SPLIT_PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE",
+                          "WRITE_CAST",
                           "SCORE_PRECISION", "BAND_INSIDE", "PDL", "FRAMES_FIRST", "PREFETCH_V")}
         start = time.perf_counter()
         log = io.StringIO()

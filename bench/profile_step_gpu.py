@@ -1,12 +1,12 @@
 """Where a step's time goes on the GPU: per-kernel CUDA time (torch.profiler) and host-side Python time.
 
-    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss16|gauss64|grad1|grad64|folded64|...]
+    PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss16|gauss64|grad1|grad64|folded64|f32proj64]
 
 Cases: no-grad steps (s1, s64, and the Gaussian basis's gauss16 and gauss64 in the setting of
 bench_quadrature_gpu.py); a trainable step, forward and ``torch.autograd.grad`` into
 tokens, query and both projections' parameters (grad1, grad64, the setting of
 bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
-``ops.step.FACTORED_ON_GPU``). For the S=1 cases and gauss16 (host-bound steps) the host time
+``ops.step.FACTORED_ON_GPU``) or projecting K and V (f32proj64: the default). For the S=1 cases and gauss16 (host-bound steps) the host time
 per call of the step's parts is printed too (perf_counter around each, inclusive; cProfile's own
 cost per Python call would outweigh the calls it times). ``--sync-check`` instead runs one step per
 case with host synchronisations made errors and prints where the first one happens.
@@ -39,7 +39,7 @@ CASES = {"s1": (1, 256, torch.bfloat16, 32, {}), "s64": (64, 256, torch.bfloat16
          **{f"gauss{s}": (s, 256, torch.bfloat16, 32, dict(basis="gaussian", quad_points=1000, past_samples=512))
             for s in (16, 64)},
          "grad1": (1, 256, torch.bfloat16, 32, {}), "grad64": (64, 256, torch.bfloat16, 32, {}),
-         "folded64": (64, 256, torch.float32, 32, {})}
+         "folded64": (64, 256, torch.float32, 32, {}), "f32proj64": (64, 256, torch.float32, 32, {})}
 
 
 def make(streams, length, dtype, tokens):
@@ -47,7 +47,7 @@ def make(streams, length, dtype, tokens):
     torch.manual_seed(0)
     pk, pv = nn.Linear(WIDTH, WIDTH).cuda().to(dtype), nn.Linear(WIDTH, WIDTH).cuda().to(dtype)
     shape = (streams, length, tokens, WIDTH) if tokens else (streams, length, WIDTH)
-    # Float32 with tokens (folded64): bf16 tokens beside the float32 projections and query.
+    # Float32 with tokens (folded64, f32proj64): bf16 tokens beside the float32 projections and query.
     frames_dtype = torch.bfloat16 if dtype == torch.float32 and tokens else dtype
     frames = torch.randn(shape, device="cuda", dtype=frames_dtype)
     return pk, pv, frames, torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=dtype)

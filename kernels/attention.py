@@ -210,7 +210,10 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
         IEEE=ieee, SPLIT=split, SPLIT_PRECISION=split_precision(query.device),
         GROUP=block_q, GROUPS=groups, BLOCK_N=block_n, BLOCK_D=block_d,
         PREFETCH_V=CONFIG["prefetch_values"] and n <= block_n and keys.dtype != torch.float32,
-        **pdl, num_warps=8 if split else warps, **({"num_stages": 1} if split and n > block_n else {}),
+        **pdl, num_warps=8 if split else warps,
+        # Float32 K/V over several tiles of slots: no pipelined loads. Staging float32 V for the next
+        # tile took more shared memory than an H200 has (head width 64, N = 1,000).
+        **({"num_stages": 1} if keys.dtype == torch.float32 and n > block_n else {}),
     )
     return ctx, mass
 

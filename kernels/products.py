@@ -210,7 +210,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     _launch_linear((cdiv(rows, block_m) * cdiv(n, block_n),),
                    flat, parts, bias if bias is not None else out, out, rows, n, k, flat.stride(0), flat.stride(1),
                    parts.stride(0), out.stride(0), HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0,
-                   SPLIT_PRECISION=split_precision(x.device), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_ROWS=GROUP_ROWS,
+                   SPLIT_PRECISION=split_precision(x.device), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                   GROUP_ROWS=GROUP_ROWS,
                    **programmatic_options(x.device), num_warps=warps, num_stages=stages)
     return out.view(*x.shape[:-1], n)
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import infvideo.ops as ops
+from infvideo import backends
 from infvideo.config import MemoryConfig
 from infvideo.reference import attention as ref_attention
 from infvideo.reference import fit as ref_fit
@@ -48,6 +49,35 @@ def test_matches_reference(device, backend, case, preset, dtype):
     groups = -(-q_len // 16)
     assert mass.shape == (streams, heads * groups, n)  # the op's groups of 16 queries per head
     assert rel_err(mass.reshape(streams, heads, groups, n).sum(2), r.sum(2)) < tol
+
+
+# Float32 K/V: small and several-tile shapes, and on a GPU head width 64 over 1,000 slots (several
+# tiles) and 256 (one tile) with two query blocks per program (17 streams).
+FLOAT32_CASES = [c for c in kernel_cases([(2, 5, 24, 3, 13), (1, 3, 8, 2, 300)],
+                                         gpu=[(2, 32, 768, 12, 1000), (17, 32, 768, 12, 256)])
+                 if c.values[1] == "triton"]
+
+
+@pytest.mark.parametrize("device,backend,case", FLOAT32_CASES)
+@pytest.mark.parametrize("split", [True, False], ids=["three-tf32", "float32-dots"])
+def test_float32_kv_either_way(device, backend, case, split, monkeypatch):
+    """Float32 K/V on the Triton kernel both ways it can take them, three TF32 products per dot
+    (the default where the GPU has TF32) and float32 dots, within 1e-5 of the reference; over several
+    tiles of slots at head width 64 too, where staged float32 V once took more shared memory than an
+    H200 has."""
+    monkeypatch.setitem(backends.triton_kernels()["attention"].CONFIG, "split_float32", split)
+    streams, q_len, model, heads, n = case
+    gen = torch.Generator().manual_seed(n)
+    query, keys, values = (torch.randn(streams, rows, model, generator=gen).to(device) for rows in (q_len, n, n))
+    const = ref_attention.attention_constants(MemoryConfig(num_basis=n))
+    const32 = ref_fit.on_device(const, device, torch.float32)
+    context, mass = ops.slot_attention(query, keys, values, heads, const32.log_weight, None, backend=backend)
+    a = split_heads(query, heads).double() @ split_heads(keys, heads).double().transpose(-1, -2)
+    a = a / math.sqrt(model // heads)
+    r = ref_attention.slot_weights(a, ref_fit.on_device(const, device, torch.float64))
+    expected = (r @ split_heads(values, heads).double()).transpose(1, 2).reshape(streams, q_len, model)
+    assert rel_err(context, expected) < 1e-5
+    assert rel_err(mass.reshape(streams, heads, -1, n).sum(2), r.sum(2)) < 1e-5
 
 
 @pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)

@@ -169,8 +169,8 @@ QUADRATURE_KERNEL = True
 # float32 product runs without tensor cores: "tf32x3", one three-TF32 Triton product (products.linear
 # on the stacked weight's cached TF32 parts, as accurate as float32); "split-bf16", one cuBLAS
 # product of bfloat16 parts (products.split_linear: about 20 times the float32 error, which a sharp
-# attention carries past 1e-5 of float64: bench/split_products_accuracy.py); "cublas", cuBLAS in float32. bench/bench_projections_gpu.py
-# times all three in the step (bench/README.md, "Many streams ... issue 22, second session").
+# attention carries past 1e-5 of float64: bench/split_products_accuracy.py); "cublas", cuBLAS in
+# float32. bench/bench_projections_gpu.py times all three in the step (bench/README.md, "Many streams ... issue 22, second session").
 FLOAT32_PROJECTION = "tf32x3"
 
 # The GPU step with float32 projections may take the folded attention instead (factored_attention's
