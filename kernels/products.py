@@ -137,7 +137,8 @@ def split_dot(a_high, a_low, b_high, b_low, SPLIT_PRECISION: tl.constexpr):
 @triton.jit
 def _split_weight_linear_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wp, stride_om,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_ROWS: tl.constexpr, PDL: tl.constexpr,
 ):
     # out = x·Wᵀ (+ bias) with W's TF32 parts read from memory ([2, N, K]: high, low) and x split
@@ -159,16 +160,16 @@ def _split_weight_linear_kernel(
     w_tile = w_ptr + offs_n[None, :] * K + offs_k[:, None]  # [BLOCK_K, BLOCK_N] of Wᵀ
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            mask_x = mask_m[:, None]
-            mask_w = mask_n[None, :]
+        if EVEN_K and EVEN_N:  # no tile runs past the weight: its loads take no mask
+            x = tl.load(x_tile + k0 * stride_xk, mask=mask_m[:, None], other=0.0).to(tl.float32)
+            w_high = tl.load(w_tile + k0)
+            w_low = tl.load(w_tile + stride_wp + k0)
         else:
-            mask_x = mask_m[:, None] & (offs_k < K - k0)[None, :]
-            mask_w = mask_n[None, :] & (offs_k < K - k0)[:, None]
-        x = tl.load(x_tile + k0 * stride_xk, mask=mask_x, other=0.0).to(tl.float32)
+            mask_k = offs_k < K - k0
+            x = tl.load(x_tile + k0 * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+            w_high = tl.load(w_tile + k0, mask=mask_n[None, :] & mask_k[:, None], other=0.0)
+            w_low = tl.load(w_tile + stride_wp + k0, mask=mask_n[None, :] & mask_k[:, None], other=0.0)
         x_high = tf32_high(x)
-        w_high = tl.load(w_tile + k0, mask=mask_w, other=0.0)
-        w_low = tl.load(w_tile + stride_wp + k0, mask=mask_w, other=0.0)
         acc += split_dot(x_high, x - x_high, w_high, w_low, SPLIT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -210,6 +211,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     _launch_linear((cdiv(rows, block_m) * cdiv(n, block_n),),
                    flat, parts, bias if bias is not None else out, out, rows, n, k, flat.stride(0), flat.stride(1),
                    parts.stride(0), out.stride(0), HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0,
+                   EVEN_N=n % block_n == 0,
                    SPLIT_PRECISION=split_precision(x.device), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                    GROUP_ROWS=GROUP_ROWS,
                    **programmatic_options(x.device), num_warps=warps, num_stages=stages)

@@ -19,7 +19,7 @@ from conftest import CUDA, assert_steps_match, rel_err
 
 DEVICES = [d for d in ("cpu", "cuda") if backends.triton_runs_on(torch.device(d)) and (d != "cuda" or CUDA)]
 # (rows dims, k, n): odd sizes, row counts on either side of the tile choice (LARGE_ROWS) on a GPU.
-SHAPES = [((3, 7), 10, 12), ((1, 33), 24, 40), ((65,), 9, 17), ((2, 9), 64, 20)]
+SHAPES = [((3, 7), 10, 12), ((1, 33), 24, 40), ((65,), 9, 17), ((2, 9), 64, 20), ((5,), 64, 32)]
 GPU_SHAPES = [((16, 256), 768, 1536), ((5, 1000), 96, 200)]
 
 
