@@ -10,8 +10,8 @@
 - slot attention on float32 K/V (N = 256, one tile of slots, and N = 1,000, several): three TF32
   products per dot (``attention.CONFIG["split_float32"]``, the default) against float32 dots.
 
-GPU µs per call (kernels replayed from a CUDA graph, ``do_bench_cudagraph``, median); errors relative (Frobenius) against float64
-on the same inputs. Prints a markdown table and writes float32_kv.md into --out.
+GPU µs per call (kernels replayed from a CUDA graph, ``do_bench_cudagraph``, median); errors
+relative (Frobenius) against float64 on the same inputs. Prints a markdown table and writes float32_kv.md into --out.
 """
 from __future__ import annotations
 
@@ -77,10 +77,11 @@ def main() -> None:
         bias = (torch.rand(2 * WIDTH, device=device) * 2 - 1) / math.sqrt(WIDTH)
         parts = products.tf32_parts(weight)
         want = torch.addmm(bias.double(), x.double(), weight.double().T)
-        rows = [("K|V: products.linear, W's TF32 parts from memory", lambda: products.linear(x, parts, bias), want),
-                ("K|V: tf32x3 dot, both operands split per tile (before)", lambda: tile_split_linear(x, weight, bias),
-                 want),
-                ("K|V: cuBLAS float32", lambda: torch.addmm(bias, x, weight.T), want)]
+        rows = [("K/V product: products.linear, W's TF32 parts from memory",
+                 lambda: products.linear(x, parts, bias), want),
+                ("K/V product: tf32x3 dot, both operands split per tile (before)",
+                 lambda: tile_split_linear(x, weight, bias), want),
+                ("K/V product: cuBLAS float32", lambda: torch.addmm(bias, x, weight.T), want)]
         query = torch.randn(streams, QUERIES, WIDTH, device=device)
         for slots in (BASIS, 1000):
             kv = torch.randn(streams, slots, 2 * WIDTH, device=device)
