@@ -193,9 +193,9 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     # when that covers every slot, K is read once (ONE_TILE).
     block_n = max(16, min(next_power_of_2(n), 1024 * warps // (block_q * groups)))
     # Float32 K/V take three TF32 products per dot where the GPU has TF32 tensor cores (and in the
-    # interpreter, which computes them exactly), on 8 warps: on an H200 (bench/presplit_experiment.py)
-    # about a quarter faster than float32 dots at S = 16 and 64, as accurate; 4 warps with two
-    # query blocks spilled to several times slower. Half K/V take the tensor cores in their type,
+    # interpreter, which computes them in float32), on 8 warps: faster than float32 dots on an H200
+    # and as accurate (bench/results/h200_float32_projections.md); 4 warps with two query blocks
+    # spilled to several times slower. Half K/V take the tensor cores in their type,
     # except under the CPU interpreter, whose bf16 dot is wrong (Triton 3.9): IEEE float32 dots.
     split = CONFIG["split_float32"] and keys.dtype == torch.float32 and (
         split_precision(query.device) == "tf32" or query.device.type == "cpu")

@@ -28,8 +28,8 @@ from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_p
 
 PRECISION = "tf32x3"
 
-# linear()'s tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for many rows (the sweep of
-# bench/presplit_experiment.py on an H200 at 4,096 and 16,384 × 768 × 1,536), and smaller ones below
+# linear()'s tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for many rows (an H200 sweep at
+# 4,096 and 16,384 × 768 × 1,536: bench/results/h200_float32_projections.md), and smaller ones below
 # LARGE_ROWS, where the big tiles would leave most of the GPU idle.
 LARGE_TILES, SMALL_TILES, LARGE_ROWS = (64, 128, 32, 4, 3), (64, 64, 32, 4, 3), 4096
 # Output tiles of linear() that share rows are launched in groups of this many row tiles, so that
