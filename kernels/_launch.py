@@ -59,6 +59,12 @@ def specialization_key(args, meta: dict) -> tuple:
 PROGRAMMATIC_LAUNCH = True
 
 
+def compiled_on(device: torch.device) -> bool:
+    """Whether a launch on ``device`` runs a compiled kernel: a CUDA device, not under the CPU
+    interpreter (TRITON_INTERPRET=1, where every call goes through Triton's Python)."""
+    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
 @functools.lru_cache(maxsize=None)
 def _programmatic_device(index: int) -> bool:
     try:
@@ -73,7 +79,7 @@ def programmatic(device: torch.device) -> bool:
     """Whether kernels on ``device`` are launched as programmatic dependents (``PROGRAMMATIC_LAUNCH``,
     an NVIDIA device of compute capability 9.0 or later, a Triton that has ``launch_pdl``; never
     under the CPU interpreter)."""
-    return (PROGRAMMATIC_LAUNCH and device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    return (PROGRAMMATIC_LAUNCH and compiled_on(device)
             and _programmatic_device(device.index if device.index is not None else torch.cuda.current_device()))
 
 
@@ -114,7 +120,7 @@ class CachedLaunch:
 
     def __call__(self, grid, *args, **meta):
         device = args[0].device
-        if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        if not compiled_on(device):
             self.kernel[grid](*args, **meta)
             return
         key = (device.index, specialization_key(args, meta))
