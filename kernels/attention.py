@@ -28,10 +28,11 @@ from .products import split_dot, split_precision, tf32_high
 
 
 @triton.jit
-def _slot_scores(q, q_low, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
+def _slot_scores(q, q_low, k_base, logw_ptr, rows, N, cols, mask_d, stride_kn,
                  HAS_LOGW: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr):
-    """Scores q·K_n (+ log w_n) of one tile of slots, [BLOCK_Q, BLOCK_N]; with SPLIT, q is the
-    query's TF32 high part and q_low the rest."""
+    """(scores q·K_n (+ log w_n) [BLOCK_Q, BLOCK_N], the slots' mask) of one tile of slots ``rows``;
+    with SPLIT, q is the query's TF32 high part and q_low the rest."""
+    mask_n = rows < N
     k = tl.load(k_base + rows[:, None] * stride_kn + cols[None, :], mask=mask_n[:, None] & mask_d[None, :],
                 other=0.0)
     if SPLIT:
@@ -44,7 +45,7 @@ def _slot_scores(q, q_low, k_base, logw_ptr, rows, mask_n, cols, mask_d, stride_
         scores = tl.dot(q, tl.trans(k))
     if HAS_LOGW:
         scores += tl.load(logw_ptr + rows, mask=mask_n, other=0.0)[None, :]
-    return scores
+    return scores, mask_n
 
 
 @triton.jit
@@ -109,19 +110,16 @@ def _slot_attention_kernel(
 
     if ONE_TILE:
         # Every slot in one tile: K is read once, the scores stay in registers for pass 2.
-        mask_n = offs_n < N
         if PREFETCH_V:  # V's load in flight with K's: one memory round trip less per program
             v_kept = tl.load(v_ptr + s * stride_vs + offs_n[:, None] * stride_vn + cols[None, :],
-                             mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        kept = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, offs_n, mask_n, cols, mask_d, stride_kn,
-                            HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
+                             mask=(offs_n < N)[:, None] & mask_d[None, :], other=0.0)
+        kept, mask_n = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, offs_n, N, cols, mask_d, stride_kn,
+                                    HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
         m_i, l_i = running_max_sum(kept, mask_n, m_i, l_i)
     else:
         for n0 in range(0, N, BLOCK_N):
-            rows = n0 + offs_n
-            mask_n = rows < N
-            scores = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                                  HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
+            scores, mask_n = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, n0 + offs_n, N, cols, mask_d,
+                                          stride_kn, HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
             m_i, l_i = running_max_sum(scores, mask_n, m_i, l_i)
 
     inv_l = 1.0 / l_i
@@ -140,9 +138,8 @@ def _slot_attention_kernel(
     else:
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + offs_n
-            mask_n = rows < N
-            scores = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, rows, mask_n, cols, mask_d, stride_kn,
-                                  HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
+            scores, mask_n = _slot_scores(q, q_low, k_ptr + s * stride_ks, logw_ptr, rows, N, cols, mask_d,
+                                          stride_kn, HAS_LOGW, IEEE, SPLIT, SPLIT_PRECISION)
             v = tl.load(v_ptr + s * stride_vs + rows[:, None] * stride_vn + cols[None, :],
                         mask=mask_n[:, None] & mask_d[None, :], other=0.0)
             acc = _add_tile(acc, scores, m_i, inv_l, v, mask_q, rows, mask_n, mass_base, h * blocks + groups,
