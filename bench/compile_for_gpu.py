@@ -46,7 +46,8 @@ def signature(kernel, args, meta) -> tuple[dict, dict, dict]:
     types, constants = {}, {}
     for index, name in enumerate(names):
         value = args[index] if index < len(args) else meta[name]
-        if kernel.params[index].is_constexpr:
+        # An integer argument equal to 1 (a unit stride) is a constant to Triton's launcher too.
+        if kernel.params[index].is_constexpr or (type(value) is int and value == 1):
             types[name], constants[(index,)] = "constexpr", value
         elif isinstance(value, torch.Tensor):
             types[name] = _POINTER[value.dtype]
