@@ -7,7 +7,9 @@ block of 16 queries) — for one stream, a head-only grid of 12 programs left th
 this kernel: pass 1 finds the running max and normaliser over N tiles, pass 2
 forms the probabilities, accumulates the context Σ_n r_n V_n and writes each bin's attention mass
 summed over the block's queries, [S, H·QB, N], for the next sticky step (the samplers add groups). N is small (≤ a few thousand), so reading
-K twice costs less than holding the context rescaling of a one-pass online softmax.
+K twice costs less than holding the context rescaling of a one-pass online softmax. Half-precision
+K/V take the tensor cores in their type; float32 K/V take each dot as three TF32 products
+(``products.split_dot``), float32-accurate, where the GPU has TF32 tensor cores.
 
 The backward (``slot_attention_backward``) recomputes the probabilities flash-style in two
 launches: per block of 16 queries, dq with each row's log-normaliser and δ = Σ_n r_n dr_n; then per

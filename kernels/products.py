@@ -3,9 +3,9 @@
 Used where a float32 product would otherwise run without tensor cores: the K/V projection of the
 step with float32 projections (:func:`linear`, whose kernel reads the weight's TF32 parts from
 memory, :func:`tf32_parts`, and splits only x in registers; :func:`split_dot` is its three
-products, which the slot attention's float32 dots share); per-head and per-stream products read in place
-(:func:`head_products`): the folded attention's, the quadrature attention's scores, the Gaussian
-step's map from its old coefficients. ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
+products, which the slot attention's float32 dots share); per-head and per-stream products read
+in place (:func:`head_products`): the folded attention's, the quadrature attention's scores, the
+Gaussian step's map from its old coefficients. ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
 operand into its TF32 part and the remainder and adds the three products that matter (big·big,
 big·small, small·big): the result is as accurate as a float32 product (errors near 1e-7 relative
 against float64) where a single TF32 product is off by about 1e-3. The CPU interpreter computes
@@ -138,8 +138,8 @@ def split_dot(a_high, a_low, b_high, b_low, SPLIT_PRECISION: tl.constexpr):
 def _split_weight_linear_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wp, stride_om,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_ROWS: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_ROWS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # out = x·Wᵀ (+ bias) with W's TF32 parts read from memory ([2, N, K]: high, low) and x split
     # in registers; each k-tile's three products summed apart, then added (float32 accuracy).
