@@ -143,7 +143,8 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
         if tensor_cores and FLOAT32_PROJECTION == "split-bf16":
             weight, bias = _stacked(proj_key, proj_value, parts="bf16")
             both = products.split_linear(coef, weight, bias)
-        elif tensor_cores and FLOAT32_PROJECTION == "tf32x3":
+        # Three TF32 products need TF32 tensor cores: an older GPU keeps cuBLAS's float32 product.
+        elif tensor_cores and FLOAT32_PROJECTION == "tf32x3" and products.split_precision(coef.device) == "tf32":
             weight, bias = _stacked(proj_key, proj_value, parts="tf32")
             both = products.linear(coef, weight, bias)
         else:
@@ -170,7 +171,8 @@ QUADRATURE_KERNEL = True
 # on the stacked weight's cached TF32 parts, as accurate as float32); "split-bf16", one cuBLAS
 # product of bfloat16 parts (products.split_linear: about 20 times the float32 error, which a sharp
 # attention carries past 1e-5 of float64: bench/split_products_accuracy.py); "cublas", cuBLAS in
-# float32. bench/bench_projections_gpu.py times all three in the step (bench/README.md, "Many streams ... issue 22, second session").
+# float32. bench/bench_projections_gpu.py times all three in the step (bench/README.md, "Many
+# streams ... issue 22, second session").
 FLOAT32_PROJECTION = "tf32x3"
 
 # The GPU step with float32 projections may take the folded attention instead (factored_attention's
