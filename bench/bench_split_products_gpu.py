@@ -49,7 +49,7 @@ def parts(x: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> tuple[torc
 def tf32_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, x1) float32 with x = x0 + x1, x0 rounded to TF32 (its 10-bit mantissa): cuBLAS's TF32
     products then read x0 exactly and x1 to 2⁻¹¹ of itself."""
-    x0 = ((x.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+    x0 = products.tf32_round(x)
     return x0, x - x0
 
 

@@ -196,8 +196,8 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     # and as accurate (bench/results/h200_float32_projections.md); 4 warps with two query blocks
     # spilled to several times slower. Half K/V take the tensor cores in their type,
     # except under the CPU interpreter, whose bf16 dot is wrong (Triton 3.9): IEEE float32 dots.
-    split = CONFIG["split_float32"] and keys.dtype == torch.float32 and (
-        split_precision(query.device) == "tf32" or query.device.type == "cpu")
+    dots = split_precision(query.device)
+    split = CONFIG["split_float32"] and keys.dtype == torch.float32 and (dots == "tf32" or query.device.type == "cpu")
     ieee = keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16)
     pdl = programmatic_options(query.device)
     _launch_slot_attention((s, num_heads, cdiv(blocks, groups)),
@@ -206,7 +206,7 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         ctx.stride(0), ctx.stride(1), mass.stride(0), mass.stride(1),
         HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None, ONE_TILE=n <= block_n,
-        IEEE=ieee, SPLIT=split, SPLIT_PRECISION=split_precision(query.device),
+        IEEE=ieee, SPLIT=split, SPLIT_PRECISION=dots,
         GROUP=block_q, GROUPS=groups, BLOCK_N=block_n, BLOCK_D=block_d,
         PREFETCH_V=CONFIG["prefetch_values"] and n <= block_n and keys.dtype != torch.float32,
         **pdl, num_warps=8 if split else warps,

@@ -186,12 +186,18 @@ def split_precision(device: torch.device) -> str:
     return "tf32" if precision(device) == "tf32x3" else "ieee"
 
 
+def tf32_round(x: torch.Tensor) -> torch.Tensor:
+    """x (float32, contiguous in its last dimension) rounded to TF32 as :func:`tf32_high` rounds it
+    in a kernel (10 mantissa bits, ties away from zero), still float32."""
+    return ((x.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+
+
 def tf32_parts(weight: torch.Tensor) -> torch.Tensor:
     """The TF32 parts [2, n, k] (float32, contiguous: high, low) of a weight [n, k], for
     :func:`linear`: weight = high + low exactly in float32 (for float32 weights), high rounded to
     TF32. Build them once for a weight that many products read."""
     w = weight.to(torch.float32).contiguous()
-    high = ((w.view(torch.int32) + 0x1000) & -8192).view(torch.float32)
+    high = tf32_round(w)
     return torch.stack([high, w - high])
 
 
