@@ -1,7 +1,7 @@
 """Issue 22's table: the default step per token and projection dtype against the same run's read floor.
 
     PYTHONPATH=$PWD python bench/bench_many_streams_gpu.py [--streams 1 16 64] [--budget 0.1] [--compile]
-        [--compare [WORD ...]]
+        [--compare [WORD ...]] [--one-fp32]
 
 Case: S videos of 256 frames × 32 tokens (bf16 or fp32), N = 256, M = 512, e = D = 768, 12 heads,
 32 queries (in the tokens' dtype), bf16 or fp32 projections, sticky quantile sampling, the memory
@@ -9,11 +9,13 @@ full (two steps first). The step is ``LongTermMemory(backend="triton", cuda_grap
 check_finite=False)`` captured in a user's CUDA graph and replayed (``do_bench_cudagraph``: the
 kernels' time, no host); the floor reads the step's inputs and the memory's state once at the
 copy rate measured in the same run (``bench_step_gpu.floor_us``). S = 1 runs bf16 tokens and
-projections only. With ``--compile``, each case also runs the torch reference step
-(``backend="torch"``) under ``torch.compile``, replayed from a CUDA graph where it can be captured
-(otherwise timed eagerly with ``do_bench``, and marked so). With ``--compare``, each case also
-times the step with each switch of ``COMPARISONS`` changed (programmatic launches off, the
-attention's V loaded after the softmax, float32 K/V on float32 dots), or those named. Prints a markdown table.
+projections only (``--one-fp32``: float32 projections too). With ``--compile``, each case also
+runs the torch reference step (``backend="torch"``) under ``torch.compile``, replayed from a CUDA
+graph where it can be captured (otherwise timed eagerly with ``do_bench``, and marked so). With
+``--compare``, each case also times the step with each switch of ``COMPARISONS`` changed
+(programmatic launches off, the attention's V loaded after the softmax, float32 K/V on float32
+dots, the folded attention for float32 projections on or off), or those named. Prints a markdown
+table.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from bench_step_gpu import BASIS, HEADS, LENGTH, QUERIES, SAMPLES, TOKENS, WIDTH
 from infvideo import LongTermMemory
 from infvideo.benchmarks import harness
 from infvideo.kernels import _launch, attention
+from infvideo.ops import step as step_ops
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -35,6 +38,7 @@ COMPARISONS = {
     "no PDL": [(_launch, "PROGRAMMATIC_LAUNCH", False)],
     "attention: V after the softmax": [(attention.CONFIG, "prefetch_values", False)],
     "attention: float32 dots on float32 K/V": [(attention.CONFIG, "split_float32", False)],
+    "folded attention": [(step_ops, "FACTORED_ON_GPU", not step_ops.FACTORED_ON_GPU)],
 }
 ALTERNATIVES: dict = {}
 
@@ -81,6 +85,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the torch reference step")
+    parser.add_argument("--one-fp32", action="store_true", help="S = 1 with float32 projections too")
     parser.add_argument("--compare", nargs="*", default=None, metavar="WORD",
                         help="also time the step with each of COMPARISONS' switches off (programmatic launches, "
                              "the attention's early V, its split float32 dots); with words, only the switches "
@@ -98,7 +103,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|" + ("---|---|" if args.compile else "") + "---|" * len(ALTERNATIVES))
     for streams in args.streams:
         for tokens in ("bf16",) if streams == 1 else ("bf16", "fp32"):
-            for projections in ("bf16",) if streams == 1 else ("bf16", "fp32"):
+            for projections in ("bf16",) if streams == 1 and not args.one_fp32 else ("bf16", "fp32"):
                 step, floor, reference, replayed, alternatives = step_us(
                     streams, DTYPES[tokens], DTYPES[projections], args.budget, bandwidth, args.compile)
                 row = f"| {streams} | {tokens} | {projections} | {step:,.1f} | {floor:,.1f} | {step / floor:.2f}× |"

@@ -1,11 +1,12 @@
 """Tiles and dot precision of the folded slot attention's Triton kernels on the GPU (issue 22).
 
-    PYTHONPATH=$PWD python bench/tune_factored_attention.py [--streams 64] [--kv-tiles] [--rows 16 32 64 128]
-        [--block-e 32 64] [--warps 4 8] [--stages 2 3]
+    PYTHONPATH=$PWD python bench/tune_factored_attention.py [--streams 64] [--kv-tiles] [--rows 64]
+        [--block-e 16 32] [--warps 8] [--stages 2 3] [--product-tiles 64,128,32,4,3 ...]
 
 Times ``factored_slot_attention`` (float32 projections folded into the queries) for each softmax
 tile (``kernels.factored_attention.CONFIG``: rows per program, slice of e per dot, warps, stages,
-one slot tile or two passes), then for each tile of its two head products; beside them the K/V
+every slot in one tile, split or Triton's tf32x3 dots), then for each tile of its mix and its two
+head products; beside them the K/V
 way (the float32 projection on cuBLAS and in three-TF32 products, then ``slot_attention``), each
 with the context's error against float64.
 """
@@ -75,7 +76,8 @@ def tune_kv_products(streams, query, coef, weight, bias, want):
 
 
 def tune_folded(streams, query, coef, pk, pv, want, args):
-    """``factored_slot_attention`` per softmax tile, then per head-product tile with the best softmax tile."""
+    """``factored_slot_attention`` per softmax tile, then per tile of the mix and the two head
+    products, each with the best tiles found before it."""
     def run():
         return folded.factored_slot_attention(query, coef, pk.weight, pv.weight, pv.bias, HEADS, None)[0]
 
@@ -89,19 +91,22 @@ def tune_folded(streams, query, coef, pk, pv, want, args):
             return float("inf")
 
     default = dict(folded.CONFIG)
-    best = (float("inf"), default)
-    for rows, block_e, warps, stages, one_tile in itertools.product(args.rows, args.block_e, args.warps, args.stages,
-                                                                    (True, False)):
-        config = dict(default, rows=rows, block_e=block_e, warps=warps, stages=stages,
-                      scores_per_warp=1 << 16 if one_tile else 16)
+    best = (timed(f"default {default}"), default)
+    for rows, block_e, warps, stages, split in itertools.product(args.rows, args.block_e, args.warps, args.stages,
+                                                                 (True, False)):
+        config = dict(best[1], rows=rows, block_e=block_e, warps=warps, stages=stages, split=split,
+                      scores_per_warp=(rows * BASIS) // warps)  # every slot in one tile
         folded.CONFIG.update(config)
-        ms = timed(f"rows={rows:3d} block_e={block_e:3d} warps={warps} stages={stages} one_tile={one_tile}")
+        ms = timed(f"rows={rows:3d} block_e={block_e:3d} warps={warps} stages={stages} split={split}")
         best = min(best, (ms, config), key=lambda x: x[0])
     print(f"S={streams} best softmax tile: {best[1]}", flush=True)
-    for name in ("query_tiles", "context_tiles"):
-        for tiles in itertools.product((64, 128), (64, 128), (32,), (4, 8), (3,)):
-            folded.CONFIG.update(best[1], **{name: tiles})
-            timed(f"{name}={tiles}")
+    for name in ("mix_tiles", "query_tiles", "context_tiles"):
+        for tiles in args.product_tiles:
+            config = dict(best[1], **{name: tiles})
+            folded.CONFIG.update(config)
+            ms = timed(f"{name}={tiles}")
+            best = min(best, (ms, config), key=lambda x: x[0])
+    print(f"S={streams} best: {best[0] * 1e3:.1f} us {best[1]}", flush=True)
     folded.CONFIG.update(default)
 
 
@@ -109,10 +114,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, nargs="+", default=[64])
     parser.add_argument("--kv-tiles", action="store_true", help="also sweep the three-TF32 K/V product's tiles")
-    parser.add_argument("--rows", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--block-e", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--rows", type=int, nargs="+", default=[64])
+    parser.add_argument("--block-e", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--warps", type=int, nargs="+", default=[8])
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--product-tiles", type=lambda t: tuple(map(int, t.split(","))), nargs="+",
+                        default=[(64, 128, 32, 4, 3), (64, 128, 32, 8, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 3),
+                                 (128, 64, 32, 4, 3)],
+                        help="tiles BLOCK_M,BLOCK_N,BLOCK_K,warps,stages tried for each product")
     args = parser.parse_args()
     torch.manual_seed(0)
     pk, pv = nn.Linear(WIDTH, WIDTH).cuda(), nn.Linear(WIDTH, WIDTH).cuda()
@@ -131,8 +140,10 @@ def main():
             print(f"S={streams} K/V cuBLAS allow_tf32={tf32}: {ms * 1e3:8.1f} us  err {rel(kv(), want):.1e}", flush=True)
         torch.backends.cuda.matmul.allow_tf32 = False
 
+        parts = products.tf32_parts(weight)  # as the step caches them
+
         def kv_tf32x3():
-            keys, values = products.linear(coef, weight, bias).split(WIDTH, dim=-1)
+            keys, values = products.linear(coef, parts, bias).split(WIDTH, dim=-1)
             return slot_attention(query, keys, values, HEADS)[0]
         ms = triton.testing.do_bench(kv_tf32x3, return_mode="median")
         print(f"S={streams} K/V products.linear (three-TF32): {ms * 1e3:8.1f} us  err {rel(kv_tf32x3(), want):.1e}",

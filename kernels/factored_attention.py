@@ -4,7 +4,7 @@ Per stream, head h and query q (rows h·Q + q of the H·Q folded queries):
 
     u = W_k,hᵀ q_h                              [e]   (products.head_products: one batched product)
     r = softmax_n(u · B_n / √d + log w_n)       [N]   (_folded_softmax_kernel)
-    m = Σ_n r_n B_n                             [e]   (same kernel, from the weights it holds)
+    m = Σ_n r_n B_n                             [e]   (_mix_kernel)
     context_h = W_v,h m + b_v,h                 [d]   (products.head_products again)
 
 K = B W_kᵀ and V = B W_vᵀ are never formed: for N slots large against H·Q the two head products
@@ -13,7 +13,11 @@ and the two products with B need fewer multiply-adds than the two projections (t
 score of a row alike, and there is no null slot.
 
 Every product runs in float32 (inputs of other float types are converted as they are loaded), on
-the GPU as three TF32 tensor-core dots (``products.precision``).
+the GPU as three TF32 tensor-core dots: the softmax's and the mix's on TF32 parts split in
+registers (``products.split_dot``), the head products' by Triton (``products.precision``). The
+weights r [S, H·Q, N] pass through memory between the softmax and the mix (a quarter of B's size
+for H·Q = 384, N = 256, e = 768): holding them in the softmax kernel for the mix took more
+registers and shared memory than an H200 has (ptxas, sm_90).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from ._device import on_input_device
 from . import products
 from ._launch import CachedLaunch, cdiv, next_power_of_2
 from ._online_softmax import store_group_mass
-from .products import head_products
+from .products import head_products, output_tile, split_dot, split_precision, tf32_high
 
 # The mass is summed over groups of this many consecutive folded rows h·Q + q (the op's output
 # [S, ⌈H·Q/16⌉, N]); the softmax kernel's row blocks are whole groups.
@@ -36,18 +40,24 @@ QUERY_GROUP = 16
 
 @triton.jit
 def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn, sm_scale,
-                   HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_E: tl.constexpr):
+                   HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
+                   SPLIT_PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
     """u · B_n / √d (+ log w_n) of one block of rows (at ``row_offs`` from u_base) and one tile of
-    slots, [BLOCK_R, BLOCK_N]."""
+    slots, [BLOCK_R, BLOCK_N]; with SPLIT each dot as three TF32 products of both operands' parts."""
     acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
-    for e0 in range(0, WIDTH, BLOCK_E):
+    for e0 in tl.range(0, WIDTH, BLOCK_E, num_stages=STAGES):
         cols = e0 + tl.arange(0, BLOCK_E)
         mask_e = cols < WIDTH
         u = tl.load(u_base + row_offs[:, None] + cols[None, :], mask=mask_r[:, None] & mask_e[None, :], other=0.0)
         c = tl.load(c_base + slots[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
                     other=0.0)
-        acc = tl.dot(u, tl.trans(c), acc, input_precision=PRECISION)
+        if SPLIT:
+            u_high = tf32_high(u)
+            c_high = tf32_high(c)
+            acc += split_dot(u_high, u - u_high, tl.trans(c_high), tl.trans(c - c_high), SPLIT_PRECISION)
+        else:
+            acc = tl.dot(u, tl.trans(c), acc, input_precision=PRECISION)
     scores = acc * sm_scale
     if HAS_LOGW:
         scores += tl.load(logw_ptr + slots, mask=mask_n, other=0.0)[None, :]
@@ -56,19 +66,19 @@ def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WI
 
 @triton.jit
 def _folded_softmax_kernel(
-    u_ptr, c_ptr, logw_ptr, out_ptr, mass_ptr,
+    u_ptr, c_ptr, logw_ptr, r_ptr, mass_ptr,
     ROWS, Q_LEN, N, WIDTH, GROUPS_TOTAL, sm_scale,
-    stride_us, stride_uh, stride_uq, stride_cs, stride_cn, stride_ps, stride_pr, stride_ms, stride_mg,
-    HAS_LOGW: tl.constexpr, ONE_TILE: tl.constexpr, PRECISION: tl.constexpr, GROUP: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
+    stride_us, stride_uh, stride_uq, stride_cs, stride_cn, stride_rs, stride_rr, stride_ms, stride_mg,
+    HAS_LOGW: tl.constexpr, ONE_TILE: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
+    SPLIT_PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_E: tl.constexpr, STAGES: tl.constexpr,
 ):
-    # One program per (block of BLOCK_R folded rows h·Q + q, stream). Row h·Q + q of stream s lies
-    # at s·stride_us + h·stride_uh + q·stride_uq (u is head-major across the streams, so that its
-    # product and the context's run over all S·Q rows of a head at once). ONE_TILE (every slot in
-    # one tile): the weights stay in registers and the program writes Σ_n r_n B_n in u's layout
-    # itself, reading B twice (scores, then the mix) and never writing r. Otherwise pass 1 finds
-    # each row's maximum and normaliser over the slot tiles, pass 2 recomputes the scores and writes
-    # r [S, rows, N] (strides ps, pr), which the launcher mixes with B in a second product.
+    # One program per (block of BLOCK_R folded rows h·Q + q, stream) writes those rows' weights r
+    # [S, rows, N] (strides rs, rr) and their mass. Row h·Q + q of stream s lies at s·stride_us +
+    # h·stride_uh + q·stride_uq (u is head-major across the streams, so that its product and the
+    # context's run over all S·Q rows of a head at once). ONE_TILE (every slot in one tile): one
+    # pass, the scores held in registers. Otherwise pass 1 finds each row's maximum and normaliser
+    # over the slot tiles and pass 2 recomputes the scores.
     rb = tl.program_id(0)
     s = tl.program_id(1).to(tl.int64)
     rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -76,36 +86,31 @@ def _folded_softmax_kernel(
     row_offs = (rows // Q_LEN).to(tl.int64) * stride_uh + (rows % Q_LEN) * stride_uq
     u_base = u_ptr + s * stride_us
     c_base = c_ptr + s * stride_cs
+    r_rows = r_ptr + s * stride_rs + rows[:, None].to(tl.int64) * stride_rr
     offs_n = tl.arange(0, BLOCK_N)
     # Each group of GROUP consecutive rows of the block adds its weights into one mass row.
     groups = rb * (BLOCK_R // GROUP) + tl.arange(0, BLOCK_R // GROUP)
     mass_base = mass_ptr + s * stride_ms
-    m_i = tl.zeros([BLOCK_R], dtype=tl.float32) - float("inf")
-    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
     if ONE_TILE:
         mask_n = offs_n < N
         scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, offs_n, mask_n, WIDTH, stride_cn,
-                                sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
+                                sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                STAGES)
         m_i = tl.max(scores, axis=1)
         p = tl.exp(scores - m_i[:, None])
-        p = p / tl.sum(p, axis=1)[:, None]
-        p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
+        inv_l = 1.0 / tl.sum(p, axis=1)
+        p = tl.where(mask_r[:, None] & mask_n[None, :], p * inv_l[:, None], 0.0)
         store_group_mass(mass_base, p, groups, groups < GROUPS_TOTAL, offs_n, mask_n, stride_mg, BLOCK_R // GROUP, GROUP,
                          BLOCK_N)
-        for e0 in range(0, WIDTH, BLOCK_E):
-            cols = e0 + tl.arange(0, BLOCK_E)
-            mask_e = cols < WIDTH
-            c = tl.load(c_base + offs_n[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
-                        other=0.0)
-            mixed = tl.dot(p, c, input_precision=PRECISION)
-            tl.store(out_ptr + s * stride_us + row_offs[:, None] + cols[None, :], mixed,
-                     mask=mask_r[:, None] & mask_e[None, :])
+        tl.store(r_rows + offs_n[None, :], p, mask=mask_r[:, None] & mask_n[None, :])
     else:
+        m_i = tl.zeros([BLOCK_R], dtype=tl.float32) - float("inf")
+        l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
-            mask_n = slots < N
-            scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
-                                    sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
+            scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, slots < N, WIDTH, stride_cn,
+                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                    STAGES)
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
             m_i = m_new
@@ -114,25 +119,60 @@ def _folded_softmax_kernel(
             slots = n0 + offs_n
             mask_n = slots < N
             scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
-                                    sm_scale, HAS_LOGW, PRECISION, BLOCK_R, BLOCK_N, BLOCK_E)
+                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                    STAGES)
             p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
             p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
             store_group_mass(mass_base, p, groups, groups < GROUPS_TOTAL, slots, mask_n, stride_mg, BLOCK_R // GROUP,
                              GROUP, BLOCK_N)
-            tl.store(out_ptr + s * stride_ps + rows[:, None].to(tl.int64) * stride_pr + slots[None, :], p,
-                     mask=mask_r[:, None] & mask_n[None, :])
+            tl.store(r_rows + slots[None, :], p, mask=mask_r[:, None] & mask_n[None, :])
 
 
 _launch_softmax = CachedLaunch(_folded_softmax_kernel)
 
+
+@triton.jit
+def _mix_kernel(
+    r_ptr, c_ptr, out_ptr, ROWS, Q_LEN, N, WIDTH,
+    stride_rs, stride_rr, stride_cs, stride_cn, stride_us, stride_uh, stride_uq,
+    PRECISION: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Σ_n r_n B_n of BLOCK_R folded rows and BLOCK_E columns of one stream (program_id(1)), written
+    # in u's layout for the context's head product.
+    rows, cols, mask_r, mask_e = output_tile(ROWS, WIDTH, BLOCK_R, BLOCK_E)
+    s = tl.program_id(1).to(tl.int64)
+    r_rows = r_ptr + s * stride_rs + rows[:, None].to(tl.int64) * stride_rr
+    c_cols = c_ptr + s * stride_cs + cols[None, :]
+    acc = tl.zeros([BLOCK_R, BLOCK_E], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        slots = n0 + tl.arange(0, BLOCK_N)
+        mask_n = slots < N
+        r = tl.load(r_rows + slots[None, :], mask=mask_r[:, None] & mask_n[None, :], other=0.0)
+        c = tl.load(c_cols + slots[:, None] * stride_cn, mask=mask_n[:, None] & mask_e[None, :], other=0.0)
+        if SPLIT:
+            r_high = tf32_high(r)
+            c_high = tf32_high(c)
+            acc += split_dot(r_high, r - r_high, c_high, c - c_high, SPLIT_PRECISION)
+        else:
+            acc = tl.dot(r, c, acc, input_precision=PRECISION)
+    row_offs = (rows // Q_LEN).to(tl.int64) * stride_uh + (rows % Q_LEN) * stride_uq
+    tl.store(out_ptr + s * stride_us + row_offs[:, None] + cols[None, :], acc, mask=mask_r[:, None] & mask_e[None, :])
+
+
+_launch_mix = CachedLaunch(_mix_kernel)
+
 # The softmax kernel's tiles: rows of folded queries per program (whole mass groups), the slice
 # of e its dots take per step, warps and pipeline stages. Every slot is held in one tile while
 # the [rows, N] scores stay within scores_per_warp float32 values a warp (in registers); more
-# slots take the two-pass path. The head products' tiles (products.head_products): the queries
-# through W_k ([S·Q, d] by [d, e] per head) and the context through W_v ([S·Q, e] by [e, d]).
+# slots take the two-pass path. mix_tiles: the weights' product with B (rows, columns of e, slots
+# per step, warps, stages). split: three TF32 products of operands split in registers
+# (products.split_dot) where the GPU has TF32 tensor cores, else Triton's dots at
+# products.precision. The head products' tiles (products.head_products): the queries through W_k
+# ([S·Q, d] by [d, e] per head) and the context through W_v ([S·Q, e] by [e, d]).
 # bench/tune_factored_attention.py sweeps them all.
-CONFIG = {"rows": 16, "block_e": 32, "warps": 4, "stages": 3, "scores_per_warp": 1024,
-          "query_tiles": (128, 128, 32, 8, 3), "context_tiles": (128, 64, 32, 4, 3)}
+CONFIG = {"rows": 64, "block_e": 32, "warps": 8, "stages": 3, "scores_per_warp": 2048, "split": True,
+          "mix_tiles": (64, 128, 32, 4, 3), "query_tiles": (128, 128, 32, 8, 3), "context_tiles": (128, 64, 32, 4, 3)}
 
 
 @on_input_device
@@ -169,28 +209,32 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
 
     groups = cdiv(rows, QUERY_GROUP)
     mass = torch.empty(s, groups, n, device=device, dtype=torch.float32)
-    block_r = CONFIG["rows"]
+    block_r = max(QUERY_GROUP, min(CONFIG["rows"], next_power_of_2(rows)))
     block_n = max(16, next_power_of_2(n))
     one_tile = block_n * block_r <= CONFIG["scores_per_warp"] * CONFIG["warps"]
     if not one_tile:
         block_n = max(16, CONFIG["scores_per_warp"] * CONFIG["warps"] // block_r)
-    # Σ_n r_n B_n [H, S·Q, e] (u's layout); without ONE_TILE the softmax first writes r [S, H·Q, N].
-    mixed = torch.empty_like(folded)
-    weights = mixed if one_tile else torch.empty(s, rows, n, device=device, dtype=torch.float32)
+    dots = split_precision(device)
+    split = CONFIG["split"] and (dots == "tf32" or device.type == "cpu")
+    weights = torch.empty(s, rows, n, device=device, dtype=torch.float32)
     _launch_softmax((cdiv(rows, block_r), s),
                     folded, coef, slot_log_weight if slot_log_weight is not None else coef, weights, mass,
                     rows, q_len, n, width, groups, 1.0 / math.sqrt(d),
-                    *u_strides, coef.stride(0), coef.stride(1),
-                    weights.stride(0) if not one_tile else 0, weights.stride(1) if not one_tile else 0,
+                    *u_strides, coef.stride(0), coef.stride(1), weights.stride(0), weights.stride(1),
                     mass.stride(0), mass.stride(1),
-                    HAS_LOGW=slot_log_weight is not None, ONE_TILE=one_tile, PRECISION=precision,
-                    GROUP=QUERY_GROUP, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_E=CONFIG["block_e"],
-                    num_warps=CONFIG["warps"], num_stages=CONFIG["stages"])
-    if not one_tile:
-        # Per stream and head: its Q rows of r [Q, N] by the stream's B [N, e].
-        head_products(weights, (weights.stride(0), q_len * weights.stride(1), weights.stride(1), 1),
-                      coef, (coef.stride(0), 0, coef.stride(1), 1),
-                      mixed, (u_strides[0], u_strides[1], width, 1), q_len, width, n, num_heads, s, precision)
+                    HAS_LOGW=slot_log_weight is not None, ONE_TILE=one_tile, PRECISION=precision, SPLIT=split,
+                    SPLIT_PRECISION=dots, GROUP=QUERY_GROUP, BLOCK_R=block_r, BLOCK_N=block_n,
+                    BLOCK_E=CONFIG["block_e"], STAGES=CONFIG["stages"], num_warps=CONFIG["warps"])
+    # Σ_n r_n B_n [H, S·Q, e], in u's layout.
+    mixed = torch.empty_like(folded)
+    tile_r, tile_e, tile_n, warps, stages = CONFIG["mix_tiles"]
+    block_r = max(16, min(tile_r, next_power_of_2(rows)))
+    block_e = max(16, min(tile_e, next_power_of_2(width)))
+    _launch_mix((cdiv(rows, block_r) * cdiv(width, block_e), s),
+                weights, coef, mixed, rows, q_len, n, width, weights.stride(0), weights.stride(1),
+                coef.stride(0), coef.stride(1), *u_strides, PRECISION=precision, SPLIT=split, SPLIT_PRECISION=dots,
+                BLOCK_R=block_r, BLOCK_E=block_e, BLOCK_N=max(16, min(tile_n, next_power_of_2(n))),
+                num_warps=warps, num_stages=stages)
 
     # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v:
     # one product per head over all S·Q rows.
