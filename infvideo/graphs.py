@@ -15,6 +15,8 @@ records), ``is_full``, ``backend_on``, ``raise_failed_check`` and the buffers
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import threading
 from dataclasses import dataclass
 
@@ -47,6 +49,21 @@ def signature(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value, n
 def traced(device: torch.device) -> bool:
     """Inside torch.compile or a CUDA graph capture: no host synchronisation, state updated in place."""
     return torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Python's cyclic garbage collector paused for the block. A collection inside a capture can
+    free an unreachable object that owns a CUDA graph (an earlier memory's), and destroying a graph
+    while this thread captures invalidates the capture (CUDA: "operation not permitted when stream
+    is capturing"); torch.cuda.graph no longer collects before it captures."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -123,7 +140,7 @@ class StepGraphs:
             self.steps.pop(next(iter(self.steps)))
         static_frames, static_query = frames.clone(), query.clone()
         graph = torch.cuda.CUDAGraph()
-        with CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with CAPTURE_LOCK, _no_cyclic_gc(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             context, coef, stats = memory.compute(static_frames, static_query, proj_key, proj_value, num_heads)
             memory.commit(static_frames, static_query, context, coef, stats)
             context = context if context.dtype == query.dtype else context.to(query.dtype)

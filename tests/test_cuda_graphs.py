@@ -2,6 +2,8 @@
 steps; the asynchronous finiteness check of CUDA steps (the memory's docstring)."""
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -131,3 +133,38 @@ def test_non_finite_input_is_never_committed_and_raised_later(device, check, gra
         checked.synchronize()  # the error was raised once
         for f, q in zip(frames[4:], queries[4:]):  # from the state before the failed step, as plain
             torch.testing.assert_close(checked(f, q, pk, pv, H), plain(f, q, pk, pv, H), rtol=1e-6, atol=1e-6)
+
+
+@cuda
+def test_capture_outlives_a_collected_graph():
+    """An unreachable memory that owns a captured graph, collected by Python's cyclic collector
+    while another memory captures its step, leaves that capture valid (graphs._no_cyclic_gc): the
+    graph's destruction would otherwise fall inside the capture and invalidate it."""
+    pk, pv = random_linear(E, D, seed=1).cuda(), random_linear(E, D, seed=2).cuda()
+    frames, queries = _inputs(4)
+    old = LongTermMemory(num_basis=20, past_samples=30).cuda()
+    with torch.no_grad():
+        for f, q in zip(frames, queries):
+            old(f, q, pk, pv, H)
+    assert old._graphs.steps, "the old memory captured a step"
+    old.__dict__["_cycle"] = {"memory": old}  # only the cyclic collector can free it
+    holder = [old]
+    del old
+    memory = LongTermMemory(num_basis=20, past_samples=30).cuda()
+    compute = memory.compute
+
+    def compute_dropping_the_old_memory(*args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():
+            holder.clear()  # the old memory is garbage from here on, inside the capture
+        return compute(*args, **kwargs)
+
+    memory.compute = compute_dropping_the_old_memory
+    threshold = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)  # a collection on nearly every allocation
+    try:
+        with torch.no_grad():
+            for f, q in zip(frames, queries):
+                memory(f, q, pk, pv, H)
+    finally:
+        gc.set_threshold(*threshold)
+    assert not holder and memory._graphs.steps, "the new memory captured its step"
