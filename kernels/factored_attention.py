@@ -163,16 +163,17 @@ def _mix_kernel(
 _launch_mix = CachedLaunch(_mix_kernel)
 
 # The softmax kernel's tiles: rows of folded queries per program (whole mass groups), the slice
-# of e its dots take per step, warps and pipeline stages. Every slot is held in one tile while
-# the [rows, N] scores stay within scores_per_warp float32 values a warp (in registers); more
-# slots take the two-pass path. mix_tiles: the weights' product with B (rows, columns of e, slots
+# of e its dots take per step, warps and pipeline stages. A tile holds at most slot_tile slots
+# (its pipelined B slices fill shared memory) and keeps the [rows, slots] scores within
+# scores_per_warp float32 values a warp (in registers); every slot in one tile takes one pass,
+# more slots two. mix_tiles: the weights' product with B (rows, columns of e, slots
 # per step, warps, stages). split: three TF32 products of operands split in registers
 # (products.split_dot) where the GPU has TF32 tensor cores, else Triton's dots at
 # products.precision. The head products' tiles (products.head_products): the queries through W_k
 # ([S·Q, d] by [d, e] per head) and the context through W_v ([S·Q, e] by [e, d]).
 # bench/tune_factored_attention.py sweeps them all.
-CONFIG = {"rows": 64, "block_e": 32, "warps": 8, "stages": 3, "scores_per_warp": 2048, "split": True,
-          "mix_tiles": (64, 128, 32, 4, 3), "query_tiles": (128, 128, 32, 8, 3), "context_tiles": (128, 64, 32, 4, 3)}
+CONFIG = {"rows": 64, "block_e": 32, "warps": 8, "stages": 3, "slot_tile": 256, "scores_per_warp": 2048,
+          "split": True, "mix_tiles": (128, 64, 32, 4, 3), "query_tiles": (128, 64, 32, 4, 3), "context_tiles": (64, 64, 32, 4, 3)}
 
 
 @on_input_device
@@ -211,9 +212,9 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     mass = torch.empty(s, groups, n, device=device, dtype=torch.float32)
     block_r = max(QUERY_GROUP, min(CONFIG["rows"], next_power_of_2(rows)))
     block_n = max(16, next_power_of_2(n))
-    one_tile = block_n * block_r <= CONFIG["scores_per_warp"] * CONFIG["warps"]
-    if not one_tile:
-        block_n = max(16, CONFIG["scores_per_warp"] * CONFIG["warps"] // block_r)
+    most_slots = min(CONFIG["slot_tile"], CONFIG["scores_per_warp"] * CONFIG["warps"] // block_r)
+    one_tile = block_n <= most_slots
+    block_n = min(block_n, max(16, most_slots))
     dots = split_precision(device)
     split = CONFIG["split"] and (dots == "tf32" or device.type == "cpu")
     weights = torch.empty(s, rows, n, device=device, dtype=torch.float32)

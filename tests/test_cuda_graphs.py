@@ -136,10 +136,12 @@ def test_non_finite_input_is_never_committed_and_raised_later(device, check, gra
 
 
 @cuda
-def test_capture_outlives_a_collected_graph():
-    """An unreachable memory that owns a captured graph, collected by Python's cyclic collector
-    while another memory captures its step, leaves that capture valid (graphs._no_cyclic_gc): the
-    graph's destruction would otherwise fall inside the capture and invalidate it."""
+def test_capture_pauses_the_cyclic_collector(monkeypatch):
+    """A memory captures its step with Python's cyclic collector paused (graphs._no_cyclic_gc): a
+    collection inside the capture can free an unreachable earlier memory whose CUDA graph, destroyed
+    there, invalidates the capture. Here such a memory is garbage while the collector runs at
+    nearly every allocation; the capture must succeed and see the collector off, and after it the
+    collector is on again."""
     pk, pv = random_linear(E, D, seed=1).cuda(), random_linear(E, D, seed=2).cuda()
     frames, queries = _inputs(4)
     old = LongTermMemory(num_basis=20, past_samples=30).cuda()
@@ -148,23 +150,25 @@ def test_capture_outlives_a_collected_graph():
             old(f, q, pk, pv, H)
     assert old._graphs.steps, "the old memory captured a step"
     old.__dict__["_cycle"] = {"memory": old}  # only the cyclic collector can free it
-    holder = [old]
     del old
     memory = LongTermMemory(num_basis=20, past_samples=30).cuda()
-    compute = memory.compute
+    compute, collector_on = memory.compute, []
 
-    def compute_dropping_the_old_memory(*args, **kwargs):
+    def spied_compute(*args, **kwargs):
         if torch.cuda.is_current_stream_capturing():
-            holder.clear()  # the old memory is garbage from here on, inside the capture
+            collector_on.append(gc.isenabled())
         return compute(*args, **kwargs)
 
-    memory.compute = compute_dropping_the_old_memory
-    threshold = gc.get_threshold()
-    gc.set_threshold(1, 1, 1)  # a collection on nearly every allocation
+    memory.compute = spied_compute
+    enabled, threshold = gc.isenabled(), gc.get_threshold()
+    gc.enable()
+    gc.set_threshold(1, 1, 1)
     try:
         with torch.no_grad():
             for f, q in zip(frames, queries):
                 memory(f, q, pk, pv, H)
+        assert collector_on == [False], "one capture, with the collector paused"
+        assert memory._graphs.steps and gc.isenabled()
     finally:
         gc.set_threshold(*threshold)
-    assert not holder and memory._graphs.steps, "the new memory captured its step"
+        (gc.enable if enabled else gc.disable)()
