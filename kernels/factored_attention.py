@@ -31,7 +31,8 @@ from ._device import on_input_device
 from . import products
 from ._launch import CachedLaunch, cdiv, next_power_of_2
 from ._online_softmax import store_group_mass
-from .products import head_products, output_tile, split_dot, split_precision, tf32_high
+from .products import (head_products, output_tile, split_dot, split_precision, tf32_operand, tf32_remainder,
+                       tf32_truncated)
 
 # The mass is summed over groups of this many consecutive folded rows h·Q + q (the op's output
 # [S, ⌈H·Q/16⌉, N]); the softmax kernel's row blocks are whole groups.
@@ -39,23 +40,26 @@ QUERY_GROUP = 16
 
 
 @triton.jit
-def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn, sm_scale,
-                   HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
+def _folded_scores(u_base, c_base, c_low_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
+                   sm_scale, HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
                    SPLIT_PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
     """u · B_n / √d (+ log w_n) of one block of rows (at ``row_offs`` from u_base) and one tile of
-    slots, [BLOCK_R, BLOCK_N]; with SPLIT each dot as three TF32 products of both operands' parts."""
+    slots, [BLOCK_R, BLOCK_N]. SPLIT: three TF32 products, u split in registers, B's tiles from
+    memory as they are (the high part) and from c_low_base (the low part)."""
     acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
     for e0 in tl.range(0, WIDTH, BLOCK_E, num_stages=STAGES):
         cols = e0 + tl.arange(0, BLOCK_E)
         mask_e = cols < WIDTH
         u = tl.load(u_base + row_offs[:, None] + cols[None, :], mask=mask_r[:, None] & mask_e[None, :], other=0.0)
-        c = tl.load(c_base + slots[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
-                    other=0.0)
+        c_tile = slots[:, None] * stride_cn + cols[None, :]
+        mask_c = mask_n[:, None] & mask_e[None, :]
+        c = tl.load(c_base + c_tile, mask=mask_c, other=0.0)
         if SPLIT:
-            u_high = tf32_high(u)
-            c_high = tf32_high(c)
-            acc += split_dot(u_high, u - u_high, tl.trans(c_high), tl.trans(c - c_high), SPLIT_PRECISION)
+            u_high = tf32_truncated(u)
+            c_low = tl.load(c_low_base + c_tile, mask=mask_c, other=0.0)
+            acc += split_dot(u_high, u - u_high, tl.trans(tf32_operand(c, SPLIT_PRECISION)), tl.trans(c_low),
+                             SPLIT_PRECISION)
         else:
             acc = tl.dot(u, tl.trans(c), acc, input_precision=PRECISION)
     scores = acc * sm_scale
@@ -65,8 +69,18 @@ def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WI
 
 
 @triton.jit
+def _store_weights(r_rows, r_low_rows, p, slots, mask_r, mask_n, SPLIT: tl.constexpr):
+    """The weights p of a block of rows and a tile of slots; with SPLIT also their low part
+    p − tf32_truncated(p), which the mix's products read."""
+    mask = mask_r[:, None] & mask_n[None, :]
+    tl.store(r_rows + slots[None, :], p, mask=mask)
+    if SPLIT:
+        tl.store(r_low_rows + slots[None, :], p - tf32_truncated(p), mask=mask)
+
+
+@triton.jit
 def _folded_softmax_kernel(
-    u_ptr, c_ptr, logw_ptr, r_ptr, mass_ptr,
+    u_ptr, c_ptr, c_low_ptr, logw_ptr, r_ptr, r_low_ptr, mass_ptr,
     ROWS, Q_LEN, N, WIDTH, GROUPS_TOTAL, sm_scale,
     stride_us, stride_uh, stride_uq, stride_cs, stride_cn, stride_rs, stride_rr, stride_ms, stride_mg,
     HAS_LOGW: tl.constexpr, ONE_TILE: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
@@ -74,11 +88,12 @@ def _folded_softmax_kernel(
     BLOCK_E: tl.constexpr, STAGES: tl.constexpr,
 ):
     # One program per (block of BLOCK_R folded rows h·Q + q, stream) writes those rows' weights r
-    # [S, rows, N] (strides rs, rr) and their mass. Row h·Q + q of stream s lies at s·stride_us +
-    # h·stride_uh + q·stride_uq (u is head-major across the streams, so that its product and the
-    # context's run over all S·Q rows of a head at once). ONE_TILE (every slot in one tile): one
-    # pass, the scores held in registers. Otherwise pass 1 finds each row's maximum and normaliser
-    # over the slot tiles and pass 2 recomputes the scores.
+    # [S, rows, N] (strides rs, rr; with SPLIT their low parts too, alike) and their mass. Row
+    # h·Q + q of stream s lies at s·stride_us + h·stride_uh + q·stride_uq (u is head-major across
+    # the streams, so that its product and the context's run over all S·Q rows of a head at once).
+    # B's low parts (SPLIT) share B's strides. ONE_TILE (every slot in one tile): one pass, the
+    # scores held in registers. Otherwise pass 1 finds each row's maximum and normaliser over the
+    # slot tiles and pass 2 recomputes the scores.
     rb = tl.program_id(0)
     s = tl.program_id(1).to(tl.int64)
     rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -86,31 +101,32 @@ def _folded_softmax_kernel(
     row_offs = (rows // Q_LEN).to(tl.int64) * stride_uh + (rows % Q_LEN) * stride_uq
     u_base = u_ptr + s * stride_us
     c_base = c_ptr + s * stride_cs
-    r_rows = r_ptr + s * stride_rs + rows[:, None].to(tl.int64) * stride_rr
+    c_low_base = c_low_ptr + s * stride_cs
+    r_offs = s * stride_rs + rows[:, None].to(tl.int64) * stride_rr
     offs_n = tl.arange(0, BLOCK_N)
     # Each group of GROUP consecutive rows of the block adds its weights into one mass row.
     groups = rb * (BLOCK_R // GROUP) + tl.arange(0, BLOCK_R // GROUP)
     mass_base = mass_ptr + s * stride_ms
     if ONE_TILE:
         mask_n = offs_n < N
-        scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, offs_n, mask_n, WIDTH, stride_cn,
-                                sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
-                                STAGES)
+        scores = _folded_scores(u_base, c_base, c_low_base, logw_ptr, row_offs, mask_r, offs_n, mask_n, WIDTH,
+                                stride_cn, sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N,
+                                BLOCK_E, STAGES)
         m_i = tl.max(scores, axis=1)
         p = tl.exp(scores - m_i[:, None])
         inv_l = 1.0 / tl.sum(p, axis=1)
         p = tl.where(mask_r[:, None] & mask_n[None, :], p * inv_l[:, None], 0.0)
         store_group_mass(mass_base, p, groups, groups < GROUPS_TOTAL, offs_n, mask_n, stride_mg, BLOCK_R // GROUP, GROUP,
                          BLOCK_N)
-        tl.store(r_rows + offs_n[None, :], p, mask=mask_r[:, None] & mask_n[None, :])
+        _store_weights(r_ptr + r_offs, r_low_ptr + r_offs, p, offs_n, mask_r, mask_n, SPLIT)
     else:
         m_i = tl.zeros([BLOCK_R], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
-            scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, slots < N, WIDTH, stride_cn,
-                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
-                                    STAGES)
+            scores = _folded_scores(u_base, c_base, c_low_base, logw_ptr, row_offs, mask_r, slots, slots < N, WIDTH,
+                                    stride_cn, sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R,
+                                    BLOCK_N, BLOCK_E, STAGES)
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
             m_i = m_new
@@ -118,14 +134,14 @@ def _folded_softmax_kernel(
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
             mask_n = slots < N
-            scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
-                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
-                                    STAGES)
+            scores = _folded_scores(u_base, c_base, c_low_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH,
+                                    stride_cn, sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R,
+                                    BLOCK_N, BLOCK_E, STAGES)
             p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
             p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
             store_group_mass(mass_base, p, groups, groups < GROUPS_TOTAL, slots, mask_n, stride_mg, BLOCK_R // GROUP,
                              GROUP, BLOCK_N)
-            tl.store(r_rows + slots[None, :], p, mask=mask_r[:, None] & mask_n[None, :])
+            _store_weights(r_ptr + r_offs, r_low_ptr + r_offs, p, slots, mask_r, mask_n, SPLIT)
 
 
 _launch_softmax = CachedLaunch(_folded_softmax_kernel)
@@ -133,47 +149,54 @@ _launch_softmax = CachedLaunch(_folded_softmax_kernel)
 
 @triton.jit
 def _mix_kernel(
-    r_ptr, c_ptr, out_ptr, ROWS, Q_LEN, N, WIDTH,
+    r_ptr, r_low_ptr, c_ptr, out_ptr, ROWS, Q_LEN, N, WIDTH,
     stride_rs, stride_rr, stride_cs, stride_cn, stride_us, stride_uh, stride_uq,
     PRECISION: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Σ_n r_n B_n of BLOCK_R folded rows and BLOCK_E columns of one stream (program_id(1)), written
-    # in u's layout for the context's head product.
-    rows, cols, mask_r, mask_e = output_tile(ROWS, WIDTH, BLOCK_R, BLOCK_E)
+    # in u's layout for the context's head product. Computed transposed, [BLOCK_E, BLOCK_R] =
+    # Bᵀ rᵀ: a float32 tensor-core product reads its shared-memory operand along the inner
+    # dimension, which r's rows are (slots contiguous) and B's columns are not; B is split in
+    # registers instead, and r's low parts come from memory (SPLIT).
+    cols, rows, mask_e, mask_r = output_tile(WIDTH, ROWS, BLOCK_E, BLOCK_R)
     s = tl.program_id(1).to(tl.int64)
-    r_rows = r_ptr + s * stride_rs + rows[:, None].to(tl.int64) * stride_rr
-    c_cols = c_ptr + s * stride_cs + cols[None, :]
-    acc = tl.zeros([BLOCK_R, BLOCK_E], dtype=tl.float32)
+    r_offs = s * stride_rs + rows[None, :].to(tl.int64) * stride_rr
+    c_cols = c_ptr + s * stride_cs + cols[:, None]
+    acc = tl.zeros([BLOCK_E, BLOCK_R], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         slots = n0 + tl.arange(0, BLOCK_N)
         mask_n = slots < N
-        r = tl.load(r_rows + slots[None, :], mask=mask_r[:, None] & mask_n[None, :], other=0.0)
-        c = tl.load(c_cols + slots[:, None] * stride_cn, mask=mask_n[:, None] & mask_e[None, :], other=0.0)
+        c = tl.load(c_cols + slots[None, :] * stride_cn, mask=mask_e[:, None] & mask_n[None, :], other=0.0)
+        mask_w = mask_n[:, None] & mask_r[None, :]
+        r = tl.load(r_ptr + r_offs + slots[:, None], mask=mask_w, other=0.0)
         if SPLIT:
-            r_high = tf32_high(r)
-            c_high = tf32_high(c)
-            acc += split_dot(r_high, r - r_high, c_high, c - c_high, SPLIT_PRECISION)
+            c_high = tf32_truncated(c)
+            r_low = tl.load(r_low_ptr + r_offs + slots[:, None], mask=mask_w, other=0.0)
+            acc += split_dot(c_high, c - c_high, tf32_operand(r, SPLIT_PRECISION), r_low, SPLIT_PRECISION)
         else:
-            acc = tl.dot(r, c, acc, input_precision=PRECISION)
+            acc = tl.dot(c, r, acc, input_precision=PRECISION)
     row_offs = (rows // Q_LEN).to(tl.int64) * stride_uh + (rows % Q_LEN) * stride_uq
-    tl.store(out_ptr + s * stride_us + row_offs[:, None] + cols[None, :], acc, mask=mask_r[:, None] & mask_e[None, :])
+    tl.store(out_ptr + s * stride_us + row_offs[:, None] + cols[None, :], tl.trans(acc),
+             mask=mask_r[:, None] & mask_e[None, :])
 
 
 _launch_mix = CachedLaunch(_mix_kernel)
+
 
 # The softmax kernel's tiles: rows of folded queries per program (whole mass groups), the slice
 # of e its dots take per step, warps and pipeline stages. A tile holds at most slot_tile slots
 # (its pipelined B slices fill shared memory) and keeps the [rows, slots] scores within
 # scores_per_warp float32 values a warp (in registers); every slot in one tile takes one pass,
-# more slots two. mix_tiles: the weights' product with B (rows, columns of e, slots
-# per step, warps, stages). split: three TF32 products of operands split in registers
-# (products.split_dot) where the GPU has TF32 tensor cores, else Triton's dots at
+# more slots two. mix_tiles: the weights' product with B (columns of e, rows, slots per step,
+# warps, stages). split: three TF32 products (products.split_dot) of operands split in registers
+# or read with their low parts where the GPU has TF32 tensor cores, else Triton's dots at
 # products.precision. The head products' tiles (products.head_products): the queries through W_k
 # ([S·Q, d] by [d, e] per head) and the context through W_v ([S·Q, e] by [e, d]).
 # bench/tune_factored_attention.py sweeps them all.
 CONFIG = {"rows": 64, "block_e": 32, "warps": 8, "stages": 3, "slot_tile": 256, "scores_per_warp": 2048,
-          "split": True, "mix_tiles": (128, 64, 32, 4, 3), "query_tiles": (128, 64, 32, 4, 3), "context_tiles": (64, 64, 32, 4, 3)}
+          "split": True, "mix_tiles": (128, 128, 32, 8, 3), "query_tiles": (128, 64, 32, 4, 3),
+          "context_tiles": (64, 64, 32, 4, 3)}
 
 
 @on_input_device
@@ -217,10 +240,15 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     block_n = min(block_n, max(16, most_slots))
     dots = split_precision(device)
     split = CONFIG["split"] and (dots == "tf32" or device.type == "cpu")
+    # With split products B's low parts [S, N, e] and the weights' are read from memory (unused otherwise).
+    coef_low = tf32_remainder(coef if coef.is_contiguous() else coef.contiguous()) if split else coef
+    if split and not coef.is_contiguous():
+        coef = coef.contiguous()  # its low parts share its strides
     weights = torch.empty(s, rows, n, device=device, dtype=torch.float32)
+    weights_low = torch.empty_like(weights) if split else weights
     _launch_softmax((cdiv(rows, block_r), s),
-                    folded, coef, slot_log_weight if slot_log_weight is not None else coef, weights, mass,
-                    rows, q_len, n, width, groups, 1.0 / math.sqrt(d),
+                    folded, coef, coef_low, slot_log_weight if slot_log_weight is not None else coef, weights,
+                    weights_low, mass, rows, q_len, n, width, groups, 1.0 / math.sqrt(d),
                     *u_strides, coef.stride(0), coef.stride(1), weights.stride(0), weights.stride(1),
                     mass.stride(0), mass.stride(1),
                     HAS_LOGW=slot_log_weight is not None, ONE_TILE=one_tile, PRECISION=precision, SPLIT=split,
@@ -228,13 +256,13 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
                     BLOCK_E=CONFIG["block_e"], STAGES=CONFIG["stages"], num_warps=CONFIG["warps"])
     # Σ_n r_n B_n [H, S·Q, e], in u's layout.
     mixed = torch.empty_like(folded)
-    tile_r, tile_e, tile_n, warps, stages = CONFIG["mix_tiles"]
-    block_r = max(16, min(tile_r, next_power_of_2(rows)))
+    tile_e, tile_r, tile_n, warps, stages = CONFIG["mix_tiles"]
     block_e = max(16, min(tile_e, next_power_of_2(width)))
-    _launch_mix((cdiv(rows, block_r) * cdiv(width, block_e), s),
-                weights, coef, mixed, rows, q_len, n, width, weights.stride(0), weights.stride(1),
+    block_r = max(16, min(tile_r, next_power_of_2(rows)))
+    _launch_mix((cdiv(width, block_e) * cdiv(rows, block_r), s),
+                weights, weights_low, coef, mixed, rows, q_len, n, width, weights.stride(0), weights.stride(1),
                 coef.stride(0), coef.stride(1), *u_strides, PRECISION=precision, SPLIT=split, SPLIT_PRECISION=dots,
-                BLOCK_R=block_r, BLOCK_E=block_e, BLOCK_N=max(16, min(tile_n, next_power_of_2(n))),
+                BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_N=max(16, min(tile_n, next_power_of_2(n))),
                 num_warps=warps, num_stages=stages)
 
     # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v:

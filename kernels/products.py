@@ -124,6 +124,45 @@ def tf32_high(x):
 
 
 @triton.jit
+def tf32_truncated(x):
+    """x (float32) with its 13 low mantissa bits cleared: the part of a float32 operand that a TF32
+    tensor-core product reads (it truncates; measured on an H200, Triton's dots at "tf32")."""
+    return (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def tf32_operand(x, SPLIT_PRECISION: tl.constexpr):
+    """x as the high part of a :func:`split_dot` operand whose low part is x − tf32_truncated(x):
+    x itself where the products are TF32 (they read only that part, so a tile loaded for the
+    tensor cores goes to them untouched), its truncated part where they are float32."""
+    if SPLIT_PRECISION == "tf32":
+        return x
+    else:
+        return tf32_truncated(x)
+
+
+@triton.jit
+def _tf32_remainder_kernel(x_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, x - tf32_truncated(x), mask=mask)
+
+
+_launch_remainder = CachedLaunch(_tf32_remainder_kernel)
+REMAINDER_BLOCK = 4096
+
+
+def tf32_remainder(x: torch.Tensor) -> torch.Tensor:
+    """x − tf32_truncated(x) (x float32 and contiguous; exact): the low part of x for a kernel that
+    reads x itself as the high part (:func:`tf32_operand`)."""
+    out = torch.empty_like(x)
+    if x.numel():
+        _launch_remainder((cdiv(x.numel(), REMAINDER_BLOCK),), x, out, x.numel(), BLOCK=REMAINDER_BLOCK)
+    return out
+
+
+@triton.jit
 def split_dot(a_high, a_low, b_high, b_low, SPLIT_PRECISION: tl.constexpr):
     """a·b from the TF32 parts of both operands (a = a_high + a_low, likewise b), float32 out: the
     three products that matter, the two small ones first, in a fresh accumulator (Triton's own
