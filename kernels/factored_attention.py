@@ -40,47 +40,47 @@ QUERY_GROUP = 16
 
 
 @triton.jit
-def _folded_scores(u_base, c_base, c_low_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
-                   sm_scale, HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
+def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn, sm_scale,
+                   HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
                    SPLIT_PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
-    """u · B_n / √d (+ log w_n) of one block of rows (at ``row_offs`` from u_base) and one tile of
-    slots, [BLOCK_R, BLOCK_N]. SPLIT: three TF32 products, u split in registers, B's tiles from
-    memory as they are (the high part) and from c_low_base (the low part)."""
-    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+    """(u · B_n / √d + log w_n)ᵀ of one block of rows (at ``row_offs`` from u_base) and one tile
+    of slots, [BLOCK_N, BLOCK_R]: transposed, so that B's tile, the larger, is the product's
+    register operand (SPLIT: split there) and every dot of the split product takes one layout
+    (a [rows, slots] product on 8 warps put its partial and its running sums in two, and
+    converted between them on every step)."""
+    acc = tl.zeros([BLOCK_N, BLOCK_R], dtype=tl.float32)
     for e0 in tl.range(0, WIDTH, BLOCK_E, num_stages=STAGES):
         cols = e0 + tl.arange(0, BLOCK_E)
         mask_e = cols < WIDTH
         u = tl.load(u_base + row_offs[:, None] + cols[None, :], mask=mask_r[:, None] & mask_e[None, :], other=0.0)
-        c_tile = slots[:, None] * stride_cn + cols[None, :]
-        mask_c = mask_n[:, None] & mask_e[None, :]
-        c = tl.load(c_base + c_tile, mask=mask_c, other=0.0)
+        c = tl.load(c_base + slots[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
+                    other=0.0)
         if SPLIT:
-            u_high = tf32_truncated(u)
-            c_low = tl.load(c_low_base + c_tile, mask=mask_c, other=0.0)
-            acc += split_dot(u_high, u - u_high, tl.trans(tf32_operand(c, SPLIT_PRECISION)), tl.trans(c_low),
-                             SPLIT_PRECISION)
+            c_high = tf32_truncated(c)
+            acc += split_dot(c_high, c - c_high, tl.trans(tf32_operand(u, SPLIT_PRECISION)),
+                             tl.trans(u - tf32_truncated(u)), SPLIT_PRECISION)
         else:
-            acc = tl.dot(u, tl.trans(c), acc, input_precision=PRECISION)
+            acc = tl.dot(c, tl.trans(u), acc, input_precision=PRECISION)
     scores = acc * sm_scale
     if HAS_LOGW:
-        scores += tl.load(logw_ptr + slots, mask=mask_n, other=0.0)[None, :]
-    return tl.where(mask_n[None, :], scores, float("-inf"))
+        scores += tl.load(logw_ptr + slots, mask=mask_n, other=0.0)[:, None]
+    return tl.where(mask_n[:, None], scores, float("-inf"))
 
 
 @triton.jit
 def _store_weights(r_rows, r_low_rows, p, slots, mask_r, mask_n, SPLIT: tl.constexpr):
-    """The weights p of a block of rows and a tile of slots; with SPLIT also their low part
-    p − tf32_truncated(p), which the mix's products read."""
-    mask = mask_r[:, None] & mask_n[None, :]
-    tl.store(r_rows + slots[None, :], p, mask=mask)
+    """The weights pᵀ [slots, rows] of a block of rows (``r_rows`` [1, rows]) and a tile of slots;
+    with SPLIT also their low parts p − tf32_truncated(p), which the mix's products read."""
+    mask = mask_n[:, None] & mask_r[None, :]
+    tl.store(r_rows + slots[:, None], p, mask=mask)
     if SPLIT:
-        tl.store(r_low_rows + slots[None, :], p - tf32_truncated(p), mask=mask)
+        tl.store(r_low_rows + slots[:, None], p - tf32_truncated(p), mask=mask)
 
 
 @triton.jit
 def _folded_softmax_kernel(
-    u_ptr, c_ptr, c_low_ptr, logw_ptr, r_ptr, r_low_ptr, mass_ptr,
+    u_ptr, c_ptr, logw_ptr, r_ptr, r_low_ptr, mass_ptr,
     ROWS, Q_LEN, N, WIDTH, GROUPS_TOTAL, sm_scale,
     stride_us, stride_uh, stride_uq, stride_cs, stride_cn, stride_rs, stride_rr, stride_ms, stride_mg,
     HAS_LOGW: tl.constexpr, ONE_TILE: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
@@ -91,9 +91,9 @@ def _folded_softmax_kernel(
     # [S, rows, N] (strides rs, rr; with SPLIT their low parts too, alike) and their mass. Row
     # h·Q + q of stream s lies at s·stride_us + h·stride_uh + q·stride_uq (u is head-major across
     # the streams, so that its product and the context's run over all S·Q rows of a head at once).
-    # B's low parts (SPLIT) share B's strides. ONE_TILE (every slot in one tile): one pass, the
-    # scores held in registers. Otherwise pass 1 finds each row's maximum and normaliser over the
-    # slot tiles and pass 2 recomputes the scores.
+    # Scores and weights are held transposed, [slots, rows] (_folded_scores). ONE_TILE (every
+    # slot in one tile): one pass, the scores held in registers. Otherwise pass 1 finds each
+    # row's maximum and normaliser over the slot tiles and pass 2 recomputes the scores.
     rb = tl.program_id(0)
     s = tl.program_id(1).to(tl.int64)
     rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -101,46 +101,45 @@ def _folded_softmax_kernel(
     row_offs = (rows // Q_LEN).to(tl.int64) * stride_uh + (rows % Q_LEN) * stride_uq
     u_base = u_ptr + s * stride_us
     c_base = c_ptr + s * stride_cs
-    c_low_base = c_low_ptr + s * stride_cs
-    r_offs = s * stride_rs + rows[:, None].to(tl.int64) * stride_rr
+    r_offs = s * stride_rs + rows[None, :].to(tl.int64) * stride_rr
     offs_n = tl.arange(0, BLOCK_N)
     # Each group of GROUP consecutive rows of the block adds its weights into one mass row.
     groups = rb * (BLOCK_R // GROUP) + tl.arange(0, BLOCK_R // GROUP)
     mass_base = mass_ptr + s * stride_ms
     if ONE_TILE:
         mask_n = offs_n < N
-        scores = _folded_scores(u_base, c_base, c_low_base, logw_ptr, row_offs, mask_r, offs_n, mask_n, WIDTH,
-                                stride_cn, sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N,
-                                BLOCK_E, STAGES)
-        m_i = tl.max(scores, axis=1)
-        p = tl.exp(scores - m_i[:, None])
-        inv_l = 1.0 / tl.sum(p, axis=1)
-        p = tl.where(mask_r[:, None] & mask_n[None, :], p * inv_l[:, None], 0.0)
-        store_group_mass(mass_base, p, groups, groups < GROUPS_TOTAL, offs_n, mask_n, stride_mg, BLOCK_R // GROUP, GROUP,
-                         BLOCK_N)
+        scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, offs_n, mask_n, WIDTH, stride_cn,
+                                sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                STAGES)
+        m_i = tl.max(scores, axis=0)
+        p = tl.exp(scores - m_i[None, :])
+        inv_l = 1.0 / tl.sum(p, axis=0)
+        p = tl.where(mask_n[:, None] & mask_r[None, :], p * inv_l[None, :], 0.0)
+        store_group_mass(mass_base, tl.trans(p), groups, groups < GROUPS_TOTAL, offs_n, mask_n, stride_mg,
+                         BLOCK_R // GROUP, GROUP, BLOCK_N)
         _store_weights(r_ptr + r_offs, r_low_ptr + r_offs, p, offs_n, mask_r, mask_n, SPLIT)
     else:
         m_i = tl.zeros([BLOCK_R], dtype=tl.float32) - float("inf")
         l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
-            scores = _folded_scores(u_base, c_base, c_low_base, logw_ptr, row_offs, mask_r, slots, slots < N, WIDTH,
-                                    stride_cn, sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R,
-                                    BLOCK_N, BLOCK_E, STAGES)
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[:, None]), axis=1)
+            scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, slots < N, WIDTH, stride_cn,
+                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                    STAGES)
+            m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[None, :]), axis=0)
             m_i = m_new
         inv_l = 1.0 / l_i
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
             mask_n = slots < N
-            scores = _folded_scores(u_base, c_base, c_low_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH,
-                                    stride_cn, sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R,
-                                    BLOCK_N, BLOCK_E, STAGES)
-            p = tl.exp(scores - m_i[:, None]) * inv_l[:, None]
-            p = tl.where(mask_r[:, None] & mask_n[None, :], p, 0.0)
-            store_group_mass(mass_base, p, groups, groups < GROUPS_TOTAL, slots, mask_n, stride_mg, BLOCK_R // GROUP,
-                             GROUP, BLOCK_N)
+            scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
+                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                    STAGES)
+            p = tl.exp(scores - m_i[None, :]) * inv_l[None, :]
+            p = tl.where(mask_n[:, None] & mask_r[None, :], p, 0.0)
+            store_group_mass(mass_base, tl.trans(p), groups, groups < GROUPS_TOTAL, slots, mask_n, stride_mg,
+                             BLOCK_R // GROUP, GROUP, BLOCK_N)
             _store_weights(r_ptr + r_offs, r_low_ptr + r_offs, p, slots, mask_r, mask_n, SPLIT)
 
 
@@ -184,6 +183,13 @@ def _mix_kernel(
 _launch_mix = CachedLaunch(_mix_kernel)
 
 
+def _with_low_part(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x as contiguous float32, its low part ``products.tf32_remainder``), for a split product that
+    reads x's tiles as their own high parts."""
+    x = x.to(torch.float32).contiguous()
+    return x, tf32_remainder(x)
+
+
 # The softmax kernel's tiles: rows of folded queries per program (whole mass groups), the slice
 # of e its dots take per step, warps and pipeline stages. A tile holds at most slot_tile slots
 # (its pipelined B slices fill shared memory) and keeps the [rows, slots] scores within
@@ -212,6 +218,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     s, q_len, model = query.shape
     n, width = coef.shape[1], coef.shape[2]
     d = model // num_heads
+    context = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
     rows = num_heads * q_len
     device = query.device
     precision = products.precision(device)
@@ -219,15 +226,28 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
         coef = coef.to(torch.float32).contiguous()
     if slot_log_weight is not None and (slot_log_weight.dtype != torch.float32 or slot_log_weight.stride(0) != 1):
         slot_log_weight = slot_log_weight.to(torch.float32).contiguous()
-    if query.stride(0) != q_len * query.stride(1):
+    dots = split_precision(device)
+    split = CONFIG["split"] and (dots == "tf32" or device.type == "cpu")
+    if split:  # the split products read the query's and W_v's low parts from memory, with their strides
+        query, query_low = _with_low_part(query)
+        w_value, w_value_low = _with_low_part(w_value)
+    elif query.stride(0) != q_len * query.stride(1):
         query = query.contiguous()  # its S·Q rows must be evenly strided for the head product below
 
-    # u [H, S·Q, e]: each head's queries of all streams through its d rows of W_k, as one product per head.
+    # u [H, S·Q, e]: each head's queries of all streams through its d rows of W_k, as one product per
+    # head; with split products transposed, uᵀ = W_k,hᵀ q_hᵀ, so that the query, read along its
+    # head's d columns, is the shared-memory operand.
     folded = torch.empty(num_heads, s * q_len, width, device=device, dtype=torch.float32)
-    head_products(query, (0, d * query.stride(2), query.stride(1), query.stride(2)),
-                  w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
-                  folded, (0, folded.stride(0), width, 1), s * q_len, width, d, num_heads, 1, precision,
-                  tiles=CONFIG["query_tiles"])
+    if split:
+        head_products(w_key, (0, d * w_key.stride(0), w_key.stride(1), w_key.stride(0)),
+                      query, (0, d * query.stride(2), query.stride(2), query.stride(1)),
+                      folded, (0, folded.stride(0), 1, width), width, s * q_len, d, num_heads, 1, precision,
+                      tiles=CONFIG["query_tiles"], b_low=query_low)
+    else:
+        head_products(query, (0, d * query.stride(2), query.stride(1), query.stride(2)),
+                      w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
+                      folded, (0, folded.stride(0), width, 1), s * q_len, width, d, num_heads, 1, precision,
+                      tiles=CONFIG["query_tiles"])
     # Row h·Q + q of stream s in u's layout: (stream, head, query) strides.
     u_strides = (q_len * width, folded.stride(0), width)
 
@@ -238,16 +258,11 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     most_slots = min(CONFIG["slot_tile"], CONFIG["scores_per_warp"] * CONFIG["warps"] // block_r)
     one_tile = block_n <= most_slots
     block_n = min(block_n, max(16, most_slots))
-    dots = split_precision(device)
-    split = CONFIG["split"] and (dots == "tf32" or device.type == "cpu")
-    # With split products B's low parts [S, N, e] and the weights' are read from memory (unused otherwise).
-    coef_low = tf32_remainder(coef if coef.is_contiguous() else coef.contiguous()) if split else coef
-    if split and not coef.is_contiguous():
-        coef = coef.contiguous()  # its low parts share its strides
+    # With split products the weights' low parts are written for the mix (unused otherwise).
     weights = torch.empty(s, rows, n, device=device, dtype=torch.float32)
     weights_low = torch.empty_like(weights) if split else weights
     _launch_softmax((cdiv(rows, block_r), s),
-                    folded, coef, coef_low, slot_log_weight if slot_log_weight is not None else coef, weights,
+                    folded, coef, slot_log_weight if slot_log_weight is not None else coef, weights,
                     weights_low, mass, rows, q_len, n, width, groups, 1.0 / math.sqrt(d),
                     *u_strides, coef.stride(0), coef.stride(1), weights.stride(0), weights.stride(1),
                     mass.stride(0), mass.stride(1),
@@ -267,10 +282,9 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
 
     # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v:
     # one product per head over all S·Q rows.
-    context = torch.empty(s, q_len, model, device=device, dtype=query.dtype)
     head_products(mixed, (0, mixed.stride(0), width, 1),
                   w_value, (0, d * w_value.stride(0), w_value.stride(1), w_value.stride(0)),
                   context, (0, d, model, 1), s * q_len, d, width, num_heads, 1, precision,
                   bias=b_value, bias_strides=(0, 0) if b_value is None else (d * b_value.stride(0), b_value.stride(0)),
-                  tiles=CONFIG["context_tiles"])
+                  tiles=CONFIG["context_tiles"], b_low=w_value_low if split else None)
     return context, mass
