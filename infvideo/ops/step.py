@@ -175,10 +175,11 @@ QUADRATURE_KERNEL = True
 # streams ... issue 22, second session").
 FLOAT32_PROJECTION = "tf32x3"
 
-# The GPU step with float32 projections may take the folded attention instead (factored_attention's
-# Triton kernel: no K and V, three-TF32 tensor-core products). Off: on an H200 its best tiles lost
-# to the three-TF32 K/V product (bench/README.md, "Float32 projections on the GPU").
-FACTORED_ON_GPU = False
+# The step with float32 projections on the "triton" backend takes the folded attention where it
+# needs fewer multiply-adds (factored_attention.applies): no K and V, split TF32 tensor-core
+# products. On an H200 it beat the three-TF32 K/V product and the slot attention (bench/README.md,
+# "Issue 22, seventh session"). Off to compare.
+FACTORED_ON_GPU = True
 
 
 def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value,
