@@ -176,8 +176,9 @@ QUADRATURE_KERNEL = True
 FLOAT32_PROJECTION = "tf32x3"
 
 # The step with float32 projections on the "triton" backend takes the folded attention where it
-# needs fewer multiply-adds (factored_attention.applies): no K and V, split TF32 tensor-core
-# products. On an H200 it beat the three-TF32 K/V product and the slot attention (bench/README.md,
+# needs fewer multiply-adds (factored_attention.applies) and its streams fill the GPU
+# (kernels.factored_attention.fills_device): no K and V, split TF32 tensor-core products. On an
+# H200 it beat the three-TF32 K/V product and the slot attention at 64 streams (bench/README.md,
 # "Issue 22, seventh session"). Off to compare.
 FACTORED_ON_GPU = True
 
@@ -190,6 +191,11 @@ def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, 
     if backend == "triton":
         if not FACTORED_ON_GPU or any(getattr(p, "weight", None) is None or p.weight.dtype != torch.float32
                                       for p in (proj_key, proj_value)):
+            return False
+        # Under torch.compile the folded attention is taken at any stream count: the check reads
+        # the device's properties through cached host functions that a trace should not enter.
+        if query.is_cuda and not torch.compiler.is_compiling() and not backends.triton_kernels()[
+                "factored_attention"].fills_device(query.shape[0], num_heads * query.shape[1], query.device):
             return False
     elif backend != "cpu":
         return False
