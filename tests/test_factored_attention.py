@@ -159,9 +159,13 @@ def test_applies_to_the_issue_sizes():
 @pytest.mark.parametrize("device", sorted({d for d, b in KERNELS if b == "triton"}))
 @pytest.mark.parametrize("config", [dict(), dict(sticky=False)], ids=["sticky", "uniform"])
 def test_triton_step_folds_float32_projections(monkeypatch, device, config):
-    """FACTORED_ON_GPU: the Triton step takes the folded attention for float32 projections and
-    matches the reference step over several chunks; bfloat16 projections keep K and V."""
+    """FACTORED_ON_GPU: the Triton step takes the folded attention for float32 projections (here
+    told that its streams fill the GPU) and matches the reference step over several chunks;
+    bfloat16 projections keep K and V, and so do streams that leave most of a GPU idle."""
     monkeypatch.setattr(step_module, "FACTORED_ON_GPU", True)
+    kernels = backends.triton_kernels()["factored_attention"]
+    fills_device = kernels.fills_device
+    monkeypatch.setattr(kernels, "fills_device", lambda streams, rows, device: True)
     calls = []
     folded = factored_attention.factored_slot_attention
 
@@ -194,6 +198,28 @@ def test_triton_step_folds_float32_projections(monkeypatch, device, config):
         half = LongTermMemory(num_basis=n, past_samples=samples, backend="triton", **config).to(device)
         half(frames, query, pk.to(torch.bfloat16), pv.to(torch.bfloat16), heads)
         assert not calls
+        if device == "cuda":  # 2 streams of 8 folded rows: one softmax program each
+            monkeypatch.setattr(kernels, "fills_device", fills_device)
+            eager = LongTermMemory(num_basis=n, past_samples=samples, backend="triton", cuda_graphs=False,
+                                   **config).to(device)
+            eager(frames, query, pk, pv, heads)
+            assert not calls
+
+
+@pytest.mark.parametrize("device", sorted({d for d, b in KERNELS if b == "triton"}))
+def test_fills_device(device):
+    """The folded attention's softmax programs (streams × ⌈rows / CONFIG["rows"]⌉) against the
+    GPU's multiprocessors; always true off CUDA."""
+    kernels = backends.triton_kernels()["factored_attention"]
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        assert kernels.fills_device(1, 1, dev)
+        return
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    per_stream = -(-384 // kernels.CONFIG["rows"])  # 12 heads × 32 queries
+    enough = -(-sms // per_stream)
+    assert kernels.fills_device(enough, 384, dev)
+    assert not kernels.fills_device(enough - 1, 384, dev)
 
 
 @pytest.mark.parametrize("device", sorted({d for d, b in KERNELS if b == "triton"}))
