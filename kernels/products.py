@@ -3,13 +3,20 @@
 Used where a float32 product would otherwise run without tensor cores: the K/V projection of the
 step with float32 projections (:func:`linear`, whose kernel reads the weight's TF32 parts from
 memory, :func:`tf32_parts`, and splits only x in registers; :func:`split_dot` is its three
-products, which the slot attention's float32 dots share); per-head and per-stream products read
-in place (:func:`head_products`): the folded attention's, the quadrature attention's scores, the
-Gaussian step's map from its old coefficients. ``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each
-operand into its TF32 part and the remainder and adds the three products that matter (big·big,
-big·small, small·big): the result is as accurate as a float32 product (errors near 1e-7 relative
-against float64) where a single TF32 product is off by about 1e-3. The CPU interpreter computes
-its dots exactly in float32 and is told ``"ieee"``.
+products, which the slot attention's and the folded attention's float32 dots share); per-head
+and per-stream products read in place (:func:`head_products`): the folded attention's, the
+quadrature attention's scores, the Gaussian step's map from its old coefficients.
+``PRECISION = "tf32x3"`` (Triton's tl.dot ``input_precision``) splits each operand into its TF32
+part and the remainder and adds the three products that matter (big·big, big·small, small·big):
+the result is as accurate as a float32 product (errors near 1e-7 relative against float64) where
+a single TF32 product is off by about 1e-3. The CPU interpreter computes its dots exactly in
+float32 and is told ``"ieee"``.
+
+Triton's tf32x3 splits both operands on every tile, and a tile the tensor cores read from shared
+memory then makes a round trip through registers. A TF32 product truncates its float32 operands
+(measured on an H200), so such a tile can go to :func:`split_dot` as its own high part, with its
+low part x − :func:`tf32_truncated`(x) read from memory (:func:`tf32_remainder`,
+:func:`tf32_operand`); :func:`head_products` does that given ``b_low``.
 
 :func:`split_linear` does the same with bfloat16 parts in one cuBLAS product, at the bfloat16
 tensor cores' rate but about 20 times further from float64 (the dropped terms are 2⁻¹⁸ of the

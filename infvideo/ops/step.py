@@ -222,7 +222,8 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     ``backend``: the ops'
     kernels, ``"triton"``, ``"cuda"`` or ``"cpu"`` (csrc); on the CPU the slot attention takes the
     projections folded into the queries (``factored_attention``) where that needs fewer
-    multiply-adds, and with ``"triton"`` too for float32 projections when ``FACTORED_ON_GPU``.
+    multiply-adds, and with ``"triton"`` too for float32 projections when ``FACTORED_ON_GPU`` (on)
+    and the streams fill the GPU (``kernels.factored_attention.fills_device``).
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
