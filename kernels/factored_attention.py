@@ -13,11 +13,14 @@ and the two products with B need fewer multiply-adds than the two projections (t
 score of a row alike, and there is no null slot.
 
 Every product runs in float32 (inputs of other float types are converted as they are loaded), on
-the GPU as three TF32 tensor-core dots: the softmax's and the mix's on TF32 parts split in
-registers (``products.split_dot``), the head products' by Triton (``products.precision``). The
-weights r [S, H·Q, N] pass through memory between the softmax and the mix (a quarter of B's size
-for H·Q = 384, N = 256, e = 768): holding them in the softmax kernel for the mix took more
-registers and shared memory than an H200 has (ptxas, sm_90).
+a GPU with TF32 tensor cores as three TF32 products (``products.split_dot``): each product's
+register operand is split in registers, its shared-memory operand is read as it is (a TF32
+product truncates it to its high part) with its low part from memory (the query's and W_v's,
+built per call; the weights', written by the softmax kernel). Each product is laid out so that
+its shared-memory operand is read along the inner dimension, which float32 tensor-core products
+require. The weights r [S, H·Q, N] pass through memory between the softmax and the mix (a quarter
+of B's size for H·Q = 384, N = 256, e = 768): holding them in the softmax kernel for the mix
+asked for more shared memory than an H200 has, or spilled (ptxas, sm_90).
 """
 from __future__ import annotations
 
@@ -191,10 +194,9 @@ def _multiprocessors(index: int) -> int:
 
 def fills_device(streams: int, rows: int, device: torch.device) -> bool:
     """Whether the softmax kernel's programs for ``streams`` streams of ``rows`` folded query rows
-    (H·Q) cover the GPU's multiprocessors at least once: with fewer, the folded attention idles
-    most of it and loses to projecting K and V (an H200: S = 1 and 4 lost by 2.7× and 1.7×,
-    S = 16, 96 programs for 132 multiprocessors, was even, S = 64 won by 18 %). Always true off
-    CUDA."""
+    (H·Q) cover the GPU's multiprocessors at least once: with fewer, the folded attention leaves
+    most of the GPU idle and loses to projecting K and V (bench/README.md, "Issue 22, seventh
+    session"). Always true off CUDA."""
     if device.type != "cuda":
         return True
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -219,7 +221,7 @@ def _with_low_part(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ([S·Q, d] by [d, e] per head) and the context through W_v ([S·Q, e] by [e, d]).
 # bench/tune_factored_attention.py sweeps them all.
 CONFIG = {"rows": 64, "block_e": 32, "warps": 8, "stages": 3, "slot_tile": 256, "scores_per_warp": 2048,
-          "split": True, "mix_tiles": (128, 128, 32, 8, 3), "query_tiles": (128, 64, 32, 4, 3),
+          "split": True, "mix_tiles": (128, 64, 32, 4, 3), "query_tiles": (128, 64, 32, 4, 3),
           "context_tiles": (64, 64, 32, 4, 3)}
 
 
