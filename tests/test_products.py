@@ -90,6 +90,48 @@ def test_head_products_per_stream(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_tf32_remainder_is_what_truncation_drops(device):
+    """x − tf32_remainder(x) has TF32's 10 mantissa bits (the low 13 cleared: what a TF32 product
+    reads of x) and is x's truncation toward zero; the two add to x exactly. Odd sizes over
+    several blocks, magnitudes from 1e-30 to 1e30, zeros and negative zeros."""
+    products = backends.triton_kernels()["products"]
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 2_777, generator=gen) * 10.0 ** torch.randint(-30, 31, (3, 2_777), generator=gen)
+    x[0, :5] = torch.tensor([0.0, -0.0, 1.0, -1.0, 1 + 2.0 ** -11 + 2.0 ** -12])
+    x = x.to(device)
+    low = products.tf32_remainder(x)
+    high = x - low
+    assert low.shape == x.shape and low.dtype == torch.float32
+    assert torch.equal(high + low, x)
+    assert torch.equal(high.view(torch.int32), x.view(torch.int32) & -8192)
+    assert high[0, 4].item() == 1.0  # truncated, where rounding gives 1 + 2⁻¹⁰
+    assert products.tf32_remainder(x[:0]).shape == (0, 2_777)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_head_products_with_low_parts(device, dtype):
+    """Split products that read b's tiles as their own high parts and b's low part from memory
+    (``b_low``): per stream and head by strides (a head's slice of rows, b read along k), odd
+    sizes over several tiles, a bias per head; within 1e-5 of float64, as with one dot."""
+    products = backends.triton_kernels()["products"]
+    gen = torch.Generator().manual_seed(8)
+    streams, heads, m, k, n = 3, 2, 45, 70, 37
+    a = torch.randn(streams, heads, m, k, generator=gen).to(device, dtype)
+    b = torch.randn(streams, heads * n, k, generator=gen).to(device) * 10.0 ** torch.randint(
+        -3, 4, (streams, heads * n, k), generator=gen).to(device)  # b[s, h] = rows h·n.. of [S, H·n, k], transposed
+    bias = torch.randn(heads * n, generator=gen).to(device)
+    c = torch.empty(streams, heads, m, n, device=device)
+    want = (a.double() @ b.double().view(streams, heads, n, k).transpose(-1, -2)
+            + bias.double().view(heads, 1, n))
+    low = products.tf32_remainder(b)
+    products.head_products(a, a.stride()[:4], b, (b.stride(0), n * b.stride(1), b.stride(2), b.stride(1)),
+                           c, c.stride(), m, n, k, heads, streams, products.precision(torch.device(device)),
+                           bias=bias, bias_strides=(n, 1), tiles=(32, 32, 16, 4, 2), b_low=low)
+    assert rel_err(c, want) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_split_rows_are_the_two_bfloat16_parts(device):
     """[x0 | x0 | x1] with x0 the bfloat16 rounding of x and x1 that of the remainder, rows read
     with a stride, a width over several column blocks."""
