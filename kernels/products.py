@@ -55,84 +55,6 @@ def output_tile(rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _batched_product_kernel(
-    a_ptr, b_ptr, b_low_ptr, bias_ptr, c_ptr, M, N, K,
-    stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
-    stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and
-    # head h, all by strides, so that heads are read in place from [S, Q, D] and [D, e] tensors and
-    # weights [n, k] serve as Bᵀ (no transposed copies). SPLIT: three TF32 products, A split in
-    # registers, B read as it is (its high part) and its low part from b_low_ptr (B's strides).
-    offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N)
-    h = tl.program_id(1).to(tl.int64)
-    s = tl.program_id(2).to(tl.int64)
-    a_base = a_ptr + s * stride_as + h * stride_ah
-    b_offs = s * stride_bs + h * stride_bh
-    c_tile = (c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None].to(tl.int64) * stride_cm
-              + offs_n[None, :] * stride_cn)
-    mask_c = mask_m[:, None] & mask_n[None, :]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        a = tl.load(a_base + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak,
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-        b_tile = b_offs + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
-        mask_b = mask_k[:, None] & mask_n[None, :]
-        b = tl.load(b_ptr + b_tile, mask=mask_b, other=0.0).to(tl.float32)
-        if SPLIT:
-            a_high = tf32_truncated(a)
-            b_low = tl.load(b_low_ptr + b_tile, mask=mask_b, other=0.0)
-            acc += split_dot(a_high, a - a_high, tf32_operand(b, SPLIT_PRECISION), b_low, SPLIT_PRECISION)
-        else:
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + h * stride_bias_h + offs_n * stride_bias_n, mask=mask_n, other=0.0
-                       ).to(tl.float32)[None, :]
-    tl.store(c_tile, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
-
-
-_launch = CachedLaunch(_batched_product_kernel)
-
-
-@functools.lru_cache(maxsize=None)
-def precision(device: torch.device) -> str:
-    """The dots' input precision on ``device``: ``PRECISION`` on GPUs with TF32 tensor cores
-    (Ampere and later), ``"ieee"`` elsewhere (the interpreter computes a dot exactly in float32
-    whatever it is told; older GPUs have no TF32)."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
-        return "ieee"
-    return PRECISION
-
-
-# head_products()'s largest tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Measured on an H200
-# for the Gaussian step's fits ([256, 768] per stream): 128 × 128 tiles on 8 warps were no faster.
-HEAD_TILES = (64, 64, 32, 4, 3)
-
-
-def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
-                  bias=None, bias_strides=(0, 0), tiles=None, b_low=None):
-    """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
-    row, column) strides, for every stream and head; ``tiles``: (BLOCK_M, BLOCK_N, BLOCK_K, warps,
-    stages) at most, default ``HEAD_TILES``. ``b_low``: b's low part (:func:`tf32_remainder`, float32
-    like b, same strides) for three TF32 products without splitting b's tiles (:func:`split_dot`
-    at :func:`split_precision`; the tensor cores read b's shared-memory tiles along k, so b's k
-    stride should be 1), else one dot at ``precision``."""
-    tile_m, tile_n, tile_k, warps, stages = tiles or HEAD_TILES
-    block_m = max(16, min(tile_m, next_power_of_2(m)))
-    block_n = max(16, min(tile_n, next_power_of_2(n)))
-    block_k = max(16, min(tile_k, next_power_of_2(k)))
-    _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
-            a, b, b if b_low is None else b_low, bias if bias is not None else c, c, m, n, k, *a_strides,
-            *b_strides, *c_strides, *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
-            SPLIT=b_low is not None, SPLIT_PRECISION=split_precision(c.device), BLOCK_M=block_m, BLOCK_N=block_n,
-            BLOCK_K=block_k, num_warps=warps, num_stages=stages)
-
-
-@triton.jit
 def tf32_high(x):
     """x (float32) rounded to its nearest TF32 value (10 mantissa bits; ties away from zero),
     still float32: x − tf32_high(x) is exact, and a TF32 product reads the high part exactly."""
@@ -191,6 +113,90 @@ def split_dot(a_high, a_low, b_high, b_low, SPLIT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _batched_product_kernel(
+    a_ptr, b_ptr, b_low_ptr, bias_ptr, c_ptr, M, N, K,
+    stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
+    stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and
+    # head h, all by strides, so that heads are read in place from [S, Q, D] and [D, e] tensors and
+    # weights [n, k] serve as Bᵀ (no transposed copies). SPLIT: three TF32 products, A split in
+    # registers, B read as it is (its high part) and its low part from b_low_ptr (B's strides).
+    offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N)
+    h = tl.program_id(1).to(tl.int64)
+    s = tl.program_id(2).to(tl.int64)
+    a_base = a_ptr + s * stride_as + h * stride_ah
+    b_offs = s * stride_bs + h * stride_bh
+    c_tile = (c_ptr + s * stride_cs + h * stride_ch + offs_m[:, None].to(tl.int64) * stride_cm
+              + offs_n[None, :] * stride_cn)
+    mask_c = mask_m[:, None] & mask_n[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a = tl.load(a_base + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        b_tile = b_offs + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+        mask_b = mask_k[:, None] & mask_n[None, :]
+        b = tl.load(b_ptr + b_tile, mask=mask_b, other=0.0).to(tl.float32)
+        if SPLIT:
+            a_high = tf32_truncated(a)
+            b_low = tl.load(b_low_ptr + b_tile, mask=mask_b, other=0.0)
+            acc += split_dot(a_high, a - a_high, tf32_operand(b, SPLIT_PRECISION), b_low, SPLIT_PRECISION)
+        else:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + h * stride_bias_h + offs_n * stride_bias_n, mask=mask_n, other=0.0
+                       ).to(tl.float32)[None, :]
+    tl.store(c_tile, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
+
+
+_launch = CachedLaunch(_batched_product_kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def precision(device: torch.device) -> str:
+    """The dots' input precision on ``device``: ``PRECISION`` on GPUs with TF32 tensor cores
+    (Ampere and later), ``"ieee"`` elsewhere (the interpreter computes a dot exactly in float32
+    whatever it is told; older GPUs have no TF32)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return "ieee"
+    return PRECISION
+
+
+def split_precision(device: torch.device) -> str:
+    """:func:`split_dot`'s products on ``device``: "tf32" where :func:`precision` takes three-TF32
+    dots, "ieee" where it takes float32 ones (the result is then float32's, with one more rounding)."""
+    return "tf32" if precision(device) == "tf32x3" else "ieee"
+
+
+# head_products()'s largest tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Measured on an H200
+# for the Gaussian step's fits ([256, 768] per stream): 128 × 128 tiles on 8 warps were no faster.
+HEAD_TILES = (64, 64, 32, 4, 3)
+
+
+def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
+                  bias=None, bias_strides=(0, 0), tiles=None, b_low=None):
+    """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
+    row, column) strides, for every stream and head; ``tiles``: (BLOCK_M, BLOCK_N, BLOCK_K, warps,
+    stages) at most, default ``HEAD_TILES``. ``b_low``: b's low part (:func:`tf32_remainder`, float32
+    like b, same strides) for three TF32 products without splitting b's tiles (:func:`split_dot`
+    at :func:`split_precision`; the tensor cores read b's shared-memory tiles along k, so b's k
+    stride should be 1), else one dot at ``precision``."""
+    tile_m, tile_n, tile_k, warps, stages = tiles or HEAD_TILES
+    block_m = max(16, min(tile_m, next_power_of_2(m)))
+    block_n = max(16, min(tile_n, next_power_of_2(n)))
+    block_k = max(16, min(tile_k, next_power_of_2(k)))
+    _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
+            a, b, b if b_low is None else b_low, bias if bias is not None else c, c, m, n, k, *a_strides,
+            *b_strides, *c_strides, *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
+            SPLIT=b_low is not None, SPLIT_PRECISION=split_precision(c.device), BLOCK_M=block_m, BLOCK_N=block_n,
+            BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+
+
+@triton.jit
 def _split_weight_linear_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wp, stride_om,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
@@ -234,12 +240,6 @@ def _split_weight_linear_kernel(
 
 
 _launch_linear = CachedLaunch(_split_weight_linear_kernel)
-
-
-def split_precision(device: torch.device) -> str:
-    """:func:`split_dot`'s products on ``device``: "tf32" where :func:`precision` takes three-TF32
-    dots, "ieee" where it takes float32 ones (the result is then float32's, with one more rounding)."""
-    return "tf32" if precision(device) == "tf32x3" else "ieee"
 
 
 def tf32_round(x: torch.Tensor) -> torch.Tensor:
