@@ -11,8 +11,10 @@ sampling, ``--projections`` dtype; the memory is full (two steps before the timi
   ``infvideo.ops.step`` switches of VARIANTS: K and V from cuBLAS in float32
   (``FLOAT32_PROJECTION = "cublas"``), from one three-TF32 Triton product (``"tf32x3"``,
   ``kernels/products.py``), from one cuBLAS product of bfloat16 parts (``"split-bf16"``), or
-  never formed (``FACTORED_ON_GPU``: ``factored_slot_attention``). The switches act on float32
-  projections only: with bfloat16 projections the rows run the same step (a check of the switches);
+  never formed (``FACTORED_ON_GPU``: ``factored_slot_attention``, where the streams fill the GPU,
+  ``kernels.factored_attention.fills_device``; fewer take three-TF32 K/V). The switches act on
+  float32 projections only: with bfloat16 projections the rows run the same step (a check of the
+  switches);
 - ``attention, <variant>``: the attention alone on the same float32 coefficients;
 - the input + state read floor (``bench_step_gpu.floor_us`` at the measured read bandwidth).
 
