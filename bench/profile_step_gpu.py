@@ -5,9 +5,10 @@
 Cases: no-grad steps (s1, s64, and the Gaussian basis's gauss16 and gauss64 in the setting of
 bench_quadrature_gpu.py); a trainable step, forward and ``torch.autograd.grad`` into
 tokens, query and both projections' parameters (grad1, grad64, the setting of
-bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64,
-``ops.step.FACTORED_ON_GPU``) or projecting K and V (f32proj64: the default). For the S=1 cases and gauss16 (host-bound steps) the host time
-per call of the step's parts is printed too (perf_counter around each, inclusive; cProfile's own
+bench_backward_gpu.py); the step with fp32 projections folded into the queries (folded64: the
+default at 64 streams, ``ops.step.FACTORED_ON_GPU``) or projecting K and V (f32proj64: the switch
+off). For the S=1 cases and gauss16 (host-bound steps) the host time per call of the step's parts
+is printed too (perf_counter around each, inclusive; cProfile's own
 cost per Python call would outweigh the calls it times). ``--sync-check`` instead runs one step per
 case with host synchronisations made errors and prints where the first one happens.
 
