@@ -26,7 +26,7 @@ import triton.language as tl
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
 from ._online_softmax import running_max_sum, softmax_start, store_group_mass
-from .products import split_dot, split_precision, tf32_high
+from .products import split_dot, split_precision, takes_split_products, tf32_high
 
 
 @triton.jit
@@ -197,7 +197,7 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     # spilled to several times slower. Half K/V take the tensor cores in their type,
     # except under the CPU interpreter, whose bf16 dot is wrong (Triton 3.9): IEEE float32 dots.
     dots = split_precision(query.device)
-    split = CONFIG["split_float32"] and keys.dtype == torch.float32 and (dots == "tf32" or query.device.type == "cpu")
+    split = CONFIG["split_float32"] and keys.dtype == torch.float32 and takes_split_products(query.device)
     ieee = keys.dtype == torch.float32 or (keys.device.type == "cpu" and keys.dtype == torch.bfloat16)
     pdl = programmatic_options(query.device)
     _launch_slot_attention((s, num_heads, cdiv(blocks, groups)),

@@ -35,8 +35,8 @@ from ._device import on_input_device
 from . import products
 from ._launch import CachedLaunch, cdiv, next_power_of_2
 from ._online_softmax import store_group_mass
-from .products import (head_products, output_tile, split_dot, split_precision, tf32_operand, tf32_remainder,
-                       tf32_truncated)
+from .products import (head_products, output_tile, product_blocks, split_dot, split_precision, takes_split_products,
+                       tf32_operand, tf32_remainder, tf32_truncated)
 
 # The mass is summed over groups of this many consecutive folded rows h·Q + q (the op's output
 # [S, ⌈H·Q/16⌉, N]); the softmax kernel's row blocks are whole groups.
@@ -247,7 +247,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     if slot_log_weight is not None and (slot_log_weight.dtype != torch.float32 or slot_log_weight.stride(0) != 1):
         slot_log_weight = slot_log_weight.to(torch.float32).contiguous()
     dots = split_precision(device)
-    split = CONFIG["split"] and (dots == "tf32" or device.type == "cpu")
+    split = CONFIG["split"] and takes_split_products(device)
     if split:  # the split products read the query's and W_v's low parts from memory, with their strides
         query, query_low = _with_low_part(query)
         w_value, w_value_low = _with_low_part(w_value)
@@ -291,14 +291,12 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
                     BLOCK_E=CONFIG["block_e"], STAGES=CONFIG["stages"], num_warps=CONFIG["warps"])
     # Σ_n r_n B_n [H, S·Q, e], in u's layout.
     mixed = torch.empty_like(folded)
-    tile_e, tile_r, tile_n, warps, stages = CONFIG["mix_tiles"]
-    block_e = max(16, min(tile_e, next_power_of_2(width)))
-    block_r = max(16, min(tile_r, next_power_of_2(rows)))
+    block_e, block_r, block_n = product_blocks(CONFIG["mix_tiles"], width, rows, n)  # Bᵀ [e, N] by rᵀ [N, rows]
+    warps, stages = CONFIG["mix_tiles"][3:]
     _launch_mix((cdiv(width, block_e) * cdiv(rows, block_r), s),
                 weights, weights_low, coef, mixed, rows, q_len, n, width, weights.stride(0), weights.stride(1),
                 coef.stride(0), coef.stride(1), *u_strides, PRECISION=precision, SPLIT=split, SPLIT_PRECISION=dots,
-                BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_N=max(16, min(tile_n, next_power_of_2(n))),
-                num_warps=warps, num_stages=stages)
+                BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
     # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v:
     # one product per head over all S·Q rows.

@@ -172,6 +172,20 @@ def split_precision(device: torch.device) -> str:
     return "tf32" if precision(device) == "tf32x3" else "ieee"
 
 
+def takes_split_products(device: torch.device) -> bool:
+    """Whether kernels on ``device`` take their float32 dots as :func:`split_dot`'s three products:
+    where the GPU has TF32 tensor cores, and in the CPU interpreter, which computes them in float32
+    (so that the tests run the GPU's code); older GPUs keep float32 dots."""
+    return split_precision(device) == "tf32" or device.type == "cpu"
+
+
+def product_blocks(tiles, m: int, n: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of an [m, k] by [k, n] product from ``tiles`` (BLOCK_M, BLOCK_N,
+    BLOCK_K, ...) at most: each no larger than the next power of 2 of its size, and at least 16
+    (a tensor-core dot's smallest)."""
+    return tuple(max(16, min(tile, next_power_of_2(size))) for tile, size in zip(tiles[:3], (m, n, k)))
+
+
 # head_products()'s largest tiles: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Measured on an H200
 # for the Gaussian step's fits ([256, 768] per stream): 128 × 128 tiles on 8 warps were no faster.
 HEAD_TILES = (64, 64, 32, 4, 3)
@@ -185,10 +199,9 @@ def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, stre
     like b, same strides) for three TF32 products without splitting b's tiles (:func:`split_dot`
     at :func:`split_precision`; the tensor cores read b's shared-memory tiles along k, so b's k
     stride should be 1), else one dot at ``precision``."""
-    tile_m, tile_n, tile_k, warps, stages = tiles or HEAD_TILES
-    block_m = max(16, min(tile_m, next_power_of_2(m)))
-    block_n = max(16, min(tile_n, next_power_of_2(n)))
-    block_k = max(16, min(tile_k, next_power_of_2(k)))
+    tiles = tiles or HEAD_TILES
+    block_m, block_n, block_k = product_blocks(tiles, m, n, k)
+    warps, stages = tiles[3:]
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, b if b_low is None else b_low, bias if bias is not None else c, c, m, n, k, *a_strides,
             *b_strides, *c_strides, *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
@@ -267,9 +280,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     n = parts.shape[1]
     flat = x.reshape(rows, k)
     out = torch.empty(rows, n, device=x.device, dtype=torch.float32)
-    tile_m, tile_n, tile_k, warps, stages = LARGE_TILES if rows >= LARGE_ROWS else SMALL_TILES
-    block_k = max(16, min(tile_k, next_power_of_2(k)))
-    block_m, block_n = max(16, min(tile_m, next_power_of_2(rows))), max(16, min(tile_n, next_power_of_2(n)))
+    tiles = LARGE_TILES if rows >= LARGE_ROWS else SMALL_TILES
+    block_m, block_n, block_k = product_blocks(tiles, rows, n, k)
+    warps, stages = tiles[3:]
     _launch_linear((cdiv(rows, block_m) * cdiv(n, block_n),),
                    flat, parts, bias if bias is not None else out, out, rows, n, k, flat.stride(0), flat.stride(1),
                    parts.stride(0), out.stride(0), HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0,
