@@ -1,6 +1,7 @@
 """Where a step's time goes on the GPU: per-kernel CUDA time (torch.profiler) and host-side Python time.
 
     PYTHONPATH=$PWD python bench/profile_step_gpu.py [--case s1|s64|gauss16|gauss64|grad1|grad64|folded64|f32proj64]
+        [--graph-timeline]
 
 Cases: no-grad steps (s1, s64, and the Gaussian basis's gauss16 and gauss64 in the setting of
 bench_quadrature_gpu.py); a trainable step, forward and ``torch.autograd.grad`` into
@@ -9,7 +10,9 @@ bench_backward_gpu.py); the step with fp32 projections folded into the queries (
 default at 64 streams, ``ops.step.FACTORED_ON_GPU``) or projecting K and V (f32proj64: the switch
 off). For the S=1 cases and gauss16 (host-bound steps) the host time per call of the step's parts
 is printed too (perf_counter around each, inclusive; cProfile's own
-cost per Python call would outweigh the calls it times). ``--sync-check`` instead runs one step per
+cost per Python call would outweigh the calls it times). ``--graph-timeline`` adds, for the no-grad
+cases, the kernels of one replay of the step from a CUDA graph, each with its start, duration and
+the gap before it (the launch gaps a user's graph still has). ``--sync-check`` instead runs one step per
 case with host synchronisations made errors and prints where the first one happens.
 
 Nsight Compute, one warm step per case and each kernel's achieved DRAM bandwidth::
@@ -85,6 +88,32 @@ HOST_PARTS = [
     ("infvideo.kernels.dense_consolidate", "dense_consolidate"), ("infvideo.kernels.quadrature", "table_attention"),
     ("infvideo.kernels.products", "head_products"), ("infvideo.kernels._launch", "CachedLaunch.__call__"),
 ]
+
+
+def graph_timeline(call, replays: int = 3) -> str:
+    """The kernels of one replay of ``call`` captured in a CUDA graph (as a user's graph replays
+    it): each kernel's start after the first one's, its duration and the gap since the previous
+    kernels ended (negative where a programmatic dependent started before its predecessor ended),
+    from torch.profiler over ``replays`` replays (the last one is shown)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    graph.replay()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels = sorted(((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                      if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda k: k[0])
+    kernels = kernels[len(kernels) - len(kernels) // replays:]
+    first, ended, busy, lines = kernels[0][0], kernels[0][0], 0.0, []
+    for start, end, name in kernels:
+        lines.append(f"  {name[:44]:44s} start {start - first:8.1f}  µs {end - start:8.1f}  gap {start - ended:7.1f}")
+        busy += end - start
+        ended = max(ended, end)
+    lines.append(f"  replay span {ended - first:,.1f} µs, kernels {busy:,.1f} µs, {len(kernels)} kernels")
+    return "\n".join(lines)
 
 
 def host_breakdown(call, calls: int) -> list[tuple[str, float, float]]:
@@ -172,6 +201,8 @@ def main():
     parser.add_argument("--sync-check", action="store_true",
                         help="only run one step per case under torch.cuda.set_sync_debug_mode('error') and print "
                              "where the first host synchronisation happens")
+    parser.add_argument("--graph-timeline", action="store_true",
+                        help="also the kernels of one replay of the step from a CUDA graph: start, duration, gap")
     parser.add_argument("--ncu", action="store_true",
                         help="run each case warm, then one step between cudaProfilerStart and Stop (for ncu)")
     parser.add_argument("--ncu-metrics", action="store_true", help="print the metrics --ncu-table reads, for ncu")
@@ -207,6 +238,9 @@ def main():
         print(f"== {name}: p50 µs per call, wall-clock {wall:,.1f}, do_bench {gpu:,.1f}")
         print(f"== {name}: CUDA time per kernel (10 steps)")
         print(harness.kernel_times(call))
+        if args.graph_timeline and not name.startswith("grad"):
+            print(f"== {name}: kernels of one CUDA-graph replay (µs)")
+            print(graph_timeline(call))
         if streams == 1 or name == "gauss16":
             print(f"== {name}: host µs per call of each part (inclusive, 200 calls)")
             for part, micros, count in host_breakdown(call, 200):
