@@ -45,6 +45,23 @@ def _maps_pinned_memory(device: torch.device) -> bool:
     return _MAPPED[index]
 
 
+def copy_committed(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """For each (new, out) of ``pairs``: ``out`` = ``new``, a commit without the check. On CUDA,
+    outside torch.compile, floating contiguous pairs go two at a launch
+    (``infvideo.kernels.finite``): inside a CUDA graph torch's copies would take a node each."""
+    fused, rest = [], []
+    for new, out in pairs:
+        kernel = (new.is_cuda and new.is_floating_point() and new.is_contiguous() and out.is_contiguous()
+                  and not torch.compiler.is_compiling() and triton_runs_on(new.device))
+        (fused if kernel else rest).append((new, out))
+    if fused:
+        from .kernels.finite import copy_committed as launch
+        for start in range(0, len(fused), 2):
+            launch(fused[start:start + 2])
+    for new, out in rest:
+        out.copy_(new)
+
+
 class DeviceCheck:
     """The flags of one memory on one device, and their pinned host copy."""
 

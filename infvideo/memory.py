@@ -10,7 +10,7 @@ from . import _checks, state_checks
 from ._lru import LRUCache
 from .backends import FUSED, backend_for, resolve_backend
 from .config import MemoryConfig
-from .finite_check import NAMES, OUTCOME, DeviceCheck
+from .finite_check import NAMES, OUTCOME, DeviceCheck, copy_committed
 from .finite_check import FRAMES as FRAMES_FLAG
 from .finite_check import QUERY as QUERY_FLAG
 from .graphs import StepGraphs, traced
@@ -440,11 +440,8 @@ class LongTermMemory(nn.Module):
                     _outcome_error(projections, "")
             else:
                 coef, stats, filled = self._commit_if_finite(named, coef, stats, filled, in_place)
-        self._store("coef", coef, in_place)
-        if stats is not None:
-            self._store("sticky_stats", stats, in_place)
+        self._store((("coef", coef), ("sticky_stats", stats), ("filled", filled)), in_place)
         if filled is not None:
-            self._store("filled", filled, in_place)
             self._fill = "full"
 
     def _commit_if_finite(self, named, coef, stats, filled, in_place: bool):
@@ -468,15 +465,21 @@ class LongTermMemory(nn.Module):
         check.select(pairs)
         return chosen
 
-    def _store(self, name: str, value: torch.Tensor, in_place: bool) -> None:
-        # nn.Module.__setattr__ is bypassed: it costs more than the rest of a small step.
-        current = self._buffers[name]
-        if value is current:
-            return
-        if in_place and current.shape == value.shape and current.dtype == value.dtype:
-            current.copy_(value)
-        else:
-            self._buffers[name] = value
+    def _store(self, values, in_place: bool) -> None:
+        """Makes each value of ``values`` ((buffer name, tensor or None), ...) that buffer: swapped
+        in, or ``in_place`` copied into it (``finite_check.copy_committed``)."""
+        copies = []
+        for name, value in values:
+            # nn.Module.__setattr__ is bypassed: it costs more than the rest of a small step.
+            current = self._buffers[name]
+            if value is None or value is current:
+                continue
+            if in_place and current.shape == value.shape and current.dtype == value.dtype:
+                copies.append((value, current))
+            else:
+                self._buffers[name] = value
+        if copies:
+            copy_committed(copies)
 
     # The multinomial / upstream samplers' generator travels with the buffers as nn.Module's extra
     # state, so that a resumed memory draws exactly what the original would have drawn. A memory

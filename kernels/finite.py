@@ -7,7 +7,10 @@ also writes a pinned host copy of the flags through the device's mapping of that
 node after the kernel costs a CUDA graph's replay more than the whole check.
 ``select_committed`` then writes, for up to two (new, old) pairs, ``new`` where every flag is 0
 and ``old`` otherwise. Inside a CUDA graph the pair costs two nodes where reductions, a stack,
-``isfinite`` and ``where`` per tensor cost about ten.
+``isfinite`` and ``where`` per tensor cost about ten. Without flags it copies both pairs' ``new``
+in one launch: a memory that does not check commits that way inside a CUDA graph capture, where
+torch's copies would take a node each. Both launch as programmatic dependents where the GPU
+allows (kernels/_launch.py): each waits for the kernel before it ahead of any load.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._launch import CachedLaunch, cdiv, next_power_of_2
+from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
 
 BLOCK = 4096
 SLOTS = 5
@@ -37,8 +40,11 @@ def _flag_block(ptr, n, block, flag_ptr, host_flag_ptr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _raise_flags_kernel(flags_ptr, host_flags_ptr, p0, n0, f0, b0, p1, n1, f1, b1, p2, n2, f2, b2, p3, n3, f3, b3, p4, n4, f4,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, PDL: tl.constexpr):
     # b0..b3: the first block of each later tensor in the grid.
+    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     if pid < b0:
         _flag_block(p0, n0, pid, flags_ptr + f0, host_flags_ptr + f0, BLOCK)
@@ -64,10 +70,16 @@ def _select_block(new_ptr, old_ptr, out_ptr, n, block, keep, BLOCK: tl.constexpr
 
 @triton.jit
 def _select_committed_kernel(flags_ptr, num_flags, FLAG_BLOCK: tl.constexpr, new0, old0, out0, n0, b0, new1, old1, out1, n1,
-                             BLOCK: tl.constexpr):
-    offs = tl.arange(0, FLAG_BLOCK)
-    flags = tl.load(flags_ptr + offs, mask=offs < num_flags, other=0)
-    keep = tl.max(flags, axis=0) == 0
+                             HAS_FLAGS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
+    if HAS_FLAGS:
+        offs = tl.arange(0, FLAG_BLOCK)
+        flags = tl.load(flags_ptr + offs, mask=offs < num_flags, other=0)
+        keep = tl.max(flags, axis=0) == 0
+    else:
+        keep = True
     pid = tl.program_id(0)
     if pid < b0:
         _select_block(new0, old0, out0, n0, pid, keep, BLOCK)
@@ -103,19 +115,30 @@ def raise_flags(flags: torch.Tensor, named: list[tuple[int, torch.Tensor]],
     args = []
     for (tensor, numel, index), bound in zip(slots, bounds):
         args += [tensor, numel, index, bound]
-    _launch_raise_flags((end,), flags, flags if host_flags is None else host_flags, *args[:-1], BLOCK=BLOCK)
+    _launch_raise_flags((end,), flags, flags if host_flags is None else host_flags, *args[:-1], BLOCK=BLOCK,
+                        **programmatic_options(flags.device))
 
 
-@on_input_device
 def select_committed(flags: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
     """For each (new, old, out) of ``pairs`` (one or two, contiguous, same shape and dtype): ``out``
     = ``new`` where every flag is 0, else ``old`` (``out`` may be either of them)."""
+    _select(flags, flags, pairs)
+
+
+def copy_committed(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """For each (new, out) of ``pairs`` (one or two, contiguous, same shape and dtype): ``out`` = ``new``."""
+    _select(pairs[0][0], None, [(new, out, out) for new, out in pairs])
+
+
+@on_input_device
+def _select(device_tensor: torch.Tensor, flags: torch.Tensor | None, pairs) -> None:
     if not 0 < len(pairs) <= 2:
-        raise ValueError(f"select_committed takes 1 or 2 pairs, got {len(pairs)}")
+        raise ValueError(f"select_committed and copy_committed take 1 or 2 pairs, got {len(pairs)}")
     first = pairs[0]
     second = pairs[1] if len(pairs) == 2 else (first[0], first[1], first[2])
     n0, n1 = first[0].numel(), second[0].numel() if len(pairs) == 2 else 0
     b0 = cdiv(n0, BLOCK)
     grid = (b0 + cdiv(n1, BLOCK),)
-    _launch_select_committed(grid, flags, flags.numel(), next_power_of_2(flags.numel()), *first, n0, b0, *second, n1,
-                             BLOCK=BLOCK)
+    _launch_select_committed(grid, device_tensor, 0 if flags is None else flags.numel(),
+                             1 if flags is None else next_power_of_2(flags.numel()), *first, n0, b0, *second, n1,
+                             HAS_FLAGS=flags is not None, BLOCK=BLOCK, **programmatic_options(device_tensor.device))

@@ -104,14 +104,16 @@ def test_compiled_step_fullgraph_matches_reference(device, backend, config):
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("backend", [b for d, b in OP_KERNELS if d == "cuda"])
-def test_user_cuda_graph_matches_eager(backend):
-    """A caller's own graph of a memory step (the memory's graphs stand aside while it captures)."""
+@pytest.mark.parametrize("check", [True, False], ids=["checked", "unchecked"])
+def test_user_cuda_graph_matches_eager(backend, check):
+    """A caller's own graph of a memory step (the memory's graphs stand aside while it captures),
+    with the finiteness check and without (then the step's new state is copied into the buffers)."""
     torch.manual_seed(0)
     pk, pv = nn.Linear(768, 768).cuda(), nn.Linear(768, 768).cuda()
     frames = torch.randn(2, 64, 32, 768, device="cuda", dtype=torch.bfloat16)
     query = torch.randn(2, 32, 768, device="cuda")
-    eager = LongTermMemory(num_basis=64, backend=backend, cuda_graphs=False).cuda()
-    graphed = LongTermMemory(num_basis=64, backend=backend).cuda()
+    eager = LongTermMemory(num_basis=64, backend=backend, cuda_graphs=False, check_finite=check).cuda()
+    graphed = LongTermMemory(num_basis=64, backend=backend, check_finite=check).cuda()
     with torch.no_grad():
         for memory in (eager, graphed):
             memory(frames, query, pk, pv, 12)
@@ -123,6 +125,7 @@ def test_user_cuda_graph_matches_eager(backend):
             graph.replay()
             assert rel_err(out, expected) < 1e-6
             assert rel_err(graphed.coef, eager.coef) < 1e-6
+            assert rel_err(graphed.sticky_stats, eager.sticky_stats) < 1e-6
 
 
 def test_registry():

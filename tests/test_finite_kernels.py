@@ -87,6 +87,31 @@ def test_select_committed(raised, out):
         assert torch.equal(result, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("count", [1, 2])
+def test_copy_committed(dtype, count):
+    """The kernel's copy without flags (a commit that does not check), one or two pairs of odd sizes."""
+    from infvideo.kernels.finite import copy_committed
+    news = _tensors(dtype, seed=3)[-count:]
+    outs = [torch.full_like(new, 7.0) for new in news]
+    copy_committed(list(zip(news, outs)))
+    for new, out in zip(news, outs):
+        assert torch.equal(out, new)
+
+
+def test_copy_committed_falls_back_to_torch_copies():
+    """finite_check.copy_committed: what the kernel does not take (integer or strided tensors) is
+    copied by torch, the rest by the kernel, every pair written."""
+    from infvideo.finite_check import copy_committed
+    gen = torch.Generator().manual_seed(4)
+    news = [torch.randn(5, 4097, generator=gen).to(DEVICE), torch.randint(0, 9, (6,), generator=gen).to(DEVICE),
+            torch.randn(6, 5, generator=gen).to(DEVICE).t(), torch.randn(33, generator=gen).to(DEVICE)]
+    outs = [torch.zeros_like(new) for new in news]
+    copy_committed(list(zip(news, outs)))
+    for new, out in zip(news, outs):
+        assert torch.equal(out, new)
+
+
 @pytest.mark.parametrize("raised", [False, True])
 def test_device_check_on_the_kernels_matches_torch(raised):
     """DeviceCheck's fused form (CUDA) and its torch form (elsewhere) agree on flags and selection."""
