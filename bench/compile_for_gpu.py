@@ -155,6 +155,7 @@ def workloads():
     flags, coef = torch.zeros(3, dtype=torch.int32), torch.randn(2, 16, 32)
     finite.raise_flags(flags, [(0, coef), (1, queries), (2, keys.bfloat16())])
     finite.select_committed(flags, [(coef, coef.clone(), coef), (keys, keys.clone(), keys)])
+    finite.copy_committed([(coef, coef.clone()), (keys, keys.clone())])
     yield
 
 
