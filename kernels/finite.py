@@ -122,18 +122,23 @@ def raise_flags(flags: torch.Tensor, named: list[tuple[int, torch.Tensor]],
 def select_committed(flags: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
     """For each (new, old, out) of ``pairs`` (one or two, contiguous, same shape and dtype): ``out``
     = ``new`` where every flag is 0, else ``old`` (``out`` may be either of them)."""
+    _check_pairs("select_committed", pairs)
     _select(flags, flags, pairs)
 
 
 def copy_committed(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """For each (new, out) of ``pairs`` (one or two, contiguous, same shape and dtype): ``out`` = ``new``."""
+    _check_pairs("copy_committed", pairs)
     _select(pairs[0][0], None, [(new, out, out) for new, out in pairs])
+
+
+def _check_pairs(name: str, pairs: list) -> None:
+    if not 0 < len(pairs) <= 2:
+        raise ValueError(f"{name} takes 1 or 2 pairs, got {len(pairs)}")
 
 
 @on_input_device
 def _select(device_tensor: torch.Tensor, flags: torch.Tensor | None, pairs) -> None:
-    if not 0 < len(pairs) <= 2:
-        raise ValueError(f"select_committed and copy_committed take 1 or 2 pairs, got {len(pairs)}")
     first = pairs[0]
     second = pairs[1] if len(pairs) == 2 else (first[0], first[1], first[2])
     n0, n1 = first[0].numel(), second[0].numel() if len(pairs) == 2 else 0

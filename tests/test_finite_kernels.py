@@ -99,6 +99,17 @@ def test_copy_committed(dtype, count):
         assert torch.equal(out, new)
 
 
+@pytest.mark.parametrize("count", [0, 3])
+def test_select_and_copy_take_one_or_two_pairs(count):
+    from infvideo.kernels.finite import copy_committed, select_committed
+    t = torch.ones(3, device=DEVICE)
+    flags = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match=f"select_committed takes 1 or 2 pairs, got {count}"):
+        select_committed(flags, [(t, t, t)] * count)
+    with pytest.raises(ValueError, match=f"copy_committed takes 1 or 2 pairs, got {count}"):
+        copy_committed([(t, t)] * count)
+
+
 def test_copy_committed_falls_back_to_torch_copies():
     """finite_check.copy_committed: what the kernel does not take (integer or strided tensors) is
     copied by torch, the rest by the kernel, every pair written."""
