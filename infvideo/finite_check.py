@@ -45,19 +45,27 @@ def _maps_pinned_memory(device: torch.device) -> bool:
     return _MAPPED[index]
 
 
+def _kernel_batches(pairs: list[tuple], on_kernel: bool) -> tuple[list[list[tuple]], list[tuple]]:
+    """(the pairs the commit kernels of ``infvideo.kernels.finite`` take, in launches of two; the
+    rest). The kernels take floating, contiguous tensors, where ``on_kernel`` says they run."""
+    fused, rest = [], []
+    for pair in pairs:
+        kernel = on_kernel and pair[0].is_floating_point() and all(t.is_contiguous() for t in pair)
+        (fused if kernel else rest).append(pair)
+    return [fused[start:start + 2] for start in range(0, len(fused), 2)], rest
+
+
 def copy_committed(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """For each (new, out) of ``pairs``: ``out`` = ``new``, a commit without the check. On CUDA,
     outside torch.compile, floating contiguous pairs go two at a launch
     (``infvideo.kernels.finite``): inside a CUDA graph torch's copies would take a node each."""
-    fused, rest = [], []
-    for new, out in pairs:
-        kernel = (new.is_cuda and new.is_floating_point() and new.is_contiguous() and out.is_contiguous()
-                  and not torch.compiler.is_compiling() and triton_runs_on(new.device))
-        (fused if kernel else rest).append((new, out))
-    if fused:
+    device = pairs[0][0].device if pairs else None
+    batches, rest = _kernel_batches(pairs, device is not None and device.type == "cuda"
+                                    and not torch.compiler.is_compiling() and triton_runs_on(device))
+    if batches:
         from .kernels.finite import copy_committed as launch
-        for start in range(0, len(fused), 2):
-            launch(fused[start:start + 2])
+        for batch in batches:
+            launch(batch)
     for new, out in rest:
         out.copy_(new)
 
@@ -90,14 +98,11 @@ class DeviceCheck:
 
     def select(self, pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """For each (new, old, out): ``out`` = ``new`` while every flag is down, else ``old``."""
-        fused, rest = [], []
-        for pair in pairs:  # the kernel takes floating, contiguous tensors
-            kernel = self.fused and pair[0].is_floating_point() and all(t.is_contiguous() for t in pair)
-            (fused if kernel else rest).append(pair)
-        if fused:
+        batches, rest = _kernel_batches(pairs, self.fused)
+        if batches:
             from .kernels.finite import select_committed
-            for start in range(0, len(fused), 2):
-                select_committed(self.flags, fused[start:start + 2])
+            for batch in batches:
+                select_committed(self.flags, batch)
         if rest:
             keep = self.flags.max() == 0
             for new, old, out in rest:

@@ -238,6 +238,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     s, q_len, model = query.shape
     n, width = coef.shape[1], coef.shape[2]
     d = model // num_heads
+    # In the query's own dtype: with split products the query is taken to float32 below.
     context = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
     rows = num_heads * q_len
     device = query.device
