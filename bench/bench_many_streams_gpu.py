@@ -13,7 +13,8 @@ projections only (``--one-fp32``: float32 projections too). With ``--compile``, 
 runs the torch reference step (``backend="torch"``) under ``torch.compile``, replayed from a CUDA
 graph where it can be captured (otherwise timed eagerly with ``do_bench``, and marked so). With
 ``--compare``, each case also times the step with each switch of ``COMPARISONS`` changed
-(programmatic launches off, the attention's V loaded after the softmax, float32 K/V on float32
+(programmatic launches off, the coefficients' commit copy after the attention rather than beside
+it, the attention's V loaded after the softmax, float32 K/V on float32
 dots, the folded attention for float32 projections off), or those named. Prints a markdown
 table.
 """
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from bench_step_gpu import BASIS, HEADS, LENGTH, QUERIES, SAMPLES, TOKENS, WIDTH, floor_us, read_bandwidth
-from infvideo import LongTermMemory
+from infvideo import LongTermMemory, early_commit
 from infvideo.benchmarks import harness
 from infvideo.kernels import _launch, attention
 from infvideo.ops import step as step_ops
@@ -36,6 +37,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # Switches that --compare times the step with besides the defaults: (module or dict, name, value).
 COMPARISONS = {
     "no PDL": [(_launch, "PROGRAMMATIC_LAUNCH", False)],
+    "coefficients committed after the attention": [(early_commit, "EARLY_COMMIT", False)],
     "attention: V after the softmax": [(attention.CONFIG, "prefetch_values", False)],
     "attention: float32 dots on float32 K/V": [(attention.CONFIG, "split_float32", False)],
     "folded attention off": [(step_ops, "FACTORED_ON_GPU", False)],
@@ -88,8 +90,8 @@ def main() -> None:
     parser.add_argument("--one-fp32", action="store_true", help="S = 1 with float32 projections too")
     parser.add_argument("--compare", nargs="*", default=None, metavar="WORD",
                         help="also time the step with each of COMPARISONS' switches off (programmatic launches, "
-                             "the attention's early V, its split float32 dots); with words, only the switches "
-                             "whose name contains one of them")
+                             "the early commit, the attention's early V, its split float32 dots); with words, only "
+                             "the switches whose name contains one of them")
     args = parser.parse_args()
     if args.compare is not None:
         ALTERNATIVES.update({name: changes for name, changes in COMPARISONS.items()

@@ -10,6 +10,7 @@ from . import _checks, state_checks
 from ._lru import LRUCache
 from .backends import FUSED, backend_for, resolve_backend
 from .config import MemoryConfig
+from .early_commit import EarlyCoefficientCommit, commits_early
 from .finite_check import NAMES, OUTCOME, DeviceCheck, copy_committed
 from .finite_check import FRAMES as FRAMES_FLAG
 from .finite_check import QUERY as QUERY_FLAG
@@ -386,8 +387,13 @@ class LongTermMemory(nn.Module):
             consts = self._step_constants.get(key)
             if consts is None:
                 consts = self._step_constants[key] = step_constants(self.config, *key)
-            return fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads, past, filled, stats,
-                              self.generator, keep_stats=self.config.sticky, backend=backend)
+            early = None
+            if commits_early(self, frames, query, proj_key, proj_value):
+                early = EarlyCoefficientCommit(self.coef)
+            context, coef, stats = fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads, past,
+                                              filled, stats, self.generator, keep_stats=self.config.sticky,
+                                              backend=backend, on_coefficients=early)
+            return context, coef if early is None else early.join(coef), stats
         coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
         context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
                                 keep_stats=self.config.sticky)
@@ -409,7 +415,7 @@ class LongTermMemory(nn.Module):
         Eager steps swap the new tensors in; inside torch.compile or a CUDA graph capture they are
         copied into the existing buffers, so each replay updates the memory the next one reads."""
         # The state carries no autograd history into the next step (gradients flow within a step).
-        coef = coef.detach()
+        coef = coef.detach() if coef.requires_grad else coef  # the buffer itself after an early commit
         stats = None if stats is None else stats.detach()
         streams, device = coef.shape[0], coef.device
         in_place = traced(device)

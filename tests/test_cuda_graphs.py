@@ -69,6 +69,36 @@ def test_graph_is_dropped_when_state_or_weights_change():
 
 
 @cuda
+@pytest.mark.parametrize("check", [False, True], ids=["unchecked", "checked"])
+def test_captured_step_commits_its_coefficients_early(check):
+    """Unchecked, a full memory's captured step copies its new coefficients into the memory's
+    buffer on a second stream as soon as the consolidation has written them
+    (``infvideo.early_commit``): ``compute`` hands back the buffer itself, and replays of the
+    user's graph still equal eager steps; with the check nothing is written before its select.
+    Eager steps swap new tensors in either way."""
+    pk, pv = random_linear(E, D, seed=1).cuda(), random_linear(E, D, seed=2).cuda()
+    eager = LongTermMemory(num_basis=20, past_samples=30, cuda_graphs=False, check_finite=check).cuda()
+    graphed = LongTermMemory(num_basis=20, past_samples=30, cuda_graphs=False, check_finite=check).cuda()
+    frames, queries = _inputs(6)
+    with torch.no_grad():
+        for f, q in zip(frames[:2], queries[:2]):
+            for memory in (eager, graphed):
+                memory(f, q, pk, pv, H)
+        assert graphed.compute(frames[2], queries[2], pk, pv, H)[1] is not graphed.coef
+        static_frames, static_query = frames[2].clone(), queries[2].clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            context, coef, stats = graphed.compute(static_frames, static_query, pk, pv, H)
+            assert (coef is graphed.coef) == (not check)
+            graphed.commit(static_frames, static_query, context, coef, stats)
+        for f, q in zip(frames[2:], queries[2:]):
+            static_frames.copy_(f)
+            static_query.copy_(q)
+            graph.replay()
+            _assert_same(eager, graphed, eager(f, q, pk, pv, H), context)
+
+
+@cuda
 def test_replayed_output_is_a_copy():
     pk, pv = random_linear(E, D, seed=1).cuda(), random_linear(E, D, seed=2).cuda()
     _, graphed = _pair()

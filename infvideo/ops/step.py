@@ -206,7 +206,7 @@ def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, 
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
                stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True,
-               backend: str = "triton"):
+               backend: str = "triton", on_coefficients=None):
     """(context [S, Q, D], coefficients [S, N, e] fp32, sticky statistic [S, G, K] or None).
 
     consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
@@ -224,6 +224,8 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     projections folded into the queries (``factored_attention``) where that needs fewer
     multiply-adds, and with ``"triton"`` too for float32 projections when ``FACTORED_ON_GPU`` (on)
     and the streams fill the GPU (``kernels.factored_attention.fills_device``).
+    ``on_coefficients``: called with the new coefficients before the attention, once nothing in the
+    step reads the old ones (a capturing memory starts their commit there: ``infvideo.early_commit``).
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
@@ -243,15 +245,20 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
             projected = coef
     else:
         coef, projected = fused
+    # The hook runs where nothing reads the old coefficients any more: after the K/V product where
+    # the step makes one, whose tiles fill the GPU, so that what it starts runs beside the attention.
     if cfg.basis != "rectangular" and (consts.quad is None or not QUADRATURE_KERNEL or backend != "triton"):
+        _call(on_coefficients, coef)
         context, new_stats = attend(cfg, coef, query.to(torch.float32), proj_key, proj_value, num_heads, keep_stats)
         return context.to(query.dtype), coef, new_stats
     want_mass = keep_stats and cfg.sampling != "upstream"
     if factored:
+        _call(on_coefficients, coef)
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
                                                                    consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
     keys, values = _project_pair(proj_key, proj_value, projected, grad, backend)
+    _call(on_coefficients, coef)
     if consts.quad is not None:
         quad = consts.quad
         context, density = quadrature_attention_unchecked(query, keys, values, num_heads, quad.mu, quad.sigma, quad.grid,
@@ -267,6 +274,11 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         kh = keys.reshape(keys.shape[0], keys.shape[1], num_heads, d).transpose(1, 2).to(torch.float32)
         new_stats = upstream_statistic(cfg, torch.matmul(qh, kh.transpose(-1, -2)) / d ** 0.5)
     return context, coef, new_stats
+
+
+def _call(hook, coef: torch.Tensor) -> None:
+    if hook is not None:
+        hook(coef)
 
 
 def step_records_grad(frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value) -> bool:
