@@ -37,7 +37,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # Switches that --compare times the step with besides the defaults: (module or dict, name, value).
 COMPARISONS = {
     "no PDL": [(_launch, "PROGRAMMATIC_LAUNCH", False)],
-    "coefficients committed after the attention": [(early_commit, "EARLY_COMMIT", False)],
+    "state committed after the attention": [(early_commit, "EARLY_COMMIT", False)],
     "attention: V after the softmax": [(attention.CONFIG, "prefetch_values", False)],
     "attention: float32 dots on float32 K/V": [(attention.CONFIG, "split_float32", False)],
     "folded attention off": [(step_ops, "FACTORED_ON_GPU", False)],

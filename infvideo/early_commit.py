@@ -1,4 +1,4 @@
-"""Inside a CUDA graph capture, a step's new coefficients committed beside its attention.
+"""Inside a CUDA graph capture, a step's new state committed beside its attention, and by it.
 
 An eager step swaps its new tensors in as the memory's state; a captured one copies them into the
 memory's buffers, so that every replay updates what the next one reads (``LongTermMemory.commit``).
@@ -6,7 +6,9 @@ The coefficients are final once the consolidation has written them, and nothing 
 the old ones after the K/V product. So their copy, the step's largest after the tokens (50 MB at
 64 streams), runs from there on a second CUDA stream, beside the attention, rather than after it.
 (Started right after the consolidation, the copy held the multiprocessors that the K/V product
-then waited for: bench/README.md, "Issue 22, ninth session".)
+then waited for: bench/README.md, "Issue 22, ninth session".) The new sticky mass needs no copy
+at all: the memory hands its buffer to the step (``fused_step``'s ``mass_out``), and the slot
+attention writes the mass there, since nothing reads the old one after the sampler.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 
 from .ops.step import step_records_grad
 
-# Off to compare: the coefficients are then copied with the mass, after the attention
+# Off to compare: the coefficients and the mass are then copied after the attention
 # (bench/bench_many_streams_gpu.py --compare committed).
 EARLY_COMMIT = True
 
@@ -29,7 +31,7 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 def commits_early(memory, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value) -> bool:
-    """Whether ``memory``'s step commits its coefficients early: inside a CUDA graph capture (not
+    """Whether ``memory``'s step commits its coefficients and mass early: inside a CUDA graph capture (not
     torch.compile), a full memory, no finiteness check (the check's select must see the step's
     outcome before it writes anything) and no autograd record (a backward could read the old
     coefficients). The cheap conditions come first: eager steps ask too."""

@@ -392,7 +392,8 @@ class LongTermMemory(nn.Module):
                 early = EarlyCoefficientCommit(self.coef)
             context, coef, stats = fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads, past,
                                               filled, stats, self.generator, keep_stats=self.config.sticky,
-                                              backend=backend, on_coefficients=early)
+                                              backend=backend, on_coefficients=early,
+                                              mass_out=None if early is None else self.sticky_stats)
             return context, coef if early is None else early.join(coef), stats
         coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
         context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
@@ -415,8 +416,9 @@ class LongTermMemory(nn.Module):
         Eager steps swap the new tensors in; inside torch.compile or a CUDA graph capture they are
         copied into the existing buffers, so each replay updates the memory the next one reads."""
         # The state carries no autograd history into the next step (gradients flow within a step).
-        coef = coef.detach() if coef.requires_grad else coef  # the buffer itself after an early commit
-        stats = None if stats is None else stats.detach()
+        # An early commit hands back the buffers themselves (infvideo.early_commit): nothing to copy.
+        coef = coef.detach() if coef.requires_grad else coef
+        stats = stats.detach() if stats is not None and stats.requires_grad else stats
         streams, device = coef.shape[0], coef.device
         in_place = traced(device)
         if stats is None and self.sticky_stats.shape[0] != streams:

@@ -165,15 +165,21 @@ _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
 CONFIG = {"prefetch_values": True, "split_float32": True}
 
 
+def _fits(out: torch.Tensor | None, shape: tuple, device: torch.device) -> bool:
+    return (out is not None and out.shape == shape and out.dtype == torch.float32 and out.is_contiguous()
+            and out.device == device)
+
+
 @on_input_device
 def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int,
-                   slot_log_weight: torch.Tensor | None, null_log_weight: float | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   slot_log_weight: torch.Tensor | None, null_log_weight: float | None,
+                   mass_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the slot attention; inputs are checked by ``infvideo.ops``.
 
     query [S, Q, D], keys/values [S, N, D] (last strides 1, same dtype), slot_log_weight [N] fp32.
     Returns the context [S, Q, D] (query's dtype) and the mass [S, H·⌈Q/16⌉, N] (fp32, summed over
-    each group of QUERY_GROUP queries).
+    each group of QUERY_GROUP queries): written into ``mass_out`` where that is a contiguous float32
+    tensor of that shape on the query's device, else into a new tensor.
     """
     s, q_len, model = query.shape
     n = keys.shape[1]
@@ -181,7 +187,9 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     block_q = QUERY_GROUP
     blocks = cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
-    mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
+    mass = mass_out
+    if not _fits(mass_out, (s, num_heads * blocks, n), query.device):
+        mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
     block_d = max(16, next_power_of_2(d))
     # With many streams a program takes two blocks of queries, so each head's K and V are read
     # half as often (H100, S = 64: about a third less time with bf16 K/V, a fifth with fp32); few streams keep

@@ -72,9 +72,9 @@ def test_graph_is_dropped_when_state_or_weights_change():
 @pytest.mark.parametrize("check", [False, True], ids=["unchecked", "checked"])
 def test_captured_step_commits_its_coefficients_early(check):
     """Unchecked, a full memory's captured step copies its new coefficients into the memory's
-    buffer on a second stream as soon as the consolidation has written them
-    (``infvideo.early_commit``): ``compute`` hands back the buffer itself, and replays of the
-    user's graph still equal eager steps; with the check nothing is written before its select.
+    buffer on a second stream beside the attention, and the attention writes the mass into the
+    memory's own (``infvideo.early_commit``): ``compute`` hands back both buffers, and replays of
+    the user's graph still equal eager steps; with the check nothing is written before its select.
     Eager steps swap new tensors in either way."""
     pk, pv = random_linear(E, D, seed=1).cuda(), random_linear(E, D, seed=2).cuda()
     eager = LongTermMemory(num_basis=20, past_samples=30, cuda_graphs=False, check_finite=check).cuda()
@@ -89,7 +89,7 @@ def test_captured_step_commits_its_coefficients_early(check):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             context, coef, stats = graphed.compute(static_frames, static_query, pk, pv, H)
-            assert (coef is graphed.coef) == (not check)
+            assert (coef is graphed.coef) == (stats is graphed.sticky_stats) == (not check)
             graphed.commit(static_frames, static_query, context, coef, stats)
         for f, q in zip(frames[2:], queries[2:]):
             static_frames.copy_(f)

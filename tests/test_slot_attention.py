@@ -80,6 +80,35 @@ def test_float32_kv_either_way(device, backend, case, split, monkeypatch):
     assert rel_err(mass.reshape(streams, heads, -1, n).sum(2), r.sum(2)) < 1e-5
 
 
+@pytest.mark.parametrize("device,backend", [pair for pair in OP_KERNELS if pair[1] == "triton"], ids=kernel_id)
+def test_mass_written_where_asked(device, backend):
+    """``mass_out`` (a capturing memory's buffer): the Triton kernel writes there the mass it would
+    return, and leaves a tensor of another shape, dtype or layout alone; ``slot_attention_unchecked``
+    passes it on where it launches the kernel itself (CUDA, outside autograd) and not otherwise."""
+    from infvideo.ops.slot_attention import slot_attention_unchecked
+    kernel = backends.triton_kernels()["attention"].slot_attention
+    gen = torch.Generator().manual_seed(3)
+    query, keys, values = (torch.randn(2, rows, 24, generator=gen).to(device) for rows in (5, 13, 13))
+    expected_context, expected_mass = kernel(query, keys, values, 3, None, None)
+    buffer = torch.full_like(expected_mass, float("nan"))
+    context, mass = kernel(query, keys, values, 3, None, None, mass_out=buffer)
+    assert mass is buffer
+    torch.testing.assert_close(mass, expected_mass, rtol=0, atol=0)
+    torch.testing.assert_close(context, expected_context, rtol=0, atol=0)
+    for wrong in (torch.zeros(2, 4, 13, device=device), expected_mass.double(),
+                  torch.zeros(13, 3, 2, device=device).transpose(0, 2)):
+        before = wrong.clone()
+        _, mass = kernel(query, keys, values, 3, None, None, mass_out=wrong)
+        assert mass is not wrong and torch.equal(wrong, before)
+        torch.testing.assert_close(mass, expected_mass, rtol=0, atol=0)
+    buffer.fill_(float("nan"))
+    _, mass = slot_attention_unchecked(query, keys, values, 3, backend=backend, mass_out=buffer)
+    assert (mass is buffer) == (device == "cuda")
+    torch.testing.assert_close(mass, expected_mass, rtol=0, atol=0)
+    _, mass = slot_attention_unchecked(query, keys.requires_grad_(), values, 3, backend=backend, mass_out=buffer)
+    assert mass is not buffer and mass.grad_fn is not None
+
+
 @pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)
 def test_opcheck(device, backend):
     """The one schema, its fake (mass groups from Q alone) and the kernel ``backend`` picks."""

@@ -24,8 +24,8 @@ def _(query, keys, values, num_heads, slot_log_weight, null_log_weight, backend=
             query.new_empty(s, _library.mass_groups(num_heads, q_len), keys.shape[1], dtype=torch.float32))
 
 
-def _triton_kernel(*args):
-    return backends.triton_kernels()["attention"].slot_attention(*args)
+def _triton_kernel(*args, mass_out=None):
+    return backends.triton_kernels()["attention"].slot_attention(*args, mass_out=mass_out)
 
 
 _library.select_kernels("slot_attention", _triton_kernel)
@@ -144,8 +144,10 @@ def slot_attention(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
 
 def slot_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_heads: int,
                              slot_log_weight: Tensor | None = None, null_log_weight: float | None = None,
-                             backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """:func:`slot_attention` without the input checks (for ``fused_step``, whose inputs are checked)."""
+                             backend: str = "auto", mass_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`slot_attention` without the input checks (for ``fused_step``, whose inputs are checked).
+    ``mass_out``: where a direct Triton launch outside autograd may write the mass (a capturing
+    memory's buffer: ``infvideo.early_commit``), when it fits; the mass returned is then that tensor."""
     if keys.dtype == torch.float64:
         # float64 projections: the kernels' dots take fp32 / fp16 / bf16, and the step computes in
         # float32 anyway.
@@ -157,6 +159,9 @@ def slot_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_he
                                             and slot_log_weight.device == query.device):
         slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
     args = (query, keys, values, num_heads, slot_log_weight, None if null_log_weight is None else float(null_log_weight))
+    if (mass_out is not None and _library.direct_triton(query, backend)
+            and not _library.records_grad(query, keys, values)):
+        return _triton_kernel(*args, mass_out=mass_out)
     return _library.launch("slot_attention", _triton_kernel, args, backend, query, keys, values)
 
 

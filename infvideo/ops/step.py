@@ -206,7 +206,7 @@ def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, 
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
                stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True,
-               backend: str = "triton", on_coefficients=None):
+               backend: str = "triton", on_coefficients=None, mass_out: torch.Tensor | None = None):
     """(context [S, Q, D], coefficients [S, N, e] fp32, sticky statistic [S, G, K] or None).
 
     consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
@@ -225,7 +225,9 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     multiply-adds, and with ``"triton"`` too for float32 projections when ``FACTORED_ON_GPU`` (on)
     and the streams fill the GPU (``kernels.factored_attention.fills_device``).
     ``on_coefficients``: called with the new coefficients before the attention, once nothing in the
-    step reads the old ones (a capturing memory starts their commit there: ``infvideo.early_commit``).
+    step reads the old ones (a capturing memory starts their commit there: ``infvideo.early_commit``);
+    ``mass_out``: where the slot attention may write the new sticky mass when it fits (that
+    memory's buffer, which nothing reads after the sampler), returned as the statistic then.
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
@@ -266,7 +268,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         new_stats = sticky.quadrature_mass(density, quad) if want_mass else None
     else:
         context, mass = slot_attention_unchecked(query, keys, values, num_heads, consts.slot_log_weight,
-                                                 consts.null_log_weight, backend)
+                                                 consts.null_log_weight, backend, mass_out if want_mass else None)
         new_stats = mass if want_mass else None
     if keep_stats and cfg.sampling == "upstream":
         d = query.shape[-1] // num_heads
