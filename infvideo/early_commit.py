@@ -31,10 +31,10 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 def commits_early(memory, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value) -> bool:
-    """Whether ``memory``'s step commits its coefficients and mass early: inside a CUDA graph capture (not
-    torch.compile), a full memory, no finiteness check (the check's select must see the step's
-    outcome before it writes anything) and no autograd record (a backward could read the old
-    coefficients). The cheap conditions come first: eager steps ask too."""
+    """Whether ``memory``'s step commits its coefficients and mass early: inside a CUDA graph
+    capture (not torch.compile), a full memory, no finiteness check (the check's select must see
+    the step's outcome before it writes anything) and no autograd record (a backward could read
+    the old coefficients). The cheap conditions come first: eager steps ask too."""
     return (EARLY_COMMIT and frames.is_cuda and not memory.check_finite and memory.is_full
             and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
             and not step_records_grad(frames, query, proj_key, proj_value))

@@ -70,7 +70,7 @@ def test_graph_is_dropped_when_state_or_weights_change():
 
 @cuda
 @pytest.mark.parametrize("check", [False, True], ids=["unchecked", "checked"])
-def test_captured_step_commits_its_coefficients_early(check):
+def test_captured_step_commits_its_state_early(check):
     """Unchecked, a full memory's captured step copies its new coefficients into the memory's
     buffer on a second stream beside the attention, and the attention writes the mass into the
     memory's own (``infvideo.early_commit``): ``compute`` hands back both buffers, and replays of
