@@ -12,6 +12,8 @@ attention writes the mass there, since nothing reads the old one after the sampl
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .ops.step import step_records_grad
@@ -20,14 +22,19 @@ from .ops.step import step_records_grad
 # (bench/bench_many_streams_gpu.py --compare committed).
 EARLY_COMMIT = True
 
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+# One second stream per thread and device: a stream takes part in one capture at a time, and two
+# threads may capture at once.
+_SIDE_STREAMS = threading.local()
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SIDE_STREAMS:
-        _SIDE_STREAMS[index] = torch.cuda.Stream(device=torch.device("cuda", index))
-    return _SIDE_STREAMS[index]
+    streams = getattr(_SIDE_STREAMS, "by_device", None)
+    if streams is None:
+        streams = _SIDE_STREAMS.by_device = {}
+    if index not in streams:
+        streams[index] = torch.cuda.Stream(device=torch.device("cuda", index))
+    return streams[index]
 
 
 def commits_early(memory, frames: torch.Tensor, query: torch.Tensor, proj_key, proj_value) -> bool:
