@@ -13,8 +13,8 @@ projections only (``--one-fp32``: float32 projections too). With ``--compile``, 
 runs the torch reference step (``backend="torch"``) under ``torch.compile``, replayed from a CUDA
 graph where it can be captured (otherwise timed eagerly with ``do_bench``, and marked so). With
 ``--compare``, each case also times the step with each switch of ``COMPARISONS`` changed
-(programmatic launches off, the coefficients' commit copy after the attention rather than beside
-it, the attention's V loaded after the softmax, float32 K/V on float32
+(programmatic launches off, the step's new state copied after the attention rather than
+committed beside and by it, the attention's V loaded after the softmax, float32 K/V on float32
 dots, the folded attention for float32 projections off), or those named. Prints a markdown
 table.
 """

@@ -8,8 +8,8 @@ A full memory (two steps first), bf16 tokens [S, 256, 32, 768], sticky quantile 
 float32 projections. "whole": ``ops.step.fused_step`` on all S videos. "pipelined C": the videos in
 C chunks; the main CUDA stream runs every chunk's quantile bins and consolidation one after another,
 and a second stream, which waits on an event after each chunk's consolidation, that chunk's
-projections and attention (the K/V product and slot attention, or the folded attention with
-float32 projections where ``--folded``), then the chunks' outputs are gathered (context, mass and
+projections and attention (the K/V product and slot attention; with float32 projections also
+the folded attention, in rows of their own), then the chunks' outputs are gathered (context, mass and
 coefficients: the coefficients' gather is the copy that a memory's commit makes anyway, into its
 buffer). The second stream runs at the highest priority, so that its blocks are scheduled ahead of
 the consolidation's as the GPU's multiprocessors free up, or at the default priority. GPU time p50
@@ -62,7 +62,6 @@ def main() -> None:
         for s in args.streams:
             pk, pv, tokens, query, cfg, past, stats = setup(s, weight_dtype)
             consts = step_constants(cfg, LENGTH, tokens.device)
-            cast_dtype = weight_dtype if weight_dtype != torch.float32 else torch.float32
 
             def whole():
                 return fused_step(cfg, consts, tokens, query, pk, pv, HEADS, past, None, stats, None,
@@ -82,7 +81,7 @@ def main() -> None:
                 for i in range(chunks):
                     v = slice(i * size, (i + 1) * size)
                     coef, projected = _fused_consolidation(cfg, consts, tokens[v], past[v], None, stats[v], None,
-                                                           cast_dtype, "triton")
+                                                           weight_dtype, "triton")
                     coefs.append(coef)
                     if overlap:
                         side.wait_stream(main)

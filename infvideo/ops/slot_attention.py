@@ -1,6 +1,7 @@
 """``torch.ops.infvideo.slot_attention``: exact continuous softmax over rectangular bins."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -159,10 +160,9 @@ def slot_attention_unchecked(query: Tensor, keys: Tensor, values: Tensor, num_he
                                             and slot_log_weight.device == query.device):
         slot_log_weight = slot_log_weight.to(device=query.device, dtype=torch.float32).contiguous()
     args = (query, keys, values, num_heads, slot_log_weight, None if null_log_weight is None else float(null_log_weight))
-    if (mass_out is not None and _library.direct_triton(query, backend)
-            and not _library.records_grad(query, keys, values)):
-        return _triton_kernel(*args, mass_out=mass_out)
-    return _library.launch("slot_attention", _triton_kernel, args, backend, query, keys, values)
+    # Only the direct launch outside autograd calls the kernel given here; the others ignore mass_out.
+    kernel = _triton_kernel if mass_out is None else functools.partial(_triton_kernel, mass_out=mass_out)
+    return _library.launch("slot_attention", kernel, args, backend, query, keys, values)
 
 
 _OP = "infvideo.ops.slot_attention"
