@@ -91,7 +91,8 @@ def gpu_variants(args, meta: dict) -> list[dict]:
                            ("IEEE", True, dict(IEEE=False) if half else None),
                            ("POOL_FLOAT32", True, dict(POOL_FLOAT32=False)),
                            ("PDL", False, dict(PDL=True, launch_pdl=True)),
-                           ("FRAMES_FIRST", False, dict(FRAMES_FIRST=True) if meta.get("HAS_PAST") else None)):
+                           ("FRAMES_FIRST", False, dict(FRAMES_FIRST=True) if meta.get("HAS_PAST") else None),
+                           ("BARRIERS", False, dict(BARRIERS=True, PROJECT=True, ATTEND=True))):
         if gpu is not None and meta.get(name, not cpu) == cpu:
             variants += [dict(v, **gpu) for v in variants]
     return variants
@@ -148,6 +149,8 @@ def workloads():
             for _ in range(2):
                 memory(torch.randn(1, 16, 4, 768, generator=gen).to(dtype),
                        torch.randn(1, 32, 768, generator=gen).to(dtype), pk, pv, 12)
+    for dtype in (torch.bfloat16, torch.float16):  # the step takes it on CUDA only
+        _project_attend(dtype, gen)
     queries, keys = torch.randn(2, 5, 24), torch.randn(2, 16, 24)
     products.split_linear(torch.randn(7, 300), products.split_weight(torch.randn(24, 300)), None)
     for rows in (7, products.LARGE_ROWS):  # the float32 K/V product, which the step takes on CUDA only
@@ -157,6 +160,16 @@ def workloads():
     finite.select_committed(flags, [(coef, coef.clone(), coef), (keys, keys.clone(), keys)])
     finite.copy_committed([(coef, coef.clone()), (keys, keys.clone())])
     yield
+
+
+def _project_attend(dtype: torch.dtype, gen: torch.Generator) -> None:
+    """kernels.project_attend's launch at the benchmarks' widths (one stream, N = 256)."""
+    from infvideo.kernels import project_attend
+    coef = torch.randn(1, 256, 768, generator=gen)
+    project_attend.project_attend(coef, coef.to(dtype), torch.randn(1536, 768, generator=gen).to(dtype),
+                                  torch.randn(1536, generator=gen).to(dtype),
+                                  torch.randn(1, 32, 768, generator=gen).to(dtype), 12, torch.randn(256), None,
+                                  coef_out=torch.empty_like(coef))
 
 
 def resources(ptxas_log: str, shared: int) -> str:
@@ -193,7 +206,7 @@ def main():
             continue
         shown = {k: v for (i,), v in constants.items() for k in [kernel.arg_names[i]]
                  if k in ("PRECISION", "SPLIT_PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE",
-                          "WRITE_CAST",
+                          "WRITE_CAST", "BARRIERS",
                           "SCORE_PRECISION", "BAND_INSIDE", "PDL", "FRAMES_FIRST", "PREFETCH_V")}
         start = time.perf_counter()
         log = io.StringIO()

@@ -40,10 +40,11 @@ def triton_kernels():
     if importlib.util.find_spec("triton") is None:
         return None
     from .kernels import (attention, consolidate, dense_consolidate, factored_attention, gaussian_fit, products,
-                          quadrature, sampling)
+                          project_attend, quadrature, sampling)
     return {"attention": attention, "consolidate": consolidate, "dense_consolidate": dense_consolidate,
-            "factored_attention": factored_attention, "gaussian_fit": gaussian_fit, "products": products,
-            "quadrature": quadrature, "sampling": sampling}
+            "factored_attention": factored_attention, "gaussian_fit": gaussian_fit,
+            "products": products, "project_attend": project_attend, "quadrature": quadrature,
+            "sampling": sampling}
 
 
 def triton_runs_on(device: torch.device) -> bool:

@@ -72,23 +72,18 @@ def _add_tile(acc, scores, m_i, inv_l, v, mask_q, rows, mask_n, mass_base, group
 
 
 @triton.jit
-def _slot_attention_kernel(
-    q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
+def attend_query_block(
+    q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr, s, h, qb,
     Q, N, HEAD_DIM, null_logw, sm_scale,
     stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
     stride_cs, stride_cq, stride_ms, stride_mg,
     HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
     SPLIT_PRECISION: tl.constexpr, ONE_TILE: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH_V: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH_V: tl.constexpr,
 ):
-    # GROUPS blocks of GROUP queries per program; the mass is summed per block of GROUP queries.
+    """One program's work: stream s, head h, the GROUPS blocks of GROUP queries numbered qb. Its
+    context rows and each block's mass over the N slots are stored."""
     BLOCK_Q: tl.constexpr = GROUP * GROUPS
-    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
-        gdc_wait()
-        gdc_launch_dependents()
-    s = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
-    qb = tl.program_id(2)
     blocks = tl.cdiv(Q, GROUP)
     groups = qb * GROUPS + tl.arange(0, GROUPS)
     offs_q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -149,6 +144,29 @@ def _slot_attention_kernel(
 
     tl.store(ctx_ptr + s * stride_cs + offs_q[:, None] * stride_cq + cols[None, :],
              acc.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _slot_attention_kernel(
+    q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
+    Q, N, HEAD_DIM, null_logw, sm_scale,
+    stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
+    stride_cs, stride_cq, stride_ms, stride_mg,
+    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
+    SPLIT_PRECISION: tl.constexpr, ONE_TILE: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH_V: tl.constexpr, PDL: tl.constexpr,
+):
+    # Program (stream, head, GROUPS blocks of GROUP queries); the mass is summed per block of GROUP queries.
+    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
+    attend_query_block(q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
+                       tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2),
+                       Q, N, HEAD_DIM, null_logw, sm_scale,
+                       stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
+                       stride_cs, stride_cq, stride_ms, stride_mg,
+                       HAS_LOGW, HAS_NULL, IEEE, SPLIT, SPLIT_PRECISION, ONE_TILE, GROUP, GROUPS,
+                       BLOCK_N, BLOCK_D, PREFETCH_V)
 
 
 # The mass is summed over groups of this many queries per head: the op's output shape

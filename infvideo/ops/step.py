@@ -19,7 +19,7 @@ from ..reference.fit import SegmentedFit, consolidation_fit, derived, first_fit,
 from ..reference.pooling import pool_frames
 from ..reference.step import (attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic,
                               where_filled)
-from . import _library, _validate, factored_attention
+from . import _library, _validate, factored_attention, project_attend
 from .gaussian_consolidation import dense_fit_products, gaussian_consolidation
 from .quadrature_attention import (QuadratureConstants, device_constants, quadrature_attention_unchecked,
                                    quadrature_host_constants)
@@ -206,7 +206,8 @@ def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, 
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
                stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True,
-               backend: str = "triton", on_coefficients=None, mass_out: torch.Tensor | None = None):
+               backend: str = "triton", on_coefficients=None, mass_out: torch.Tensor | None = None,
+               coef_out: torch.Tensor | None = None, launch_counters: torch.Tensor | None = None):
     """(context [S, Q, D], coefficients [S, N, e] fp32, sticky statistic [S, G, K] or None).
 
     consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
@@ -227,11 +228,17 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     ``on_coefficients``: called with the new coefficients before the attention, once nothing in the
     step reads the old ones (a capturing memory starts their commit there: ``infvideo.early_commit``);
     ``mass_out``: where the slot attention may write the new sticky mass when it fits (that
-    memory's buffer, which nothing reads after the sampler), returned as the statistic then.
+    memory's buffer, which nothing reads after the sampler), returned as the statistic then;
+    ``coef_out``: with ``on_coefficients``, the buffer that hook would copy the coefficients into,
+    for the few-stream launch of the K|V product and attention (``ops.project_attend``) to copy
+    them itself (then returned as the coefficients, and the hook is not called);
+    ``launch_counters``: that launch's int32 [2] zeros (kept by the memory; a new tensor each call
+    when None).
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
     grad = step_records_grad(frames, query, proj_key, proj_value)
+    want_mass = keep_stats and cfg.sampling != "upstream"
     # The factored attention has no backward: a step that autograd records projects K and V.
     factored = not grad and _folds_projections(cfg, consts, frames, query, proj_key, proj_value, num_heads, backend)
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
@@ -253,12 +260,21 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         _call(on_coefficients, coef)
         context, new_stats = attend(cfg, coef, query.to(torch.float32), proj_key, proj_value, num_heads, keep_stats)
         return context.to(query.dtype), coef, new_stats
-    want_mass = keep_stats and cfg.sampling != "upstream"
     if factored:
         _call(on_coefficients, coef)
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
                                                                    consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
+    if (consts.quad is None and cfg.sampling != "upstream" and not grad
+            and project_attend.applies(coef, projected, query, proj_key, proj_value, backend)):
+        # The coefficients' commit rides in the same launch when the memory hands its buffer.
+        context, mass, copied = project_attend.project_attend(
+            coef, projected, _stacked(proj_key, proj_value), query, num_heads, consts.slot_log_weight,
+            consts.null_log_weight, mass_out if want_mass else None,
+            coef_out if on_coefficients is not None else None, launch_counters)
+        if not copied:
+            _call(on_coefficients, coef)
+        return context, coef_out if copied else coef, mass if want_mass else None
     keys, values = _project_pair(proj_key, proj_value, projected, grad, backend)
     _call(on_coefficients, coef)
     if consts.quad is not None:
