@@ -73,13 +73,15 @@ for stage in "${stages[@]}"; do
                      echo "tune-folded exit $? ($(elapsed))"; grep -E "K/V|best" "$OUT/tune_folded.txt" ;;
         tune-consolidate) python bench/tune_consolidate.py --streams 64 > "$OUT/tune_consolidate.txt" 2>&1
                           echo "tune-consolidate exit $? ($(elapsed))"; sort -t: -k2 -n "$OUT/tune_consolidate.txt" | head -5 ;;
-        project-attend) python -m pytest tests/test_project_attend.py -q -p no:cacheprovider --timeout 250 \
+        # A counter bug would hang a kernel, which pytest's own timeout cannot stop: timeout does.
+        project-attend) timeout 300 python -m pytest tests/test_project_attend.py -q -p no:cacheprovider \
                             > "$OUT/pytest_project_attend.log" 2>&1
                         echo "project-attend tests exit $? ($(elapsed))"; tail -n 3 "$OUT/pytest_project_attend.log"
-                        python bench/project_attend_gpu.py --streams 1 1 2 4 8 --sweep --sweep-streams 1 \
-                            > "$OUT/project_attend.md" 2>&1
+                        timeout 300 python bench/project_attend_gpu.py --streams 1 1 2 4 8 --sweep \
+                            --sweep-streams 1 > "$OUT/project_attend.md" 2>&1
                         echo "project-attend exit $? ($(elapsed))"; grep -E "^\|" "$OUT/project_attend.md" ;;
-        *) echo "usage: bash bench/gpu_check.sh [build|test|step|backward|projections|split|quadrature|profile|sync|tune-folded|tune-consolidate|project-attend]..." >&2
+        *) echo "usage: bash bench/gpu_check.sh STAGE... (build test step backward projections split quadrature" \
+                "profile sync tune-folded tune-consolidate project-attend)" >&2
            exit 2 ;;
     esac
 done

@@ -6,8 +6,10 @@ The case of ``bench_many_streams_gpu.py`` (256 frames × 32 bf16 tokens, N = 256
 e = D = 768, 12 heads, 32 queries, bf16 projections, a full memory in a user's CUDA graph): the
 step with the one launch against the same step with ``project_attend.MAX_STREAMS = 0`` (cuBLAS
 K|V, then the slot attention), µs per replay, and the largest relative difference between the
-two ways' context, coefficients and mass over a few eager steps. ``--sweep`` also times the
-tiles of ``kernels/project_attend.CONFIG`` at the ``--sweep-streams``. Prints markdown tables.
+two ways' context, coefficients and mass over a few eager steps. A stream count given twice is
+timed twice (S = 1 varies from run to run by about a microsecond, the size of what is at stake).
+``--sweep`` also times the tiles of ``kernels/project_attend.CONFIG`` at the ``--sweep-streams``.
+Prints markdown tables.
 """
 from __future__ import annotations
 

@@ -404,16 +404,20 @@ class LongTermMemory(nn.Module):
         return context, coef, stats
 
     def _launch_counters_on(self, frames: torch.Tensor) -> torch.Tensor | None:
-        """The int32 [2] counters through which this memory's steps on the device of ``frames``
+        """The int32 [3] counters through which this memory's steps on the device of ``frames``
         order the phases of the few-stream K|V product and attention (``ops.project_attend``; each
-        launch leaves them zero), or None where a step of these frames does not take it (off CUDA,
-        in a trace, more streams). The memory's steps run one after another, so they share them."""
+        launch leaves them zero). None where a step of these frames does not take it (off CUDA,
+        under torch.compile, more streams), and while none exist yet inside a CUDA graph capture,
+        whose zero fill would only be recorded (the launch then makes its own, zeroed in every
+        replay). The memory's steps run one after another, so they share them."""
         device = frames.device
         if device.type != "cuda" or frames.shape[0] > project_attend.MAX_STREAMS or torch.compiler.is_compiling():
             return None
         counters = self._launch_counters.get(device)
         if counters is None:
-            counters = self._launch_counters[device] = torch.zeros(2, dtype=torch.int32, device=device)
+            if torch.cuda.is_current_stream_capturing():
+                return None
+            counters = self._launch_counters[device] = torch.zeros(3, dtype=torch.int32, device=device)
         return counters
 
     def _warn_once(self, reason: str, message: str) -> None:

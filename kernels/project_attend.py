@@ -2,20 +2,23 @@
 
 At one stream the step's K|V product (cuBLAS) and its slot attention are a few microseconds of
 launch and latency each, one after the other; cuBLAS cannot start as a programmatic dependent
-either (bench/README.md, "Issue 22"). Here one grid does both, its two phases ordered through a
-counter in global memory instead of a kernel boundary:
+either (bench/README.md, "Issue 22"). Here one grid does both, its two phases ordered through
+counters in global memory instead of a kernel boundary. Each program first takes a ticket
+(counter 2), which gives it its role, so that roles follow the order in which programs start
+(CUDA promises no order among a grid's programs):
 
-1. the first programs each compute one [TILE_R, TILE_C] tile of K|V [S·N, 2D] from the
+1. tickets 0 … TILES − 1 each compute one [TILE_R, TILE_C] tile of K|V [S·N, 2D] from the
    coefficients in the projections' dtype and count themselves done on counter 0; with a commit
    buffer, each then copies a share of the float32 coefficients into it;
-2. the programs after them, once counter 0 holds every tile, run the slot attention
+2. the later tickets, once counter 0 holds every tile, run the slot attention
    (``attention.attend_query_block``) on that K|V: context and sticky mass.
 
-The GPU starts a grid's programs in order, so by the time a waiting program starts, every tile
-program has started: what it waits for never needs a place it holds, even when the grid is larger
-than one wave. The counters are put back to zero for the next launch on them: each attending
-program counts itself on counter 1 once it has seen counter 0 complete, and the last of them
-zeroes both. Launches that share counters must therefore not run at once.
+A program that waits has started after every tile program, so what it waits for never needs a
+place it holds, even when the grid is larger than one wave. The counters are put back to zero
+for the next launch on them: each attending program counts itself on counter 1 once it has seen
+counter 0 complete, and the last of them zeroes all three. Every program touches the counters
+only after ``gdc_wait``, so a launch overlaps the one before it on its stream only before that
+point; launches that share counters on different streams must not run at once.
 
 Under the CPU interpreter, whose programs run one after another, a waiting program would wait for
 ever: there each phase is a launch of its own (``BARRIERS`` off) and the counters are not used.
@@ -64,11 +67,14 @@ def _project_attend_kernel(
     BLOCK_D: tl.constexpr, ONE_TILE: tl.constexpr, PREFETCH_V: tl.constexpr, GROUP: tl.constexpr,
     COPY_BLOCK: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
 ):
-    # Programs 0 … TILES − 1 take a tile each, the ATTEND_PROGRAMS after them attend.
-    pid = tl.program_id(0)
+    # Tickets 0 … TILES − 1 take a tile each, the ATTEND_PROGRAMS after them attend.
     if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
         gdc_wait()
         gdc_launch_dependents()
+    if BARRIERS:
+        pid = tl.atomic_add(counters_ptr + 2, 1, sem="relaxed", scope="gpu")
+    else:
+        pid = tl.program_id(0)
 
     if PROJECT:
         if pid < TILES:
@@ -110,7 +116,7 @@ def _project_attend_kernel(
             if BARRIERS:
                 _wait_until(counters_ptr, TILES)
                 # Every attending program counts itself past the wait; the last one (its count's
-                # old value) zeroes both counters for the next launch, once no one waits on them.
+                # old value) zeroes the counters for the next launch, once no one waits on them.
                 passed = tl.atomic_add(counters_ptr + 1, 1, sem="relaxed", scope="gpu")
             q_blocks = tl.cdiv(Q, GROUP)
             heads = D2 // 2 // HEAD_DIM
@@ -122,9 +128,10 @@ def _project_attend_kernel(
                                HAS_LOGW, HAS_NULL, IEEE, False, "ieee", ONE_TILE, GROUP, 1, BLOCK_N, BLOCK_D,
                                PREFETCH_V)
             if BARRIERS:
-                if passed == ATTEND_PROGRAMS - 1:
+                if passed == ATTEND_PROGRAMS - 1:  # every ticket is taken, every wait is over
                     tl.atomic_xchg(counters_ptr, 0, sem="relaxed", scope="gpu")
                     tl.atomic_xchg(counters_ptr + 1, 0, sem="relaxed", scope="gpu")
+                    tl.atomic_xchg(counters_ptr + 2, 0, sem="relaxed", scope="gpu")
 
 
 _launch_project_attend = CachedLaunch(_project_attend_kernel)
@@ -154,8 +161,8 @@ def project_attend(coef: torch.Tensor, cast: torch.Tensor, weight: torch.Tensor,
     [S, H·⌈Q/16⌉, N] float32), the mass written into ``mass_out`` where that is a contiguous
     float32 tensor of that shape. ``coef_out``: a contiguous float32 [S, N, e] buffer (the memory's
     coefficients) into which the launch copies ``coef`` [S, N, e] (contiguous float32 too) beside
-    the attention, or None. ``counters``: int32 [2] zeros that the launch leaves zero (a new tensor each call
-    when None); launches that share them must not overlap.
+    the attention, or None. ``counters``: int32 [3] zeros that the launch leaves zero (a new tensor
+    each call when None); launches on different streams must not share them at once.
     """
     s, n, e = cast.shape
     d2 = weight.shape[0]
@@ -169,7 +176,7 @@ def project_attend(coef: torch.Tensor, cast: torch.Tensor, weight: torch.Tensor,
         torch.empty(s, groups, n, device=device, dtype=torch.float32)
     commit = coef_out
     if counters is None:
-        counters = torch.zeros(2, device=device, dtype=torch.int32)
+        counters = torch.zeros(3, device=device, dtype=torch.int32)
 
     tile_r, tile_c, tile_k = CONFIG["tile"]
     warps = CONFIG["num_warps"]
@@ -177,7 +184,7 @@ def project_attend(coef: torch.Tensor, cast: torch.Tensor, weight: torch.Tensor,
     attend_programs = s * groups
     # As in the slot attention: a score tile of at most 1024 float32 values per warp.
     block_n = max(16, min(next_power_of_2(n), 1024 * warps // QUERY_GROUP))
-    ieee = not compiled_on(device)
+    interpreted = not compiled_on(device)
     args = (coef, cast, weight, bias if bias is not None else weight, kv, query,
             slot_log_weight if slot_log_weight is not None else mass, ctx, mass,
             commit if commit is not None else coef, counters,
@@ -188,10 +195,11 @@ def project_attend(coef: torch.Tensor, cast: torch.Tensor, weight: torch.Tensor,
                 HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None,
                 TILE_R=tile_r, TILE_C=tile_c, TILE_K=tile_k, BLOCK_N=block_n,
                 BLOCK_D=max(16, next_power_of_2(head_dim)), ONE_TILE=n <= block_n,
-                PREFETCH_V=n <= block_n and not ieee, GROUP=QUERY_GROUP, COPY_BLOCK=CONFIG["copy_block"], IEEE=ieee,
+                PREFETCH_V=n <= block_n and not interpreted, GROUP=QUERY_GROUP, COPY_BLOCK=CONFIG["copy_block"],
+                IEEE=interpreted,
                 num_warps=warps, num_stages=CONFIG["num_stages"])
     grid = (tiles + attend_programs,)
-    if ieee:  # each phase a launch of its own: the interpreter runs programs one after another
+    if interpreted:  # each phase a launch of its own: the interpreter runs programs one after another
         for phase in ("PROJECT", "ATTEND"):
             _launch_project_attend(grid, *args, PROJECT=phase == "PROJECT", ATTEND=phase == "ATTEND",
                                    BARRIERS=False, PDL=False, **meta)

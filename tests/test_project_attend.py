@@ -42,14 +42,30 @@ def _inputs(case, dtype, query_dtype, seed=0):
     return coef, query, pk, pv
 
 
-def _launch(case, preset, coef, query, pk, pv, **outs):
-    const = ref_fit.on_device(ref_attention.attention_constants(MemoryConfig(num_basis=case[5], preset=preset)),
-                              DEVICE, torch.float32)
+def _constants(case, preset):
+    return ref_fit.on_device(ref_attention.attention_constants(MemoryConfig(num_basis=case[5], preset=preset)),
+                             DEVICE, torch.float32)
+
+
+def _launch(case, preset, coef, query, pk, pv, cast=None, **outs):
+    const = _constants(case, preset)
     null = None if const.null_log_weight is None else float(const.null_log_weight)
     weight, bias = _stacked(pk, pv)
     with torch.no_grad():
-        return kernel.project_attend(coef, coef.to(weight.dtype), weight, bias, query, case[3], const.log_weight,
-                                     null, **outs), const
+        return kernel.project_attend(coef, coef.to(weight.dtype) if cast is None else cast, weight, bias, query,
+                                     case[3], const.log_weight, null, **outs), const
+
+
+def _expected(case, coef, query, pk, pv, const):
+    """(context, mass summed over each head's query groups [S, H, N]) of the float32 reference on
+    the coefficients rounded to the projections' dtype."""
+    streams, _, d, heads, queries, _ = case
+    cast = coef.to(pk.weight.dtype).float()
+    keys = cast @ pk.weight.float().T + (0.0 if pk.bias is None else pk.bias.float())
+    values = cast @ pv.weight.float().T + (0.0 if pv.bias is None else pv.bias.float())
+    a = split_heads(query.float(), heads) @ split_heads(keys, heads).transpose(-1, -2) / math.sqrt(d // heads)
+    r = ref_attention.slot_weights(a, const)
+    return (r @ split_heads(values, heads)).transpose(1, 2).reshape(streams, queries, d), r.sum(2)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -57,20 +73,30 @@ def _launch(case, preset, coef, query, pk, pv, **outs):
 @pytest.mark.parametrize("dtype,query_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)],
                          ids=["bf16", "fp16-fp32query"])
 def test_matches_reference(case, preset, dtype, query_dtype):
-    streams, _, d, heads, queries, n = case
+    streams, _, _, heads, queries, n = case
     coef, query, pk, pv = _inputs(case, dtype, query_dtype)
     (context, mass), const = _launch(case, preset, coef, query, pk, pv)
-    cast = coef.to(dtype).float()
-    keys = cast @ pk.weight.float().T + pk.bias.float()
-    values = cast @ pv.weight.float().T + pv.bias.float()
-    a = split_heads(query.float(), heads) @ split_heads(keys, heads).transpose(-1, -2) / math.sqrt(d // heads)
-    r = ref_attention.slot_weights(a, const)
-    expected = (r @ split_heads(values, heads)).transpose(1, 2).reshape(streams, queries, d)
+    expected, expected_mass = _expected(case, coef, query, pk, pv, const)
     assert context.dtype == query_dtype
     assert rel_err(context, expected) < 2e-2
     groups = -(-queries // 16)
     assert mass.shape == (streams, heads * groups, n)
-    assert rel_err(mass.reshape(streams, heads, groups, n).sum(2), r.sum(2)) < 2e-2
+    assert rel_err(mass.reshape(streams, heads, groups, n).sum(2), expected_mass) < 2e-2
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=str)
+def test_without_bias_and_slot_weights(case):
+    """Projections without bias, and no per-slot log-weight or null slot: a plain softmax."""
+    coef, query, pk, pv = _inputs(case, torch.bfloat16, torch.bfloat16)
+    pk.bias, pv.bias = None, None
+    weight, bias = _stacked(pk, pv)
+    assert bias is None
+    with torch.no_grad():
+        context, mass = kernel.project_attend(coef, coef.to(weight.dtype), weight, None, query, case[3], None, None)
+    const = ref_attention.SlotWeights(None, None)
+    expected, expected_mass = _expected(case, coef, query, pk, pv, const)
+    assert rel_err(context, expected) < 2e-2
+    assert rel_err(mass.reshape(case[0], case[3], -1, case[5]).sum(2), expected_mass) < 2e-2
 
 
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
@@ -86,17 +112,18 @@ def test_writes_where_asked(case):
 
 
 @cuda
-def test_counters_are_left_for_the_next_launch():
-    """Launch after launch on the same counters: the same results, and the counters back at zero."""
-    case = CASES[3]
-    coef, query, pk, pv = _inputs(case, torch.bfloat16, torch.bfloat16)
-    counters = torch.zeros(2, dtype=torch.int32, device=DEVICE)
-    first, _ = _launch(case, "exact", coef, query, pk, pv, counters=counters)
-    for _ in range(20):
-        again, _ = _launch(case, "exact", coef, query, pk, pv, counters=counters)
-        assert all(torch.equal(a, b) for a, b in zip(first, again))
-    torch.cuda.synchronize()
-    assert counters.tolist() == [0, 0]
+@pytest.mark.parametrize("case", CASES[3::2], ids=str)  # one wave, several
+def test_counters_are_left_for_the_next_launch(case):
+    """Launches back to back on the same counters, each on new coefficients: each equals the same
+    launch on counters of its own, and the counters are back at zero after them."""
+    inputs = [_inputs(case, torch.bfloat16, torch.bfloat16, seed=seed) for seed in range(12)]
+    casts = [coef.bfloat16() for coef, *_ in inputs]
+    alone = [_launch(case, "exact", *args, cast=cast)[0] for args, cast in zip(inputs, casts)]
+    counters = torch.zeros(3, dtype=torch.int32, device=DEVICE)
+    shared = [_launch(case, "exact", *args, cast=cast, counters=counters)[0] for args, cast in zip(inputs, casts)]
+    for a, b in zip(alone, shared):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert counters.tolist() == [0, 0, 0]
 
 
 @cuda
@@ -107,14 +134,17 @@ def test_memory_takes_it_where_it_applies(streams, monkeypatch):
     K and V, and replays of a user's CUDA graph, whose launch copies the coefficients into the
     memory's buffer, equal its eager steps."""
     monkeypatch.setattr(project_attend, "MAX_STREAMS", 4)
+    launches = []
+    launch = kernel.project_attend
+    monkeypatch.setattr(kernel, "project_attend", lambda *args, **kw: launches.append(1) or launch(*args, **kw))
     e, d, heads = 48, 32, 4
     pk = random_linear(e, d, seed=1, dtype=torch.bfloat16).cuda()
     pv = random_linear(e, d, seed=2, dtype=torch.bfloat16).cuda()
     gen = torch.Generator().manual_seed(3)
     frames = [torch.randn(streams, 12, 3, e, generator=gen).cuda().bfloat16() for _ in range(5)]
     queries = [torch.randn(streams, 7, d, generator=gen).cuda().bfloat16() for _ in range(5)]
-    memories = [LongTermMemory(num_basis=16, past_samples=24, cuda_graphs=False, check_finite=False).cuda()
-                for _ in range(3)]
+    memories = [LongTermMemory(num_basis=16, past_samples=24, backend="triton", cuda_graphs=False,
+                               check_finite=False).cuda() for _ in range(3)]
     applies = streams <= project_attend.MAX_STREAMS
     saved = project_attend.MAX_STREAMS
     with torch.no_grad():
@@ -142,3 +172,4 @@ def test_memory_takes_it_where_it_applies(streams, monkeypatch):
             assert torch.equal(context, one)
             assert torch.equal(graphed.coef, memories[0].coef)
             assert torch.equal(graphed.sticky_stats, memories[0].sticky_stats)
+    assert bool(launches) == applies

@@ -2,12 +2,11 @@
 
 At one stream the K|V product (cuBLAS) and the slot attention are two launches of a few
 microseconds each, the second waiting for the whole first. In one grid the attending programs
-wait only for the product's tiles, and on an H200 the two phases took about 6 µs together inside
-a larger kernel, against 9 µs for the two launches (bench/README.md, "Issue 22, tenth session").
-``fused_step`` takes it for at most ``MAX_STREAMS`` streams where it applies: the "triton"
-backend on a CUDA device (an eager call outside autograd, tracing and dispatch modes),
-rectangular bins without the upstream sampler, the slot attention, and K and V from two plain
-``nn.Linear`` of the query's width in float16 or bfloat16.
+wait only for the product's tiles (bench/README.md, "Issue 22, tenth session", has what the two
+phases took inside a larger kernel). ``fused_step`` takes it for at most ``MAX_STREAMS`` streams
+where it applies: the "triton" backend on a CUDA device (an eager call outside autograd, tracing
+and dispatch modes), rectangular bins without the upstream sampler, the slot attention, and K and
+V from two plain ``nn.Linear`` of the query's width in float16 or bfloat16.
 """
 from __future__ import annotations
 
@@ -32,20 +31,23 @@ def applies(coef: torch.Tensor, projected: torch.Tensor, query: torch.Tensor, pr
         return False
     return (type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
             and proj_key.weight.dtype == proj_value.weight.dtype == projected.dtype
+            and proj_key.weight.device == proj_value.weight.device == coef.device
+            and proj_key.in_features == proj_value.in_features == projected.shape[-1]
             and projected.dtype in (torch.float16, torch.bfloat16)
             and (proj_key.bias is None) == (proj_value.bias is None)
             and proj_key.out_features == proj_value.out_features == query.shape[-1]
             and projected.is_contiguous() and query.stride(-1) == 1)
 
 
-def project_attend(coef: torch.Tensor, projected: torch.Tensor, stacked: tuple, query: torch.Tensor, num_heads: int,
-                   slot_log_weight: torch.Tensor | None, null_log_weight: float | None,
-                   mass_out: torch.Tensor | None, coef_out: torch.Tensor | None, counters: torch.Tensor | None):
+def project_attend_unchecked(coef: torch.Tensor, projected: torch.Tensor, stacked: tuple, query: torch.Tensor,
+                             num_heads: int, slot_log_weight: torch.Tensor | None, null_log_weight: float | None,
+                             mass_out: torch.Tensor | None, coef_out: torch.Tensor | None,
+                             counters: torch.Tensor | None):
     """(context, mass, whether ``coef`` was copied into ``coef_out``) of the slot attention on
     K|V = projected Wᵀ + b, one launch, where :func:`applies`; ``stacked``: ([W_k; W_v], [b_k; b_v]
     or None). ``mass_out``: where the mass may be written; ``coef_out``: a buffer (the memory's)
     that the launch copies ``coef`` into where both are contiguous and alike; ``counters``: the
-    launch's int32 [2] zeros."""
+    launch's int32 [3] zeros. Nothing is checked here beyond :func:`applies`."""
     weight, bias = stacked
     copies = (coef_out is not None and coef_out.shape == coef.shape and coef_out.dtype == coef.dtype == torch.float32
               and coef_out.device == coef.device and coef_out.is_contiguous() and coef.is_contiguous())

@@ -232,7 +232,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     ``coef_out``: with ``on_coefficients``, the buffer that hook would copy the coefficients into,
     for the few-stream launch of the K|V product and attention (``ops.project_attend``) to copy
     them itself (then returned as the coefficients, and the hook is not called);
-    ``launch_counters``: that launch's int32 [2] zeros (kept by the memory; a new tensor each call
+    ``launch_counters``: that launch's int32 [3] zeros (kept by the memory; a new tensor each call
     when None).
     """
     _check(cfg, consts, frames, query, past)
@@ -268,7 +268,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     if (consts.quad is None and cfg.sampling != "upstream" and not grad
             and project_attend.applies(coef, projected, query, proj_key, proj_value, backend)):
         # The coefficients' commit rides in the same launch when the memory hands its buffer.
-        context, mass, copied = project_attend.project_attend(
+        context, mass, copied = project_attend.project_attend_unchecked(
             coef, projected, _stacked(proj_key, proj_value), query, num_heads, consts.slot_log_weight,
             consts.null_log_weight, mass_out if want_mass else None,
             coef_out if on_coefficients is not None else None, launch_counters)
