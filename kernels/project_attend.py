@@ -72,15 +72,15 @@ def _project_attend_kernel(
         gdc_wait()
         gdc_launch_dependents()
     if BARRIERS:
-        pid = tl.atomic_add(counters_ptr + 2, 1, sem="relaxed", scope="gpu")
+        ticket = tl.atomic_add(counters_ptr + 2, 1, sem="relaxed", scope="gpu")
     else:
-        pid = tl.program_id(0)
+        ticket = tl.program_id(0)
 
     if PROJECT:
-        if pid < TILES:
+        if ticket < TILES:
             tiles_c = tl.cdiv(D2, TILE_C)
-            offs_r = (pid // tiles_c) * TILE_R + tl.arange(0, TILE_R)
-            offs_c = (pid % tiles_c) * TILE_C + tl.arange(0, TILE_C)
+            offs_r = (ticket // tiles_c) * TILE_R + tl.arange(0, TILE_R)
+            offs_c = (ticket % tiles_c) * TILE_C + tl.arange(0, TILE_C)
             mask_r = offs_r < ROWS
             mask_c = offs_c < D2
             offs_k = tl.arange(0, TILE_K)
@@ -105,13 +105,13 @@ def _project_attend_kernel(
                 # Nothing reads the old coefficients any more: the memory's buffer takes the new ones.
                 total = ROWS * E
                 share = tl.cdiv(tl.cdiv(total, TILES), COPY_BLOCK) * COPY_BLOCK
-                first = pid * share
+                first = ticket * share
                 for c0 in range(first, tl.minimum(first + share, total), COPY_BLOCK):
                     offs = c0 + tl.arange(0, COPY_BLOCK)
                     tl.store(commit_ptr + offs, tl.load(coef_ptr + offs, mask=offs < total), mask=offs < total)
 
     if ATTEND:
-        unit = pid - TILES
+        unit = ticket - TILES
         if unit >= 0:
             if BARRIERS:
                 _wait_until(counters_ptr, TILES)
