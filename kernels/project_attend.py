@@ -34,7 +34,7 @@ import triton.language as tl
 from ._device import on_input_device
 from ._launch import CachedLaunch, cdiv, compiled_on, gdc_launch_dependents, gdc_wait, next_power_of_2, \
     programmatic_options
-from .attention import QUERY_GROUP, attend_query_block
+from .attention import QUERY_GROUP, attend_query_block, mass_output
 
 
 @triton.jit
@@ -141,11 +141,6 @@ _launch_project_attend = CachedLaunch(_project_attend_kernel)
 CONFIG = {"tile": (64, 64, 64), "num_warps": 4, "num_stages": 2, "copy_block": 1024}
 
 
-def _fits(out: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device: torch.device) -> bool:
-    return (out is not None and out.shape == shape and out.dtype == dtype and out.is_contiguous()
-            and out.device == device)
-
-
 @on_input_device
 def project_attend(coef: torch.Tensor, cast: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    query: torch.Tensor, num_heads: int, slot_log_weight: torch.Tensor | None,
@@ -172,9 +167,7 @@ def project_attend(coef: torch.Tensor, cast: torch.Tensor, weight: torch.Tensor,
     groups = num_heads * cdiv(q_len, QUERY_GROUP)
     kv = torch.empty(s * n, d2, device=device, dtype=weight.dtype)
     ctx = torch.empty(s, q_len, model, device=device, dtype=query.dtype)
-    mass = mass_out if _fits(mass_out, (s, groups, n), torch.float32, device) else \
-        torch.empty(s, groups, n, device=device, dtype=torch.float32)
-    commit = coef_out
+    mass = mass_output(mass_out, (s, groups, n), device)
     if counters is None:
         counters = torch.zeros(3, device=device, dtype=torch.int32)
 
@@ -187,11 +180,11 @@ def project_attend(coef: torch.Tensor, cast: torch.Tensor, weight: torch.Tensor,
     interpreted = not compiled_on(device)
     args = (coef, cast, weight, bias if bias is not None else weight, kv, query,
             slot_log_weight if slot_log_weight is not None else mass, ctx, mass,
-            commit if commit is not None else coef, counters,
+            coef if coef_out is None else coef_out, counters,
             s * n, e, d2, n, q_len, head_dim, 0.0 if null_log_weight is None else float(null_log_weight),
             1.0 / math.sqrt(head_dim), query.stride(0), query.stride(1), ctx.stride(0), ctx.stride(1),
             mass.stride(0), mass.stride(1), tiles, attend_programs)
-    meta = dict(COMMIT=commit is not None, HAS_BIAS=bias is not None,
+    meta = dict(COMMIT=coef_out is not None, HAS_BIAS=bias is not None,
                 HAS_LOGW=slot_log_weight is not None, HAS_NULL=null_log_weight is not None,
                 TILE_R=tile_r, TILE_C=tile_c, TILE_K=tile_k, BLOCK_N=block_n,
                 BLOCK_D=max(16, next_power_of_2(head_dim)), ONE_TILE=n <= block_n,
