@@ -9,9 +9,8 @@
 # Stages: build, test, step (bench_step_gpu), backward (bench_backward_gpu), projections
 # (bench_projections_gpu), split (bench_split_products_gpu), quadrature (bench_quadrature_gpu),
 # profile (profile_step_gpu), sync (profile_step_gpu --sync-check: where an eager step waits for
-# the GPU), tune-folded (tune_factored_attention), tune-consolidate (tune_consolidate at S=64),
-# project-attend (tests/test_project_attend.py, then bench/project_attend_gpu.py with its sweep at
-# S=1). The test and bench stages build first when the extension lacks its CUDA kernels. Without a checkout
+# the GPU), tune-folded (tune_factored_attention), tune-consolidate (tune_consolidate at S=64).
+# The test and bench stages build first when the extension lacks its CUDA kernels. Without a checkout
 # installed (the device machine), the kernels are linked into the package and PYTHONPATH is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,15 +72,8 @@ for stage in "${stages[@]}"; do
                      echo "tune-folded exit $? ($(elapsed))"; grep -E "K/V|best" "$OUT/tune_folded.txt" ;;
         tune-consolidate) python bench/tune_consolidate.py --streams 64 > "$OUT/tune_consolidate.txt" 2>&1
                           echo "tune-consolidate exit $? ($(elapsed))"; sort -t: -k2 -n "$OUT/tune_consolidate.txt" | head -5 ;;
-        # A counter bug would hang a kernel, which pytest's own timeout cannot stop: timeout does.
-        project-attend) timeout 300 python -m pytest tests/test_project_attend.py -q -p no:cacheprovider \
-                            > "$OUT/pytest_project_attend.log" 2>&1
-                        echo "project-attend tests exit $? ($(elapsed))"; tail -n 3 "$OUT/pytest_project_attend.log"
-                        timeout 300 python bench/project_attend_gpu.py --streams 1 1 2 4 8 --sweep \
-                            --sweep-streams 1 > "$OUT/project_attend.md" 2>&1
-                        echo "project-attend exit $? ($(elapsed))"; grep -E "^\|" "$OUT/project_attend.md" ;;
         *) echo "usage: bash bench/gpu_check.sh STAGE... (build test step backward projections split quadrature" \
-                "profile sync tune-folded tune-consolidate project-attend)" >&2
+                "profile sync tune-folded tune-consolidate)" >&2
            exit 2 ;;
     esac
 done

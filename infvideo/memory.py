@@ -15,7 +15,7 @@ from .finite_check import NAMES, OUTCOME, DeviceCheck, copy_committed
 from .finite_check import FRAMES as FRAMES_FLAG
 from .finite_check import QUERY as QUERY_FLAG
 from .graphs import StepGraphs, traced
-from .ops import fused_step, project_attend, step_constants
+from .ops import fused_step, step_constants
 from .ops.step import step_records_grad
 from .reference.fit import SegmentedFit, consolidation_fit, first_fit
 from .reference.pooling import pool_frames
@@ -172,7 +172,6 @@ class LongTermMemory(nn.Module):
         # configuration to ask the fits' caches costs more host time than a small step's kernels.
         self._drops_frames = LRUCache(64)
         self._warned: set[str] = set()  # reasons already warned about (_warn_once)
-        self._launch_counters: dict = {}  # per CUDA device, for ops.project_attend (_launch_counters_on)
         self.register_buffer("coef", torch.zeros(0, num_basis, 0))
         self.register_buffer("filled", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("sticky_stats", torch.zeros(0, 1, self.config.sticky_bins))
@@ -394,31 +393,12 @@ class LongTermMemory(nn.Module):
             context, coef, stats = fused_step(self.config, consts, frames, query, proj_key, proj_value, num_heads, past,
                                               filled, stats, self.generator, keep_stats=self.config.sticky,
                                               backend=backend, on_coefficients=early,
-                                              mass_out=None if early is None else self.sticky_stats,
-                                              coef_out=None if early is None else self.coef,
-                                              launch_counters=self._launch_counters_on(frames))
+                                              mass_out=None if early is None else self.sticky_stats)
             return context, coef if early is None else early.join(coef), stats
         coef = consolidate_chunk(self.config, pool_frames(frames, dtype), past, filled, stats, self.generator)
         context, stats = attend(self.config, coef, query.to(dtype), proj_key, proj_value, num_heads,
                                 keep_stats=self.config.sticky)
         return context, coef, stats
-
-    def _launch_counters_on(self, frames: torch.Tensor) -> torch.Tensor | None:
-        """The int32 [3] counters through which this memory's steps on the device of ``frames``
-        order the phases of the few-stream K|V product and attention (``ops.project_attend``; each
-        launch leaves them zero). None where a step of these frames does not take it (off CUDA,
-        under torch.compile, more streams), and while none exist yet inside a CUDA graph capture,
-        whose zero fill would only be recorded (the launch then makes its own, zeroed in every
-        replay). The memory's steps run one after another, so they share them."""
-        device = frames.device
-        if device.type != "cuda" or frames.shape[0] > project_attend.MAX_STREAMS or torch.compiler.is_compiling():
-            return None
-        counters = self._launch_counters.get(device)
-        if counters is None:
-            if torch.cuda.is_current_stream_capturing():
-                return None
-            counters = self._launch_counters[device] = torch.zeros(3, dtype=torch.int32, device=device)
-        return counters
 
     def _warn_once(self, reason: str, message: str) -> None:
         """Warns ``message`` the first time this memory meets ``reason`` (e.g. a step that must

@@ -19,7 +19,7 @@ from ..reference.fit import SegmentedFit, consolidation_fit, derived, first_fit,
 from ..reference.pooling import pool_frames
 from ..reference.step import (attend, consolidate_chunk, past_samples, uniform_sample_basis, upstream_statistic,
                               where_filled)
-from . import _library, _validate, factored_attention, project_attend
+from . import _library, _validate, factored_attention
 from .gaussian_consolidation import dense_fit_products, gaussian_consolidation
 from .quadrature_attention import (QuadratureConstants, device_constants, quadrature_attention_unchecked,
                                    quadrature_host_constants)
@@ -109,6 +109,11 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear, parts: str | None = Non
     """[W_k; W_v] and [b_k; b_v], rebuilt only when a parameter changes (its version counter);
     with ``parts`` the weight as the parts a product reads: "bf16", ``products.split_weight``'s;
     "tf32", ``products.tf32_parts``'."""
+    return _stacked_and_rebuilt(proj_key, proj_value, parts)[:2]
+
+
+def _stacked_and_rebuilt(proj_key: nn.Linear, proj_value: nn.Linear, parts: str | None = None):
+    """:func:`_stacked`'s weight and bias, and whether this call rebuilt them (launching kernels)."""
     params = [proj_key.weight, proj_value.weight, proj_key.bias, proj_value.bias]
     key = (id(proj_value), parts, *(None if p is None else (p.data_ptr(), p._version) for p in params))
     hit = _fused_weights.get(proj_key)
@@ -123,7 +128,8 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear, parts: str | None = Non
                 bias = torch.cat([proj_key.bias, proj_value.bias])
         hit = (key, weight, bias)
         _fused_weights[proj_key] = hit
-    return hit[1], hit[2]
+        return weight, bias, True
+    return hit[1], hit[2], False
 
 
 def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
@@ -131,7 +137,8 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
     """K = proj_key(B), V = proj_value(B): one product over stacked weights for two plain Linears.
     ``grad``: autograd records the step, so the weights are stacked afresh (the cache holds
     detached copies, through which no gradient reaches the layers). Float32 weights on the
-    ``"triton"`` backend take tensor-core products outside autograd (``FLOAT32_PROJECTION``)."""
+    ``"triton"`` backend take tensor-core products outside autograd (``FLOAT32_PROJECTION``), and
+    half weights over few rows ``kernels.few_rows_linear`` (``FEW_ROWS_PRODUCT``)."""
     # The stacked-weight cache keys on storage pointers and version counters, which a compiled
     # graph cannot guard on: there the two products stay separate.
     if (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
@@ -147,6 +154,11 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
         elif tensor_cores and FLOAT32_PROJECTION == "tf32x3" and products.split_precision(coef.device) == "tf32":
             weight, bias = _stacked(proj_key, proj_value, parts="tf32")
             both = products.linear(coef, weight, bias)
+        elif not grad and backend == "triton" and _takes_few_rows_product(coef, proj_key.weight):
+            weight, bias, rebuilt = _stacked_and_rebuilt(proj_key, proj_value)
+            s, n, e = coef.shape
+            both = backends.triton_kernels()["few_rows_linear"].few_rows_linear(
+                coef.view(s * n, e), weight, bias, weights_ready=not rebuilt).view(s, n, -1)
         else:
             if grad:
                 weight = torch.cat([proj_key.weight, proj_value.weight])
@@ -174,6 +186,24 @@ QUADRATURE_KERNEL = True
 # float32. bench/bench_projections_gpu.py times all three in the step (bench/README.md, "Many
 # streams ... issue 22, second session").
 FLOAT32_PROJECTION = "tf32x3"
+
+# The most rows (streams × basis functions) of a float16/bfloat16 K|V product that the "triton"
+# backend runs on kernels/few_rows_linear.py instead of cuBLAS, on GPUs with programmatic launches:
+# one launch that reads its weights while the consolidation runs and lets the attention start
+# early. 0: always cuBLAS (until timed on a GPU).
+FEW_ROWS_PRODUCT = 0
+
+
+def _takes_few_rows_product(coef: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the half K|V product of these coefficients [S, N, e] (in the weight's dtype) takes
+    ``kernels.few_rows_linear`` (``FEW_ROWS_PRODUCT``); the caller has checked the backend."""
+    if coef.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != coef.dtype:
+        return False
+    if coef.shape[0] * coef.shape[1] > FEW_ROWS_PRODUCT or not coef.is_contiguous() or not _library.eager_cuda(coef):
+        return False
+    kernels = backends.triton_kernels()
+    return kernels is not None and kernels["few_rows_linear"].serves(coef.shape[-1], coef.device)
+
 
 # The step with float32 projections on the "triton" backend takes the folded attention where it
 # needs fewer multiply-adds (factored_attention.applies) and its streams fill the GPU
@@ -206,8 +236,7 @@ def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, 
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
                stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True,
-               backend: str = "triton", on_coefficients=None, mass_out: torch.Tensor | None = None,
-               coef_out: torch.Tensor | None = None, launch_counters: torch.Tensor | None = None):
+               backend: str = "triton", on_coefficients=None, mass_out: torch.Tensor | None = None):
     """(context [S, Q, D], coefficients [S, N, e] fp32, sticky statistic [S, G, K] or None).
 
     consts: :func:`step_constants` for this chunk length and device; frames are the raw chunk
@@ -228,12 +257,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     ``on_coefficients``: called with the new coefficients before the attention, once nothing in the
     step reads the old ones (a capturing memory starts their commit there: ``infvideo.early_commit``);
     ``mass_out``: where the slot attention may write the new sticky mass when it fits (that
-    memory's buffer, which nothing reads after the sampler), returned as the statistic then;
-    ``coef_out``: with ``on_coefficients``, the buffer that hook would copy the coefficients into,
-    for the few-stream launch of the K|V product and attention (``ops.project_attend``) to copy
-    them itself (then returned as the coefficients, and the hook is not called);
-    ``launch_counters``: that launch's int32 [3] zeros (kept by the memory; a new tensor each call
-    when None).
+    memory's buffer, which nothing reads after the sampler), returned as the statistic then.
     """
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
@@ -265,16 +289,6 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
                                                                    consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
-    if (consts.quad is None and cfg.sampling != "upstream" and not grad
-            and project_attend.applies(coef, projected, query, proj_key, proj_value, backend)):
-        # The coefficients' commit rides in the same launch when the memory hands its buffer.
-        context, mass, copied = project_attend.project_attend_unchecked(
-            coef, projected, _stacked(proj_key, proj_value), query, num_heads, consts.slot_log_weight,
-            consts.null_log_weight, mass_out if want_mass else None,
-            coef_out if on_coefficients is not None else None, launch_counters)
-        if not copied:
-            _call(on_coefficients, coef)
-        return context, coef_out if copied else coef, mass if want_mass else None
     keys, values = _project_pair(proj_key, proj_value, projected, grad, backend)
     _call(on_coefficients, coef)
     if consts.quad is not None:
