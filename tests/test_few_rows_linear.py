@@ -64,6 +64,7 @@ def test_step_takes_it_only_where_it_serves(monkeypatch):
     ``FEW_ROWS_PRODUCT`` rows, an eager CUDA call on a GPU with programmatic launches; cuBLAS
     otherwise (here: a CPU tensor, float32, too many rows)."""
     takes = step_module._takes_few_rows_product
+    monkeypatch.setattr(step_module, "FEW_ROWS_PRODUCT", 512)
     weight = torch.zeros(8, 16, dtype=torch.bfloat16)
     assert not takes(torch.zeros(1, 4, 16, dtype=torch.bfloat16), weight)  # not CUDA
     assert not takes(torch.zeros(1, 4, 16), weight.float())
@@ -79,6 +80,7 @@ def test_step_takes_it_and_matches_the_reference(monkeypatch, dtype, streams):
     GPU launches programmatic dependents, and matches the reference step over several chunks
     (half K/V: 1e-2, their rounding); with FEW_ROWS_PRODUCT = 0 it takes cuBLAS. The projections
     change between chunks once, so the stacked weights are rebuilt just before one product."""
+    monkeypatch.setattr(step_module, "FEW_ROWS_PRODUCT", 512)
     kernel = backends.triton_kernels()["few_rows_linear"]
     launch = kernel.few_rows_linear
     ready = []
