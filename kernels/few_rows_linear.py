@@ -34,19 +34,25 @@ def _chunk(ptr, rows, mask_rows, c: tl.constexpr, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _weights(w_ptr, b_ptr, offs_n, mask_n, K, HAS_BIAS: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The program's chunks of W (those past CHUNKS: chunk 0 again, never used) and its bias
-    (float32; zeros without one)."""
-    w0 = _chunk(w_ptr, offs_n, mask_n, 0, K, BLOCK_K)
-    w1 = w0
-    w2 = w0
-    w3 = w0
+def _chunks(ptr, rows, mask_rows, K, CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The four chunks of rows ``rows`` (those past CHUNKS: chunk 0 again, never used)."""
+    c0 = _chunk(ptr, rows, mask_rows, 0, K, BLOCK_K)
+    c1 = c0
+    c2 = c0
+    c3 = c0
     if CHUNKS > 1:
-        w1 = _chunk(w_ptr, offs_n, mask_n, 1, K, BLOCK_K)
+        c1 = _chunk(ptr, rows, mask_rows, 1, K, BLOCK_K)
     if CHUNKS > 2:
-        w2 = _chunk(w_ptr, offs_n, mask_n, 2, K, BLOCK_K)
+        c2 = _chunk(ptr, rows, mask_rows, 2, K, BLOCK_K)
     if CHUNKS > 3:
-        w3 = _chunk(w_ptr, offs_n, mask_n, 3, K, BLOCK_K)
+        c3 = _chunk(ptr, rows, mask_rows, 3, K, BLOCK_K)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _weights(w_ptr, b_ptr, offs_n, mask_n, K, HAS_BIAS: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The program's chunks of W and its bias (float32; zeros without one)."""
+    w0, w1, w2, w3 = _chunks(w_ptr, offs_n, mask_n, K, CHUNKS, BLOCK_K)
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     else:
@@ -83,13 +89,7 @@ def _few_rows_linear_kernel(
         gdc_launch_dependents()
     if not WEIGHTS_FIRST:
         w0, w1, w2, w3, bias = _weights(w_ptr, b_ptr, offs_n, mask_n, K, HAS_BIAS, CHUNKS, BLOCK_K)
-    x0 = _chunk(x_ptr, offs_m, mask_m, 0, K, BLOCK_K)
-    if CHUNKS > 1:
-        x1 = _chunk(x_ptr, offs_m, mask_m, 1, K, BLOCK_K)
-    if CHUNKS > 2:
-        x2 = _chunk(x_ptr, offs_m, mask_m, 2, K, BLOCK_K)
-    if CHUNKS > 3:
-        x3 = _chunk(x_ptr, offs_m, mask_m, 3, K, BLOCK_K)
+    x0, x1, x2, x3 = _chunks(x_ptr, offs_m, mask_m, K, CHUNKS, BLOCK_K)
     acc = _dot_t(x0, w0, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE)
     if CHUNKS > 1:
         acc = _dot_t(x1, w1, acc, IEEE)
