@@ -15,8 +15,7 @@ graph where it can be captured (otherwise timed eagerly with ``do_bench``, and m
 ``--compare``, each case also times the step with each switch of ``COMPARISONS`` changed
 (programmatic launches off, the step's new state copied after the attention rather than
 committed beside and by it, the attention's V loaded after the softmax, float32 K/V on float32
-dots, the folded attention for float32 projections off, the few-row half K|V product on cuBLAS,
-the consolidation's past-sample slots read after waiting for the sampler), or those named. Prints a markdown
+dots, the folded attention for float32 projections off, the sampler on 8 warps), or those named. Prints a markdown
 table.
 """
 from __future__ import annotations
@@ -29,7 +28,7 @@ from torch import nn
 from bench_step_gpu import BASIS, HEADS, LENGTH, QUERIES, SAMPLES, TOKENS, WIDTH, floor_us, read_bandwidth
 from infvideo import LongTermMemory, early_commit
 from infvideo.benchmarks import harness
-from infvideo.kernels import _launch, attention, consolidate
+from infvideo.kernels import _launch, attention, sampling
 from infvideo.ops import step as step_ops
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -42,8 +41,7 @@ COMPARISONS = {
     "attention: V after the softmax": [(attention.CONFIG, "prefetch_values", False)],
     "attention: float32 dots on float32 K/V": [(attention.CONFIG, "split_float32", False)],
     "folded attention off": [(step_ops, "FACTORED_ON_GPU", False)],
-    "K|V on cuBLAS at few rows": [(step_ops, "FEW_ROWS_PRODUCT", 0)],
-    "consolidation: past slots read after the wait": [(consolidate.CONFIG, "slots_early", False)],
+    "sampler on 8 warps": [(sampling.CONFIG, "num_warps", 8)],
 }
 ALTERNATIVES: dict = {}
 

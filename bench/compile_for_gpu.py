@@ -91,8 +91,7 @@ def gpu_variants(args, meta: dict) -> list[dict]:
                            ("IEEE", True, dict(IEEE=False) if half else None),
                            ("POOL_FLOAT32", True, dict(POOL_FLOAT32=False)),
                            ("PDL", False, dict(PDL=True, launch_pdl=True)),
-                           ("FRAMES_FIRST", False, dict(FRAMES_FIRST=True) if meta.get("HAS_PAST") else None),
-                           ("SLOTS_EARLY", False, dict(SLOTS_EARLY=True) if meta.get("HAS_PAST") else None)):
+                           ("FRAMES_FIRST", False, dict(FRAMES_FIRST=True) if meta.get("HAS_PAST") else None)):
         if gpu is not None and meta.get(name, not cpu) == cpu:
             variants += [dict(v, **gpu) for v in variants]
     return variants
@@ -149,10 +148,6 @@ def workloads():
             for _ in range(2):
                 memory(torch.randn(1, 16, 4, 768, generator=gen).to(dtype),
                        torch.randn(1, 32, 768, generator=gen).to(dtype), pk, pv, 12)
-    few_rows = backends.triton_kernels()["few_rows_linear"]
-    for dtype, ready in itertools.product((torch.bfloat16, torch.float16), (False, True)):  # the step's, on CUDA only
-        few_rows.few_rows_linear(torch.randn(256, 768).to(dtype), torch.randn(1536, 768).to(dtype),
-                                 torch.randn(1536).to(dtype), weights_ready=ready)
     queries, keys = torch.randn(2, 5, 24), torch.randn(2, 16, 24)
     products.split_linear(torch.randn(7, 300), products.split_weight(torch.randn(24, 300)), None)
     for rows in (7, products.LARGE_ROWS):  # the float32 K/V product, which the step takes on CUDA only
@@ -199,8 +194,7 @@ def main():
         shown = {k: v for (i,), v in constants.items() for k in [kernel.arg_names[i]]
                  if k in ("PRECISION", "SPLIT_PRECISION", "HALF_DOTS", "IEEE", "HAS_PAST", "FRAME_ROWS", "ONE_TILE",
                           "WRITE_CAST",
-                          "SCORE_PRECISION", "BAND_INSIDE", "PDL", "FRAMES_FIRST", "SLOTS_EARLY", "PREFETCH_V",
-                          "WEIGHTS_FIRST", "CHUNKS")}
+                          "SCORE_PRECISION", "BAND_INSIDE", "PDL", "FRAMES_FIRST", "PREFETCH_V")}
         start = time.perf_counter()
         log = io.StringIO()
         try:

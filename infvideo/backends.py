@@ -39,11 +39,11 @@ def triton_kernels():
     """The ``infvideo.kernels`` modules by name, or None when Triton is not installed."""
     if importlib.util.find_spec("triton") is None:
         return None
-    from .kernels import (attention, consolidate, dense_consolidate, factored_attention, few_rows_linear, gaussian_fit,
-                          products, quadrature, sampling)
+    from .kernels import (attention, consolidate, dense_consolidate, factored_attention, gaussian_fit, products,
+                          quadrature, sampling)
     return {"attention": attention, "consolidate": consolidate, "dense_consolidate": dense_consolidate,
-            "factored_attention": factored_attention, "few_rows_linear": few_rows_linear,
-            "gaussian_fit": gaussian_fit, "products": products, "quadrature": quadrature, "sampling": sampling}
+            "factored_attention": factored_attention, "gaussian_fit": gaussian_fit, "products": products,
+            "quadrature": quadrature, "sampling": sampling}
 
 
 def triton_runs_on(device: torch.device) -> bool:

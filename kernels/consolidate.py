@@ -27,29 +27,12 @@ from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_p
 
 
 @triton.jit
-def _sample_slots(past_idx_ptr, k0, p_hi, offs_p):
-    """The samples k0 + offs_p of a new bin's CSR row (a constant map: no launch writes it), and
-    which of them are before the row's end at p_hi."""
+def _sample_bins(past_idx_ptr, bins_ptr, k0, p_hi, offs_p):
+    """The old bin read by each past sample k0 + offs_p of a new bin's CSR row (−1: none, also
+    past the row's end at p_hi)."""
     mask_p = k0 + offs_p < p_hi
-    return tl.load(past_idx_ptr + k0 + offs_p, mask=mask_p, other=0), mask_p
-
-
-@triton.jit
-def _old_bins(bins_ptr, slots, mask_p):
-    """The old bin each given sample reads, from the sampler's ``bins`` (−1: none, also where
-    ``mask_p`` is off)."""
-    return tl.load(bins_ptr + slots, mask=mask_p, other=-1)
-
-
-@triton.jit
-def _sampled_rows(past_ptr, bins_ptr, slots, mask_p, offs_e, mask_e, stride_pn):
-    """The sum over the given samples of the old row each one reads (a sample in no bin reads
-    zeros)."""
-    src = _old_bins(bins_ptr, slots, mask_p)
-    read = (src >= 0)[:, None] & mask_e[None, :]
-    rows = tl.load(past_ptr + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn + offs_e[None, :],
-                   mask=read, other=0.0)
-    return tl.sum(rows.to(tl.float32), axis=0)
+    i = tl.load(past_idx_ptr + k0 + offs_p, mask=mask_p, other=0)
+    return tl.load(bins_ptr + i, mask=mask_p, other=-1)
 
 
 @triton.jit
@@ -61,7 +44,7 @@ def _rect_consolidate_kernel(
     stride_ps, stride_pn, stride_bs, stride_os, stride_on,
     HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
-    PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr, SLOTS_EARLY: tl.constexpr,
+    PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr,
 ):
     # PDL: launched as a programmatic dependent (kernels/_launch.py). FRAMES_FIRST: the kernel
     # before this one is the sampler that writes sample_bins, so the frames are pooled while it
@@ -75,9 +58,6 @@ def _rect_consolidate_kernel(
     mask_e = offs_e < E
     acc = tl.zeros([BLOCK_E], dtype=tl.float32)
     scale = tl.load(scale_ptr + n)
-    if HAS_PAST and SLOTS_EARLY:  # with the frames' bounds: nothing waits on them before the frames
-        p_lo = tl.load(past_start_ptr + n)
-        p_hi = tl.load(past_start_ptr + n + 1)
 
     # Frames of this bin, each pooled over its tokens on the fly.
     f_lo = tl.load(frame_start_ptr + n)
@@ -106,32 +86,23 @@ def _rect_consolidate_kernel(
             part += tl.sum(tile.to(tl.float32), axis=0)
         acc += part * inv_tokens
 
-    if HAS_PAST:
-        # The bin's samples BLOCK_P at a time (usually all at once): dependent loads per block
-        # (sample slots, their old bins, the rows) instead of per sample, which left the
-        # one-stream step waiting on memory latency. The CSR map is constant, so with SLOTS_EARLY
-        # the first block's slots are read before waiting for the sampler, after the frames
-        # (before them, the slots' wait for their bounds delayed the frames' loads: bench/README.md,
-        # "Programmatic dependent launches").
-        offs_p = tl.arange(0, BLOCK_P)
-        if SLOTS_EARLY:
-            slots, mask_p = _sample_slots(past_idx_ptr, p_lo, p_hi, offs_p)
     if PDL and FRAMES_FIRST:
         gdc_wait()
         gdc_launch_dependents()
     if HAS_PAST:
-        past_s = past_ptr + s * stride_ps
-        bins_s = bins_ptr + s * stride_bs
-        if SLOTS_EARLY:
-            acc += _sampled_rows(past_s, bins_s, slots, mask_p, offs_e, mask_e, stride_pn)
-            first = p_lo + BLOCK_P
-        else:
-            p_lo = tl.load(past_start_ptr + n)
-            p_hi = tl.load(past_start_ptr + n + 1)
-            first = p_lo
-        for k0 in range(first, p_hi, BLOCK_P):
-            slots, mask_p = _sample_slots(past_idx_ptr, k0, p_hi, offs_p)
-            acc += _sampled_rows(past_s, bins_s, slots, mask_p, offs_e, mask_e, stride_pn)
+        # The bin's samples BLOCK_P at a time (usually all at once): three dependent loads per
+        # block (sample slots, their old bins, the rows) instead of three per sample, which left
+        # the one-stream step waiting on memory latency. (Loading the slots before the frames
+        # measured slower at S = 1: bench/README.md, "Programmatic dependent launches".)
+        p_lo = tl.load(past_start_ptr + n)
+        p_hi = tl.load(past_start_ptr + n + 1)
+        offs_p = tl.arange(0, BLOCK_P)
+        for k0 in range(p_lo, p_hi, BLOCK_P):
+            src = _sample_bins(past_idx_ptr, bins_ptr + s * stride_bs, k0, p_hi, offs_p)
+            read = (src >= 0)[:, None] & mask_e[None, :]  # a sample in no bin (-1) reads zeros
+            rows = tl.load(past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn
+                           + offs_e[None, :], mask=read, other=0.0)
+            acc += tl.sum(rows.to(tl.float32), axis=0)
 
     acc = acc * scale
     tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc, mask=mask_e)
@@ -144,10 +115,9 @@ def _rect_consolidate_kernel(
 # Tile shapes, measured on the H100 (bench/tune_consolidate.py); module-level so tuning can vary them.
 # S = 64, L = 256, bf16 tokens: 512 columns reach most of the memory bandwidth, ahead of 256
 # columns and well ahead of 32-row tiles; narrower column blocks (more programs) win for few
-# streams: S = 1, 64 columns on 2 warps ahead of 128 on 4. slots_early: after the sampler, the
-# past samples' CSR slots are read before waiting for it (the kernel's SLOTS_EARLY).
+# streams: S = 1, 64 columns on 2 warps ahead of 128 on 4.
 CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "num_warps": 4, "num_warps_few_streams": 2,
-          "num_stages": 2, "slots_early": True}
+          "num_stages": 2}
 
 
 
@@ -182,8 +152,6 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     block_t = CONFIG["block_rows"] if frame_rows else min(32, next_power_of_2(tokens))
     grid = (n, s, cdiv(e, block_e))
     pdl = programmatic_options(frames.device)
-    after_sampler = after_sampler and past is not None
-    frames_first = pdl["PDL"] and after_sampler
     _launch_rect_consolidate(grid,
         frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
         past_idx, past_start, frame_idx, frame_start, scale,
@@ -194,7 +162,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         out.stride(0), out.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
         BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
-        FRAMES_FIRST=frames_first, SLOTS_EARLY=after_sampler and CONFIG["slots_early"], **pdl,
+        FRAMES_FIRST=pdl["PDL"] and after_sampler and past is not None, **pdl,
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )
     return out, cast
@@ -233,8 +201,7 @@ def _rect_consolidate_backward_kernel(
         p_hi = tl.load(past_start_ptr + n + 1)
         offs_p = tl.arange(0, BLOCK_P)
         for k0 in range(p_lo, p_hi, BLOCK_P):
-            slots, mask_p = _sample_slots(past_idx_ptr, k0, p_hi, offs_p)
-            src = _old_bins(bins_ptr + s * stride_bs, slots, mask_p)
+            src = _sample_bins(past_idx_ptr, bins_ptr + s * stride_bs, k0, p_hi, offs_p)
             write = (src >= 0)[:, None] & mask_e[None, :]  # a sample in no bin (-1) read zeros
             targets = grad_past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn \
                 + offs_e[None, :]

@@ -88,6 +88,11 @@ def _quantile_kernel(mass_ptr, out_ptr, K, G, M, BLOCKS_PER_PROGRAM, stride_ms, 
 # fill the GPU (one program per 16 samples, 2,048 at S = 64, was several times slower).
 PROGRAMS_WANTED = 264
 
+# Warps per program. The one-stream step waits on this kernel, whose time there is the latency of
+# its reductions, scan and search steps across the warps: on an H200 at S = 1, 4 warps took less
+# than 8, 2 or 1 (bench/README.md, "Issue 22, eleventh session").
+CONFIG = {"num_warps": 4}
+
 _launch_quantile = CachedLaunch(_quantile_kernel)
 
 
@@ -110,7 +115,7 @@ def _quantile(mass: torch.Tensor, num_samples: int, points: bool) -> torch.Tenso
     grid, per_program, meta = _search_layout(s, g, k, num_samples)
     pdl = programmatic_options(mass.device)
     _launch_quantile(grid, mass, out, k, g, num_samples, per_program, mass.stride(0), mass.stride(1), out.stride(0),
-                     POINTS=points, **meta, **pdl, num_warps=8)
+                     POINTS=points, **meta, **pdl, num_warps=CONFIG["num_warps"])
     return out
 
 

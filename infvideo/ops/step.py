@@ -109,11 +109,6 @@ def _stacked(proj_key: nn.Linear, proj_value: nn.Linear, parts: str | None = Non
     """[W_k; W_v] and [b_k; b_v], rebuilt only when a parameter changes (its version counter);
     with ``parts`` the weight as the parts a product reads: "bf16", ``products.split_weight``'s;
     "tf32", ``products.tf32_parts``'."""
-    return _stacked_and_rebuilt(proj_key, proj_value, parts)[:2]
-
-
-def _stacked_and_rebuilt(proj_key: nn.Linear, proj_value: nn.Linear, parts: str | None = None):
-    """:func:`_stacked`'s weight and bias, and whether this call rebuilt them (launching kernels)."""
     params = [proj_key.weight, proj_value.weight, proj_key.bias, proj_value.bias]
     key = (id(proj_value), parts, *(None if p is None else (p.data_ptr(), p._version) for p in params))
     hit = _fused_weights.get(proj_key)
@@ -128,8 +123,7 @@ def _stacked_and_rebuilt(proj_key: nn.Linear, proj_value: nn.Linear, parts: str 
                 bias = torch.cat([proj_key.bias, proj_value.bias])
         hit = (key, weight, bias)
         _fused_weights[proj_key] = hit
-        return weight, bias, True
-    return hit[1], hit[2], False
+    return hit[1], hit[2]
 
 
 def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
@@ -137,8 +131,7 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
     """K = proj_key(B), V = proj_value(B): one product over stacked weights for two plain Linears.
     ``grad``: autograd records the step, so the weights are stacked afresh (the cache holds
     detached copies, through which no gradient reaches the layers). Float32 weights on the
-    ``"triton"`` backend take tensor-core products outside autograd (``FLOAT32_PROJECTION``), and
-    half weights over few rows ``kernels.few_rows_linear`` (``FEW_ROWS_PRODUCT``)."""
+    ``"triton"`` backend take tensor-core products outside autograd (``FLOAT32_PROJECTION``)."""
     # The stacked-weight cache keys on storage pointers and version counters, which a compiled
     # graph cannot guard on: there the two products stay separate.
     if (not torch.compiler.is_compiling() and type(proj_key) is nn.Linear and type(proj_value) is nn.Linear
@@ -154,11 +147,6 @@ def _project_pair(proj_key, proj_value, coef: torch.Tensor, grad: bool = False,
         elif tensor_cores and FLOAT32_PROJECTION == "tf32x3" and products.split_precision(coef.device) == "tf32":
             weight, bias = _stacked(proj_key, proj_value, parts="tf32")
             both = products.linear(coef, weight, bias)
-        elif not grad and backend == "triton" and _takes_few_rows_product(coef, proj_key.weight):
-            weight, bias, rebuilt = _stacked_and_rebuilt(proj_key, proj_value)
-            s, n, e = coef.shape
-            both = backends.triton_kernels()["few_rows_linear"].few_rows_linear(
-                coef.view(s * n, e), weight, bias, weights_ready=not rebuilt).view(s, n, -1)
         else:
             if grad:
                 weight = torch.cat([proj_key.weight, proj_value.weight])
@@ -186,24 +174,6 @@ QUADRATURE_KERNEL = True
 # float32. bench/bench_projections_gpu.py times all three in the step (bench/README.md, "Many
 # streams ... issue 22, second session").
 FLOAT32_PROJECTION = "tf32x3"
-
-# The most rows (streams × basis functions) of a float16/bfloat16 K|V product that the "triton"
-# backend runs on kernels/few_rows_linear.py instead of cuBLAS, on GPUs with programmatic launches:
-# one launch that reads its weights while the consolidation runs and lets the attention start
-# early. 0: always cuBLAS (until timed on a GPU).
-FEW_ROWS_PRODUCT = 0
-
-
-def _takes_few_rows_product(coef: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the half K|V product of these coefficients [S, N, e] (in the weight's dtype) takes
-    ``kernels.few_rows_linear`` (``FEW_ROWS_PRODUCT``); the caller has checked the backend."""
-    if coef.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != coef.dtype:
-        return False
-    if coef.shape[0] * coef.shape[1] > FEW_ROWS_PRODUCT or not coef.is_contiguous() or not _library.eager_cuda(coef):
-        return False
-    kernels = backends.triton_kernels()
-    return kernels is not None and kernels["few_rows_linear"].serves(coef.shape[-1], coef.device)
-
 
 # The step with float32 projections on the "triton" backend takes the folded attention where it
 # needs fewer multiply-adds (factored_attention.applies) and its streams fill the GPU
