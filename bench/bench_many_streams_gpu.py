@@ -15,7 +15,8 @@ graph where it can be captured (otherwise timed eagerly with ``do_bench``, and m
 ``--compare``, each case also times the step with each switch of ``COMPARISONS`` changed
 (programmatic launches off, the step's new state copied after the attention rather than
 committed beside and by it, the attention's V loaded after the softmax, float32 K/V on float32
-dots, the folded attention for float32 projections off, the sampler on 8 warps), or those named. Prints a markdown
+dots, the folded attention for float32 projections off, the sampler on 8 warps, the consolidation
+on 32-row tiles below 16 streams), or those named. Prints a markdown
 table.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 from bench_step_gpu import BASIS, HEADS, LENGTH, QUERIES, SAMPLES, TOKENS, WIDTH, floor_us, read_bandwidth
 from infvideo import LongTermMemory, early_commit
 from infvideo.benchmarks import harness
-from infvideo.kernels import _launch, attention, sampling
+from infvideo.kernels import _launch, attention, consolidate, sampling
 from infvideo.ops import step as step_ops
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -42,6 +43,7 @@ COMPARISONS = {
     "attention: float32 dots on float32 K/V": [(attention.CONFIG, "split_float32", False)],
     "folded attention off": [(step_ops, "FACTORED_ON_GPU", False)],
     "sampler on 8 warps": [(sampling.CONFIG, "num_warps", 8)],
+    "consolidation: 32 rows per tile at few streams": [(consolidate.CONFIG, "block_rows_few_streams", 32)],
 }
 ALTERNATIVES: dict = {}
 

@@ -49,7 +49,8 @@ def main(streams_list=STREAMS, block_es=BLOCK_E, rows_list=(64, 128), warps_list
         for block_e, rows, warps, stages in itertools.product(block_es, rows_list, warps_list, stages_list):
             # Fewer than 16 streams take block_e_few_streams: set both, so each S tries every width.
             consolidate.CONFIG.update(block_e=block_e, block_e_few_streams=block_e, block_rows=rows,
-                                      num_warps=warps, num_warps_few_streams=warps, num_stages=stages)
+                                      block_rows_few_streams=rows, num_warps=warps, num_warps_few_streams=warps,
+                                      num_stages=stages)
             ms = triton.testing.do_bench(lambda: ops.rect_consolidate(frames, past, plan, bins), return_mode="median")
             print(f"S={streams} block_e={block_e} rows={rows} warps={warps} stages={stages}: "
                   f"{ms * 1e3:.1f} us, {nbytes / ms / 1e6:.0f} GB/s")

@@ -115,9 +115,12 @@ def _rect_consolidate_kernel(
 # Tile shapes, measured on the H100 (bench/tune_consolidate.py); module-level so tuning can vary them.
 # S = 64, L = 256, bf16 tokens: 512 columns reach most of the memory bandwidth, ahead of 256
 # columns and well ahead of 32-row tiles; narrower column blocks (more programs) win for few
-# streams: S = 1, 64 columns on 2 warps ahead of 128 on 4.
-CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "num_warps": 4, "num_warps_few_streams": 2,
-          "num_stages": 2}
+# streams: S = 1, 64 columns on 2 warps ahead of 128 on 4. Rows per tile for fewer than 16 streams
+# apart: a 128 × 64 bf16 tile holds 84 registers per thread on sm_90 (ptxas), 32 × 64 holds 38, so
+# that all 3,072 programs of the S = 1 step could be resident at once instead of about half of
+# them; not yet timed on a GPU (bench_many_streams_gpu.py --compare rows).
+CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_rows_few_streams": 128, "num_warps": 4,
+          "num_warps_few_streams": 2, "num_stages": 2}
 
 
 
@@ -149,7 +152,8 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     bins_t = sample_bins if sample_bins is not None else past_start
     frame_rows = frames_in_order and frames.stride(1) == tokens * frames.stride(2)
     block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
-    block_t = CONFIG["block_rows"] if frame_rows else min(32, next_power_of_2(tokens))
+    block_t = CONFIG["block_rows" if s >= 16 else "block_rows_few_streams"] if frame_rows \
+        else min(32, next_power_of_2(tokens))
     grid = (n, s, cdiv(e, block_e))
     pdl = programmatic_options(frames.device)
     _launch_rect_consolidate(grid,
