@@ -16,8 +16,8 @@ graph where it can be captured (otherwise timed eagerly with ``do_bench``, and m
 (programmatic launches off, the step's new state copied after the attention rather than
 committed beside and by it, the attention's V loaded after the softmax, float32 K/V on float32
 dots, the folded attention for float32 projections off, the sampler on 8 warps, the consolidation
-on 32-row tiles below 16 streams, the attention on 8 warps per block of queries), or those named. Prints a markdown
-table.
+on 32-row tiles below 16 streams, the attention on 8 warps per block of queries), or those named.
+Prints a markdown table.
 """
 from __future__ import annotations
 

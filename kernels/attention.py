@@ -72,18 +72,23 @@ def _add_tile(acc, scores, m_i, inv_l, v, mask_q, rows, mask_n, mass_base, group
 
 
 @triton.jit
-def attend_query_block(
-    q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr, s, h, qb,
+def _slot_attention_kernel(
+    q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
     Q, N, HEAD_DIM, null_logw, sm_scale,
     stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
     stride_cs, stride_cq, stride_ms, stride_mg,
     HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
     SPLIT_PRECISION: tl.constexpr, ONE_TILE: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH_V: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH_V: tl.constexpr, PDL: tl.constexpr,
 ):
-    """One program's work: stream s, head h, the GROUPS blocks of GROUP queries numbered qb. Its
-    context rows and each block's mass over the N slots are stored."""
+    # GROUPS blocks of GROUP queries per program; the mass is summed per block of GROUP queries.
     BLOCK_Q: tl.constexpr = GROUP * GROUPS
+    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
+        gdc_wait()
+        gdc_launch_dependents()
+    s = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    qb = tl.program_id(2)
     blocks = tl.cdiv(Q, GROUP)
     groups = qb * GROUPS + tl.arange(0, GROUPS)
     offs_q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -146,29 +151,6 @@ def attend_query_block(
              acc.to(ctx_ptr.dtype.element_ty), mask=mask_q[:, None] & mask_d[None, :])
 
 
-@triton.jit
-def _slot_attention_kernel(
-    q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
-    Q, N, HEAD_DIM, null_logw, sm_scale,
-    stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
-    stride_cs, stride_cq, stride_ms, stride_mg,
-    HAS_LOGW: tl.constexpr, HAS_NULL: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
-    SPLIT_PRECISION: tl.constexpr, ONE_TILE: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREFETCH_V: tl.constexpr, PDL: tl.constexpr,
-):
-    # Program (stream, head, GROUPS blocks of GROUP queries); the mass is summed per block of GROUP queries.
-    if PDL:  # launched as a programmatic dependent (kernels/_launch.py)
-        gdc_wait()
-        gdc_launch_dependents()
-    attend_query_block(q_ptr, k_ptr, v_ptr, logw_ptr, ctx_ptr, mass_ptr,
-                       tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2),
-                       Q, N, HEAD_DIM, null_logw, sm_scale,
-                       stride_qs, stride_qq, stride_ks, stride_kn, stride_vs, stride_vn,
-                       stride_cs, stride_cq, stride_ms, stride_mg,
-                       HAS_LOGW, HAS_NULL, IEEE, SPLIT, SPLIT_PRECISION, ONE_TILE, GROUP, GROUPS,
-                       BLOCK_N, BLOCK_D, PREFETCH_V)
-
-
 # The mass is summed over groups of this many queries per head: the op's output shape
 # (infvideo.ops: G = H·⌈Q/16⌉), and the smallest tile a tensor-core dot takes.
 QUERY_GROUP = 16
@@ -185,13 +167,9 @@ _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
 CONFIG = {"prefetch_values": True, "split_float32": True, "warps_per_group": 4}
 
 
-def mass_output(mass_out: torch.Tensor | None, shape: tuple, device: torch.device) -> torch.Tensor:
-    """Where an attention launch writes its mass [S, G, N]: ``mass_out`` where that is a contiguous
-    float32 tensor of ``shape`` on ``device``, else a new one."""
-    if (mass_out is not None and mass_out.shape == shape and mass_out.dtype == torch.float32
-            and mass_out.is_contiguous() and mass_out.device == device):
-        return mass_out
-    return torch.empty(shape, device=device, dtype=torch.float32)
+def _fits(out: torch.Tensor | None, shape: tuple, device: torch.device) -> bool:
+    return (out is not None and out.shape == shape and out.dtype == torch.float32 and out.is_contiguous()
+            and out.device == device)
 
 
 @on_input_device
@@ -211,7 +189,9 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     block_q = QUERY_GROUP
     blocks = cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
-    mass = mass_output(mass_out, (s, num_heads * blocks, n), query.device)
+    mass = mass_out
+    if not _fits(mass_out, (s, num_heads * blocks, n), query.device):
+        mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
     block_d = max(16, next_power_of_2(d))
     # With many streams a program takes two blocks of queries, so each head's K and V are read
     # half as often (H100, S = 64: about a third less time with bf16 K/V, a fifth with fp32); few streams keep

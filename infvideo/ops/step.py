@@ -232,7 +232,6 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
     grad = step_records_grad(frames, query, proj_key, proj_value)
-    want_mass = keep_stats and cfg.sampling != "upstream"
     # The factored attention has no backward: a step that autograd records projects K and V.
     factored = not grad and _folds_projections(cfg, consts, frames, query, proj_key, proj_value, num_heads, backend)
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
@@ -254,6 +253,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
         _call(on_coefficients, coef)
         context, new_stats = attend(cfg, coef, query.to(torch.float32), proj_key, proj_value, num_heads, keep_stats)
         return context.to(query.dtype), coef, new_stats
+    want_mass = keep_stats and cfg.sampling != "upstream"
     if factored:
         _call(on_coefficients, coef)
         context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
