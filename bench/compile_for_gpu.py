@@ -90,7 +90,6 @@ def gpu_variants(args, meta: dict) -> list[dict]:
                            ("HALF_DOTS", False, dict(HALF_DOTS=True, DOT_TYPE=tl.bfloat16)),
                            ("IEEE", True, dict(IEEE=False) if half else None),
                            ("POOL_FLOAT32", True, dict(POOL_FLOAT32=False)),
-                           ("FLOAT32_DOTS", True, dict(FLOAT32_DOTS=False)),
                            ("PDL", False, dict(PDL=True, launch_pdl=True)),
                            ("FRAMES_FIRST", False, dict(FRAMES_FIRST=True) if meta.get("HAS_PAST") else None)):
         if gpu is not None and meta.get(name, not cpu) == cpu:
@@ -127,7 +126,7 @@ def workloads():
     gen = torch.Generator().manual_seed(0)
     configs = [dict(), dict(preset="paper"), dict(sticky=False), dict(sampling="upstream"),
                dict(basis="gaussian"), dict(basis="gaussian", preset="paper")]
-    switches = [dict(), dict(FACTORED_ON_GPU=True), dict(TRAILING_ATTENTION=True)]
+    switches = [dict(), dict(FACTORED_ON_GPU=True)]
     for config, switch, tokens, weights in itertools.product(configs, switches, (torch.float32, torch.bfloat16),
                                                              (torch.float32, torch.bfloat16)):
         with harness.overrides([(step_module, name, value) for name, value in switch.items()]):
@@ -149,11 +148,6 @@ def workloads():
             for _ in range(2):
                 memory(torch.randn(1, 16, 4, 768, generator=gen).to(dtype),
                        torch.randn(1, 32, 768, generator=gen).to(dtype), pk, pv, 12)
-            if basis == "rectangular" and dtype == torch.bfloat16:  # the attention beside the consolidation
-                memory.reset()
-                with harness.overrides([(step_module, "TRAILING_ATTENTION", True)]):
-                    memory(torch.randn(2, 16, 4, 768, generator=gen).to(dtype),
-                           torch.randn(2, 32, 768, generator=gen).to(dtype), pk, pv, 12)
     queries, keys = torch.randn(2, 5, 24), torch.randn(2, 16, 24)
     products.split_linear(torch.randn(7, 300), products.split_weight(torch.randn(24, 300)), None)
     for rows in (7, products.LARGE_ROWS):  # the float32 K/V product, which the step takes on CUDA only

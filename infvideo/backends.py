@@ -40,10 +40,10 @@ def triton_kernels():
     if importlib.util.find_spec("triton") is None:
         return None
     from .kernels import (attention, consolidate, dense_consolidate, factored_attention, gaussian_fit, products,
-                          quadrature, sampling, trailing_attention)
+                          quadrature, sampling)
     return {"attention": attention, "consolidate": consolidate, "dense_consolidate": dense_consolidate,
             "factored_attention": factored_attention, "gaussian_fit": gaussian_fit, "products": products,
-            "quadrature": quadrature, "sampling": sampling, "trailing_attention": trailing_attention}
+            "quadrature": quadrature, "sampling": sampling}
 
 
 def triton_runs_on(device: torch.device) -> bool:

@@ -23,7 +23,6 @@ import triton
 import triton.language as tl
 
 from ._device import on_input_device
-from ._counters import count_done
 from ._launch import CachedLaunch, cdiv, gdc_launch_dependents, gdc_wait, next_power_of_2, programmatic_options
 
 
@@ -39,28 +38,23 @@ def _sample_bins(past_idx_ptr, bins_ptr, k0, p_hi, offs_p):
 @triton.jit
 def _rect_consolidate_kernel(
     frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr,
-    past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr, done_ptr,
+    past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
     E, TOKENS, inv_tokens,
     stride_fs, stride_fl, stride_ft, stride_fe,
     stride_ps, stride_pn, stride_bs, stride_os, stride_on,
-    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr, COUNT_DONE: tl.constexpr,
+    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
     PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr,
 ):
     # PDL: launched as a programmatic dependent (kernels/_launch.py). FRAMES_FIRST: the kernel
     # before this one is the sampler that writes sample_bins, so the frames are pooled while it
-    # runs and only the past samples wait for it. COUNT_DONE: each program counts itself into its
-    # stream's done_ptr[s] once its rows are stored (for kernels/trailing_attention.py).
+    # runs and only the past samples wait for it.
     if PDL and not FRAMES_FIRST:
         gdc_wait()
         gdc_launch_dependents()
     n = tl.program_id(0)
-    if COUNT_DONE:  # grid (bins, column blocks, streams): the streams are finished one after another
-        s = tl.program_id(2).to(tl.int64)
-        offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    else:
-        s = tl.program_id(1).to(tl.int64)
-        offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
+    s = tl.program_id(1).to(tl.int64)
+    offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
     acc = tl.zeros([BLOCK_E], dtype=tl.float32)
     scale = tl.load(scale_ptr + n)
@@ -116,8 +110,6 @@ def _rect_consolidate_kernel(
         # The same coefficients in the projections' dtype, saving the GEMM a separate cast pass.
         tl.store(cast_ptr + s * stride_os + n * stride_on + offs_e,
                  acc.to(cast_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask_e)
-    if COUNT_DONE:
-        count_done(done_ptr + s)
 
 
 # Tile shapes, measured on the H100 (bench/tune_consolidate.py); module-level so tuning can vary them.
@@ -134,22 +126,12 @@ CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_r
 
 _launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
 
-
-def _block_columns(streams: int, width: int) -> int:
-    return min(CONFIG["block_e"] if streams >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(width))
-
-
-def programs_per_stream(streams: int, bins: int, width: int) -> int:
-    """How many programs of :func:`rect_consolidate` write one stream's coefficients (each counts
-    itself into ``done``)."""
-    return bins * cdiv(width, _block_columns(streams, width))
-
 @on_input_device
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
                      past_idx: torch.Tensor, past_start: torch.Tensor, frame_idx: torch.Tensor,
                      frame_start: torch.Tensor, scale: torch.Tensor, frames_in_order: bool = False,
-                     max_per_bin: int = 1, cast_dtype: torch.dtype | None = None, after_sampler: bool = False,
-                     done: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     max_per_bin: int = 1, cast_dtype: torch.dtype | None = None, after_sampler: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused consolidation; inputs are checked by ``infvideo.ops``.
 
     frames [S, L, T, e] (T = 1 for pooled frames; any strides), past [S, N, e] (last stride 1) with
@@ -158,9 +140,8 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     ``max_per_bin``: the most past samples any bin receives. ``after_sampler``: the launch just
     before this one on the stream was the sampler's that wrote ``sample_bins``, and nothing else
     writes frames since (a programmatic launch then streams the frames while the sampler runs).
-    ``done`` (int32 [S], or None): each program adds 1 to its stream's entry once its rows are
-    stored; a stream is complete at :func:`programs_per_stream`. Returns the new coefficients
-    [S, N, e] in float32, and the same in ``cast_dtype`` (an empty tensor when None).
+    Returns the new coefficients [S, N, e] in float32, and the same in ``cast_dtype`` (an empty
+    tensor when None).
     """
     s, _, tokens, e = frames.shape
     n = scale.numel()
@@ -170,21 +151,21 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     past_t = past if past is not None else scale
     bins_t = sample_bins if sample_bins is not None else past_start
     frame_rows = frames_in_order and frames.stride(1) == tokens * frames.stride(2)
-    block_e = _block_columns(s, e)
+    block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
     block_t = CONFIG["block_rows" if s >= 16 else "block_rows_few_streams"] if frame_rows \
         else min(32, next_power_of_2(tokens))
-    grid = (n, s, cdiv(e, block_e)) if done is None else (n, cdiv(e, block_e), s)
+    grid = (n, s, cdiv(e, block_e))
     pdl = programmatic_options(frames.device)
     _launch_rect_consolidate(grid,
         frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
-        past_idx, past_start, frame_idx, frame_start, scale, done if done is not None else scale,
+        past_idx, past_start, frame_idx, frame_start, scale,
         e, tokens, 1.0 / tokens,
         frames.stride(0), frames.stride(1), frames.stride(2), frames.stride(3),
         past_t.stride(0) if past is not None else 0, past_t.stride(1) if past is not None else 0,
         sample_bins.stride(0) if sample_bins is not None and sample_bins.shape[0] > 1 else 0,
         out.stride(0), out.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
-        COUNT_DONE=done is not None, BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
+        BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
         FRAMES_FIRST=pdl["PDL"] and after_sampler and past is not None, **pdl,
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )

@@ -78,8 +78,8 @@ def _(frames, past, sample_bins, past_idx, past_start, frame_idx, frame_start, s
     return frames.new_empty(shape, dtype=torch.float32), cast
 
 
-def _triton_kernel(*args, after_sampler: bool = False, done: Tensor | None = None):
-    return backends.triton_kernels()["consolidate"].rect_consolidate(*args, after_sampler=after_sampler, done=done)
+def _triton_kernel(*args, after_sampler: bool = False):
+    return backends.triton_kernels()["consolidate"].rect_consolidate(*args, after_sampler=after_sampler)
 
 
 _library.select_kernels("rect_consolidate", _triton_kernel)
@@ -211,14 +211,11 @@ def rect_consolidate(frames: Tensor, past: Tensor | None, plan: RectPlan, sample
 
 def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPlan, sample_bins: Tensor | None = None,
                                cast_dtype: torch.dtype | None = None, backend: str = "auto",
-                               after_sampler: bool = False, done: Tensor | None = None):
+                               after_sampler: bool = False):
     """:func:`rect_consolidate` without the input checks, for callers whose inputs are checked
     (``fused_step``: LongTermMemory's inputs and the step's own constants). ``after_sampler``: the
     caller's last launch was the Triton sampler that wrote ``sample_bins`` (its direct launch:
-    ``_library.direct_triton``), so a direct launch here may read the frames while it runs.
-    ``done``: int32 [S] counters the Triton kernel counts each stream's programs into as they
-    finish (``kernels.consolidate``); the caller launches the Triton kernel directly then (eager,
-    outside autograd)."""
+    ``_library.direct_triton``), so a direct launch here may read the frames while it runs."""
     given = frames.data_ptr()
     if frames.dim() == 3:
         frames = frames.unsqueeze(2)
@@ -236,9 +233,8 @@ def rect_consolidate_unchecked(frames: Tensor, past: Tensor | None, plan: RectPl
     extra = cast_dtype if cast_dtype in (torch.float16, torch.bfloat16) else None
     args = (frames, past, sample_bins, plan.past_idx, plan.past_start, plan.frame_idx, plan.frame_start, plan.scale,
             plan.frames_in_order, plan.max_per_bin, extra)
-    if done is not None or (after_sampler and _library.direct_triton(frames, backend)
-                            and not _library.records_grad(frames, past)):
-        coef, cast = _triton_kernel(*args, after_sampler=after_sampler, done=done)
+    if after_sampler and _library.direct_triton(frames, backend) and not _library.records_grad(frames, past):
+        coef, cast = _triton_kernel(*args, after_sampler=True)
     else:
         coef, cast = _library.launch("rect_consolidate", _triton_kernel, args, backend, frames, past)
     if cast_dtype is None:

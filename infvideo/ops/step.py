@@ -77,16 +77,13 @@ def step_constants(cfg: MemoryConfig, length: int, device: torch.device) -> Step
 
 
 def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past, filled, stats, generator,
-                         cast_dtype, backend: str, done: torch.Tensor | None = None):
-    """(B fp32, B in cast_dtype) from the fused kernels of ``backend``, or None where they do not apply.
-    ``done``: counters the consolidation's Triton kernel counts its programs into per stream
-    (:func:`_trails` has checked that one launch writes the coefficients)."""
+                         cast_dtype, backend: str):
+    """(B fp32, B in cast_dtype) from the fused kernels of ``backend``, or None where they do not apply."""
     if consts.first_plan is None or (past is not None and not cfg.sticky and consts.uniform_bins is None):
         return None
     start = None  # a new video's coefficients, for the streams that need them
     if past is None or filled is not None:
-        start = rect_consolidate_unchecked(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend,
-                                           done=done if past is None else None)
+        start = rect_consolidate_unchecked(frames, None, consts.first_plan, cast_dtype=cast_dtype, backend=backend)
         if past is None:
             return start
     quantile = cfg.sticky and cfg.sampling == "quantile"
@@ -101,7 +98,7 @@ def _fused_consolidation(cfg: MemoryConfig, consts: StepConstants, frames, past,
     # The sampler's launch is the last one before the consolidation's when both launch directly.
     after_sampler = quantile and _library.direct_triton(stats, backend)
     later = rect_consolidate_unchecked(frames, past, consts.later_plan, bins, cast_dtype=cast_dtype, backend=backend,
-                                       after_sampler=after_sampler, done=done)
+                                       after_sampler=after_sampler)
     return where_filled(filled, later, start)
 
 
@@ -206,85 +203,6 @@ def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, 
                                       consts.null_log_weight)
 
 
-# Many streams on the "triton" backend with half-precision projections: each stream's attention
-# (projections folded into the queries) runs on a second CUDA stream beside the consolidation,
-# as soon as that stream's coefficients are written (kernels/trailing_attention.py), instead of
-# K|V products and the slot attention after it. From TRAILING_MIN_STREAMS streams on a GPU.
-TRAILING_ATTENTION = False
-TRAILING_MIN_STREAMS = 16
-
-
-def _trails(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value, past, filled,
-            grad: bool, backend: str) -> bool:
-    """Whether the step's attention runs beside its consolidation (``TRAILING_ATTENTION``)."""
-    if not TRAILING_ATTENTION or grad or backend != "triton" or cfg.basis != "rectangular" \
-            or cfg.sampling == "upstream" or consts.first_plan is None or consts.null_log_weight is not None:
-        return False
-    if past is not None and (filled is not None or (consts.uniform_bins is None and not (
-            cfg.sticky and cfg.sampling == "quantile"))):
-        return False  # the coefficients come from more than one launch, or from a host sampler
-    if type(proj_key) is not nn.Linear or type(proj_value) is not nn.Linear \
-            or proj_key.weight.dtype not in (torch.float16, torch.bfloat16) \
-            or proj_value.weight.dtype != proj_key.weight.dtype:
-        return False
-    if query.shape[1] % _library.QUERY_GROUP or cfg.num_basis > 256 or not _library.eager(frames):
-        return False
-    if frames.is_cuda:
-        return frames.shape[0] >= TRAILING_MIN_STREAMS and not torch._C._autograd._profiler_enabled()
-    return frames.device.type == "cpu" and backends.interpreting()
-
-
-_side_streams: dict = {}
-
-
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """A high-priority CUDA stream per device, for the attention beside the consolidation: the
-    GPU then starts its programs ahead of the consolidation's as multiprocessors free up."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    stream = _side_streams.get(index)
-    if stream is None:
-        stream = _side_streams[index] = torch.cuda.Stream(device, priority=-1)
-    return stream
-
-
-def _trailing_step(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value, num_heads: int,
-                   past, filled, stats, generator, want_mass: bool, on_coefficients, mass_out):
-    """(context, coefficients, mass or None) with the attention beside the consolidation."""
-    trailing = backends.triton_kernels()["trailing_attention"]
-    consolidate = backends.triton_kernels()["consolidate"]
-    s, q_len, model = query.shape
-    width = frames.shape[-1]
-    w_key, w_value = proj_key.weight, proj_value.weight
-    d = model // num_heads
-    groups = _library.mass_groups(num_heads, q_len)
-    done = torch.zeros(s, device=frames.device, dtype=torch.int32)
-    context = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
-    fits = mass_out is not None and mass_out.shape == (s, groups, cfg.num_basis) and mass_out.is_contiguous()
-    mass = mass_out if fits else torch.empty(s, groups, cfg.num_basis, device=query.device, dtype=torch.float32)
-    side = _side_stream(frames.device) if frames.is_cuda else None
-    if side is not None:
-        side.wait_stream(torch.cuda.current_stream(frames.device))
-    with torch.cuda.stream(side) if side is not None else _no_context():
-        # u [H, S·Q, e]: each head's queries through its d rows of W_k (the key bias drops out of the softmax).
-        heads_queries = _library.cast(query, w_key.dtype).reshape(s * q_len, num_heads, d).transpose(0, 1)
-        folded = torch.matmul(heads_queries, w_key.view(num_heads, d, width))
-    fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, w_key.dtype, "triton", done)
-    coef, cast = fused
-    ready = consolidate.programs_per_stream(s, cfg.num_basis, width)
-    _call(on_coefficients, coef)
-    with torch.cuda.stream(side) if side is not None else _no_context():
-        trailing.trailing_attention(folded, cast, w_value.contiguous(), proj_value.bias,
-                                    consts.slot_log_weight, q_len, done, ready, context, mass)
-    if side is not None:
-        torch.cuda.current_stream(frames.device).wait_stream(side)
-    return context, coef, mass if want_mass else None
-
-
-def _no_context():
-    import contextlib
-    return contextlib.nullcontext()
-
-
 def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, query: torch.Tensor, proj_key,
                proj_value, num_heads: int, past: torch.Tensor | None, filled: torch.Tensor | None,
                stats: torch.Tensor | None, generator: torch.Generator | None = None, keep_stats: bool = True,
@@ -314,9 +232,6 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     _check(cfg, consts, frames, query, past)
     weight = getattr(proj_key, "weight", None)
     grad = step_records_grad(frames, query, proj_key, proj_value)
-    if _trails(cfg, consts, frames, query, proj_key, proj_value, past, filled, grad, backend):
-        return _trailing_step(cfg, consts, frames, query, proj_key, proj_value, num_heads, past, filled, stats,
-                              generator, keep_stats, on_coefficients, mass_out)
     # The factored attention has no backward: a step that autograd records projects K and V.
     factored = not grad and _folds_projections(cfg, consts, frames, query, proj_key, proj_value, num_heads, backend)
     cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
