@@ -16,7 +16,8 @@ graph where it can be captured (otherwise timed eagerly with ``do_bench``, and m
 (programmatic launches off, the step's new state copied after the attention rather than
 committed beside and by it, the attention's V loaded after the softmax, float32 K/V on float32
 dots, the folded attention for float32 projections off, the sampler on 8 warps, the consolidation
-on 32-row tiles below 16 streams, the attention on 8 warps per block of queries), or those named.
+on 32-row tiles below 16 streams, its bins without frames on a program per column block below 16
+streams, the attention on 4 warps per block of queries below 16 streams), or those named.
 Prints a markdown table.
 """
 from __future__ import annotations
@@ -44,7 +45,9 @@ COMPARISONS = {
     "folded attention off": [(step_ops, "FACTORED_ON_GPU", False)],
     "sampler on 8 warps": [(sampling.CONFIG, "num_warps", 8)],
     "consolidation: 32 rows per tile at few streams": [(consolidate.CONFIG, "block_rows_few_streams", 32)],
-    "attention: 8 warps per query block": [(attention.CONFIG, "warps_per_group", 8)],
+    "consolidation: a program per column block for bins without frames at few streams":
+        [(consolidate.CONFIG, "past_blocks_few_streams", 1)],
+    "attention: 4 warps per query block at few streams": [(attention.CONFIG, "warps_per_group_few_streams", 4)],
 }
 ALTERNATIVES: dict = {}
 

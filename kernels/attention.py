@@ -162,9 +162,11 @@ _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
 # prefetch_values: with every slot in one tile and 16-bit K/V, V is loaded with K rather than after
 # the softmax (float32 V would double the registers it holds). split_float32: float32 K/V take
 # three TF32 products per dot where the GPU has TF32 (below); off, float32 dots (to compare).
-# warps_per_group: warps per block of QUERY_GROUP queries a program takes (8 untimed in the step:
-# bench_many_streams_gpu.py --compare warps).
-CONFIG = {"prefetch_values": True, "split_float32": True, "warps_per_group": 4}
+# warps_per_group: warps per block of QUERY_GROUP queries a program takes; below 16 streams
+# apart: on an H200 8 warps took the one-stream step from 16.3-16.7 µs to 15.9-16.0 and S = 4 from
+# 41.7 to 40.7, where 8 (16 per program of two blocks) lost at 16 and 64 streams
+# (bench/README.md, "Issue 22, twelfth session"; bench_many_streams_gpu.py --compare warps).
+CONFIG = {"prefetch_values": True, "split_float32": True, "warps_per_group": 4, "warps_per_group_few_streams": 8}
 
 
 def _fits(out: torch.Tensor | None, shape: tuple, device: torch.device) -> bool:
@@ -197,7 +199,7 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     # half as often (H100, S = 64: about a third less time with bf16 K/V, a fifth with fp32); few streams keep
     # one block per program for more programs (S = 16 measured the same either way).
     groups = 2 if s >= 16 and blocks > 1 else 1
-    warps = CONFIG["warps_per_group"] * groups
+    warps = CONFIG["warps_per_group" if s >= 16 else "warps_per_group_few_streams"] * groups
     # A [BLOCK_Q, BLOCK_N] score tile of at most 1024 fp32 values per warp stays in registers;
     # when that covers every slot, K is read once (ONE_TILE).
     block_n = max(16, min(next_power_of_2(n), 1024 * warps // (block_q * groups)))

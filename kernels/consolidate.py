@@ -36,55 +36,41 @@ def _sample_bins(past_idx_ptr, bins_ptr, k0, p_hi, offs_p):
 
 
 @triton.jit
-def _rect_consolidate_kernel(
-    frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr,
-    past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
-    E, TOKENS, inv_tokens,
-    stride_fs, stride_fl, stride_ft, stride_fe,
-    stride_ps, stride_pn, stride_bs, stride_os, stride_on,
-    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
-    PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr,
-):
-    # PDL: launched as a programmatic dependent (kernels/_launch.py). FRAMES_FIRST: the kernel
-    # before this one is the sampler that writes sample_bins, so the frames are pooled while it
-    # runs and only the past samples wait for it.
-    if PDL and not FRAMES_FIRST:
-        gdc_wait()
-        gdc_launch_dependents()
-    n = tl.program_id(0)
-    s = tl.program_id(1).to(tl.int64)
-    offs_e = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
+def _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr, frame_idx_ptr,
+                     n, s, offs_e, f_lo, f_hi, scale, E, TOKENS, inv_tokens,
+                     stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn, stride_bs, stride_os, stride_on,
+                     HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
+                     WITH_FRAMES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+                     PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr):
+    """Bin n's new row of stream s in the columns ``offs_e``: its frames pooled (WITH_FRAMES), its
+    sampled old rows added, scaled and stored."""
     mask_e = offs_e < E
-    acc = tl.zeros([BLOCK_E], dtype=tl.float32)
-    scale = tl.load(scale_ptr + n)
-
-    # Frames of this bin, each pooled over its tokens on the fly.
-    f_lo = tl.load(frame_start_ptr + n)
-    f_hi = tl.load(frame_start_ptr + n + 1)
-    offs_t = tl.arange(0, BLOCK_T)
-    if FRAME_ROWS:
-        # frame_idx is the identity and rows j·T + t are evenly strided: one run of rows.
-        base = frames_ptr + s * stride_fs + offs_e[None, :] * stride_fe
-        r_hi = f_hi * TOKENS
-        part = tl.zeros([BLOCK_E], dtype=tl.float32)
-        for r0 in range(f_lo * TOKENS, r_hi, BLOCK_T):
-            rows = r0 + offs_t
-            tile = tl.load(base + rows[:, None].to(tl.int64) * stride_ft,
-                           mask=(rows[:, None] < r_hi) & mask_e[None, :], other=0.0)
-            part += tl.sum(tile.to(tl.float32), axis=0)
-        acc += part * inv_tokens
-        f_hi = f_lo  # the per-frame loop below has nothing left to do
-    for k in range(f_lo, f_hi):
-        j = tl.load(frame_idx_ptr + k).to(tl.int64)
-        base = frames_ptr + s * stride_fs + j * stride_fl + offs_e[None, :] * stride_fe
-        part = tl.zeros([BLOCK_E], dtype=tl.float32)
-        for t0 in range(0, TOKENS, BLOCK_T):
-            rows = t0 + offs_t
-            tile = tl.load(base + rows[:, None] * stride_ft, mask=(rows[:, None] < TOKENS) & mask_e[None, :],
-                           other=0.0)
-            part += tl.sum(tile.to(tl.float32), axis=0)
-        acc += part * inv_tokens
+    acc = tl.zeros(offs_e.shape, dtype=tl.float32)
+    if WITH_FRAMES:
+        # Frames of this bin, each pooled over its tokens on the fly.
+        offs_t = tl.arange(0, BLOCK_T)
+        if FRAME_ROWS:
+            # frame_idx is the identity and rows j·T + t are evenly strided: one run of rows.
+            base = frames_ptr + s * stride_fs + offs_e[None, :] * stride_fe
+            r_hi = f_hi * TOKENS
+            part = tl.zeros(offs_e.shape, dtype=tl.float32)
+            for r0 in range(f_lo * TOKENS, r_hi, BLOCK_T):
+                rows = r0 + offs_t
+                tile = tl.load(base + rows[:, None].to(tl.int64) * stride_ft,
+                               mask=(rows[:, None] < r_hi) & mask_e[None, :], other=0.0)
+                part += tl.sum(tile.to(tl.float32), axis=0)
+            acc += part * inv_tokens
+            f_hi = f_lo  # the per-frame loop below has nothing left to do
+        for k in range(f_lo, f_hi):
+            j = tl.load(frame_idx_ptr + k).to(tl.int64)
+            base = frames_ptr + s * stride_fs + j * stride_fl + offs_e[None, :] * stride_fe
+            part = tl.zeros(offs_e.shape, dtype=tl.float32)
+            for t0 in range(0, TOKENS, BLOCK_T):
+                rows = t0 + offs_t
+                tile = tl.load(base + rows[:, None] * stride_ft, mask=(rows[:, None] < TOKENS) & mask_e[None, :],
+                               other=0.0)
+                part += tl.sum(tile.to(tl.float32), axis=0)
+            acc += part * inv_tokens
 
     if PDL and FRAMES_FIRST:
         gdc_wait()
@@ -112,15 +98,63 @@ def _rect_consolidate_kernel(
                  acc.to(cast_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask_e)
 
 
+@triton.jit
+def _rect_consolidate_kernel(
+    frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr,
+    past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
+    E, TOKENS, inv_tokens,
+    stride_fs, stride_fl, stride_ft, stride_fe,
+    stride_ps, stride_pn, stride_bs, stride_os, stride_on,
+    HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, PAST_BLOCKS: tl.constexpr,
+    PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr,
+):
+    # PDL: launched as a programmatic dependent (kernels/_launch.py). FRAMES_FIRST: the kernel
+    # before this one is the sampler that writes sample_bins, so the frames are pooled while it
+    # runs and only the past samples wait for it. PAST_BLOCKS > 1: a bin without frames takes one
+    # program per PAST_BLOCKS column blocks (the first of them; the others do nothing), so that
+    # the programs left waiting for the sampler are fewer than the GPU holds at once.
+    if PDL and not FRAMES_FIRST:
+        gdc_wait()
+        gdc_launch_dependents()
+    n = tl.program_id(0)
+    s = tl.program_id(1).to(tl.int64)
+    block = tl.program_id(2)
+    scale = tl.load(scale_ptr + n)
+    f_lo = tl.load(frame_start_ptr + n)
+    f_hi = tl.load(frame_start_ptr + n + 1)
+    if PAST_BLOCKS > 1:
+        if f_hi > f_lo:
+            _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
+                             frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E), f_lo, f_hi, scale, E,
+                             TOKENS, inv_tokens, stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn,
+                             stride_bs, stride_os, stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, True, BLOCK_T,
+                             BLOCK_P, PDL, FRAMES_FIRST)
+        elif block % PAST_BLOCKS == 0:
+            _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
+                             frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E * PAST_BLOCKS), f_lo, f_hi,
+                             scale, E, TOKENS, inv_tokens, stride_fs, stride_fl, stride_ft, stride_fe, stride_ps,
+                             stride_pn, stride_bs, stride_os, stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, False,
+                             BLOCK_T, BLOCK_P, PDL, FRAMES_FIRST)
+    else:
+        _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
+                         frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E), f_lo, f_hi, scale, E,
+                         TOKENS, inv_tokens, stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn,
+                         stride_bs, stride_os, stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, True, BLOCK_T,
+                         BLOCK_P, PDL, FRAMES_FIRST)
+
+
 # Tile shapes, measured on the H100 (bench/tune_consolidate.py); module-level so tuning can vary them.
 # S = 64, L = 256, bf16 tokens: 512 columns reach most of the memory bandwidth, ahead of 256
 # columns and well ahead of 32-row tiles; narrower column blocks (more programs) win for few
 # streams: S = 1, 64 columns on 2 warps ahead of 128 on 4. Rows per tile for fewer than 16 streams
 # apart: a 128 × 64 bf16 tile holds 84 registers per thread on sm_90 (ptxas), 32 × 64 holds 38, so
 # that all 3,072 programs of the S = 1 step could be resident at once instead of about half of
-# them; not yet timed on a GPU (bench_many_streams_gpu.py --compare rows).
+# them; on an H200 that step took 17.8 µs against 16.3-16.7 (bench_many_streams_gpu.py --compare
+# rows). past_blocks_few_streams: below 16 streams, a bin without frames (most bins after the
+# first step) is one program per that many column blocks, fewer programs to wait for the sampler.
 CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_rows_few_streams": 128, "num_warps": 4,
-          "num_warps_few_streams": 2, "num_stages": 2}
+          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks_few_streams": 4}
 
 
 
@@ -166,6 +200,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         out.stride(0), out.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
         BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
+        PAST_BLOCKS=CONFIG["past_blocks_few_streams"] if s < 16 and past is not None else 1,
         FRAMES_FIRST=pdl["PDL"] and after_sampler and past is not None, **pdl,
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )

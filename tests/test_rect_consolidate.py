@@ -21,7 +21,10 @@ from infvideo.reference.pooling import pool_frames
 from conftest import DTYPES, GRAD_TOL, OP_KERNELS, grads_of, kernel_cases, kernel_id, rel_err, tokens_shape
 
 # (streams, L, N, M, e, tokens per frame): odd sizes everywhere; the and larger ones where fast.
-CASES = kernel_cases([(1, 9, 13, 17, 20, (5,)), (3, 7, 11, 6, 33, None), (2, 8, 16, 24, 40, (3, 3))],
+# e = 300 spans several of the few-stream column blocks, so bins without frames take programs of
+# several blocks (kernels.consolidate's past_blocks_few_streams), the last one partly past e.
+CASES = kernel_cases([(1, 9, 13, 17, 20, (5,)), (3, 7, 11, 6, 33, None), (2, 8, 16, 24, 40, (3, 3)),
+                      (2, 9, 13, 40, 300, (2,))],
                      large=[(2, 256, 256, 512, 768, (32,))],
                      gpu=[(4, 256, 256, 512, 768, (32,)), (3, 37, 61, 97, 1024, (196,)), (64, 64, 64, 512, 257, None)])
 
