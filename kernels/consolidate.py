@@ -160,6 +160,14 @@ CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_r
 
 _launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
 
+
+def _past_blocks(streams: int, width: int, block_e: int) -> int:
+    """Column blocks per program of a bin without frames: CONFIG's below 16 streams, as a power of
+    two (the program's columns are one arange) and no more than cover the row."""
+    if streams >= 16:
+        return 1
+    return min(next_power_of_2(CONFIG["past_blocks_few_streams"]), next_power_of_2(cdiv(width, block_e)))
+
 @on_input_device
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
                      past_idx: torch.Tensor, past_start: torch.Tensor, frame_idx: torch.Tensor,
@@ -200,7 +208,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         out.stride(0), out.stride(1),
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
         BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
-        PAST_BLOCKS=CONFIG["past_blocks_few_streams"] if s < 16 and past is not None else 1,
+        PAST_BLOCKS=_past_blocks(s, e, block_e) if past is not None else 1,
         FRAMES_FIRST=pdl["PDL"] and after_sampler and past is not None, **pdl,
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )
