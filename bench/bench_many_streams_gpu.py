@@ -17,7 +17,8 @@ graph where it can be captured (otherwise timed eagerly with ``do_bench``, and m
 committed beside and by it, the attention's V loaded after the softmax, float32 K/V on float32
 dots, the folded attention for float32 projections off, the sampler on 8 warps, the consolidation
 on 32-row tiles below 16 streams, its bins without frames on a program per column block below 16
-streams, the attention on 4 warps per block of queries below 16 streams), or those named.
+streams and on one program per two blocks from 16, the attention on 4 warps per block of queries
+below 16 streams), or those named.
 Prints a markdown table.
 """
 from __future__ import annotations
@@ -45,8 +46,9 @@ COMPARISONS = {
     "folded attention off": [(step_ops, "FACTORED_ON_GPU", False)],
     "sampler on 8 warps": [(sampling.CONFIG, "num_warps", 8)],
     "consolidation: 32 rows per tile at few streams": [(consolidate.CONFIG, "block_rows_few_streams", 32)],
-    "consolidation: a program per column block for bins without frames at few streams":
+    "consolidation: bins without frames on one column block each at few streams":
         [(consolidate.CONFIG, "past_blocks_few_streams", 1)],
+    "consolidation: bins without frames on two column blocks at many streams": [(consolidate.CONFIG, "past_blocks", 2)],
     "attention: 4 warps per query block at few streams": [(attention.CONFIG, "warps_per_group_few_streams", 4)],
 }
 ALTERNATIVES: dict = {}

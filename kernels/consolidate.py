@@ -151,10 +151,13 @@ def _rect_consolidate_kernel(
 # apart: a 128 × 64 bf16 tile holds 84 registers per thread on sm_90 (ptxas), 32 × 64 holds 38, so
 # that all 3,072 programs of the S = 1 step could be resident at once instead of about half of
 # them; on an H200 that step took 17.8 µs against 16.3-16.7 (bench_many_streams_gpu.py --compare
-# rows). past_blocks_few_streams: below 16 streams, a bin without frames (most bins after the
-# first step) is one program per that many column blocks, fewer programs to wait for the sampler.
+# rows). past_blocks (past_blocks_few_streams below 16 streams): a bin without frames (most bins
+# after the first step) is one program per that many column blocks, so that fewer programs wait
+# for the sampler; 16 (the whole row at e = 768) took the one-stream step on an H200 from
+# 16.3-16.8 µs to 14.9-15.0 and S = 4 from 41.3 to 32.3 (bench/README.md, "Issue 22, twelfth
+# session"; bench_many_streams_gpu.py --compare frames).
 CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_rows_few_streams": 128, "num_warps": 4,
-          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks_few_streams": 4}
+          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks": 1, "past_blocks_few_streams": 16}
 
 
 
@@ -162,11 +165,10 @@ _launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
 
 
 def _past_blocks(streams: int, width: int, block_e: int) -> int:
-    """Column blocks per program of a bin without frames: CONFIG's below 16 streams, as a power of
-    two (the program's columns are one arange) and no more than cover the row."""
-    if streams >= 16:
-        return 1
-    return min(next_power_of_2(CONFIG["past_blocks_few_streams"]), next_power_of_2(cdiv(width, block_e)))
+    """Column blocks per program of a bin without frames: CONFIG's, as a power of two (the
+    program's columns are one arange) and no more than cover the row."""
+    wanted = CONFIG["past_blocks" if streams >= 16 else "past_blocks_few_streams"]
+    return min(next_power_of_2(wanted), next_power_of_2(cdiv(width, block_e)))
 
 @on_input_device
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
