@@ -10,7 +10,7 @@
 # (bench_projections_gpu), split (bench_split_products_gpu), quadrature (bench_quadrature_gpu),
 # profile (profile_step_gpu), sync (profile_step_gpu --sync-check: where an eager step waits for
 # the GPU), tune-folded (tune_factored_attention), tune-consolidate (tune_consolidate at S=64),
-# few-streams (bench_many_streams at S = 1, 1, 1, 4, 16, 64 with the untimed switches compared,
+# few-streams (bench_many_streams at S = 1, 1, 1, 4, 16, 64 against the few-stream switches before,
 # then the S = 1 replay's timeline).
 # The test and bench stages build first when the extension lacks its CUDA kernels. Without a checkout
 # installed (the device machine), the kernels are linked into the package and PYTHONPATH is set.
@@ -74,7 +74,7 @@ for stage in "${stages[@]}"; do
                      echo "tune-folded exit $? ($(elapsed))"; grep -E "K/V|best" "$OUT/tune_folded.txt" ;;
         tune-consolidate) python bench/tune_consolidate.py --streams 64 > "$OUT/tune_consolidate.txt" 2>&1
                           echo "tune-consolidate exit $? ($(elapsed))"; sort -t: -k2 -n "$OUT/tune_consolidate.txt" | head -5 ;;
-        few-streams) (cd bench && python bench_many_streams_gpu.py --streams 1 1 1 4 16 64 --compare rows warps \
+        few-streams) (cd bench && python bench_many_streams_gpu.py --streams 1 1 1 4 16 64 --compare frames warps \
                           > "$OUT/few_streams.md" 2>&1)
                      echo "few-streams exit $? ($(elapsed))"; grep -E "^\|" "$OUT/few_streams.md"
                      python bench/profile_step_gpu.py --case s1 --graph-timeline > "$OUT/profile_s1.txt" 2>&1
