@@ -99,21 +99,53 @@ def _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx
 
 
 @triton.jit
+def _frameless_bins(past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr, scale_ptr, first, s, offs_e,
+                    E, N_BINS, stride_ps, stride_pn, stride_bs, stride_os, stride_on, WRITE_CAST: tl.constexpr,
+                    BINS: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr):
+    """The new rows of BINS bins from ``first`` on (those below N_BINS), none of which holds a frame,
+    in the columns ``offs_e``: every sampled old row of the run in one load (each bin has at most
+    BLOCK_P samples), then each bin's sum scaled and stored."""
+    if PDL and FRAMES_FIRST:
+        gdc_wait()
+        gdc_launch_dependents()
+    mask_e = offs_e < E
+    k_lo = tl.load(past_start_ptr + first)
+    k_hi = tl.load(past_start_ptr + tl.minimum(first + BINS, N_BINS))
+    offs_k = tl.arange(0, BINS * BLOCK_P)
+    src = _sample_bins(past_idx_ptr, bins_ptr + s * stride_bs, k_lo, k_hi, offs_k)
+    rows = tl.load(past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn + offs_e[None, :],
+                   mask=(src >= 0)[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+    for b in tl.static_range(BINS):
+        n = first + b
+        if n < N_BINS:
+            lo = tl.load(past_start_ptr + n)
+            hi = tl.load(past_start_ptr + n + 1)
+            k = k_lo + offs_k
+            acc = tl.sum(tl.where(((k >= lo) & (k < hi))[:, None], rows, 0.0), axis=0) * tl.load(scale_ptr + n)
+            tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc, mask=mask_e)
+            if WRITE_CAST:
+                tl.store(cast_ptr + s * stride_os + n * stride_on + offs_e,
+                         acc.to(cast_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask_e)
+
+
+@triton.jit
 def _rect_consolidate_kernel(
     frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr,
     past_idx_ptr, past_start_ptr, frame_idx_ptr, frame_start_ptr, scale_ptr,
-    E, TOKENS, inv_tokens,
+    E, TOKENS, inv_tokens, N_BINS,
     stride_fs, stride_fl, stride_ft, stride_fe,
     stride_ps, stride_pn, stride_bs, stride_os, stride_on,
     HAS_PAST: tl.constexpr, FRAME_ROWS: tl.constexpr, WRITE_CAST: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, PAST_BLOCKS: tl.constexpr,
-    PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr,
+    PAST_BINS: tl.constexpr, PDL: tl.constexpr, FRAMES_FIRST: tl.constexpr,
 ):
     # PDL: launched as a programmatic dependent (kernels/_launch.py). FRAMES_FIRST: the kernel
     # before this one is the sampler that writes sample_bins, so the frames are pooled while it
-    # runs and only the past samples wait for it. PAST_BLOCKS > 1: a bin without frames takes one
-    # program per PAST_BLOCKS column blocks (the first of them; the others do nothing), so that
-    # the programs left waiting for the sampler are fewer than the GPU holds at once.
+    # runs and only the past samples wait for it. PAST_BLOCKS × PAST_BINS > 1 (with HAS_PAST): bins
+    # without frames, most of them after the first step, are taken PAST_BINS aligned bins and
+    # PAST_BLOCKS column blocks per program where a whole run of PAST_BINS holds no frame (else a
+    # bin at a time), by the run's first program; the others do nothing. Fewer programs then wait
+    # for the sampler, and fewer hold the GPU's places for three dependent loads each.
     if PDL and not FRAMES_FIRST:
         gdc_wait()
         gdc_launch_dependents()
@@ -123,7 +155,8 @@ def _rect_consolidate_kernel(
     scale = tl.load(scale_ptr + n)
     f_lo = tl.load(frame_start_ptr + n)
     f_hi = tl.load(frame_start_ptr + n + 1)
-    if PAST_BLOCKS > 1:
+    if PAST_BLOCKS * PAST_BINS > 1:
+        wide = block * BLOCK_E + tl.arange(0, BLOCK_E * PAST_BLOCKS)
         if f_hi > f_lo:
             _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
                              frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E), f_lo, f_hi, scale, E,
@@ -131,11 +164,22 @@ def _rect_consolidate_kernel(
                              stride_bs, stride_os, stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, True, BLOCK_T,
                              BLOCK_P, PDL, FRAMES_FIRST)
         elif block % PAST_BLOCKS == 0:
-            _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
-                             frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E * PAST_BLOCKS), f_lo, f_hi,
-                             scale, E, TOKENS, inv_tokens, stride_fs, stride_fl, stride_ft, stride_fe, stride_ps,
-                             stride_pn, stride_bs, stride_os, stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, False,
-                             BLOCK_T, BLOCK_P, PDL, FRAMES_FIRST)
+            first = n - n % PAST_BINS
+            whole_run = False  # the aligned run of PAST_BINS bins from first holds no frame
+            if PAST_BINS > 1:
+                whole_run = tl.load(frame_start_ptr + tl.minimum(first + PAST_BINS, N_BINS)) == \
+                    tl.load(frame_start_ptr + first)
+            if whole_run:
+                if n == first:
+                    _frameless_bins(past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr, scale_ptr,
+                                    first, s, wide, E, N_BINS, stride_ps, stride_pn, stride_bs, stride_os, stride_on,
+                                    WRITE_CAST, PAST_BINS, BLOCK_P, PDL, FRAMES_FIRST)
+            else:
+                _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
+                                 frame_idx_ptr, n, s, wide, f_lo, f_hi, scale, E, TOKENS, inv_tokens, stride_fs,
+                                 stride_fl, stride_ft, stride_fe, stride_ps, stride_pn, stride_bs, stride_os,
+                                 stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, False, BLOCK_T, BLOCK_P, PDL,
+                                 FRAMES_FIRST)
     else:
         _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
                          frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E), f_lo, f_hi, scale, E,
@@ -157,11 +201,18 @@ def _rect_consolidate_kernel(
 # 16.3-16.8 µs to 14.9-15.0 and S = 4 from 41.3 to 32.3 (bench/README.md, "Issue 22, twelfth
 # session"; bench_many_streams_gpu.py --compare frames).
 CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_rows_few_streams": 128, "num_warps": 4,
-          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks": 1, "past_blocks_few_streams": 16}
+          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks": 1, "past_blocks_few_streams": 16, "past_bins": 1, "past_bins_few_streams": 1}
 
 
 
 _launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
+
+
+def _past_bins(streams: int, max_per_bin: int) -> int:
+    """Bins without frames per program: CONFIG's, as a power of two, while their samples (at most
+    ``max_per_bin`` each) stay one load of at most 32 rows."""
+    wanted = next_power_of_2(CONFIG["past_bins" if streams >= 16 else "past_bins_few_streams"])
+    return max(1, min(wanted, 32 // next_power_of_2(max(1, max_per_bin))))
 
 
 def _past_blocks(streams: int, width: int, block_e: int) -> int:
@@ -203,7 +254,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     _launch_rect_consolidate(grid,
         frames, past_t, bins_t, out, cast if cast_dtype is not None else out,
         past_idx, past_start, frame_idx, frame_start, scale,
-        e, tokens, 1.0 / tokens,
+        e, tokens, 1.0 / tokens, n,
         frames.stride(0), frames.stride(1), frames.stride(2), frames.stride(3),
         past_t.stride(0) if past is not None else 0, past_t.stride(1) if past is not None else 0,
         sample_bins.stride(0) if sample_bins is not None and sample_bins.shape[0] > 1 else 0,
@@ -211,6 +262,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         HAS_PAST=past is not None, FRAME_ROWS=frame_rows, WRITE_CAST=cast_dtype is not None,
         BLOCK_E=block_e, BLOCK_T=block_t, BLOCK_P=min(64, next_power_of_2(max(1, max_per_bin))),
         PAST_BLOCKS=_past_blocks(s, e, block_e) if past is not None else 1,
+        PAST_BINS=_past_bins(s, max_per_bin) if past is not None else 1,
         FRAMES_FIRST=pdl["PDL"] and after_sampler and past is not None, **pdl,
         num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
     )

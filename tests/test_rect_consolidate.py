@@ -65,6 +65,34 @@ def test_matches_reference(device, backend, case, preset, dtype):
     assert rel_err(out, expected) < 1e-5
 
 
+TRITON_KERNELS = [pair for pair in OP_KERNELS if pair[1] == "triton"]
+
+
+@pytest.mark.parametrize("device,backend", TRITON_KERNELS, ids=kernel_id)
+@pytest.mark.parametrize("streams", [2, 16])
+@pytest.mark.parametrize("bins,blocks", [(2, 1), (4, 2), (8, 16)])
+def test_bins_without_frames_in_runs(device, backend, streams, bins, blocks, monkeypatch):
+    """The Triton kernel's programs for runs of bins without frames (CONFIG past_bins, past_blocks,
+    and their few-stream values), runs cut by the frames' first bin and by N, against the reference."""
+    from infvideo.kernels import consolidate as kernel
+    for key, value in (("past_bins", bins), ("past_bins_few_streams", bins), ("past_blocks", blocks),
+                       ("past_blocks_few_streams", blocks)):
+        monkeypatch.setitem(kernel.CONFIG, key, value)
+    length, n, samples, width = 7, 19, 30, 150  # N odd: the last run is cut short
+    cfg = MemoryConfig(num_basis=n, past_samples=samples, tau=0.7)
+    gen = torch.Generator().manual_seed(bins * blocks)
+    frames = torch.randn(streams, length, 3, width, generator=gen).to(device, torch.bfloat16)
+    past = torch.randn(streams, n, width, generator=gen).to(device)
+    later = ref_fit.consolidation_fit(cfg, length)
+    bins_read = torch.randint(-1, n, (streams, samples), generator=gen).to(device)
+    out, cast = ops.rect_consolidate(frames, past, ops.plan_on(later, device), bins_read, cast_dtype=torch.bfloat16,
+                                     backend=backend)
+    expected = ref_consolidate.consolidate_segmented(pool_frames(frames, torch.float32), past, bins_read,
+                                                     ref_fit.on_device(later, device, torch.float32), False)
+    assert rel_err(out, expected) < 1e-5
+    torch.testing.assert_close(cast.float(), out, rtol=torch.finfo(torch.bfloat16).eps, atol=1e-30)
+
+
 @pytest.mark.parametrize("device,backend", OP_KERNELS, ids=kernel_id)
 def test_strided_inputs(device, backend):
     """Non-contiguous frames (a slice of a wider chunk) and an expanded past read like contiguous ones."""
