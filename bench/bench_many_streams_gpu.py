@@ -16,9 +16,9 @@ graph where it can be captured (otherwise timed eagerly with ``do_bench``, and m
 (programmatic launches off, the step's new state copied after the attention rather than
 committed beside and by it, the attention's V loaded after the softmax, float32 K/V on float32
 dots, the folded attention for float32 projections off, the sampler on 8 warps, the consolidation
-on 32-row tiles below 16 streams, its bins without frames on a program per column block below 16
-streams and on one program per two blocks from 16, the attention on 4 warps per block of queries
-below 16 streams), or those named.
+on 32-row tiles below 16 streams, its bins without frames on a program per bin and column block
+(as before the twelfth session), the attention on 4 warps per block of queries below 16 streams),
+or those named.
 Prints a markdown table.
 """
 from __future__ import annotations
@@ -48,7 +48,8 @@ COMPARISONS = {
     "consolidation: 32 rows per tile at few streams": [(consolidate.CONFIG, "block_rows_few_streams", 32)],
     "consolidation: bins without frames on one column block each at few streams":
         [(consolidate.CONFIG, "past_blocks_few_streams", 1)],
-    "consolidation: bins without frames on two column blocks at many streams": [(consolidate.CONFIG, "past_blocks", 2)],
+    "consolidation: bins without frames on one program per bin and column block at many streams":
+        [(consolidate.CONFIG, "past_blocks", 1), (consolidate.CONFIG, "past_bins", 1)],
     "attention: 4 warps per query block at few streams": [(attention.CONFIG, "warps_per_group_few_streams", 4)],
 }
 ALTERNATIVES: dict = {}

@@ -195,13 +195,15 @@ def _rect_consolidate_kernel(
 # apart: a 128 × 64 bf16 tile holds 84 registers per thread on sm_90 (ptxas), 32 × 64 holds 38, so
 # that all 3,072 programs of the S = 1 step could be resident at once instead of about half of
 # them; on an H200 that step took 17.8 µs against 16.3-16.7 (bench_many_streams_gpu.py --compare
-# rows). past_blocks (past_blocks_few_streams below 16 streams): a bin without frames (most bins
-# after the first step) is one program per that many column blocks, so that fewer programs wait
-# for the sampler; 16 (the whole row at e = 768) took the one-stream step on an H200 from
-# 16.3-16.8 µs to 14.9-15.0 and S = 4 from 41.3 to 32.3 (bench/README.md, "Issue 22, twelfth
-# session"; bench_many_streams_gpu.py --compare frames).
+# rows). past_blocks and past_bins (their _few_streams values below 16 streams): bins without
+# frames (most bins after the first step) take one program per that many column blocks and
+# aligned bins, so that fewer programs wait for the sampler and hold the GPU's places for three
+# dependent loads each. On an H200 (bench/README.md, "Issue 22, twelfth session"): 16 blocks (the
+# whole row at e = 768) took the one-stream step from 16.3-16.8 µs to 14.9-15.0 and S = 4 from
+# 41.3 to 32.3; 2 blocks and 2 bins took S = 64 from 359 to 339 and S = 16 from 103.8 to 93.6
+# (bf16 tokens and projections); 2 bins on the whole row at few streams spill (ptxas).
 CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_rows_few_streams": 128, "num_warps": 4,
-          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks": 1, "past_blocks_few_streams": 16, "past_bins": 1, "past_bins_few_streams": 1}
+          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks": 2, "past_blocks_few_streams": 16, "past_bins": 2, "past_bins_few_streams": 1}
 
 
 
