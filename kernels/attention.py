@@ -163,9 +163,8 @@ _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
 # the softmax (float32 V would double the registers it holds). split_float32: float32 K/V take
 # three TF32 products per dot where the GPU has TF32 (below); off, float32 dots (to compare).
 # warps_per_group: warps per block of QUERY_GROUP queries a program takes; below 16 streams
-# apart: on an H200 8 warps took the one-stream step from 16.3-16.7 µs to 15.9-16.0 and S = 4 from
-# 41.7 to 40.7, where 8 (16 per program of two blocks) lost at 16 and 64 streams
-# (bench/README.md, "Issue 22, twelfth session"; bench_many_streams_gpu.py --compare warps).
+# apart: on an H200 8 warps won there and lost at 16 and 64 streams, where a program of two blocks
+# then has 16 (bench/README.md, "Issue 22, twelfth session"; bench_many_streams_gpu.py --compare warps).
 CONFIG = {"prefetch_values": True, "split_float32": True, "warps_per_group": 4, "warps_per_group_few_streams": 8}
 
 

@@ -6,7 +6,11 @@ the program reads exactly its own inputs, writes its output once (no atomics, de
 no [M + L, e] matrix or pooled copy of the frames ever reaches memory. When the bin's frames are
 consecutive and each frame's tokens follow each other in memory (FRAME_ROWS, the usual case), the
 bin's tokens are one run of rows, read in [BLOCK_R, BLOCK_E] tiles: large loads keep enough bytes
-in flight to approach the memory bandwidth, where one small tile per frame did not.
+in flight to approach the memory bandwidth, where one small tile per frame did not. Bins without
+frames (after the first step, the bins the contracted past fills) only add sampled old rows, three
+dependent loads: one program takes a run of them and several column blocks (CONFIG past_bins,
+past_blocks), the grid's other programs for them doing nothing, so that fewer short programs
+hold the GPU's places.
 
 Past samples (constexpr HAS_PAST) read the old coefficients at given old-bin indices
 [S or 1, M] (uniform, quantile, multinomial or upstream sampling), -1 reading zeros. The sticky
@@ -194,16 +198,15 @@ def _rect_consolidate_kernel(
 # streams: S = 1, 64 columns on 2 warps ahead of 128 on 4. Rows per tile for fewer than 16 streams
 # apart: a 128 × 64 bf16 tile holds 84 registers per thread on sm_90 (ptxas), 32 × 64 holds 38, so
 # that all 3,072 programs of the S = 1 step could be resident at once instead of about half of
-# them; on an H200 that step took 17.8 µs against 16.3-16.7 (bench_many_streams_gpu.py --compare
-# rows). past_blocks and past_bins (their _few_streams values below 16 streams): bins without
+# them; on an H200 that step was slower with 32 (bench_many_streams_gpu.py --compare rows). past_blocks and past_bins (their _few_streams values below 16 streams): bins without
 # frames (most bins after the first step) take one program per that many column blocks and
 # aligned bins, so that fewer programs wait for the sampler and hold the GPU's places for three
-# dependent loads each. On an H200 (bench/README.md, "Issue 22, twelfth session"): 16 blocks (the
-# whole row at e = 768) took the one-stream step from 16.3-16.8 µs to 14.9-15.0 and S = 4 from
-# 41.3 to 32.3; 2 blocks and 2 bins took S = 64 from 359 to 339 and S = 16 from 103.8 to 93.6
-# (bf16 tokens and projections); 2 bins on the whole row at few streams spill (ptxas).
+# dependent loads each; the step was faster so at every stream count timed on an H200 (the whole
+# row below 16 streams, 2 × 2 from 16: bench/README.md, "Issue 22, twelfth session"). Two bins on
+# the whole row at few streams spill (ptxas).
 CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_rows_few_streams": 128, "num_warps": 4,
-          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks": 2, "past_blocks_few_streams": 16, "past_bins": 2, "past_bins_few_streams": 1}
+          "num_warps_few_streams": 2, "num_stages": 2, "past_blocks": 2, "past_blocks_few_streams": 16,
+          "past_bins": 2, "past_bins_few_streams": 1}
 
 
 
