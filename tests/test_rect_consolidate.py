@@ -71,14 +71,17 @@ TRITON_KERNELS = [pair for pair in OP_KERNELS if pair[1] == "triton"]
 @pytest.mark.parametrize("device,backend", TRITON_KERNELS, ids=kernel_id)
 @pytest.mark.parametrize("streams", [2, 16])
 @pytest.mark.parametrize("bins,blocks", [(2, 1), (4, 2), (8, 16)])
-def test_bins_without_frames_in_runs(device, backend, streams, bins, blocks, monkeypatch):
+@pytest.mark.parametrize("samples", [30, 1000])
+def test_bins_without_frames_in_runs(device, backend, streams, bins, blocks, samples, monkeypatch):
     """The Triton kernel's programs for runs of bins without frames (CONFIG past_bins, past_blocks,
-    and their few-stream values), runs cut by the frames' first bin and by N, against the reference."""
+    and their few-stream values), runs cut by the frames' first bin and by N, against the reference;
+    with 1,000 samples a bin holds more than a run's one load takes (and than one block of samples),
+    so bins go one at a time, each in several blocks."""
     from infvideo.kernels import consolidate as kernel
     for key, value in (("past_bins", bins), ("past_bins_few_streams", bins), ("past_blocks", blocks),
                        ("past_blocks_few_streams", blocks)):
         monkeypatch.setitem(kernel.CONFIG, key, value)
-    length, n, samples, width = 7, 19, 30, 150  # N odd: the last run is cut short
+    length, n, width = 7, 19, 150  # N odd: the last run is cut short
     cfg = MemoryConfig(num_basis=n, past_samples=samples, tau=0.7)
     gen = torch.Generator().manual_seed(bins * blocks)
     frames = torch.randn(streams, length, 3, width, generator=gen).to(device, torch.bfloat16)
