@@ -160,7 +160,6 @@ def _rect_consolidate_kernel(
     f_lo = tl.load(frame_start_ptr + n)
     f_hi = tl.load(frame_start_ptr + n + 1)
     if PAST_BLOCKS * PAST_BINS > 1:
-        wide = block * BLOCK_E + tl.arange(0, BLOCK_E * PAST_BLOCKS)
         if f_hi > f_lo:
             _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
                              frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E), f_lo, f_hi, scale, E,
@@ -168,6 +167,7 @@ def _rect_consolidate_kernel(
                              stride_bs, stride_os, stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, True, BLOCK_T,
                              BLOCK_P, PDL, FRAMES_FIRST)
         elif block % PAST_BLOCKS == 0:
+            wide = block * BLOCK_E + tl.arange(0, BLOCK_E * PAST_BLOCKS)
             first = n - n % PAST_BINS
             whole_run = False  # the aligned run of PAST_BINS bins from first holds no frame
             if PAST_BINS > 1:
@@ -198,16 +198,16 @@ def _rect_consolidate_kernel(
 # streams: S = 1, 64 columns on 2 warps ahead of 128 on 4. Rows per tile for fewer than 16 streams
 # apart: a 128 × 64 bf16 tile holds 84 registers per thread on sm_90 (ptxas), 32 × 64 holds 38, so
 # that all 3,072 programs of the S = 1 step could be resident at once instead of about half of
-# them; on an H200 that step was slower with 32 (bench_many_streams_gpu.py --compare rows). past_blocks and past_bins (their _few_streams values below 16 streams): bins without
-# frames (most bins after the first step) take one program per that many column blocks and
-# aligned bins, so that fewer programs wait for the sampler and hold the GPU's places for three
-# dependent loads each; the step was faster so at every stream count timed on an H200 (the whole
-# row below 16 streams, 2 × 2 from 16: bench/README.md, "Issue 22, twelfth session"). Two bins on
-# the whole row at few streams spill (ptxas).
+# them; on an H200 that step was slower with 32 (bench_many_streams_gpu.py --compare rows).
+# past_blocks and past_bins (their _few_streams values below 16 streams): bins without frames
+# (most bins after the first step) take one program per that many column blocks and aligned bins,
+# so that fewer programs wait for the sampler and hold the GPU's places for three dependent loads
+# each; the step was faster so at every stream count timed on an H200 (the whole row below 16
+# streams, 2 × 2 from 16: bench/README.md, "Issue 22, twelfth session"). Two bins on the whole row
+# at few streams spill (ptxas).
 CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_rows_few_streams": 128, "num_warps": 4,
           "num_warps_few_streams": 2, "num_stages": 2, "past_blocks": 2, "past_blocks_few_streams": 16,
           "past_bins": 2, "past_bins_few_streams": 1}
-
 
 
 _launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
@@ -225,6 +225,7 @@ def _past_blocks(streams: int, width: int, block_e: int) -> int:
     program's columns are one arange) and no more than cover the row."""
     wanted = CONFIG["past_blocks" if streams >= 16 else "past_blocks_few_streams"]
     return min(next_power_of_2(wanted), next_power_of_2(cdiv(width, block_e)))
+
 
 @on_input_device
 def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bins: torch.Tensor | None,
