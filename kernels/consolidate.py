@@ -159,37 +159,33 @@ def _rect_consolidate_kernel(
     scale = tl.load(scale_ptr + n)
     f_lo = tl.load(frame_start_ptr + n)
     f_hi = tl.load(frame_start_ptr + n + 1)
+    with_frames = True  # the bin's program per column block, as without PAST_BLOCKS and PAST_BINS
     if PAST_BLOCKS * PAST_BINS > 1:
-        if f_hi > f_lo:
-            _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
-                             frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E), f_lo, f_hi, scale, E,
-                             TOKENS, inv_tokens, stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn,
-                             stride_bs, stride_os, stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, True, BLOCK_T,
-                             BLOCK_P, PDL, FRAMES_FIRST)
-        elif block % PAST_BLOCKS == 0:
-            wide = block * BLOCK_E + tl.arange(0, BLOCK_E * PAST_BLOCKS)
-            first = n - n % PAST_BINS
-            whole_run = False  # the aligned run of PAST_BINS bins from first holds no frame
-            if PAST_BINS > 1:
-                whole_run = tl.load(frame_start_ptr + tl.minimum(first + PAST_BINS, N_BINS)) == \
-                    tl.load(frame_start_ptr + first)
-            if whole_run:
-                if n == first:
-                    _frameless_bins(past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr, scale_ptr,
-                                    first, s, wide, E, N_BINS, stride_ps, stride_pn, stride_bs, stride_os, stride_on,
-                                    WRITE_CAST, PAST_BINS, BLOCK_P, PDL, FRAMES_FIRST)
-            else:
-                _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
-                                 frame_idx_ptr, n, s, wide, f_lo, f_hi, scale, E, TOKENS, inv_tokens, stride_fs,
-                                 stride_fl, stride_ft, stride_fe, stride_ps, stride_pn, stride_bs, stride_os,
-                                 stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, False, BLOCK_T, BLOCK_P, PDL,
-                                 FRAMES_FIRST)
-    else:
+        with_frames = f_hi > f_lo
+    if with_frames:
         _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
                          frame_idx_ptr, n, s, block * BLOCK_E + tl.arange(0, BLOCK_E), f_lo, f_hi, scale, E,
                          TOKENS, inv_tokens, stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn,
                          stride_bs, stride_os, stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, True, BLOCK_T,
                          BLOCK_P, PDL, FRAMES_FIRST)
+    elif block % PAST_BLOCKS == 0:
+        wide = block * BLOCK_E + tl.arange(0, BLOCK_E * PAST_BLOCKS)
+        first = n - n % PAST_BINS
+        whole_run = False  # the aligned run of PAST_BINS bins from first holds no frame
+        if PAST_BINS > 1:
+            whole_run = tl.load(frame_start_ptr + tl.minimum(first + PAST_BINS, N_BINS)) == \
+                tl.load(frame_start_ptr + first)
+        if whole_run:
+            if n == first:
+                _frameless_bins(past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr, scale_ptr,
+                                first, s, wide, E, N_BINS, stride_ps, stride_pn, stride_bs, stride_os, stride_on,
+                                WRITE_CAST, PAST_BINS, BLOCK_P, PDL, FRAMES_FIRST)
+        else:
+            _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr,
+                             frame_idx_ptr, n, s, wide, f_lo, f_hi, scale, E, TOKENS, inv_tokens, stride_fs,
+                             stride_fl, stride_ft, stride_fe, stride_ps, stride_pn, stride_bs, stride_os,
+                             stride_on, HAS_PAST, FRAME_ROWS, WRITE_CAST, False, BLOCK_T, BLOCK_P, PDL,
+                             FRAMES_FIRST)
 
 
 # Tile shapes, measured on the H100 (bench/tune_consolidate.py); module-level so tuning can vary them.
@@ -213,17 +209,22 @@ CONFIG = {"block_e": 512, "block_e_few_streams": 64, "block_rows": 128, "block_r
 _launch_rect_consolidate = CachedLaunch(_rect_consolidate_kernel)
 
 
+def _for_streams(name: str, streams: int):
+    """CONFIG[name] from 16 streams on, CONFIG[name + "_few_streams"] below."""
+    return CONFIG[name if streams >= 16 else name + "_few_streams"]
+
+
 def _past_bins(streams: int, max_per_bin: int) -> int:
     """Bins without frames per program: CONFIG's, as a power of two, while their samples (at most
     ``max_per_bin`` each) stay one load of at most 32 rows."""
-    wanted = next_power_of_2(CONFIG["past_bins" if streams >= 16 else "past_bins_few_streams"])
+    wanted = next_power_of_2(_for_streams("past_bins", streams))
     return max(1, min(wanted, 32 // next_power_of_2(max(1, max_per_bin))))
 
 
 def _past_blocks(streams: int, width: int, block_e: int) -> int:
     """Column blocks per program of a bin without frames: CONFIG's, as a power of two (the
     program's columns are one arange) and no more than cover the row."""
-    wanted = CONFIG["past_blocks" if streams >= 16 else "past_blocks_few_streams"]
+    wanted = _for_streams("past_blocks", streams)
     return min(next_power_of_2(wanted), next_power_of_2(cdiv(width, block_e)))
 
 
@@ -252,8 +253,8 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     past_t = past if past is not None else scale
     bins_t = sample_bins if sample_bins is not None else past_start
     frame_rows = frames_in_order and frames.stride(1) == tokens * frames.stride(2)
-    block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
-    block_t = CONFIG["block_rows" if s >= 16 else "block_rows_few_streams"] if frame_rows \
+    block_e = min(_for_streams("block_e", s), next_power_of_2(e))
+    block_t = _for_streams("block_rows", s) if frame_rows \
         else min(32, next_power_of_2(tokens))
     grid = (n, s, cdiv(e, block_e))
     pdl = programmatic_options(frames.device)
@@ -270,7 +271,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
         PAST_BLOCKS=_past_blocks(s, e, block_e) if past is not None else 1,
         PAST_BINS=_past_bins(s, max_per_bin) if past is not None else 1,
         FRAMES_FIRST=pdl["PDL"] and after_sampler and past is not None, **pdl,
-        num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"], num_stages=CONFIG["num_stages"],
+        num_warps=_for_streams("num_warps", s), num_stages=CONFIG["num_stages"],
     )
     return out, cast
 
@@ -337,7 +338,7 @@ def rect_consolidate_backward(grad: torch.Tensor, sample_bins: torch.Tensor | No
         sample_bins = sample_bins[None]
     bins_t = sample_bins.contiguous() if with_past else past_start
     # The forward's column blocks: each program's row of g is one contiguous read.
-    block_e = min(CONFIG["block_e"] if s >= 16 else CONFIG["block_e_few_streams"], next_power_of_2(e))
+    block_e = min(_for_streams("block_e", s), next_power_of_2(e))
     _launch_rect_consolidate_backward((n, s, cdiv(e, block_e)),
         grad, bins_t, grad_frames, grad_past if with_past else grad,
         past_idx, past_start, frame_idx, frame_start, scale,
@@ -346,6 +347,6 @@ def rect_consolidate_backward(grad: torch.Tensor, sample_bins: torch.Tensor | No
         grad_frames.stride(0), grad_frames.stride(1),
         grad_past.stride(0) if with_past else 0, grad_past.stride(1) if with_past else 0,
         HAS_PAST=with_past, BLOCK_E=block_e, BLOCK_P=16,
-        num_warps=CONFIG["num_warps"] if s >= 16 else CONFIG["num_warps_few_streams"],
+        num_warps=_for_streams("num_warps", s),
     )
     return grad_frames, grad_past
