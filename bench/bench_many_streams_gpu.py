@@ -44,7 +44,6 @@ COMPARISONS = {
     "attention: V after the softmax": [(attention.CONFIG, "prefetch_values", False)],
     "attention: float32 dots on float32 K/V": [(attention.CONFIG, "split_float32", False)],
     "folded attention off": [(step_ops, "FACTORED_ON_GPU", False)],
-    "folded attention for half projections": [(step_ops, "FACTORED_HALF_ON_GPU", True)],
     "sampler on 8 warps": [(sampling.CONFIG, "num_warps", 8)],
     "consolidation: 32 rows per tile at few streams": [(consolidate.CONFIG, "block_rows_few_streams", 32)],
     "consolidation: bins without frames on one column block each at few streams":

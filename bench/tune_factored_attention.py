@@ -1,16 +1,14 @@
 """Tiles and dot precision of the folded slot attention's Triton kernels on the GPU (issue 22).
 
     PYTHONPATH=$PWD python bench/tune_factored_attention.py [--streams 64] [--kv-tiles] [--rows 64]
-        [--block-e 16 32] [--warps 8] [--stages 2 3] [--product-tiles 64,128,32,4,3 ...] [--dtype bf16]
+        [--block-e 16 32] [--warps 8] [--stages 2 3] [--product-tiles 64,128,32,4,3 ...]
 
 Times ``factored_slot_attention`` (float32 projections folded into the queries) for each softmax
 tile (``kernels.factored_attention.CONFIG``: rows per program, slice of e per dot, warps, stages,
 every slot in one tile, split or Triton's tf32x3 dots), then for each tile of its mix and its two
 head products; beside them the K/V
 way (the float32 projection on cuBLAS and in three-TF32 products, then ``slot_attention``), each
-with the context's error against float64. ``--dtype bf16``: bfloat16 projections and query, the
-folded attention on the coefficients' bfloat16 copy (its 16-bit products) against the step's K/V
-way for them (cuBLAS bfloat16, then ``slot_attention``), each replayed from a CUDA graph.
+with the context's error against float64.
 """
 from __future__ import annotations
 
@@ -77,25 +75,15 @@ def tune_kv_products(streams, query, coef, weight, bias, want):
                   f"{type(err).__name__}: {str(err)[:120]}", flush=True)
 
 
-def timer(half: bool):
-    """``do_bench`` for the float32 kernels (as measured before); CUDA-graph replay for the 16-bit
-    ones, short enough for launch gaps to count."""
-    if half:
-        return lambda fn: triton.testing.do_bench_cudagraph(fn, return_mode="median")
-    return lambda fn: triton.testing.do_bench(fn, return_mode="median")
-
-
 def tune_folded(streams, query, coef, pk, pv, want, args):
     """``factored_slot_attention`` per softmax tile, then per tile of the mix and the two head
     products, each with the best tiles found before it."""
     def run():
         return folded.factored_slot_attention(query, coef, pk.weight, pv.weight, pv.bias, HEADS, None)[0]
 
-    bench = timer(coef.dtype != torch.float32)
-
     def timed(label):
         try:
-            ms = bench(run)
+            ms = triton.testing.do_bench(run, return_mode="median")
             print(f"S={streams} folded {label}: {ms * 1e3:8.1f} us  err {rel(run(), want):.1e}", flush=True)
             return ms
         except Exception as err:  # a tile the compiler rejects is reported, not fatal
@@ -104,9 +92,8 @@ def tune_folded(streams, query, coef, pk, pv, want, args):
 
     default = dict(folded.CONFIG)
     best = (timed(f"default {default}"), default)
-    splits = (True, False) if coef.dtype == torch.float32 else (False,)  # 16-bit coefficients take no split
     for rows, block_e, warps, stages, split in itertools.product(args.rows, args.block_e, args.warps, args.stages,
-                                                                 splits):
+                                                                 (True, False)):
         config = dict(best[1], rows=rows, block_e=block_e, warps=warps, stages=stages, split=split,
                       scores_per_warp=(rows * BASIS) // warps)  # every slot in one tile
         folded.CONFIG.update(config)
@@ -131,31 +118,18 @@ def main():
     parser.add_argument("--block-e", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--warps", type=int, nargs="+", default=[8])
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                        help="the projections', query's and folded coefficients' dtype")
     parser.add_argument("--product-tiles", type=lambda t: tuple(map(int, t.split(","))), nargs="+",
                         default=[(64, 128, 32, 4, 3), (64, 128, 32, 8, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 3),
                                  (128, 64, 32, 4, 3)],
                         help="tiles BLOCK_M,BLOCK_N,BLOCK_K,warps,stages tried for each product")
     args = parser.parse_args()
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    pk, pv = nn.Linear(WIDTH, WIDTH).cuda().to(dtype), nn.Linear(WIDTH, WIDTH).cuda().to(dtype)
+    pk, pv = nn.Linear(WIDTH, WIDTH).cuda(), nn.Linear(WIDTH, WIDTH).cuda()
     for streams in args.streams:
-        query = torch.randn(streams, QUERIES, WIDTH, device="cuda", dtype=dtype)
+        query = torch.randn(streams, QUERIES, WIDTH, device="cuda")
         coef = torch.randn(streams, BASIS, WIDTH, device="cuda")
         want = reference(query, coef, pk, pv)
         weight, bias = torch.cat([pk.weight, pv.weight]), torch.cat([pk.bias, pv.bias])
-        if dtype != torch.float32:
-            coef = coef.to(dtype)  # the consolidation's 16-bit copy, which both ways read
-
-            def kv_half():
-                keys, values = nn.functional.linear(coef, weight, bias).split(WIDTH, dim=-1)
-                return slot_attention(query, keys, values, HEADS)[0]
-            ms = timer(True)(kv_half)
-            print(f"S={streams} K/V cuBLAS bf16: {ms * 1e3:8.1f} us  err {rel(kv_half(), want):.1e}", flush=True)
-            tune_folded(streams, query, coef, pk, pv, want, args)
-            continue
 
         def kv():
             keys, values = nn.functional.linear(coef, weight, bias).split(WIDTH, dim=-1)

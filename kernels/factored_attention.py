@@ -35,8 +35,8 @@ from ._device import on_input_device
 from . import products
 from ._launch import CachedLaunch, cdiv, next_power_of_2
 from ._online_softmax import store_group_mass
-from .products import (half_dot, head_products, output_tile, product_blocks, split_dot, split_precision,
-                       takes_split_products, tf32_operand, tf32_remainder, tf32_truncated)
+from .products import (head_products, output_tile, product_blocks, split_dot, split_precision, takes_split_products,
+                       tf32_operand, tf32_remainder, tf32_truncated)
 
 # The mass is summed over groups of this many consecutive folded rows h·Q + q (the op's output
 # [S, ⌈H·Q/16⌉, N]); the softmax kernel's row blocks are whole groups.
@@ -46,8 +46,8 @@ QUERY_GROUP = 16
 @triton.jit
 def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn, sm_scale,
                    HAS_LOGW: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
-                   SPLIT_PRECISION: tl.constexpr, HALF: tl.constexpr, BLOCK_R: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
+                   SPLIT_PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_E: tl.constexpr, STAGES: tl.constexpr):
     """(u · B_n / √d + log w_n)ᵀ of one block of rows (at ``row_offs`` from u_base) and one tile
     of slots, [BLOCK_N, BLOCK_R]: transposed, so that B's tile, the larger, is the product's
     register operand (SPLIT: split there) and every dot of the split product takes one layout
@@ -60,9 +60,7 @@ def _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WI
         u = tl.load(u_base + row_offs[:, None] + cols[None, :], mask=mask_r[:, None] & mask_e[None, :], other=0.0)
         c = tl.load(c_base + slots[:, None] * stride_cn + cols[None, :], mask=mask_n[:, None] & mask_e[None, :],
                     other=0.0)
-        if HALF:
-            acc = half_dot(c, tl.trans(u), acc, PRECISION)
-        elif SPLIT:
+        if SPLIT:
             c_high = tf32_truncated(c)
             acc += split_dot(c_high, c - c_high, tl.trans(tf32_operand(u, SPLIT_PRECISION)),
                              tl.trans(u - tf32_truncated(u)), SPLIT_PRECISION)
@@ -90,8 +88,8 @@ def _folded_softmax_kernel(
     ROWS, Q_LEN, N, WIDTH, GROUPS_TOTAL, sm_scale,
     stride_us, stride_uh, stride_uq, stride_cs, stride_cn, stride_rs, stride_rr, stride_ms, stride_mg,
     HAS_LOGW: tl.constexpr, ONE_TILE: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
-    SPLIT_PRECISION: tl.constexpr, HALF: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, STAGES: tl.constexpr,
+    SPLIT_PRECISION: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_E: tl.constexpr, STAGES: tl.constexpr,
 ):
     # One program per (block of BLOCK_R folded rows h·Q + q, stream) writes those rows' weights r
     # [S, rows, N] (strides rs, rr; with SPLIT their low parts too, alike) and their mass. Row
@@ -115,8 +113,8 @@ def _folded_softmax_kernel(
     if ONE_TILE:
         mask_n = offs_n < N
         scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, offs_n, mask_n, WIDTH, stride_cn,
-                                sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, HALF, BLOCK_R, BLOCK_N,
-                                BLOCK_E, STAGES)
+                                sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                STAGES)
         m_i = tl.max(scores, axis=0)
         p = tl.exp(scores - m_i[None, :])
         inv_l = 1.0 / tl.sum(p, axis=0)
@@ -130,8 +128,8 @@ def _folded_softmax_kernel(
         for n0 in range(0, N, BLOCK_N):
             slots = n0 + offs_n
             scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, slots < N, WIDTH, stride_cn,
-                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, HALF, BLOCK_R, BLOCK_N,
-                                    BLOCK_E, STAGES)
+                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                    STAGES)
             m_new = tl.maximum(m_i, tl.max(scores, axis=0))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(scores - m_new[None, :]), axis=0)
             m_i = m_new
@@ -140,8 +138,8 @@ def _folded_softmax_kernel(
             slots = n0 + offs_n
             mask_n = slots < N
             scores = _folded_scores(u_base, c_base, logw_ptr, row_offs, mask_r, slots, mask_n, WIDTH, stride_cn,
-                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, HALF, BLOCK_R, BLOCK_N,
-                                    BLOCK_E, STAGES)
+                                    sm_scale, HAS_LOGW, PRECISION, SPLIT, SPLIT_PRECISION, BLOCK_R, BLOCK_N, BLOCK_E,
+                                    STAGES)
             p = tl.exp(scores - m_i[None, :]) * inv_l[None, :]
             p = tl.where(mask_n[:, None] & mask_r[None, :], p, 0.0)
             store_group_mass(mass_base, tl.trans(p), groups, groups < GROUPS_TOTAL, slots, mask_n, stride_mg,
@@ -156,7 +154,7 @@ _launch_softmax = CachedLaunch(_folded_softmax_kernel)
 def _mix_kernel(
     r_ptr, r_low_ptr, c_ptr, out_ptr, ROWS, Q_LEN, N, WIDTH,
     stride_rs, stride_rr, stride_cs, stride_cn, stride_us, stride_uh, stride_uq,
-    PRECISION: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr, HALF: tl.constexpr,
+    PRECISION: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Σ_n r_n B_n of BLOCK_R folded rows and BLOCK_E columns of one stream (program_id(1)), written
@@ -175,9 +173,7 @@ def _mix_kernel(
         c = tl.load(c_cols + slots[None, :] * stride_cn, mask=mask_e[:, None] & mask_n[None, :], other=0.0)
         mask_w = mask_n[:, None] & mask_r[None, :]
         r = tl.load(r_ptr + r_offs + slots[:, None], mask=mask_w, other=0.0)
-        if HALF:
-            acc = half_dot(c, r, acc, PRECISION)
-        elif SPLIT:
+        if SPLIT:
             c_high = tf32_truncated(c)
             r_low = tl.load(r_low_ptr + r_offs + slots[:, None], mask=mask_w, other=0.0)
             acc += split_dot(c_high, c - c_high, tf32_operand(r, SPLIT_PRECISION), r_low, SPLIT_PRECISION)
@@ -238,8 +234,6 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     query [S, Q, D] (any float), coef [S, N, e], w_key / w_value [D, e], b_value [D] or None,
     slot_log_weight [N] or None. Returns the context [S, Q, D] (query's dtype) and the mass
     [S, ⌈H·Q/16⌉, N] (float32): Σ of the weights r over each group of 16 consecutive folded rows h·Q + q.
-    Coefficients in the weights' 16-bit type take one product in that type per dot (u, the
-    weights r and Σ r B rounded to it, as the K/V way rounds K, V and r); otherwise float32.
     """
     s, q_len, model = query.shape
     n, width = coef.shape[1], coef.shape[2]
@@ -249,15 +243,12 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     rows = num_heads * q_len
     device = query.device
     precision = products.precision(device)
-    half = coef.dtype in (torch.float16, torch.bfloat16) and w_key.dtype == coef.dtype == w_value.dtype
-    if half:
-        coef = coef if coef.stride(-1) == 1 else coef.contiguous()
-    elif coef.dtype != torch.float32 or coef.stride(-1) != 1:
+    if coef.dtype != torch.float32 or coef.stride(-1) != 1:
         coef = coef.to(torch.float32).contiguous()
     if slot_log_weight is not None and (slot_log_weight.dtype != torch.float32 or slot_log_weight.stride(0) != 1):
         slot_log_weight = slot_log_weight.to(torch.float32).contiguous()
     dots = split_precision(device)
-    split = not half and CONFIG["split"] and takes_split_products(device)
+    split = CONFIG["split"] and takes_split_products(device)
     if split:  # the split products read the query's and W_v's low parts from memory, with their strides
         query, query_low = _with_low_part(query)
         w_value, w_value_low = _with_low_part(w_value)
@@ -267,8 +258,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     # u [H, S·Q, e]: each head's queries of all streams through its d rows of W_k, as one product per
     # head; with split products transposed, uᵀ = W_k,hᵀ q_hᵀ, so that the query, read along its
     # head's d columns, is the shared-memory operand.
-    inner = coef.dtype  # u, r and Σ r B: float32, or the 16-bit type of the products
-    folded = torch.empty(num_heads, s * q_len, width, device=device, dtype=inner)
+    folded = torch.empty(num_heads, s * q_len, width, device=device, dtype=torch.float32)
     if split:
         head_products(w_key, (0, d * w_key.stride(0), w_key.stride(1), w_key.stride(0)),
                       query, (0, d * query.stride(2), query.stride(2), query.stride(1)),
@@ -278,7 +268,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
         head_products(query, (0, d * query.stride(2), query.stride(1), query.stride(2)),
                       w_key, (0, d * w_key.stride(0), w_key.stride(0), w_key.stride(1)),
                       folded, (0, folded.stride(0), width, 1), s * q_len, width, d, num_heads, 1, precision,
-                      tiles=CONFIG["query_tiles"], half=half)
+                      tiles=CONFIG["query_tiles"])
     # Row h·Q + q of stream s in u's layout: (stream, head, query) strides.
     u_strides = (q_len * width, folded.stride(0), width)
 
@@ -290,7 +280,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     one_tile = block_n <= most_slots
     block_n = min(block_n, max(16, most_slots))
     # With split products the weights' low parts are written for the mix (unused otherwise).
-    weights = torch.empty(s, rows, n, device=device, dtype=inner)
+    weights = torch.empty(s, rows, n, device=device, dtype=torch.float32)
     weights_low = torch.empty_like(weights) if split else weights
     _launch_softmax((cdiv(rows, block_r), s),
                     folded, coef, slot_log_weight if slot_log_weight is not None else coef, weights,
@@ -298,7 +288,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
                     *u_strides, coef.stride(0), coef.stride(1), weights.stride(0), weights.stride(1),
                     mass.stride(0), mass.stride(1),
                     HAS_LOGW=slot_log_weight is not None, ONE_TILE=one_tile, PRECISION=precision, SPLIT=split,
-                    SPLIT_PRECISION=dots, HALF=half, GROUP=QUERY_GROUP, BLOCK_R=block_r, BLOCK_N=block_n,
+                    SPLIT_PRECISION=dots, GROUP=QUERY_GROUP, BLOCK_R=block_r, BLOCK_N=block_n,
                     BLOCK_E=CONFIG["block_e"], STAGES=CONFIG["stages"], num_warps=CONFIG["warps"])
     # Σ_n r_n B_n [H, S·Q, e], in u's layout.
     mixed = torch.empty_like(folded)
@@ -307,7 +297,7 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
     _launch_mix((cdiv(width, block_e) * cdiv(rows, block_r), s),
                 weights, weights_low, coef, mixed, rows, q_len, n, width, weights.stride(0), weights.stride(1),
                 coef.stride(0), coef.stride(1), *u_strides, PRECISION=precision, SPLIT=split, SPLIT_PRECISION=dots,
-                HALF=half, BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                BLOCK_E=block_e, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
     # context[s, q, h·d:(h+1)·d] = Σ_n r_n B_n of row h·Q + q through the head's d rows of W_v, + b_v:
     # one product per head over all S·Q rows.
@@ -315,5 +305,5 @@ def factored_slot_attention(query: torch.Tensor, coef: torch.Tensor, w_key: torc
                   w_value, (0, d * w_value.stride(0), w_value.stride(1), w_value.stride(0)),
                   context, (0, d, model, 1), s * q_len, d, width, num_heads, 1, precision,
                   bias=b_value, bias_strides=(0, 0) if b_value is None else (d * b_value.stride(0), b_value.stride(0)),
-                  tiles=CONFIG["context_tiles"], b_low=w_value_low if split else None, half=half)
+                  tiles=CONFIG["context_tiles"], b_low=w_value_low if split else None)
     return context, mass

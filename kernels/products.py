@@ -113,29 +113,17 @@ def split_dot(a_high, a_low, b_high, b_low, SPLIT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def half_dot(a, b, acc, PRECISION: tl.constexpr):
-    """acc + a·b with both operands in b's 16-bit type (a is rounded to it) and float32
-    accumulation: on the tensor cores, or at PRECISION "ieee" (the CPU interpreter, whose bfloat16
-    dot is wrong, and GPUs without TF32) the same 16-bit values multiplied in float32."""
-    a = a.to(b.dtype)
-    if PRECISION == "ieee":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
-
-
-@triton.jit
 def _batched_product_kernel(
     a_ptr, b_ptr, b_low_ptr, bias_ptr, c_ptr, M, N, K,
     stride_as, stride_ah, stride_am, stride_ak, stride_bs, stride_bh, stride_bk, stride_bn,
     stride_cs, stride_ch, stride_cm, stride_cn, stride_bias_h, stride_bias_n,
     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr, SPLIT_PRECISION: tl.constexpr,
-    HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # C[s, h] = A[s, h] @ B[s, h] (+ bias[h]) for every stream s and
     # head h, all by strides, so that heads are read in place from [S, Q, D] and [D, e] tensors and
     # weights [n, k] serve as Bᵀ (no transposed copies). SPLIT: three TF32 products, A split in
     # registers, B read as it is (its high part) and its low part from b_low_ptr (B's strides).
-    # HALF: one product in B's 16-bit type (half_dot); otherwise float32 at PRECISION.
     offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N)
     h = tl.program_id(1).to(tl.int64)
     s = tl.program_id(2).to(tl.int64)
@@ -149,20 +137,16 @@ def _batched_product_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         a = tl.load(a_base + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak,
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
         b_tile = b_offs + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
         mask_b = mask_k[:, None] & mask_n[None, :]
-        b = tl.load(b_ptr + b_tile, mask=mask_b, other=0.0)
-        if HALF:
-            acc = half_dot(a, b, acc, PRECISION)
-        elif SPLIT:
-            a = a.to(tl.float32)
+        b = tl.load(b_ptr + b_tile, mask=mask_b, other=0.0).to(tl.float32)
+        if SPLIT:
             a_high = tf32_truncated(a)
             b_low = tl.load(b_low_ptr + b_tile, mask=mask_b, other=0.0)
-            acc += split_dot(a_high, a - a_high, tf32_operand(b.to(tl.float32), SPLIT_PRECISION), b_low,
-                             SPLIT_PRECISION)
+            acc += split_dot(a_high, a - a_high, tf32_operand(b, SPLIT_PRECISION), b_low, SPLIT_PRECISION)
         else:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + h * stride_bias_h + offs_n * stride_bias_n, mask=mask_n, other=0.0
                        ).to(tl.float32)[None, :]
@@ -208,22 +192,21 @@ HEAD_TILES = (64, 64, 32, 4, 3)
 
 
 def head_products(a, a_strides, b, b_strides, c, c_strides, m, n, k, heads, streams, precision,
-                  bias=None, bias_strides=(0, 0), tiles=None, b_low=None, half=False):
+                  bias=None, bias_strides=(0, 0), tiles=None, b_low=None):
     """c[s, h] = a[s, h] @ b[s, h] (+ bias[h]) of [m, k] by [k, n] matrices given by (stream, head,
     row, column) strides, for every stream and head; ``tiles``: (BLOCK_M, BLOCK_N, BLOCK_K, warps,
     stages) at most, default ``HEAD_TILES``. ``b_low``: b's low part (:func:`tf32_remainder`, float32
     like b, same strides) for three TF32 products without splitting b's tiles (:func:`split_dot`
     at :func:`split_precision`; the tensor cores read b's shared-memory tiles along k, so b's k
-    stride should be 1); ``half``: one product in b's 16-bit type (a rounded to it,
-    :func:`half_dot`); else one float32 dot at ``precision``."""
+    stride should be 1), else one dot at ``precision``."""
     tiles = tiles or HEAD_TILES
     block_m, block_n, block_k = product_blocks(tiles, m, n, k)
     warps, stages = tiles[3:]
     _launch((cdiv(m, block_m) * cdiv(n, block_n), heads, streams),
             a, b, b if b_low is None else b_low, bias if bias is not None else c, c, m, n, k, *a_strides,
             *b_strides, *c_strides, *bias_strides, HAS_BIAS=bias is not None, PRECISION=precision,
-            SPLIT=b_low is not None, SPLIT_PRECISION=split_precision(c.device), HALF=half, BLOCK_M=block_m,
-            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+            SPLIT=b_low is not None, SPLIT_PRECISION=split_precision(c.device), BLOCK_M=block_m, BLOCK_N=block_n,
+            BLOCK_K=block_k, num_warps=warps, num_stages=stages)
 
 
 @triton.jit

@@ -5,10 +5,7 @@ Tolerances (relative): float32 1e-5 against float64 on every kernel (the Triton 
 are three-TF32 products, which keep float32 accuracy); half-precision queries 2e-3 (float16) and
 1e-2 (bfloat16), the rounding of the context to the query's dtype. The folded step against the
 reference step: 1e-5 in the interpreter, 1e-4 on the GPU (test_backends' Triton tolerance: the
-consolidation kernels sum in another order there). 16-bit projections folded in their type (the
-Triton kernel given the coefficients in the weights' type): within twice the K/V way's error on
-the same inputs plus 5e-4 (float16) or 2e-3 (bfloat16); under the interpreter, which truncates
-float32 to bfloat16 where the GPU rounds, bfloat16 within 2.5e-2.
+consolidation kernels sum in another order there).
 """
 from __future__ import annotations
 
@@ -109,43 +106,6 @@ def test_half_precision_queries(device, backend, dtype):
     assert rel_err(mass, expected_mass) < 1e-5  # the weights are float32 whatever the query's dtype
 
 
-def kv_way(query, coef, proj_key, proj_value, heads, logw):
-    """Context and mass of the step's other way for 16-bit projections: K and V from the
-    coefficients' copy in the weights' type, then the slot attention, its mass summed like the
-    folded one's groups (each head's queries in blocks of 16)."""
-    from infvideo.ops.slot_attention import slot_attention_unchecked
-    with torch.no_grad():
-        half = coef.to(proj_key.weight.dtype)
-        context, mass = slot_attention_unchecked(query, proj_key(half), proj_value(half), heads, logw, None, "triton")
-    return context, mass
-
-
-@pytest.mark.parametrize("device", sorted({d for d, b in KERNELS if b == "triton"}))
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", [(2, 5, 12, 3, 7, 10), (3, 17, 20, 5, 37, 24), (1, 3, 6, 2, 1100, 9),
-                                  (2, 32, 96, 3, 256, 64)], ids=lambda c: "x".join(map(str, c)))
-def test_half_projections_fold_in_their_type(device, dtype, case):
-    """Coefficients in the 16-bit weights' type: u, the weights and Σ r B in that type, the context
-    about as far from float64 as the K/V way's (projections rounded the same way), several stream
-    counts, odd sizes and the two-pass softmax (N = 1,100)."""
-    query, coef, pk, pv, heads, logw = make_inputs(case, device, seed=len(case) + case[0])
-    pk, pv = pk.to(dtype), pv.to(dtype)
-    expected_context, expected_mass = float64_reference(query, coef, pk, pv, heads, logw)
-    context, mass = run("triton", query, coef.to(dtype), pk, pv, heads, logw)
-    assert context.dtype == query.dtype and mass.dtype == torch.float32 and mass.shape == expected_mass.shape
-    kv_context, kv_mass = kv_way(query, coef, pk, pv, heads, logw)
-    err, kv_err = rel_err(context, expected_context), rel_err(kv_context, expected_context)
-    if dtype == torch.bfloat16 and device == "cpu":
-        assert err < 2.5e-2, err
-    else:
-        assert err < 2 * kv_err + (5e-4 if dtype == torch.float16 else 2e-3), (err, kv_err)
-    # Both ways' mass per head and slot (the folded groups straddle heads when Q is not a multiple of 16).
-    if case[1] % 16 == 0:
-        assert rel_err(mass, expected_mass) < 2 * rel_err(kv_mass, expected_mass) + 1e-2
-    # The float32 coefficients keep the float32 products.
-    assert rel_err(run("triton", query, coef, pk, pv, heads, logw)[0], expected_context) < 1e-5
-
-
 @pytest.mark.parametrize("device,backend", KERNELS, ids=kernel_id)
 def test_expanded_and_strided_inputs(device, backend):
     """Coefficients shared by the streams (stride 0), a query and weights without unit last strides,
@@ -203,7 +163,6 @@ def test_triton_step_folds_float32_projections(monkeypatch, device, config):
     told that its streams fill the GPU) and matches the reference step over several chunks;
     bfloat16 projections keep K and V, and so do streams that leave most of a GPU idle."""
     monkeypatch.setattr(step_module, "FACTORED_ON_GPU", True)
-    monkeypatch.setattr(step_module, "FACTORED_HALF_ON_GPU", False)
     kernels = backends.triton_kernels()["factored_attention"]
     fills_device = kernels.fills_device
     monkeypatch.setattr(kernels, "fills_device", lambda streams, rows, device: True)
@@ -245,43 +204,6 @@ def test_triton_step_folds_float32_projections(monkeypatch, device, config):
                                    **config).to(device)
             eager(frames, query, pk, pv, heads)
             assert not calls
-
-
-@pytest.mark.parametrize("device", sorted({d for d, b in KERNELS if b == "triton"}))
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_triton_step_folds_half_projections(monkeypatch, device, dtype):
-    """FACTORED_HALF_ON_GPU: the Triton step folds 16-bit projections (here told that its streams
-    fill the GPU) on the coefficients' copy in their type, and stays within test_backends' half
-    tolerance (3e-2) of the reference step over several chunks; off, it projects K and V."""
-    kernels = backends.triton_kernels()["factored_attention"]
-    monkeypatch.setattr(kernels, "fills_device", lambda streams, rows, device: True)
-    coefs = []
-    folded = factored_attention.factored_slot_attention
-
-    def spy(*args, **kwargs):
-        coefs.append(args[1].dtype)
-        return folded(*args, **kwargs)
-
-    monkeypatch.setattr(factored_attention, "factored_slot_attention", spy)
-    streams, length, width, model, heads, n, samples = 3, 6, 16, 12, 2, 40, 30
-    torch.manual_seed(0)
-    pk, pv = nn.Linear(width, model).to(device, dtype), nn.Linear(width, model).to(device, dtype)
-    gen = torch.Generator().manual_seed(1)
-    chunks = [(torch.randn(streams, length, 3, width, generator=gen).to(device),
-               torch.randn(streams, 4, model, generator=gen).to(device)) for _ in range(4)]
-    for switch in (True, False):
-        monkeypatch.setattr(step_module, "FACTORED_HALF_ON_GPU", switch)
-        memories = [LongTermMemory(num_basis=n, past_samples=samples, backend=name,
-                                   generator=torch.Generator(device).manual_seed(3)).to(device)
-                    for name in ("torch", "triton")]
-        with torch.no_grad():
-            for chunk, (frames, query) in enumerate(chunks):
-                outs = [m(frames, query, pk, pv, heads) for m in memories]
-                assert rel_err(outs[1], outs[0]) < 3e-2, f"chunk {chunk}"
-                assert rel_err(memories[1].coef, memories[0].coef) < 3e-2, f"chunk {chunk}"
-        # (a memory replaying its CUDA graphs calls the op only while it captures)
-        assert set(coefs) == ({dtype} if switch else set()), switch
-        coefs.clear()
 
 
 @pytest.mark.parametrize("device", sorted({d for d, b in KERNELS if b == "triton"}))

@@ -182,10 +182,6 @@ FLOAT32_PROJECTION = "tf32x3"
 # "Issue 22, seventh session"). Off to compare.
 FACTORED_ON_GPU = True
 
-# The same for 16-bit projections: the folded attention's products in their type (u, the weights and
-# Σ r B rounded to it, as the K/V way rounds K, V and the weights) on the coefficients' 16-bit copy.
-FACTORED_HALF_ON_GPU = False
-
 
 def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, proj_key, proj_value,
                        num_heads: int, backend: str) -> bool:
@@ -193,9 +189,8 @@ def _folds_projections(cfg: MemoryConfig, consts: StepConstants, frames, query, 
     if cfg.basis != "rectangular" or cfg.sampling == "upstream":
         return False
     if backend == "triton":
-        dtypes = {getattr(getattr(p, "weight", None), "dtype", None) for p in (proj_key, proj_value)}
-        if not (dtypes == {torch.float32} and FACTORED_ON_GPU
-                or FACTORED_HALF_ON_GPU and dtypes in ({torch.float16}, {torch.bfloat16})):
+        if not FACTORED_ON_GPU or any(getattr(p, "weight", None) is None or p.weight.dtype != torch.float32
+                                      for p in (proj_key, proj_value)):
             return False
         # Under torch.compile the folded attention is taken at any stream count: the check reads
         # the device's properties through cached host functions that a trace should not enter.
@@ -239,9 +234,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     grad = step_records_grad(frames, query, proj_key, proj_value)
     # The factored attention has no backward: a step that autograd records projects K and V.
     factored = not grad and _folds_projections(cfg, consts, frames, query, proj_key, proj_value, num_heads, backend)
-    # The Triton kernels fold 16-bit projections on the coefficients' copy in their type.
-    half_folded = factored and backend == "triton" and weight.dtype in (torch.float16, torch.bfloat16)
-    cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and (half_folded or not factored) else torch.float32
+    cast_dtype = weight.dtype if isinstance(weight, torch.Tensor) and not factored else torch.float32
     fused = _fused_consolidation(cfg, consts, frames, past, filled, stats, generator, cast_dtype, backend)
     if fused is None:
         # Dense fits on direct kernel launches: eager, outside autograd.
@@ -263,8 +256,7 @@ def fused_step(cfg: MemoryConfig, consts: StepConstants, frames: torch.Tensor, q
     want_mass = keep_stats and cfg.sampling != "upstream"
     if factored:
         _call(on_coefficients, coef)
-        context, mass = factored_attention.factored_slot_attention(query, projected if half_folded else coef,
-                                                                   proj_key, proj_value, num_heads,
+        context, mass = factored_attention.factored_slot_attention(query, coef, proj_key, proj_value, num_heads,
                                                                    consts.slot_log_weight, backend)
         return context, coef, mass if want_mass else None
     keys, values = _project_pair(proj_key, proj_value, projected, grad, backend)
