@@ -168,9 +168,13 @@ _launch_slot_attention = CachedLaunch(_slot_attention_kernel)
 CONFIG = {"prefetch_values": True, "split_float32": True, "warps_per_group": 4, "warps_per_group_few_streams": 8}
 
 
-def _fits(out: torch.Tensor | None, shape: tuple, device: torch.device) -> bool:
-    return (out is not None and out.shape == shape and out.dtype == torch.float32 and out.is_contiguous()
-            and out.device == device)
+def _mass_output(mass_out: torch.Tensor | None, shape: tuple, device: torch.device) -> torch.Tensor:
+    """Where the launch writes its mass: ``mass_out`` where that is a contiguous float32 tensor of
+    ``shape`` on ``device``, else a new one."""
+    if (mass_out is not None and mass_out.shape == shape and mass_out.dtype == torch.float32
+            and mass_out.is_contiguous() and mass_out.device == device):
+        return mass_out
+    return torch.empty(shape, device=device, dtype=torch.float32)
 
 
 @on_input_device
@@ -190,9 +194,7 @@ def slot_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     block_q = QUERY_GROUP
     blocks = cdiv(q_len, block_q)
     ctx = torch.empty(s, q_len, model, device=query.device, dtype=query.dtype)
-    mass = mass_out
-    if not _fits(mass_out, (s, num_heads * blocks, n), query.device):
-        mass = torch.empty(s, num_heads * blocks, n, device=query.device, dtype=torch.float32)
+    mass = _mass_output(mass_out, (s, num_heads * blocks, n), query.device)
     block_d = max(16, next_power_of_2(d))
     # With many streams a program takes two blocks of queries, so each head's K and V are read
     # half as often (H100, S = 64: about a third less time with bf16 K/V, a fifth with fp32); few streams keep

@@ -40,6 +40,17 @@ def _sample_bins(past_idx_ptr, bins_ptr, k0, p_hi, offs_p):
 
 
 @triton.jit
+def _store_row(out_ptr, cast_ptr, s, n, offs_e, acc, E, stride_os, stride_on, WRITE_CAST: tl.constexpr):
+    """Bin n's new row of stream s in the columns ``offs_e``; with WRITE_CAST also its copy in the
+    projections' dtype (cast_ptr's), which saves the K/V product a separate cast pass."""
+    mask_e = offs_e < E
+    tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc, mask=mask_e)
+    if WRITE_CAST:
+        tl.store(cast_ptr + s * stride_os + n * stride_on + offs_e,
+                 acc.to(cast_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask_e)
+
+
+@triton.jit
 def _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_start_ptr, frame_idx_ptr,
                      n, s, offs_e, f_lo, f_hi, scale, E, TOKENS, inv_tokens,
                      stride_fs, stride_fl, stride_ft, stride_fe, stride_ps, stride_pn, stride_bs, stride_os, stride_on,
@@ -94,12 +105,7 @@ def _consolidate_bin(frames_ptr, past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx
                            + offs_e[None, :], mask=read, other=0.0)
             acc += tl.sum(rows.to(tl.float32), axis=0)
 
-    acc = acc * scale
-    tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc, mask=mask_e)
-    if WRITE_CAST:
-        # The same coefficients in the projections' dtype, saving the GEMM a separate cast pass.
-        tl.store(cast_ptr + s * stride_os + n * stride_on + offs_e,
-                 acc.to(cast_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask_e)
+    _store_row(out_ptr, cast_ptr, s, n, offs_e, acc * scale, E, stride_os, stride_on, WRITE_CAST)
 
 
 @triton.jit
@@ -119,17 +125,15 @@ def _frameless_bins(past_ptr, bins_ptr, out_ptr, cast_ptr, past_idx_ptr, past_st
     src = _sample_bins(past_idx_ptr, bins_ptr + s * stride_bs, k_lo, k_hi, offs_k)
     rows = tl.load(past_ptr + s * stride_ps + tl.maximum(src, 0)[:, None].to(tl.int64) * stride_pn + offs_e[None, :],
                    mask=(src >= 0)[:, None] & mask_e[None, :], other=0.0).to(tl.float32)
+    k = k_lo + offs_k
+    lo = k_lo  # each bin's samples start where the one before it ends
     for b in tl.static_range(BINS):
         n = first + b
         if n < N_BINS:
-            lo = tl.load(past_start_ptr + n)
             hi = tl.load(past_start_ptr + n + 1)
-            k = k_lo + offs_k
             acc = tl.sum(tl.where(((k >= lo) & (k < hi))[:, None], rows, 0.0), axis=0) * tl.load(scale_ptr + n)
-            tl.store(out_ptr + s * stride_os + n * stride_on + offs_e, acc, mask=mask_e)
-            if WRITE_CAST:
-                tl.store(cast_ptr + s * stride_os + n * stride_on + offs_e,
-                         acc.to(cast_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask_e)
+            _store_row(out_ptr, cast_ptr, s, n, offs_e, acc, E, stride_os, stride_on, WRITE_CAST)
+            lo = hi
 
 
 @triton.jit
@@ -254,8 +258,7 @@ def rect_consolidate(frames: torch.Tensor, past: torch.Tensor | None, sample_bin
     bins_t = sample_bins if sample_bins is not None else past_start
     frame_rows = frames_in_order and frames.stride(1) == tokens * frames.stride(2)
     block_e = min(_for_streams("block_e", s), next_power_of_2(e))
-    block_t = _for_streams("block_rows", s) if frame_rows \
-        else min(32, next_power_of_2(tokens))
+    block_t = _for_streams("block_rows", s) if frame_rows else min(32, next_power_of_2(tokens))
     grid = (n, s, cdiv(e, block_e))
     pdl = programmatic_options(frames.device)
     _launch_rect_consolidate(grid,
